@@ -1,0 +1,718 @@
+//! Morpheus control messages, parsed into typed tasks.
+//!
+//! A control message is `{"inputs": [{"tasks": [...], "metadata": {...}}]}`: each input loads
+//! files by glob (`load` task) and sends them to `training`, `inference` or both, with
+//! `metadata` giving the data type (`payload` skips the rolling window, `streaming` goes
+//! through it), the file batcher's `batching_options` and the reader's `file_to_df_options`.
+//! The parser walks the JSON itself so it can report every problem with its path
+//! (`inputs[1].metadata.batching_options.period`), not only the first.
+//!
+//! Globs resolve on the local file system; relative ones against a base directory the caller
+//! chooses (the `dfp` command line uses the control message file's directory, so a message and
+//! its data can move together; `--files-root` overrides it, `--files-root .` gives Morpheus'
+//! behaviour of resolving against the working directory).
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use crate::config::{Problems, join};
+use crate::ingest::InputFormat;
+use crate::period::{Period, parse_date, parse_duration};
+use crate::{Error, Result};
+
+/// A whole control message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlMessage {
+    /// Its inputs, run in order.
+    pub inputs: Vec<ControlInput>,
+}
+
+/// One input of a control message: what to load and what to do with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlInput {
+    /// The tasks, in message order.
+    pub tasks: Vec<Task>,
+    /// How to batch and read the files.
+    pub metadata: Metadata,
+}
+
+/// A task of an input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    /// Load files matching globs.
+    Load {
+        /// The loader Morpheus names (`fsspec` or `file_to_df`); both read local files here.
+        loader_id: String,
+        /// Glob patterns.
+        files: Vec<String>,
+    },
+    /// Train models on the loaded data.
+    Training {
+        /// The task's properties, kept as given (they override pipeline defaults).
+        properties: Map<String, Value>,
+    },
+    /// Score the loaded data.
+    Inference {
+        /// The task's properties, kept as given.
+        properties: Map<String, Value>,
+    },
+}
+
+/// `payload` data skips the rolling window; `streaming` data goes through it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DataType {
+    /// A one-off batch: scored or trained on as is.
+    #[default]
+    Payload,
+    /// Part of a stream: accumulated in per-user rolling windows.
+    Streaming,
+}
+
+/// An input's metadata.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metadata {
+    /// `payload` or `streaming`.
+    pub data_type: DataType,
+    /// The file batcher's options; values override the pipeline's defaults.
+    pub batching_options: BatchingOptions,
+    /// The reader's options.
+    pub file_to_df_options: FileToDfOptions,
+}
+
+/// Options of the file batcher. `None` means "use the pipeline default".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchingOptions {
+    /// Group files by this period.
+    pub period: Option<Period>,
+    /// Drop files before this time (UTC midnight of the date).
+    pub start_time: Option<DateTime<Utc>>,
+    /// Drop files at or after this time (UTC midnight of the date).
+    pub end_time: Option<DateTime<Utc>>,
+    /// Keep a file only when it is at least this many seconds after the last one kept.
+    pub sampling_rate_s: Option<u64>,
+    /// Morpheus' `sampling`: a frequency, a fraction or a count of files.
+    pub sampling: Option<Sampling>,
+    /// The regex that finds a file's time in its name (named groups year, month, day, and
+    /// optionally hour, minute, second, microsecond).
+    pub iso_date_regex_pattern: Option<String>,
+}
+
+/// Morpheus' `sampling` option of the file batcher.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The first file of every interval of this length (a frequency string like `"1h"`).
+    Frequency(Duration),
+    /// This fraction of the files, drawn at random (a number below 1).
+    Fraction(f64),
+    /// This many files, drawn at random (a whole number of at least 1).
+    Count(usize),
+}
+
+/// Options of the reader.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileToDfOptions {
+    /// The file layout (`parser_kwargs.lines` true: JSON lines; false: JSON array).
+    pub format: InputFormat,
+}
+
+impl ControlMessage {
+    /// Reads and parses a control message file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(path, "reading control message", e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a control message; `origin` names it in errors. Every problem is reported.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let mut p = Problems::new();
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                p.push("", format!("not valid JSON: {e}"));
+                return p.finish(origin, Self { inputs: Vec::new() });
+            }
+        };
+        let msg = parse_message(&value, &mut p);
+        p.finish(origin, msg)
+    }
+}
+
+impl ControlInput {
+    /// Whether the input trains.
+    pub fn trains(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| matches!(t, Task::Training { .. }))
+    }
+
+    /// Whether the input scores.
+    pub fn infers(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| matches!(t, Task::Inference { .. }))
+    }
+
+    /// The glob patterns of all load tasks.
+    pub fn globs(&self) -> impl Iterator<Item = &str> {
+        self.tasks.iter().flat_map(|t| match t {
+            Task::Load { files, .. } => files.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Resolves the load globs to existing files, relative ones against `base`; sorted and
+    /// without duplicates. Patterns that match nothing are returned too, for reporting.
+    pub fn resolve_files(&self, base: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
+        let mut files = Vec::new();
+        let mut unmatched = Vec::new();
+        for pattern in self.globs() {
+            let full = if Path::new(pattern).is_absolute() {
+                PathBuf::from(pattern)
+            } else {
+                base.join(pattern)
+            };
+            let full_text = full.to_string_lossy().into_owned();
+            let paths = glob::glob(&full_text).map_err(|e| Error::Invalid {
+                origin: "control message".to_string(),
+                problems: vec![crate::config::Problem {
+                    path: "tasks.properties.files".to_string(),
+                    message: format!("bad glob {pattern:?}: {e}"),
+                }],
+            })?;
+            let before = files.len();
+            for entry in paths {
+                match entry {
+                    Ok(path) if path.is_file() => files.push(path),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let path = e.path().to_path_buf();
+                        return Err(Error::io(path, "listing files", e.into()));
+                    }
+                }
+            }
+            if files.len() == before {
+                unmatched.push(full_text);
+            }
+        }
+        files.sort();
+        files.dedup();
+        Ok((files, unmatched))
+    }
+}
+
+fn parse_message(value: &Value, p: &mut Problems) -> ControlMessage {
+    let Some(obj) = expect_object(value, "", p) else {
+        return ControlMessage { inputs: Vec::new() };
+    };
+    unknown_keys(obj, "", &["inputs"], p);
+    let mut inputs = Vec::new();
+    match obj.get("inputs") {
+        Some(Value::Array(items)) if !items.is_empty() => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(input) = parse_input(item, &format!("inputs[{i}]"), p) {
+                    inputs.push(input);
+                }
+            }
+        }
+        Some(Value::Array(_)) => p.push("inputs", "is empty: a message needs at least one input"),
+        Some(other) => p.push("inputs", format!("must be an array, found {}", kind(other))),
+        None => p.push("inputs", "is missing"),
+    }
+    ControlMessage { inputs }
+}
+
+fn parse_input(value: &Value, at: &str, p: &mut Problems) -> Option<ControlInput> {
+    let obj = expect_object(value, at, p)?;
+    unknown_keys(obj, at, &["tasks", "metadata"], p);
+    let mut tasks = Vec::new();
+    let tasks_at = join(at, "tasks");
+    match obj.get("tasks") {
+        Some(Value::Array(items)) => {
+            for (i, t) in items.iter().enumerate() {
+                if let Some(task) = parse_task(t, &format!("{tasks_at}[{i}]"), p) {
+                    tasks.push(task);
+                }
+            }
+        }
+        Some(other) => p.push(
+            &tasks_at,
+            format!("must be an array, found {}", kind(other)),
+        ),
+        None => p.push(&tasks_at, "is missing"),
+    }
+    let metadata = match obj.get("metadata") {
+        Some(m) => parse_metadata(m, &join(at, "metadata"), p),
+        None => Metadata::default(),
+    };
+    let input = ControlInput { tasks, metadata };
+    if input.globs().next().is_none() {
+        p.push(&tasks_at, "has no `load` task with files");
+    }
+    if !input.trains() && !input.infers() {
+        p.push(
+            &tasks_at,
+            "has neither a `training` nor an `inference` task: the loaded data would go nowhere",
+        );
+    }
+    Some(input)
+}
+
+fn parse_task(value: &Value, at: &str, p: &mut Problems) -> Option<Task> {
+    let obj = expect_object(value, at, p)?;
+    unknown_keys(obj, at, &["type", "properties"], p);
+    let props_at = join(at, "properties");
+    let properties = match obj.get("properties") {
+        None => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            p.push(
+                &props_at,
+                format!("must be an object, found {}", kind(other)),
+            );
+            Map::new()
+        }
+    };
+    match obj.get("type").and_then(Value::as_str) {
+        Some("load") => {
+            let loader_id = match properties.get("loader_id") {
+                None => "fsspec".to_string(),
+                Some(Value::String(s)) if s == "fsspec" || s == "file_to_df" => s.clone(),
+                Some(other) => {
+                    p.push(
+                        join(&props_at, "loader_id"),
+                        format!("is {other}, expected \"fsspec\" or \"file_to_df\""),
+                    );
+                    String::new()
+                }
+            };
+            let files_at = join(&props_at, "files");
+            let mut files = Vec::new();
+            match properties.get("files") {
+                Some(Value::Array(items)) if !items.is_empty() => {
+                    for (i, f) in items.iter().enumerate() {
+                        match f.as_str() {
+                            Some(s) if !s.is_empty() => {
+                                if let Err(e) = glob::Pattern::new(s) {
+                                    p.push(format!("{files_at}[{i}]"), format!("bad glob: {e}"));
+                                }
+                                files.push(s.to_string());
+                            }
+                            _ => p.push(format!("{files_at}[{i}]"), "must be a non-empty string"),
+                        }
+                    }
+                }
+                Some(Value::Array(_)) => p.push(&files_at, "is empty"),
+                Some(other) => p.push(
+                    &files_at,
+                    format!("must be an array of globs, found {}", kind(other)),
+                ),
+                None => p.push(&files_at, "is missing"),
+            }
+            Some(Task::Load { loader_id, files })
+        }
+        Some("training") => Some(Task::Training { properties }),
+        Some("inference") => Some(Task::Inference { properties }),
+        Some(other) => {
+            p.push(
+                join(at, "type"),
+                format!("unknown task type {other:?} (expected load, training or inference)"),
+            );
+            None
+        }
+        None => {
+            p.push(join(at, "type"), "is missing or not a string");
+            None
+        }
+    }
+}
+
+fn parse_metadata(value: &Value, at: &str, p: &mut Problems) -> Metadata {
+    let mut m = Metadata::default();
+    let Some(obj) = expect_object(value, at, p) else {
+        return m;
+    };
+    unknown_keys(
+        obj,
+        at,
+        &["data_type", "batching_options", "file_to_df_options"],
+        p,
+    );
+    match obj.get("data_type") {
+        None => {}
+        Some(Value::String(s)) if s == "payload" => m.data_type = DataType::Payload,
+        Some(Value::String(s)) if s == "streaming" => m.data_type = DataType::Streaming,
+        Some(other) => p.push(
+            join(at, "data_type"),
+            format!("is {other}, expected \"payload\" or \"streaming\""),
+        ),
+    }
+    if let Some(b) = obj.get("batching_options") {
+        m.batching_options = parse_batching(b, &join(at, "batching_options"), p);
+    }
+    if let Some(f) = obj.get("file_to_df_options") {
+        m.file_to_df_options = parse_file_to_df(f, &join(at, "file_to_df_options"), p);
+    }
+    m
+}
+
+fn parse_batching(value: &Value, at: &str, p: &mut Problems) -> BatchingOptions {
+    let mut b = BatchingOptions::default();
+    let Some(obj) = expect_object(value, at, p) else {
+        return b;
+    };
+    unknown_keys(
+        obj,
+        at,
+        &[
+            "period",
+            "start_time",
+            "end_time",
+            "sampling_rate_s",
+            "sampling",
+            "iso_date_regex_pattern",
+        ],
+        p,
+    );
+    match obj.get("period") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => match s.parse::<Period>() {
+            Ok(period) => b.period = Some(period),
+            Err(e) => p.push(join(at, "period"), e),
+        },
+        Some(other) => p.push(
+            join(at, "period"),
+            format!("must be a string, found {}", kind(other)),
+        ),
+    }
+    for (key, slot) in [
+        ("start_time", &mut b.start_time),
+        ("end_time", &mut b.end_time),
+    ] {
+        match obj.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => match parse_date(s) {
+                Ok(t) => *slot = Some(t),
+                Err(e) => p.push(join(at, key), e),
+            },
+            Some(other) => p.push(
+                join(at, key),
+                format!("must be a date string, found {}", kind(other)),
+            ),
+        }
+    }
+    if let (Some(start), Some(end)) = (b.start_time, b.end_time) {
+        if end <= start {
+            p.push(join(at, "end_time"), "must be after start_time");
+        }
+    }
+    match obj.get("sampling_rate_s") {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_u64() {
+            Some(n) => b.sampling_rate_s = Some(n),
+            None => p.push(
+                join(at, "sampling_rate_s"),
+                format!("is {v}, expected a whole number of seconds >= 0"),
+            ),
+        },
+    }
+    match obj.get("sampling") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => match parse_frequency(s) {
+            Ok(d) => b.sampling = Some(Sampling::Frequency(d)),
+            Err(e) => p.push(join(at, "sampling"), e),
+        },
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(c), _) if c >= 1 => b.sampling = Some(Sampling::Count(c as usize)),
+            (_, Some(f)) if f > 0.0 && f < 1.0 => b.sampling = Some(Sampling::Fraction(f)),
+            _ => p.push(
+                join(at, "sampling"),
+                format!("is {n}, expected a fraction in (0, 1) or a count >= 1"),
+            ),
+        },
+        Some(other) => p.push(
+            join(at, "sampling"),
+            format!(
+                "must be a frequency, fraction or count, found {}",
+                kind(other)
+            ),
+        ),
+    }
+    match obj.get("iso_date_regex_pattern") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => match check_date_regex(s) {
+            Ok(()) => b.iso_date_regex_pattern = Some(s.clone()),
+            Err(e) => p.push(join(at, "iso_date_regex_pattern"), e),
+        },
+        Some(other) => p.push(
+            join(at, "iso_date_regex_pattern"),
+            format!("must be a string, found {}", kind(other)),
+        ),
+    }
+    b
+}
+
+/// A sampling frequency: our durations (`"1h"`) or pandas offsets (`"1H"`, `"30T"`, `"D"`).
+fn parse_frequency(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: i64 = if num.is_empty() {
+        1
+    } else {
+        num.parse().unwrap_or(0)
+    };
+    let pandas = match unit {
+        "S" => Duration::try_seconds(n),
+        "T" | "min" => Duration::try_minutes(n),
+        "H" => Duration::try_hours(n),
+        "D" => Duration::try_days(n),
+        "W" => Duration::try_weeks(n),
+        _ => None,
+    };
+    match pandas {
+        Some(d) if n > 0 => Ok(d),
+        _ => parse_duration(t).and_then(|d| {
+            if d > Duration::zero() {
+                Ok(d)
+            } else {
+                Err(format!("{text:?} must be a positive frequency"))
+            }
+        }),
+    }
+}
+
+/// Checks that a file-date regex compiles and names the groups the batcher reads.
+pub fn check_date_regex(pattern: &str) -> std::result::Result<(), String> {
+    let re = Regex::new(pattern).map_err(|e| format!("does not compile: {e}"))?;
+    let names: Vec<&str> = re.capture_names().flatten().collect();
+    let missing: Vec<&str> = ["year", "month", "day"]
+        .into_iter()
+        .filter(|g| !names.contains(g))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("lacks the named group(s) {}", missing.join(", ")))
+    }
+}
+
+fn parse_file_to_df(value: &Value, at: &str, p: &mut Problems) -> FileToDfOptions {
+    let mut f = FileToDfOptions::default();
+    let Some(obj) = expect_object(value, at, p) else {
+        return f;
+    };
+    unknown_keys(obj, at, &["parser_kwargs", "file_type"], p);
+    if let Some(Value::String(t)) = obj.get("file_type") {
+        match t.parse::<InputFormat>() {
+            Ok(fmt) => f.format = fmt,
+            Err(e) => p.push(join(at, "file_type"), e),
+        }
+    } else if let Some(other) = obj.get("file_type") {
+        p.push(
+            join(at, "file_type"),
+            format!("must be a string, found {}", kind(other)),
+        );
+    }
+    let kw_at = join(at, "parser_kwargs");
+    if let Some(kw) = obj.get("parser_kwargs") {
+        let Some(kw) = expect_object(kw, &kw_at, p) else {
+            return f;
+        };
+        unknown_keys(kw, &kw_at, &["lines", "orient"], p);
+        match kw.get("lines") {
+            None => {}
+            Some(Value::Bool(true)) => f.format = InputFormat::JsonLines,
+            Some(Value::Bool(false)) => {
+                if f.format == InputFormat::Auto {
+                    f.format = InputFormat::JsonArray;
+                }
+            }
+            Some(other) => p.push(
+                join(&kw_at, "lines"),
+                format!("must be true or false, found {}", kind(other)),
+            ),
+        }
+        match kw.get("orient") {
+            None => {}
+            Some(Value::String(s)) if s == "records" => {}
+            Some(other) => p.push(
+                join(&kw_at, "orient"),
+                format!("is {other}: only \"records\" (one object per record) is supported"),
+            ),
+        }
+    }
+    f
+}
+
+fn expect_object<'v>(
+    value: &'v Value,
+    at: &str,
+    p: &mut Problems,
+) -> Option<&'v Map<String, Value>> {
+    match value {
+        Value::Object(m) => Some(m),
+        other => {
+            p.push(at, format!("must be an object, found {}", kind(other)));
+            None
+        }
+    }
+}
+
+fn unknown_keys(obj: &Map<String, Value>, at: &str, known: &[&str], p: &mut Problems) {
+    for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+        p.push(
+            join(at, key),
+            format!("unknown key (expected one of: {})", known.join(", ")),
+        );
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> Option<Vec<PathBuf>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/morpheus/control_messages");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .ok()?
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        Some(files)
+    }
+
+    #[test]
+    fn every_morpheus_fixture_parses() {
+        let Some(files) = fixtures() else { return };
+        assert_eq!(files.len(), 4);
+        for f in files {
+            let msg = ControlMessage::from_file(&f).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(msg.inputs.len(), 2, "{}", f.display());
+            assert!(msg.inputs[0].trains() && !msg.inputs[0].infers());
+            assert!(msg.inputs[1].infers() && !msg.inputs[1].trains());
+            assert_eq!(msg.inputs[0].globs().count(), 1);
+        }
+    }
+
+    #[test]
+    fn azure_streaming_fixture_is_typed() {
+        let Some(files) = fixtures() else { return };
+        let path = files
+            .iter()
+            .find(|f| f.ends_with("azure_streaming_lti.json"))
+            .unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        let msg = ControlMessage::parse(&text, "azure_streaming_lti.json").unwrap();
+        let train = &msg.inputs[0].metadata;
+        assert_eq!(train.data_type, DataType::Streaming);
+        assert_eq!(train.batching_options.period, Some(Period::Week));
+        assert_eq!(
+            train.batching_options.start_time,
+            Some(parse_date("2022-08-01").unwrap())
+        );
+        assert_eq!(train.file_to_df_options.format, InputFormat::JsonArray);
+        assert_eq!(
+            msg.inputs[1].metadata.batching_options.period,
+            Some(Period::Hour)
+        );
+        assert!(
+            matches!(&msg.inputs[0].tasks[0], Task::Load { loader_id, files }
+            if loader_id == "fsspec" && files == &["../../data/dfp/azure-training-data/*.json"])
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let text = r#"{"inputs": [
+            {"tasks": [{"type": "lod", "properties": {}}, {"type": "training"}],
+             "metadata": {"data_type": "batch", "colour": 1,
+                "batching_options": {"period": "Q", "start_time": "2022-8-1", "sampling": -2,
+                    "iso_date_regex_pattern": "(?P<year>\\d{4})"},
+                "file_to_df_options": {"parser_kwargs": {"lines": "no", "orient": "split"}}}},
+            {"tasks": [{"type": "load", "properties": {"files": []}}]}
+        ]}"#;
+        let Err(Error::Invalid { problems, .. }) = ControlMessage::parse(text, "m.json") else {
+            panic!("expected problems")
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "inputs[0].tasks[0].type",
+            "inputs[0].tasks",
+            "inputs[0].metadata.data_type",
+            "inputs[0].metadata.colour",
+            "inputs[0].metadata.batching_options.period",
+            "inputs[0].metadata.batching_options.start_time",
+            "inputs[0].metadata.batching_options.sampling",
+            "inputs[0].metadata.batching_options.iso_date_regex_pattern",
+            "inputs[0].metadata.file_to_df_options.parser_kwargs.lines",
+            "inputs[0].metadata.file_to_df_options.parser_kwargs.orient",
+            "inputs[1].tasks[0].properties.files",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:#?}");
+        }
+    }
+
+    #[test]
+    fn broken_json_is_one_clear_problem() {
+        let err = ControlMessage::parse("{\"inputs\": [", "m.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.json") && err.contains("not valid JSON"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sampling_forms() {
+        let mut p = Problems::new();
+        let b = parse_batching(
+            &serde_json::json!({"sampling": "30T", "sampling_rate_s": 60}),
+            "b",
+            &mut p,
+        );
+        assert!(p.is_empty());
+        assert_eq!(b.sampling, Some(Sampling::Frequency(Duration::minutes(30))));
+        assert_eq!(b.sampling_rate_s, Some(60));
+        let b = parse_batching(&serde_json::json!({"sampling": 0.5}), "b", &mut p);
+        assert_eq!(b.sampling, Some(Sampling::Fraction(0.5)));
+        let b = parse_batching(&serde_json::json!({"sampling": 3}), "b", &mut p);
+        assert_eq!(b.sampling, Some(Sampling::Count(3)));
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn resolves_globs_against_a_base() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        for name in ["b.json", "a.json", "c.txt"] {
+            std::fs::write(dir.path().join("logs").join(name), "[]").unwrap();
+        }
+        let text = r#"{"inputs":[{"tasks":[{"type":"load","properties":{"files":["logs/*.json","none/*.json"]}},{"type":"inference"}]}]}"#;
+        let msg = ControlMessage::parse(text, "m").unwrap();
+        let (files, unmatched) = msg.inputs[0].resolve_files(dir.path()).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a.json", "b.json"]);
+        assert_eq!(unmatched.len(), 1);
+        assert!(unmatched[0].ends_with("none/*.json"));
+    }
+}

@@ -1,0 +1,82 @@
+//! The engine's one error type.
+//!
+//! Every variant's `Display` names the context of this layer (the file, the record index, the
+//! field or the config path) and keeps the underlying cause in `#[source]`, so the command line
+//! can print the whole chain.
+
+use std::path::PathBuf;
+
+/// Errors raised by the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{path}: {action}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What was being done ("reading", "creating directory", ...).
+        action: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A whole input file could not be read as the expected format (truncated, invalid UTF-8,
+    /// not JSON, ...). Records read before the break are kept by the reader.
+    #[error("{path}: broken file after {records_read} records: {reason}")]
+    BrokenFile {
+        /// The file.
+        path: PathBuf,
+        /// How many records were read before the break.
+        records_read: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A config or control message has problems; each one names its dotted path.
+    #[error("{origin}: {} problem(s):\n{}", problems.len(), crate::config::Problem::list(problems))]
+    Invalid {
+        /// Where the config came from (a file name or "built-in azure").
+        origin: String,
+        /// Every problem found.
+        problems: Vec<crate::config::Problem>,
+    },
+    /// A source schema name that is neither built in nor a readable file.
+    #[error("unknown source schema {name:?}: not a built-in source ({known}) and not a file")]
+    UnknownSource {
+        /// The name asked for.
+        name: String,
+        /// The built-in names, comma separated.
+        known: String,
+    },
+    /// Building an Arrow batch failed.
+    #[error("building Arrow batch for {context}")]
+    Arrow {
+        /// What was being built.
+        context: String,
+        /// Arrow's error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// Serializing or deserializing JSON failed.
+    #[error("{context}")]
+    Json {
+        /// What was being done.
+        context: String,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with the path and the action that failed.
+    pub fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

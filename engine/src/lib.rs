@@ -1,0 +1,14 @@
+//! dfp's engine: source schemas, ingestion of log files to Arrow, control messages, the log
+//! generator, and the error type shared by all of them.
+//!
+//! The pipeline stages built on these pieces live in `dfp-operators`; the `dfp` binary in
+//! `dfp-jobs` wires them together.
+
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod ingest;
+pub mod period;
+pub mod schema;
+
+pub use error::{Error, Result};

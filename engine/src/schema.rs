@@ -1,0 +1,553 @@
+//! Source schemas: how one log source's records become dfp's columns.
+//!
+//! A schema is a TOML file (`configs/azure.toml`, `configs/duo.toml`, both also built into the
+//! binary) that maps dotted JSON paths to typed columns, derives string columns by joining
+//! several paths, maps strings to booleans, names the timestamp, username and event-id fields,
+//! declares per-day derived features and lists the autoencoder's features. A new source needs
+//! only a new TOML file: nothing in the code names a source's fields.
+//!
+//! Every ingested batch has the columns `timestamp` (UTC, microseconds), `username`,
+//! `event_id`, then the schema's `columns` in order. Missing strings follow Morpheus' rule:
+//! a missing field becomes the category `"nan"`, an explicit null `"None"`, never a null.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+
+use crate::config::{Problems, join};
+use crate::{Error, Result};
+
+/// The built-in schemas, by name, as shipped in `configs/`.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("azure", include_str!("../../configs/azure.toml")),
+    ("duo", include_str!("../../configs/duo.toml")),
+];
+
+/// The category a missing string field becomes (pandas' `astype(str)` of NaN).
+pub const MISSING_STRING: &str = "nan";
+/// The category an explicit JSON null becomes in a string field (Python's `str(None)`).
+pub const NULL_STRING: &str = "None";
+
+/// Names of the three columns every batch starts with.
+pub const TIMESTAMP: &str = "timestamp";
+/// See [`TIMESTAMP`].
+pub const USERNAME: &str = "username";
+/// See [`TIMESTAMP`].
+pub const EVENT_ID: &str = "event_id";
+
+/// A source schema, as written in TOML.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSchema {
+    /// The source's name: `DFP-{name}-{user}` model names, `dfp_detections_{name}.csv`.
+    pub name: String,
+    /// Prefix of this source's file names (`AZUREAD` in `AZUREAD_2022-08-01T00_03_56.207Z.json`).
+    #[serde(default)]
+    pub file_prefix: Option<String>,
+    /// Where the event time is and how it is written.
+    pub timestamp: TimestampSpec,
+    /// Where the user name is.
+    pub username: FieldSpec,
+    /// Where the source's record id is.
+    pub event_id: FieldSpec,
+    /// The typed columns after the three fixed ones, in output order.
+    #[serde(default)]
+    pub columns: Vec<ColumnSpec>,
+    /// Per (user, UTC day) features computed by data prep.
+    #[serde(default)]
+    pub derived: Vec<DerivedSpec>,
+    /// The autoencoder's inputs.
+    pub features: FeatureSpec,
+}
+
+/// How the event time is read.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampSpec {
+    /// Dotted path of the time field.
+    pub path: String,
+    /// How it is written.
+    #[serde(default)]
+    pub format: TimestampFormat,
+}
+
+/// How a timestamp is written in the source.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampFormat {
+    /// ISO-8601 strings or epoch seconds (numbers or digit strings).
+    #[default]
+    Auto,
+    /// ISO-8601 / RFC 3339 strings only; naive times are UTC.
+    Iso8601,
+    /// Epoch seconds only (integer or fractional).
+    EpochSeconds,
+}
+
+/// A single-path field (username, event id).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// Dotted path of the field.
+    pub path: String,
+    /// Whether a record without it is rejected (dead-lettered). Default: false for the
+    /// username (split users applies its fallback), true for the event id.
+    #[serde(default)]
+    pub required: Option<bool>,
+}
+
+/// The type of a column.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// UTF-8 string; numbers and booleans are written as text, missing/null per Morpheus' rule.
+    #[default]
+    String,
+    /// 64-bit integer; numeric strings are parsed; missing or null is null.
+    Int,
+    /// 64-bit float; numeric strings are parsed; missing or null is null.
+    Float,
+    /// Boolean; with `true_values`/`false_values` strings are mapped, others take `otherwise`.
+    Bool,
+}
+
+/// One output column.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    /// The column's name in batches and outputs.
+    pub name: String,
+    /// Dotted path of the source field (exactly one of `path` and `concat`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Paths whose string values are joined with `separator` (a derived string column).
+    #[serde(default)]
+    pub concat: Option<Vec<String>>,
+    /// Separator for `concat`.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// The column's type.
+    #[serde(default, rename = "type")]
+    pub ty: ColumnType,
+    /// Whether a record without this field is rejected.
+    #[serde(default)]
+    pub required: bool,
+    /// For `bool` columns: strings that mean true.
+    #[serde(default)]
+    pub true_values: Vec<String>,
+    /// For `bool` columns: strings that mean false.
+    #[serde(default)]
+    pub false_values: Vec<String>,
+    /// For `bool` columns with a mapping: the value of anything else, missing included
+    /// (Morpheus: true). Without it, unmapped strings are rejected and missing is null.
+    #[serde(default)]
+    pub otherwise: Option<bool>,
+}
+
+fn default_separator() -> String {
+    ", ".to_string()
+}
+
+/// The kind of a derived per-day feature.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DerivedKind {
+    /// Index of the row within its (user, UTC day), from 0 (`logcount`).
+    CountPerDay,
+    /// Distinct values of `column` seen so far that (user, UTC day), from 1
+    /// (`locincrement`, `appincrement`).
+    DistinctPerDay,
+}
+
+/// A derived feature computed by data prep.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedSpec {
+    /// The feature's name.
+    pub name: String,
+    /// What it counts.
+    pub kind: DerivedKind,
+    /// For `distinct_per_day`: the column whose distinct values are counted.
+    #[serde(default)]
+    pub column: Option<String>,
+}
+
+/// The autoencoder's inputs, by kind.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    /// String columns embedded as categories.
+    #[serde(default)]
+    pub categorical: Vec<String>,
+    /// Bool columns, 0/1.
+    #[serde(default)]
+    pub binary: Vec<String>,
+    /// Numeric columns or derived features, standard-scaled.
+    #[serde(default)]
+    pub numeric: Vec<String>,
+}
+
+impl SourceSchema {
+    /// Parses and validates a schema from TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let schema: SourceSchema = toml::from_str(text).map_err(|e| Error::Invalid {
+            origin: origin.to_string(),
+            problems: vec![crate::config::Problem {
+                path: String::new(),
+                message: e.to_string().trim_end().to_string(),
+            }],
+        })?;
+        schema.validate(origin)?;
+        Ok(schema)
+    }
+
+    /// Reads and validates a schema file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading schema", e))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// A built-in schema by name (`azure`, `duo`).
+    pub fn builtin(name: &str) -> Result<Self> {
+        match BUILTIN.iter().find(|(n, _)| *n == name) {
+            Some((n, text)) => Self::from_toml(text, &format!("built-in schema {n}")),
+            None => Err(Error::UnknownSource {
+                name: name.to_string(),
+                known: builtin_names(),
+            }),
+        }
+    }
+
+    /// A schema by built-in name, or else by path to a TOML file.
+    pub fn resolve(name_or_path: &str) -> Result<Self> {
+        if BUILTIN.iter().any(|(n, _)| *n == name_or_path) {
+            return Self::builtin(name_or_path);
+        }
+        let path = Path::new(name_or_path);
+        if path.is_file() {
+            return Self::from_file(path);
+        }
+        Err(Error::UnknownSource {
+            name: name_or_path.to_string(),
+            known: builtin_names(),
+        })
+    }
+
+    /// Checks every rule a schema must follow and reports all problems with their paths.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let mut p = Problems::new();
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            p.push("name", "must be non-empty and use only [A-Za-z0-9_-]");
+        }
+        check_path(&mut p, "timestamp.path", &self.timestamp.path);
+        check_path(&mut p, "username.path", &self.username.path);
+        check_path(&mut p, "event_id.path", &self.event_id.path);
+
+        let mut names: BTreeSet<&str> = [TIMESTAMP, USERNAME, EVENT_ID].into_iter().collect();
+        for (i, c) in self.columns.iter().enumerate() {
+            let at = format!("columns[{i}]");
+            if c.name.is_empty() {
+                p.push(join(&at, "name"), "must not be empty");
+            } else if !names.insert(&c.name) {
+                p.push(
+                    join(&at, "name"),
+                    format!("duplicate column name {:?}", c.name),
+                );
+            }
+            match (&c.path, &c.concat) {
+                (Some(path), None) => check_path(&mut p, &join(&at, "path"), path),
+                (None, Some(parts)) => {
+                    if parts.is_empty() {
+                        p.push(join(&at, "concat"), "must list at least one path");
+                    }
+                    for (j, part) in parts.iter().enumerate() {
+                        check_path(&mut p, &format!("{at}.concat[{j}]"), part);
+                    }
+                    if c.ty != ColumnType::String {
+                        p.push(join(&at, "type"), "a concat column must be a string");
+                    }
+                }
+                (Some(_), Some(_)) => p.push(&at, "give either `path` or `concat`, not both"),
+                (None, None) => p.push(&at, "needs `path` or `concat`"),
+            }
+            let mapped = !c.true_values.is_empty() || !c.false_values.is_empty();
+            if c.ty != ColumnType::Bool && (mapped || c.otherwise.is_some()) {
+                p.push(
+                    &at,
+                    "`true_values`, `false_values` and `otherwise` apply only to type \"bool\"",
+                );
+            }
+            if let Some(dup) = c.true_values.iter().find(|v| c.false_values.contains(v)) {
+                p.push(
+                    join(&at, "false_values"),
+                    format!("{dup:?} is also in true_values"),
+                );
+            }
+        }
+
+        for (i, d) in self.derived.iter().enumerate() {
+            let at = format!("derived[{i}]");
+            if !names.insert(&d.name) {
+                p.push(
+                    join(&at, "name"),
+                    format!("duplicate column name {:?}", d.name),
+                );
+            }
+            match (d.kind, &d.column) {
+                (DerivedKind::DistinctPerDay, None) => {
+                    p.push(join(&at, "column"), "distinct_per_day needs a column")
+                }
+                (DerivedKind::DistinctPerDay, Some(col)) => {
+                    if self.column(col).is_none() {
+                        p.push(join(&at, "column"), format!("unknown column {col:?}"));
+                    }
+                }
+                (DerivedKind::CountPerDay, Some(_)) => {
+                    p.push(join(&at, "column"), "count_per_day takes no column")
+                }
+                (DerivedKind::CountPerDay, None) => {}
+            }
+        }
+
+        let mut seen = BTreeSet::new();
+        let kinds = [
+            ("categorical", &self.features.categorical),
+            ("binary", &self.features.binary),
+            ("numeric", &self.features.numeric),
+        ];
+        for (kind, list) in kinds {
+            for (i, f) in list.iter().enumerate() {
+                let at = format!("features.{kind}[{i}]");
+                if !seen.insert(f.as_str()) {
+                    p.push(&at, format!("feature {f:?} is listed twice"));
+                    continue;
+                }
+                let column_ty = self.column(f).map(|c| c.ty);
+                let is_derived = self.derived.iter().any(|d| &d.name == f);
+                let ok = match kind {
+                    "categorical" => column_ty == Some(ColumnType::String),
+                    "binary" => column_ty == Some(ColumnType::Bool),
+                    _ => {
+                        is_derived || matches!(column_ty, Some(ColumnType::Int | ColumnType::Float))
+                    }
+                };
+                if !ok {
+                    let want = match kind {
+                        "categorical" => "a string column",
+                        "binary" => "a bool column",
+                        _ => "an int or float column, or a derived feature",
+                    };
+                    p.push(&at, format!("{f:?} is not {want}"));
+                }
+            }
+        }
+        if seen.is_empty() {
+            p.push("features", "lists no feature");
+        }
+        p.finish(origin, ())
+    }
+
+    /// The column named `name`, if the schema has it.
+    pub fn column(&self, name: &str) -> Option<&ColumnSpec> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The Arrow schema of ingested batches.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let mut fields = vec![
+            Field::new(
+                TIMESTAMP,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new(USERNAME, DataType::Utf8, true),
+            Field::new(EVENT_ID, DataType::Utf8, true),
+        ];
+        for c in &self.columns {
+            let (ty, nullable) = match c.ty {
+                ColumnType::String => (DataType::Utf8, false),
+                ColumnType::Int => (DataType::Int64, true),
+                ColumnType::Float => (DataType::Float64, true),
+                ColumnType::Bool => (DataType::Boolean, c.otherwise.is_none()),
+            };
+            fields.push(Field::new(&c.name, ty, nullable));
+        }
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Whether a record without an event id is rejected (default: yes).
+    pub fn event_id_required(&self) -> bool {
+        self.event_id.required.unwrap_or(true)
+    }
+
+    /// Whether a record without a username is rejected (default: no).
+    pub fn username_required(&self) -> bool {
+        self.username.required.unwrap_or(false)
+    }
+
+    /// A stable 64-bit fingerprint of the schema (FNV-1a over its canonical debug form), stored
+    /// in model files so a model is never used with a schema it was not trained on.
+    pub fn fingerprint(&self) -> u64 {
+        let text = format!("{self:?}");
+        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+}
+
+fn builtin_names() -> String {
+    BUILTIN
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_path(p: &mut Problems, at: &str, path: &str) {
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        p.push(
+            at,
+            format!("{path:?} is not a dotted path (empty segment) like \"a.b.c\""),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_schemas_parse_and_validate() {
+        for (name, _) in BUILTIN {
+            let s = SourceSchema::builtin(name).unwrap();
+            assert_eq!(&s.name, name);
+            assert!(!s.features.categorical.is_empty());
+        }
+    }
+
+    #[test]
+    fn builtin_features_match_morpheus_lists() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/morpheus");
+        for (name, file) in [
+            ("azure", "columns_ae_azure.txt"),
+            ("duo", "columns_ae_duo.txt"),
+        ] {
+            let Ok(text) = std::fs::read_to_string(fixtures.join(file)) else {
+                continue; // shared/ is beside the checkout in CI; skip elsewhere
+            };
+            let want: BTreeSet<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+            let s = SourceSchema::builtin(name).unwrap();
+            let f = &s.features;
+            let got: BTreeSet<&str> = f
+                .categorical
+                .iter()
+                .chain(&f.binary)
+                .chain(&f.numeric)
+                .map(String::as_str)
+                .collect();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_source_names_the_builtins() {
+        let err = SourceSchema::resolve("cloudtrail-nope")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("azure, duo"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+            name = "bad source"
+            [timestamp]
+            path = "a..b"
+            [username]
+            path = "user"
+            [event_id]
+            path = "id"
+            [[columns]]
+            name = "x"
+            [[columns]]
+            name = "x"
+            path = "y"
+            type = "int"
+            true_values = ["yes"]
+            [[derived]]
+            name = "inc"
+            kind = "distinct_per_day"
+            column = "nope"
+            [features]
+            categorical = ["x", "ghost"]
+            numeric = ["inc"]
+        "#;
+        let err = SourceSchema::from_toml(text, "t.toml").unwrap_err();
+        let Error::Invalid { problems, origin } = err else {
+            panic!("expected Invalid")
+        };
+        assert_eq!(origin, "t.toml");
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "name",
+            "timestamp.path",
+            "columns[0]",
+            "columns[1].name",
+            "columns[1]",
+            "derived[0].column",
+            "features.categorical[1]",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let text = r#"
+            name = "s"
+            colums = []
+            [timestamp]
+            path = "t"
+            [username]
+            path = "u"
+            [event_id]
+            path = "id"
+            [features]
+        "#;
+        let err = SourceSchema::from_toml(text, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colums"), "{err}");
+    }
+
+    #[test]
+    fn arrow_schema_starts_with_fixed_columns() {
+        let s = SourceSchema::builtin("duo").unwrap();
+        let a = s.arrow_schema();
+        let names: Vec<&str> = a.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(&names[..3], &[TIMESTAMP, USERNAME, EVENT_ID]);
+        assert_eq!(
+            a.field_with_name("result").unwrap().data_type(),
+            &DataType::Boolean
+        );
+        assert!(!a.field_with_name("result").unwrap().is_nullable());
+    }
+
+    #[test]
+    fn fingerprint_changes_with_the_schema() {
+        let a = SourceSchema::builtin("azure").unwrap();
+        let mut b = a.clone();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.columns.pop();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+}
