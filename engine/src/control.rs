@@ -404,10 +404,10 @@ fn parse_batching(value: &Value, at: &str, p: &mut Problems) -> BatchingOptions 
             ),
         }
     }
-    if let (Some(start), Some(end)) = (b.start_time, b.end_time) {
-        if end <= start {
-            p.push(join(at, "end_time"), "must be after start_time");
-        }
+    if let (Some(start), Some(end)) = (b.start_time, b.end_time)
+        && end <= start
+    {
+        p.push(join(at, "end_time"), "must be after start_time");
     }
     match obj.get("sampling_rate_s") {
         None | Some(Value::Null) => {}
@@ -526,11 +526,10 @@ fn parse_file_to_df(value: &Value, at: &str, p: &mut Problems) -> FileToDfOption
         match kw.get("lines") {
             None => {}
             Some(Value::Bool(true)) => f.format = InputFormat::JsonLines,
-            Some(Value::Bool(false)) => {
-                if f.format == InputFormat::Auto {
-                    f.format = InputFormat::JsonArray;
-                }
+            Some(Value::Bool(false)) if f.format == InputFormat::Auto => {
+                f.format = InputFormat::JsonArray;
             }
+            Some(Value::Bool(false)) => {}
             Some(other) => p.push(
                 join(&kw_at, "lines"),
                 format!("must be true or false, found {}", kind(other)),

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod generate;
 pub mod ingest;
 pub mod period;
 pub mod schema;

@@ -1,1 +1,336 @@
-fn main() {}
+//! `dfp`: digital fingerprinting, per-user behavioural anomaly detection on authentication and
+//! cloud logs. This binary only parses the command line and wires the engine and operators
+//! together; the logic lives in `dfp-engine` and `dfp-operators`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use arrow::array::AsArray;
+use clap::{Parser, Subcommand};
+use dfp_engine::control::ControlMessage;
+use dfp_engine::generate::{GenSource, GenerateConfig};
+use dfp_engine::ingest::{DeadLetterWriter, InputFormat, Reader};
+use dfp_engine::schema::SourceSchema;
+use dfp_operators::file_batcher::{FileBatcherConfig, batch_files};
+use tracing_subscriber::EnvFilter;
+
+/// Digital fingerprinting: per-user behavioural anomaly detection on authentication logs.
+#[derive(Debug, Parser)]
+#[command(name = "dfp", version, about)]
+struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output on stderr (-q: warnings and errors only, -qq: errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate realistic Azure AD or Duo logs with labelled anomalies (JSON-array files named
+    /// like Morpheus', plus labels.jsonl).
+    Generate(GenerateArgs),
+    /// Check control messages (.json) or source schemas (.toml); print every problem with its
+    /// path and exit 1, or say the file is valid.
+    Validate {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Read log files into Arrow batches by a source schema and report rows, users and
+    /// rejected records (rejections go to a dead-letter NDJSON file).
+    Ingest(IngestArgs),
+    /// Show how a control message's inputs resolve: files found, and file batches per period.
+    Plan {
+        /// The control message.
+        control_messages: PathBuf,
+        /// Resolve relative globs against this directory instead of the message's directory.
+        #[arg(long)]
+        files_root: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// Which source's log shape to write.
+    #[arg(long, value_parser = ["azure", "duo"])]
+    source: String,
+    /// Number of users.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Number of days.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// First day (UTC), YYYY-MM-DD.
+    #[arg(long, default_value = "2022-08-01")]
+    start: String,
+    /// Random seed: the same seed gives the same bytes.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Files per day.
+    #[arg(long, default_value_t = 8)]
+    files_per_day: u32,
+    /// Inject anomalies only into the last N days (default: a sixth of the days, at least 1).
+    #[arg(long)]
+    anomaly_days: Option<u32>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct IngestArgs {
+    /// Source schema: a built-in name (azure, duo) or a TOML file.
+    #[arg(long)]
+    source: String,
+    /// Input files or glob patterns.
+    #[arg(long, required = true, num_args = 1..)]
+    files: Vec<String>,
+    /// Input layout: auto, json (array), jsonl or csv.
+    #[arg(long, default_value = "auto")]
+    format: InputFormat,
+    /// Reader threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Where rejected records and broken files are written, as NDJSON.
+    #[arg(long, default_value = "dfp_dead_letter.ndjson")]
+    dead_letter: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match i16::from(verbose) - i16::from(quiet) {
+        i16::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("DFP_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Generate(args) => generate(args),
+        Command::Validate { files } => Ok(validate(&files)),
+        Command::Ingest(args) => ingest(args),
+        Command::Plan {
+            control_messages,
+            files_root,
+        } => plan(&control_messages, files_root.as_deref()),
+    }
+}
+
+fn generate(args: GenerateArgs) -> Result<ExitCode> {
+    let source: GenSource = args.source.parse().map_err(anyhow::Error::msg)?;
+    let start = chrono::NaiveDate::parse_from_str(&args.start, "%Y-%m-%d")
+        .with_context(|| format!("--start {:?} is not a date like 2022-08-01", args.start))?;
+    let mut cfg = GenerateConfig::new(source, args.users, args.days, start, args.seed);
+    cfg.files_per_day = args.files_per_day;
+    if let Some(n) = args.anomaly_days {
+        cfg.anomaly_days = n;
+    }
+    let started = Instant::now();
+    let summary = dfp_engine::generate::generate(&cfg, &args.out).with_context(|| {
+        format!(
+            "generating {} logs into {}",
+            args.source,
+            args.out.display()
+        )
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "wrote {} records ({} anomalous) for {} users in {} files, {:.1} MB, to {} in {:.2} s ({:.0} records/s); labels: {}",
+        summary.records,
+        summary.anomalous_records,
+        summary.users,
+        summary.files.len(),
+        summary.bytes as f64 / 1e6,
+        args.out.display(),
+        secs,
+        summary.records as f64 / secs.max(1e-9),
+        summary.labels.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a file to validate holds.
+fn validate_one(path: &Path) -> Result<String, dfp_engine::Error> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => {
+            let s = SourceSchema::from_file(path)?;
+            Ok(format!(
+                "valid source schema {:?} ({} columns, {} features)",
+                s.name,
+                s.columns.len(),
+                s.features.categorical.len() + s.features.binary.len() + s.features.numeric.len()
+            ))
+        }
+        _ => {
+            let m = ControlMessage::from_file(path)?;
+            let tasks: Vec<String> = m
+                .inputs
+                .iter()
+                .map(|i| {
+                    let what = match (i.trains(), i.infers()) {
+                        (true, true) => "training+inference",
+                        (true, false) => "training",
+                        _ => "inference",
+                    };
+                    format!("{what} ({:?})", i.metadata.data_type).to_lowercase()
+                })
+                .collect();
+            Ok(format!(
+                "valid control message: {} input(s): {}",
+                m.inputs.len(),
+                tasks.join(", ")
+            ))
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match validate_one(f) {
+            Ok(summary) => println!("{}: {summary}", f.display()),
+            Err(dfp_engine::Error::Invalid { origin, problems }) => {
+                ok = false;
+                for p in problems {
+                    println!("{origin}: {p}");
+                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("{}: {e}", f.display());
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn expand_globs(patterns: &[String]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in patterns {
+        let matched: Vec<PathBuf> = glob::glob(p)
+            .with_context(|| format!("bad glob {p:?}"))?
+            .filter_map(|e| e.ok())
+            .filter(|f| f.is_file())
+            .collect();
+        if matched.is_empty() {
+            tracing::warn!(pattern = %p, "pattern matches no file");
+        }
+        files.extend(matched);
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn ingest(args: IngestArgs) -> Result<ExitCode> {
+    let schema = Arc::new(SourceSchema::resolve(&args.source)?);
+    let files = expand_globs(&args.files)?;
+    if files.is_empty() {
+        bail!("no input file matches {:?}", args.files);
+    }
+    let reader = Reader::new(schema);
+    let started = Instant::now();
+    let reads = reader.read_files(&files, args.format, args.threads);
+    let secs = started.elapsed().as_secs_f64();
+    let mut dead = DeadLetterWriter::create(&args.dead_letter)?;
+    let (mut rows, mut bytes, mut rejected, mut broken) = (0usize, 0u64, 0usize, 0usize);
+    let mut users = std::collections::BTreeSet::new();
+    for r in &reads {
+        dead.write_read(r)?;
+        rows += r.batch.num_rows();
+        bytes += r.bytes;
+        rejected += r.rejected.len();
+        broken += usize::from(r.broken.is_some());
+        if let Some(names) = r.batch.column(1).as_string_opt::<i32>() {
+            users.extend(names.iter().flatten().map(str::to_string));
+        }
+    }
+    dead.flush()?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "source": reader.schema().name,
+            "files": reads.len(),
+            "broken_files": broken,
+            "rows": rows,
+            "users": users.len(),
+            "rejected": rejected,
+            "dead_letter": args.dead_letter.display().to_string(),
+            "seconds": secs,
+            "records_per_s": rows as f64 / secs.max(1e-9),
+            "mb_per_s": bytes as f64 / 1e6 / secs.max(1e-9),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan(path: &Path, files_root: Option<&Path>) -> Result<ExitCode> {
+    let msg = ControlMessage::from_file(path)?;
+    let base = match files_root {
+        Some(r) => r.to_path_buf(),
+        None => path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+    };
+    for (i, input) in msg.inputs.iter().enumerate() {
+        let (files, unmatched) = input.resolve_files(&base)?;
+        for u in unmatched {
+            tracing::warn!(input = i, pattern = %u, "pattern matches no file");
+        }
+        let cfg = FileBatcherConfig::new(None).with_options(&input.metadata.batching_options)?;
+        let batches = batch_files(&files, &cfg);
+        println!(
+            "input {i}: train={} infer={} data_type={:?}: {} files, {} batches",
+            input.trains(),
+            input.infers(),
+            input.metadata.data_type,
+            files.len(),
+            batches.len()
+        );
+        for b in &batches {
+            let period = b
+                .period_start
+                .map(|s| s.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_else(|| "all".to_string());
+            println!(
+                "  batch {}/{} {period}: {} files",
+                b.index + 1,
+                b.count,
+                b.files.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,145 @@
+//! The `dfp` command line, run as a user runs it: exit codes, what it prints, the files it
+//! writes.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dfp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dfp"))
+        .args(args)
+        .env("DFP_LOG", "warn")
+        .output()
+        .expect("run dfp")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn shared() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/morpheus");
+    p.is_dir().then_some(p)
+}
+
+#[test]
+fn validate_accepts_every_morpheus_control_message() {
+    let Some(fixtures) = shared() else { return };
+    let mut files: Vec<String> = std::fs::read_dir(fixtures.join("control_messages"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    files.sort();
+    let mut args = vec!["validate"];
+    args.extend(files.iter().map(String::as_str));
+    let out = dfp(&args);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout(&out).matches("valid control message").count(), 4);
+}
+
+#[test]
+fn validate_accepts_the_shipped_schemas() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    for name in ["azure.toml", "duo.toml"] {
+        let out = dfp(&["validate", configs.join(name).to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {}", stdout(&out));
+        assert!(stdout(&out).contains("valid source schema"));
+    }
+}
+
+#[test]
+fn validate_rejects_a_broken_message_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.json");
+    std::fs::write(
+        &path,
+        r#"{"inputs":[{"tasks":[{"type":"load","properties":{"files":["*.json"]}},{"type":"trainig"}],
+            "metadata":{"data_type":"payload","batching_options":{"period":"fortnight","end_time":"31/08/2022"}}}]}"#,
+    )
+    .unwrap();
+    let out = dfp(&["validate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    for want in [
+        "inputs[0].tasks[1].type: unknown task type \"trainig\"",
+        "inputs[0].metadata.batching_options.period: unknown period \"fortnight\"",
+        "inputs[0].metadata.batching_options.end_time:",
+        "broken.json",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn validate_reports_unreadable_and_non_json_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.json");
+    std::fs::write(&path, "inputs: []").unwrap();
+    let out = dfp(&["validate", path.to_str().unwrap(), "/nonexistent/m.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("not valid JSON"), "{text}");
+    assert!(text.contains("/nonexistent/m.json"), "{text}");
+}
+
+#[test]
+fn ingest_dead_letters_bad_records_and_broken_files_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"{"timestamp":1659363123,"txid":"a","user":{"name":"u1"},"result":"success"}"#;
+    std::fs::write(
+        dir.path().join("DUO_1.json"),
+        format!("[{good},{{\"txid\":\"b\"}},{good}]"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("DUO_2.json"), format!("[{good},{good}")).unwrap();
+    std::fs::write(dir.path().join("DUO_3.json"), b"\x00\x01binary").unwrap();
+    let dead = dir.path().join("dead.ndjson");
+    let glob = format!("{}/DUO_*.json", dir.path().display());
+    let out = dfp(&[
+        "ingest",
+        "--source",
+        "duo",
+        "--files",
+        &glob,
+        "--dead-letter",
+        dead.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(summary["files"], 3);
+    assert_eq!(summary["rows"], 4);
+    assert_eq!(summary["rejected"], 1);
+    assert_eq!(summary["broken_files"], 2);
+    let lines = std::fs::read_to_string(&dead).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+    assert!(
+        lines.contains("DUO_1.json") && lines.contains("`timestamp`"),
+        "{lines}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DUO_3.json") && stderr.contains("not JSON"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ingest_rejects_an_unknown_source_clearly() {
+    let out = dfp(&["ingest", "--source", "okta", "--files", "x.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown source schema \"okta\"") && err.contains("azure, duo"),
+        "{err}"
+    );
+}
