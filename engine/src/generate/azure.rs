@@ -299,13 +299,7 @@ pub(super) fn write_record<W: Write>(
     e: &Event,
 ) -> serde_json::Result<()> {
     use serde::ser::Error as _;
-    let user = world
-        .users
-        .get(e.user as usize)
-        .ok_or_else(|| serde_json::Error::custom("event of an unknown user"))?;
-    let device = user
-        .device(world, e.device)
-        .ok_or_else(|| serde_json::Error::custom("event of an unknown device"))?;
+    let (user, device) = world.user_and_device(e)?;
     let app = APPS
         .get(usize::from(e.app))
         .zip(world.azure_apps.get(usize::from(e.app)))

@@ -159,13 +159,7 @@ pub(super) fn write_record<W: Write>(
     e: &Event,
 ) -> serde_json::Result<()> {
     use serde::ser::Error as _;
-    let user = world
-        .users
-        .get(e.user as usize)
-        .ok_or_else(|| serde_json::Error::custom("event of an unknown user"))?;
-    let device = user
-        .device(world, e.device)
-        .ok_or_else(|| serde_json::Error::custom("event of an unknown device"))?;
+    let (user, device) = world.user_and_device(e)?;
     let phone = user
         .phone(world, e.phone)
         .ok_or_else(|| serde_json::Error::custom("event of an unknown phone"))?;

@@ -455,6 +455,19 @@ pub(super) struct World {
 }
 
 impl World {
+    /// The user and device of an event; an error (never a panic) if the event names neither.
+    fn user_and_device(&self, e: &Event) -> serde_json::Result<(&habits::User, &habits::Device)> {
+        use serde::ser::Error as _;
+        let user = self
+            .users
+            .get(e.user as usize)
+            .ok_or_else(|| serde_json::Error::custom("event of an unknown user"))?;
+        let device = user
+            .device(self, e.device)
+            .ok_or_else(|| serde_json::Error::custom("event of an unknown device"))?;
+        Ok((user, device))
+    }
+
     fn new(cfg: &GenerateConfig) -> Self {
         let tenant = uuid_from(mix(&[cfg.seed, 0x7e4a_0047]), mix(&[cfg.seed, 0x7e4a_0048]));
         let app_popularity = match cfg.source {
