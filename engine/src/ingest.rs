@@ -25,7 +25,7 @@ use arrow::array::{
 };
 use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, NaiveDateTime};
-use sonic_rs::{JsonValueTrait, PointerTree};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::schema::{
     ColumnSpec, ColumnType, MISSING_STRING, NULL_STRING, SourceSchema, TimestampFormat,
@@ -94,8 +94,8 @@ enum Raw<'a> {
     Missing,
     Null,
     Str(Cow<'a, str>),
-    /// A JSON number, as written.
-    Num(&'a str),
+    /// A JSON number, as text.
+    Num(Cow<'a, str>),
     Bool(bool),
     /// An object or array, named for error messages.
     Composite(&'static str),
@@ -116,7 +116,7 @@ pub struct Reader {
     arrow: SchemaRef,
     /// Every dotted path, in lookup order: timestamp, username, event id, then each column's.
     paths: Vec<String>,
-    tree: PointerTree,
+    trie: PathNode,
     /// For each column, the range of `paths` it reads.
     column_paths: Vec<Range<usize>>,
 }
@@ -139,16 +139,15 @@ impl Reader {
             }
             column_paths.push(start..paths.len());
         }
-        let mut tree = PointerTree::new();
-        for p in &paths {
-            let segments: Vec<&str> = p.split('.').collect();
-            tree.add_path(&segments);
+        let mut trie = PathNode::default();
+        for (slot, p) in paths.iter().enumerate() {
+            trie.insert(p.split('.'), slot);
         }
         Self {
             arrow: schema.arrow_schema(),
             schema,
             paths,
-            tree,
+            trie,
             column_paths,
         }
     }
@@ -261,9 +260,15 @@ impl Reader {
                 record.chars().next().unwrap_or(' ')
             ));
         }
-        let values =
-            sonic_rs::get_many(record, &self.tree).map_err(|e| format!("invalid JSON: {e}"))?;
-        let raws: Vec<Raw<'_>> = values.iter().map(lazy_to_raw).collect();
+        let mut raws = vec![Raw::Missing; self.paths.len()];
+        let mut de = sonic_rs::Deserializer::from_str(record);
+        NodeSeed {
+            node: &self.trie,
+            out: &mut raws,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| format!("invalid JSON: {e}"))?;
         sink.push(self, &raws)
     }
 
@@ -418,23 +423,139 @@ fn detect_format(path: &Path, bytes: &[u8]) -> std::result::Result<InputFormat, 
     }
 }
 
-fn lazy_to_raw<'a>(value: &'a Option<sonic_rs::LazyValue<'_>>) -> Raw<'a> {
-    let Some(v) = value else {
-        return Raw::Missing;
-    };
-    let text = v.as_raw_str();
-    match text.as_bytes().first() {
-        Some(b'n') => Raw::Null,
-        Some(b't') => Raw::Bool(true),
-        Some(b'f') => Raw::Bool(false),
-        Some(b'"') => match v.as_str() {
-            Some(s) => Raw::Str(Cow::Borrowed(s)),
-            None => Raw::Composite("an undecodable string"),
-        },
-        Some(b'{') => Raw::Composite("an object"),
-        Some(b'[') => Raw::Composite("an array"),
-        Some(_) => Raw::Num(text),
-        None => Raw::Missing,
+/// The schema's paths as a trie: a record is walked once, descending only into keys some path
+/// needs and skipping every other value without building it.
+#[derive(Debug, Default)]
+struct PathNode {
+    children: Vec<(String, PathNode)>,
+    /// Indices into the lookup list of the paths that end here.
+    slots: Vec<usize>,
+}
+
+impl PathNode {
+    fn insert<'p>(&mut self, mut segments: impl Iterator<Item = &'p str>, slot: usize) {
+        match segments.next() {
+            None => self.slots.push(slot),
+            Some(key) => {
+                let i = match self.children.iter().position(|(k, _)| k == key) {
+                    Some(i) => i,
+                    None => {
+                        self.children.push((key.to_string(), PathNode::default()));
+                        self.children.len() - 1
+                    }
+                };
+                self.children[i].1.insert(segments, slot);
+            }
+        }
+    }
+}
+
+/// Deserializes the value at one trie node into the slots below it.
+struct NodeSeed<'n, 'o, 'de> {
+    node: &'n PathNode,
+    out: &'o mut [Raw<'de>],
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> NodeSeed<'_, '_, 'de> {
+    fn set(self, value: Raw<'de>) {
+        for &slot in &self.node.slots {
+            if let Some(s) = self.out.get_mut(slot) {
+                *s = value.clone();
+            }
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<(), E> {
+        self.set(Raw::Str(Cow::Borrowed(v)));
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<(), E> {
+        self.set(Raw::Str(Cow::Owned(v.to_string())));
+        Ok(())
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<(), E> {
+        self.set(Raw::Str(Cow::Owned(v)));
+        Ok(())
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<(), E> {
+        self.set(Raw::Bool(v));
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<(), E> {
+        self.set(Raw::Num(Cow::Owned(v.to_string())));
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<(), E> {
+        self.set(Raw::Num(Cow::Owned(v.to_string())));
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<(), E> {
+        self.set(Raw::Num(Cow::Owned(v.to_string())));
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        self.set(Raw::Null);
+        Ok(())
+    }
+    fn visit_none<E>(self) -> std::result::Result<(), E> {
+        self.set(Raw::Null);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<(), A::Error> {
+        IgnoredAny.visit_seq(seq)?;
+        self.set(Raw::Composite("an array"));
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while let Some(child) = map.next_key_seed(KeySeed(&self.node.children))? {
+            match child {
+                Some(node) => map.next_value_seed(NodeSeed {
+                    node,
+                    out: &mut *self.out,
+                })?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        self.set(Raw::Composite("an object"));
+        Ok(())
+    }
+}
+
+/// Reads an object key and finds the child node it names, without allocating.
+struct KeySeed<'n>(&'n [(String, PathNode)]);
+
+impl<'de, 'n> DeserializeSeed<'de> for KeySeed<'n> {
+    type Value = Option<&'n PathNode>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, 'n> Visitor<'de> for KeySeed<'n> {
+    type Value = Option<&'n PathNode>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, key: &str) -> std::result::Result<Self::Value, E> {
+        Ok(self.0.iter().find(|(k, _)| k == key).map(|(_, n)| n))
     }
 }
 
@@ -476,10 +597,7 @@ fn parse_epoch_seconds(text: &str) -> Option<i64> {
 fn convert_timestamp(raw: &Raw<'_>, format: TimestampFormat) -> std::result::Result<i64, String> {
     let parsed = match (raw, format) {
         (Raw::Str(s), TimestampFormat::Iso8601) => parse_iso8601(s),
-        (Raw::Num(n) | Raw::Str(Cow::Borrowed(n)), TimestampFormat::EpochSeconds) => {
-            parse_epoch_seconds(n)
-        }
-        (Raw::Str(s), TimestampFormat::EpochSeconds) => parse_epoch_seconds(s),
+        (Raw::Num(n) | Raw::Str(n), TimestampFormat::EpochSeconds) => parse_epoch_seconds(n),
         (Raw::Num(n), TimestampFormat::Auto) => parse_epoch_seconds(n),
         (Raw::Str(s), TimestampFormat::Auto) => parse_iso8601(s).or_else(|| parse_epoch_seconds(s)),
         _ => None,
@@ -500,7 +618,7 @@ fn convert_string<'a>(raw: &Raw<'a>) -> std::result::Result<Cow<'a, str>, String
         Raw::Missing => Ok(Cow::Borrowed(MISSING_STRING)),
         Raw::Null => Ok(Cow::Borrowed(NULL_STRING)),
         Raw::Str(s) => Ok(s.clone()),
-        Raw::Num(n) => Ok(Cow::Borrowed(n)),
+        Raw::Num(n) => Ok(n.clone()),
         Raw::Bool(true) => Ok(Cow::Borrowed("True")),
         Raw::Bool(false) => Ok(Cow::Borrowed("False")),
         Raw::Composite(_) => Err(format!("is {}, expected a string", describe(raw))),
@@ -531,16 +649,12 @@ fn convert_column<'a>(c: &ColumnSpec, raws: &[Raw<'a>]) -> std::result::Result<C
         }
         ColumnType::Int => match first {
             Raw::Missing | Raw::Null => Ok(Cell::Int(None)),
-            Raw::Num(t) | Raw::Str(Cow::Borrowed(t)) => parse_int(t).map(|v| Cell::Int(Some(v))),
-            Raw::Str(t) => parse_int(t).map(|v| Cell::Int(Some(v))),
+            Raw::Num(t) | Raw::Str(t) => parse_int(t).map(|v| Cell::Int(Some(v))),
             other => Err(format!("is {}, expected an integer", describe(other))),
         },
         ColumnType::Float => match first {
             Raw::Missing | Raw::Null => Ok(Cell::Float(None)),
-            Raw::Num(t) | Raw::Str(Cow::Borrowed(t)) => {
-                parse_float(t).map(|v| Cell::Float(Some(v)))
-            }
-            Raw::Str(t) => parse_float(t).map(|v| Cell::Float(Some(v))),
+            Raw::Num(t) | Raw::Str(t) => parse_float(t).map(|v| Cell::Float(Some(v))),
             other => Err(format!("is {}, expected a number", describe(other))),
         },
         ColumnType::Bool => convert_bool(c, first).map(Cell::Bool),
