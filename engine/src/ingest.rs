@@ -143,6 +143,8 @@ impl Reader {
         for (slot, p) in paths.iter().enumerate() {
             trie.insert(p.split('.'), slot);
         }
+        // One more slot, after the paths: the record itself, to tell objects from the rest.
+        trie.slots.push(paths.len());
         Self {
             arrow: schema.arrow_schema(),
             schema,
@@ -254,13 +256,7 @@ impl Reader {
 
     /// Converts one JSON record (an object's text) and appends it, or returns why not.
     fn push_json(&self, record: &str, sink: &mut BatchSink) -> std::result::Result<(), String> {
-        if !record.starts_with('{') {
-            return Err(format!(
-                "record is not a JSON object (starts with {:?})",
-                record.chars().next().unwrap_or(' ')
-            ));
-        }
-        let mut raws = vec![Raw::Missing; self.paths.len()];
+        let mut raws = vec![Raw::Missing; self.paths.len() + 1];
         let mut de = sonic_rs::Deserializer::from_str(record);
         NodeSeed {
             node: &self.trie,
@@ -269,9 +265,27 @@ impl Reader {
         .deserialize(&mut de)
         .and_then(|()| de.end())
         .map_err(|e| format!("invalid JSON: {e}"))?;
-        sink.push(self, &raws)
+        self.push_extracted(&raws, sink)
     }
 
+    /// Appends a record whose values were extracted; the last slot holds the record itself.
+    fn push_extracted(
+        &self,
+        raws: &[Raw<'_>],
+        sink: &mut BatchSink,
+    ) -> std::result::Result<(), String> {
+        match raws.last() {
+            Some(Raw::Composite("an object")) => sink.push(self, raws),
+            Some(other) => Err(format!(
+                "record is not a JSON object (it is {})",
+                describe(other)
+            )),
+            None => Err("record is empty".to_string()),
+        }
+    }
+
+    /// Reads a JSON array in one pass: each element is walked for the schema's paths as it is
+    /// parsed. The text of a rejected record is looked up again only when one is rejected.
     fn read_json_array(&self, bytes: &[u8], sink: &mut BatchSink) -> Option<String> {
         let (text, utf8_error) = match std::str::from_utf8(bytes) {
             Ok(t) => (t, None),
@@ -282,29 +296,46 @@ impl Reader {
                 (prefix, Some(format!("invalid UTF-8 at byte {valid}")))
             }
         };
-        let mut index = 0;
-        for element in sonic_rs::to_array_iter(text) {
-            match element {
-                Ok(value) => {
-                    let raw = value.as_raw_str();
-                    sink.records += 1;
-                    if let Err(reason) = self.push_json(raw, sink) {
-                        sink.reject(index, reason, raw.to_string());
+        let mut failures = Vec::new();
+        let mut de = sonic_rs::Deserializer::from_str(text);
+        let result = serde::Deserializer::deserialize_seq(
+            &mut de,
+            ArrayVisitor {
+                reader: self,
+                sink: &mut *sink,
+                failures: &mut failures,
+            },
+        )
+        .and_then(|()| de.end());
+        if !failures.is_empty() {
+            let mut pending = failures.into_iter().peekable();
+            for (i, element) in sonic_rs::to_array_iter(text).enumerate() {
+                let Some((index, _)) = pending.peek() else {
+                    break;
+                };
+                if *index == i {
+                    let raw = element
+                        .map(|v| v.as_raw_str().to_string())
+                        .unwrap_or_default();
+                    if let Some((index, reason)) = pending.next() {
+                        sink.reject(index, reason, raw);
                     }
-                    index += 1;
-                }
-                Err(e) => {
-                    return Some(utf8_error.unwrap_or_else(|| {
-                        if index == 0 && !text.trim_start().starts_with('[') {
-                            format!("not a JSON array: {e}")
-                        } else {
-                            format!("invalid JSON after record {index}: {e}")
-                        }
-                    }));
                 }
             }
+            for (index, reason) in pending {
+                sink.reject(index, reason, String::new());
+            }
         }
-        utf8_error
+        match result {
+            Ok(()) => utf8_error,
+            Err(e) => Some(utf8_error.unwrap_or_else(|| {
+                if sink.records == 0 && !text.trim_start().starts_with('[') {
+                    format!("not a JSON array: {e}")
+                } else {
+                    format!("invalid JSON after record {}: {e}", sink.records)
+                }
+            })),
+        }
     }
 
     fn read_json_lines(&self, bytes: &[u8], sink: &mut BatchSink) {
@@ -420,6 +451,41 @@ fn detect_format(path: &Path, bytes: &[u8]) -> std::result::Result<InputFormat, 
             char::from(*other)
         )),
         None => Err("empty file".to_string()),
+    }
+}
+
+/// Walks the elements of a JSON array, extracting and appending each record.
+struct ArrayVisitor<'r, 's, 'f> {
+    reader: &'r Reader,
+    sink: &'s mut BatchSink,
+    /// Records rejected: index and reason (their text is found afterwards).
+    failures: &'f mut Vec<(usize, String)>,
+}
+
+impl<'de> Visitor<'de> for ArrayVisitor<'_, '_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let slots = self.reader.paths.len() + 1;
+        let mut raws: Vec<Raw<'de>> = Vec::with_capacity(slots);
+        loop {
+            raws.clear();
+            raws.resize(slots, Raw::Missing);
+            let seed = NodeSeed {
+                node: &self.reader.trie,
+                out: &mut raws,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
+            let index = self.sink.records;
+            self.sink.records += 1;
+            if let Err(reason) = self.reader.push_extracted(&raws, self.sink) {
+                self.failures.push((index, reason));
+            }
+        }
     }
 }
 
