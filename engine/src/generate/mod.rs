@@ -1355,24 +1355,4 @@ mod tests {
         assert_eq!(key.len(), 20);
         assert!(key.starts_with("DU"));
     }
-
-    /// Generation speed, one core, release build:
-    /// `cargo test --release -p dfp-engine generate::tests::speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn speed() {
-        for source in [GenSource::Azure, GenSource::Duo] {
-            let dir = tempfile::tempdir().expect("tmp");
-            let t = std::time::Instant::now();
-            let s = generate(&cfg(source, 1000, 30), dir.path()).expect("gen");
-            let secs = t.elapsed().as_secs_f64();
-            println!(
-                "{source}: {} records in {secs:.2} s = {:.0} records/s, {:.0} bytes/record, {} files",
-                s.records,
-                s.records as f64 / secs,
-                s.bytes as f64 / s.records as f64,
-                s.files.len()
-            );
-        }
-    }
 }
