@@ -9,6 +9,7 @@ pub mod control;
 pub mod error;
 pub mod generate;
 pub mod ingest;
+pub mod model;
 pub mod period;
 pub mod schema;
 
