@@ -89,7 +89,7 @@ impl Vocabulary {
             }
         }
         // A stable sort keeps first-appearance order among equal counts.
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         let mut values: Vec<String> = counts
             .into_iter()
             .filter(|(v, c)| *c >= min_cats.max(1) && *v != OTHER)
