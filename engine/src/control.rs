@@ -167,41 +167,50 @@ impl ControlInput {
     /// Resolves the load globs to existing files, relative ones against `base`; sorted and
     /// without duplicates. Patterns that match nothing are returned too, for reporting.
     pub fn resolve_files(&self, base: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
-        let mut files = Vec::new();
-        let mut unmatched = Vec::new();
-        for pattern in self.globs() {
-            let full = if Path::new(pattern).is_absolute() {
-                PathBuf::from(pattern)
-            } else {
-                base.join(pattern)
-            };
-            let full_text = full.to_string_lossy().into_owned();
-            let paths = glob::glob(&full_text).map_err(|e| Error::Invalid {
-                origin: "control message".to_string(),
-                problems: vec![crate::config::Problem {
-                    path: "tasks.properties.files".to_string(),
-                    message: format!("bad glob {pattern:?}: {e}"),
-                }],
-            })?;
-            let before = files.len();
-            for entry in paths {
-                match entry {
-                    Ok(path) if path.is_file() => files.push(path),
-                    Ok(_) => {}
-                    Err(e) => {
-                        let path = e.path().to_path_buf();
-                        return Err(Error::io(path, "listing files", e.into()));
-                    }
+        expand_globs(self.globs(), base)
+    }
+}
+
+/// Expands glob patterns to existing files, relative ones against `base`; sorted and without
+/// duplicates. Also returns the patterns (as resolved) that matched nothing, for reporting.
+pub fn expand_globs<'p>(
+    patterns: impl IntoIterator<Item = &'p str>,
+    base: &Path,
+) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let mut files = Vec::new();
+    let mut unmatched = Vec::new();
+    for pattern in patterns {
+        let full = if Path::new(pattern).is_absolute() {
+            PathBuf::from(pattern)
+        } else {
+            base.join(pattern)
+        };
+        let full_text = full.to_string_lossy().into_owned();
+        let paths = glob::glob(&full_text).map_err(|e| Error::Invalid {
+            origin: "file patterns".to_string(),
+            problems: vec![crate::config::Problem {
+                path: "files".to_string(),
+                message: format!("bad glob {pattern:?}: {e}"),
+            }],
+        })?;
+        let before = files.len();
+        for entry in paths {
+            match entry {
+                Ok(path) if path.is_file() => files.push(path),
+                Ok(_) => {}
+                Err(e) => {
+                    let path = e.path().to_path_buf();
+                    return Err(Error::io(path, "listing files", e.into()));
                 }
             }
-            if files.len() == before {
-                unmatched.push(full_text);
-            }
         }
-        files.sort();
-        files.dedup();
-        Ok((files, unmatched))
+        if files.len() == before {
+            unmatched.push(full_text);
+        }
     }
+    files.sort();
+    files.dedup();
+    Ok((files, unmatched))
 }
 
 fn parse_message(value: &Value, p: &mut Problems) -> ControlMessage {

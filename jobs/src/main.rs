@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use arrow::array::AsArray;
 use clap::{Parser, Subcommand};
-use dfp_engine::control::ControlMessage;
+use dfp_engine::control::{ControlMessage, expand_globs};
 use dfp_engine::generate::{GenSource, GenerateConfig};
 use dfp_engine::ingest::{DeadLetterWriter, InputFormat, Reader};
 use dfp_engine::schema::SourceSchema;
@@ -235,27 +235,12 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn expand_globs(patterns: &[String]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for p in patterns {
-        let matched: Vec<PathBuf> = glob::glob(p)
-            .with_context(|| format!("bad glob {p:?}"))?
-            .filter_map(|e| e.ok())
-            .filter(|f| f.is_file())
-            .collect();
-        if matched.is_empty() {
-            tracing::warn!(pattern = %p, "pattern matches no file");
-        }
-        files.extend(matched);
-    }
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
 fn ingest(args: IngestArgs) -> Result<ExitCode> {
     let schema = Arc::new(SourceSchema::resolve(&args.source)?);
-    let files = expand_globs(&args.files)?;
+    let (files, unmatched) = expand_globs(args.files.iter().map(String::as_str), Path::new(""))?;
+    for pattern in unmatched {
+        tracing::warn!(pattern = %pattern, "pattern matches no file");
+    }
     if files.is_empty() {
         bail!("no input file matches {:?}", args.files);
     }
