@@ -56,6 +56,23 @@ pub enum Error {
         #[source]
         source: arrow::error::ArrowError,
     },
+    /// The autoencoder cannot be trained or applied on this input (a feature column missing or of
+    /// the wrong type, no rows, a model that does not fit the data).
+    #[error("model {context}: {problem}")]
+    Model {
+        /// The model or user concerned.
+        context: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A model file is corrupt, truncated, or written for another format or schema.
+    #[error("model file {path}: {problem}")]
+    ModelFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Serializing or deserializing JSON failed.
     #[error("{context}")]
     Json {
@@ -74,6 +91,14 @@ impl Error {
             path: path.into(),
             action,
             source,
+        }
+    }
+
+    /// A model error for `context` (a user or model name).
+    pub fn model(context: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::Model {
+            context: context.into(),
+            problem: problem.into(),
         }
     }
 }

@@ -6,8 +6,11 @@
 
 pub mod config;
 pub mod control;
+pub mod derive;
 pub mod error;
+pub mod frame;
 pub mod generate;
+pub mod hash;
 pub mod ingest;
 pub mod model;
 pub mod period;

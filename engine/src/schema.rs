@@ -176,7 +176,7 @@ pub struct DerivedSpec {
 }
 
 /// The autoencoder's inputs, by kind.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureSpec {
     /// String columns embedded as categories.
@@ -397,10 +397,7 @@ impl SourceSchema {
     /// A stable 64-bit fingerprint of the schema (FNV-1a over its canonical debug form), stored
     /// in model files so a model is never used with a schema it was not trained on.
     pub fn fingerprint(&self) -> u64 {
-        let text = format!("{self:?}");
-        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+        crate::hash::fnv1a64(format!("{self:?}").as_bytes())
     }
 }
 

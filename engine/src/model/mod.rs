@@ -1,4 +1,486 @@
-//! The autoencoder (dfencoder semantics, as Morpheus' DFP uses it). This module grows piece by
-//! piece; so far: the preprocessing fitted on training data ([`preprocess`]).
+//! The autoencoder (dfencoder semantics, as Morpheus' DFP uses it): train one model per user
+//! on that user's rows, score rows against their user's model, and save and load models.
+//!
+//! - [`preprocess`] and [`encode`]: scalers and vocabularies fitted on the training rows, and
+//!   Arrow batches encoded as network inputs.
+//! - [`network`]: the weights and the CPU math (forward, losses, backward + SGD), on GEMMs from
+//!   the `gemm` crate through [`linalg`].
+//! - [`train`]: the training loop shared by every backend (swap noise, lr decay, chronological
+//!   validation, early stopping, loss statistics).
+//! - [`backend`]: the [`Backend`] trait that trains and scores many models per call, and the
+//!   CPU backend.
+//! - [`file`]: the model file (header, bincode body, checksum).
+//!
+//! [`train_models`] and [`score`] are the entry points: they take Arrow batches and a backend.
 
+pub mod backend;
+pub mod config;
+pub mod encode;
+pub mod file;
+pub mod linalg;
+pub mod network;
 pub mod preprocess;
+pub mod train;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
+use serde::{Deserialize, Serialize};
+
+pub use backend::{Backend, CpuBackend, EvalJob};
+pub use config::ModelConfig;
+pub use encode::{Encoded, Preprocessor};
+pub use network::{Network, Shape};
+
+use crate::schema::{FeatureSpec, SourceSchema};
+use crate::{Error, Result};
+
+/// What training measured, saved with the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainMetrics {
+    /// Epochs run.
+    pub epochs_run: usize,
+    /// Mean net loss of the last epoch's training batches (noisy input).
+    pub train_loss: f64,
+    /// Net validation loss after the last epoch.
+    pub val_loss: Option<f64>,
+    /// Rows trained on.
+    pub train_rows: usize,
+    /// Rows held out for validation.
+    pub validation_rows: usize,
+}
+
+/// A model's description: everything about it but the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelHeader {
+    /// The model's name (e.g. `DFP-azure-alice@example.com`).
+    pub name: String,
+    /// The source schema's name.
+    pub source: String,
+    /// The source schema's fingerprint: a model only scores rows of the same schema.
+    pub schema_fingerprint: u64,
+    /// The feature columns, by kind.
+    pub features: FeatureSpec,
+    /// Event time of the first training row, µs since the epoch (UTC).
+    pub first_timestamp_us: Option<i64>,
+    /// Event time of the last training row.
+    pub last_timestamp_us: Option<i64>,
+    /// Rows in the training window (training + validation).
+    pub rows: usize,
+    /// The hyperparameters it was trained with.
+    pub config: ModelConfig,
+    /// What training measured.
+    pub metrics: TrainMetrics,
+}
+
+/// A trained autoencoder with its preprocessing and loss statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// The description.
+    pub header: ModelHeader,
+    /// Scalers and vocabularies.
+    pub preprocessor: Preprocessor,
+    /// The weights.
+    pub network: Network,
+    /// Per feature, mean loss over the clean training split.
+    pub loss_mean: Vec<f64>,
+    /// Per feature, population std of the loss over the clean training split.
+    pub loss_std: Vec<f64>,
+}
+
+/// One model to train: a name and its rows (any order; they are sorted by event time).
+#[derive(Debug, Clone, Copy)]
+pub struct TrainingSet<'a> {
+    /// The model's name.
+    pub name: &'a str,
+    /// The rows, with the schema's feature columns and `timestamp`.
+    pub rows: &'a RecordBatch,
+}
+
+/// Scores of one batch of rows against one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// Feature names, in the order of the per-feature columns.
+    pub features: Vec<String>,
+    /// Number of rows.
+    pub rows: usize,
+    /// Per row, per feature loss, `rows x features`.
+    pub loss: Vec<f32>,
+    /// Per row, per feature |(loss - training mean) / training std|.
+    pub z_loss: Vec<f32>,
+    /// Per row, the largest `z_loss`.
+    pub max_abs_z: Vec<f32>,
+    /// Per row, the mean `z_loss`.
+    pub mean_abs_z: Vec<f32>,
+    /// Per row, per feature prediction as text (numerics unscaled, binaries true/false,
+    /// categoricals the predicted category), `rows x features`.
+    pub pred: Vec<String>,
+}
+
+/// Row indices of `batch` sorted by its `timestamp` column (stable; batch order without one).
+fn time_order(batch: &RecordBatch) -> (Vec<usize>, Option<i64>, Option<i64>) {
+    let mut order: Vec<usize> = (0..batch.num_rows()).collect();
+    let Some(ts) = batch
+        .column_by_name("timestamp")
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+    else {
+        return (order, None, None);
+    };
+    order.sort_by_key(|&i| ts.is_valid(i).then(|| ts.value(i)));
+    let at = |i: Option<&usize>| i.and_then(|&i| ts.is_valid(i).then(|| ts.value(i)));
+    (order.clone(), at(order.first()), at(order.last()))
+}
+
+/// Everything a training job needs, and the header it will get.
+fn prepare(
+    set: &TrainingSet<'_>,
+    schema: &SourceSchema,
+    config: &ModelConfig,
+) -> Result<(train::TrainJob, Preprocessor, ModelHeader)> {
+    let n = set.rows.num_rows();
+    if n == 0 {
+        return Err(Error::model(set.name, "no training rows"));
+    }
+    let (order, first, last) = time_order(set.rows);
+    let n_val = if n > 1 {
+        ((config.validation_fraction * n as f64).ceil() as usize).min(n - 1)
+    } else {
+        0
+    };
+    let (train_idx, val_idx) = order.split_at(n - n_val);
+    let train_rows = crate::frame::take(set.rows, train_idx)?;
+    let pre = Preprocessor::fit(&train_rows, &schema.features, config.min_cats)
+        .map_err(|e| Error::model(set.name, e.to_string()))?;
+    let all = pre
+        .encode(set.rows)
+        .map_err(|e| Error::model(set.name, e.to_string()))?;
+    let shape = Shape {
+        n_numeric: pre.features.numeric.len(),
+        n_binary: pre.features.binary.len(),
+        categories: pre.vocabularies.iter().map(|v| v.len()).collect(),
+        hidden: config
+            .encoder_layers
+            .iter()
+            .chain(&config.decoder_layers)
+            .copied()
+            .collect(),
+    };
+    let job = train::TrainJob {
+        name: set.name.to_string(),
+        shape,
+        train: all.select(train_idx),
+        validation: all.select(val_idx),
+        seed: config.seed ^ crate::hash::fnv1a64(set.name.as_bytes()),
+    };
+    let header = ModelHeader {
+        name: set.name.to_string(),
+        source: schema.name.clone(),
+        schema_fingerprint: schema.fingerprint(),
+        features: schema.features.clone(),
+        first_timestamp_us: first,
+        last_timestamp_us: last,
+        rows: n,
+        config: config.clone(),
+        metrics: TrainMetrics {
+            epochs_run: 0,
+            train_loss: 0.0,
+            val_loss: None,
+            train_rows: n - n_val,
+            validation_rows: n_val,
+        },
+    };
+    Ok((job, pre, header))
+}
+
+/// Trains one model per set in one backend call; results in set order. A set that cannot be
+/// trained (no rows, a missing feature column) gets its error; the others train.
+pub fn train_models(
+    backend: &dyn Backend,
+    schema: &SourceSchema,
+    config: &ModelConfig,
+    sets: &[TrainingSet<'_>],
+) -> Vec<Result<Model>> {
+    let prepared: Vec<Result<_>> = sets.iter().map(|s| prepare(s, schema, config)).collect();
+    let jobs: Vec<train::TrainJob> = prepared
+        .iter()
+        .filter_map(|p| p.as_ref().ok().map(|(job, _, _)| job.clone()))
+        .collect();
+    let mut trained = backend.train(&jobs, config).into_iter();
+    prepared
+        .into_iter()
+        .map(|p| {
+            let (_, preprocessor, mut header) = p?;
+            let t = trained
+                .next()
+                .ok_or_else(|| Error::model(&header.name, "the backend returned no model"))?;
+            header.metrics.epochs_run = t.epochs_run;
+            header.metrics.train_loss = t.train_loss;
+            header.metrics.val_loss = t.val_loss;
+            Ok(Model {
+                header,
+                preprocessor,
+                network: t.network,
+                loss_mean: t.loss_mean,
+                loss_std: t.loss_std,
+            })
+        })
+        .collect()
+}
+
+/// Scores each batch against its model in one backend call; results in request order.
+pub fn score(
+    backend: &dyn Backend,
+    requests: &[(&Model, &RecordBatch)],
+    batch_size: usize,
+) -> Vec<Result<Scores>> {
+    let encoded: Vec<Result<Encoded>> = requests
+        .iter()
+        .map(|(m, b)| {
+            m.preprocessor
+                .encode(b)
+                .map_err(|e| Error::model(&m.header.name, e.to_string()))
+        })
+        .collect();
+    let jobs: Vec<EvalJob<'_>> = requests
+        .iter()
+        .zip(&encoded)
+        .filter_map(|((m, _), e)| {
+            e.as_ref().ok().map(|input| EvalJob {
+                network: &m.network,
+                input,
+            })
+        })
+        .collect();
+    let mut evals = backend.evaluate(&jobs, batch_size).into_iter();
+    requests
+        .iter()
+        .zip(encoded)
+        .map(|((model, _), e)| {
+            e?;
+            let ev = evals.next().ok_or_else(|| {
+                Error::model(&model.header.name, "the backend returned no scores")
+            })?;
+            Ok(model.scores(&ev))
+        })
+        .collect()
+}
+
+impl Model {
+    /// Turns an evaluation of this model into scores: z-scores against the training loss
+    /// statistics, and predictions as text.
+    pub fn scores(&self, ev: &network::Evaluation) -> Scores {
+        let pre = &self.preprocessor;
+        let features: Vec<String> = pre.feature_names().map(str::to_string).collect();
+        let f = features.len();
+        let mut s = Scores {
+            rows: ev.rows,
+            loss: ev.losses.clone(),
+            z_loss: Vec::with_capacity(ev.losses.len()),
+            max_abs_z: Vec::with_capacity(ev.rows),
+            mean_abs_z: Vec::with_capacity(ev.rows),
+            pred: Vec::with_capacity(ev.losses.len()),
+            features,
+        };
+        let (nn, nb, nc) = (
+            pre.features.numeric.len(),
+            pre.features.binary.len(),
+            pre.features.categorical.len(),
+        );
+        for r in 0..ev.rows {
+            let row = &ev.losses[r * f..(r + 1) * f];
+            let z: Vec<f32> = row
+                .iter()
+                .zip(self.loss_mean.iter().zip(&self.loss_std))
+                .map(|(&l, (m, sd))| ((f64::from(l) - m) / sd).abs() as f32)
+                .collect();
+            s.max_abs_z.push(z.iter().copied().fold(0.0, f32::max));
+            s.mean_abs_z
+                .push(z.iter().map(|&v| f64::from(v)).sum::<f64>() as f32 / f.max(1) as f32);
+            s.z_loss.extend(z);
+            for (j, scaler) in pre.scalers.iter().enumerate() {
+                let v = scaler.inverse(f64::from(ev.numeric_pred[r * nn + j]));
+                s.pred.push(v.to_string());
+            }
+            for j in 0..nb {
+                s.pred.push(ev.binary_pred[r * nb + j].to_string());
+            }
+            for (j, vocab) in pre.vocabularies.iter().enumerate() {
+                s.pred
+                    .push(vocab.decode(ev.categorical_pred[r * nc + j]).to_string());
+            }
+        }
+        s
+    }
+}
+
+/// Small trained models for tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::generate::{GenSource, GenerateConfig, generate};
+    use crate::ingest::{InputFormat, Reader};
+
+    /// Generated Azure rows (4 users x 5 days) with derived features, one batch per user.
+    pub fn users() -> (SourceSchema, Vec<(String, RecordBatch)>) {
+        let dir = tempfile::tempdir().unwrap();
+        let start = chrono::NaiveDate::from_ymd_opt(2024, 3, 1).unwrap();
+        generate(
+            &GenerateConfig::new(GenSource::Azure, 4, 5, start, 9),
+            dir.path(),
+        )
+        .unwrap();
+        let schema = SourceSchema::builtin("azure").unwrap();
+        let mut paths: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        let reads = Reader::new(Arc::new(schema.clone())).read_files(&paths, InputFormat::Auto, 1);
+        let batches: Vec<RecordBatch> = reads.into_iter().map(|r| r.batch).collect();
+        let all = crate::frame::concat(&schema.arrow_schema(), &batches).unwrap();
+        let all = crate::derive::add_derived(&all, &schema).unwrap();
+        (schema, crate::frame::split_by_user(&all).unwrap())
+    }
+
+    /// A small, quick configuration.
+    pub fn config() -> ModelConfig {
+        ModelConfig {
+            encoder_layers: vec![24, 16],
+            decoder_layers: vec![24],
+            epochs: 4,
+            batch_size: 64,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// One trained model per user.
+    pub fn models() -> (SourceSchema, Vec<(String, RecordBatch)>, Vec<Model>) {
+        let (schema, users) = users();
+        let sets: Vec<TrainingSet<'_>> = users
+            .iter()
+            .map(|(name, rows)| TrainingSet { name, rows })
+            .collect();
+        let backend = CpuBackend::new(2).unwrap();
+        let models = train_models(&backend, &schema, &config(), &sets)
+            .into_iter()
+            .collect::<Result<Vec<_>>>()
+            .unwrap();
+        (schema, users, models)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::{config, models, users};
+    use super::*;
+
+    #[test]
+    fn trains_many_users_in_one_call_and_scores_them() {
+        let (schema, users, models) = models();
+        assert_eq!(models.len(), users.len());
+        for ((name, rows), m) in users.iter().zip(&models) {
+            let h = &m.header;
+            assert_eq!(&h.name, name);
+            assert_eq!(h.rows, rows.num_rows());
+            assert_eq!(h.metrics.train_rows + h.metrics.validation_rows, h.rows);
+            assert_eq!(
+                h.metrics.validation_rows,
+                (0.1 * h.rows as f64).ceil() as usize
+            );
+            assert!(h.first_timestamp_us < h.last_timestamp_us);
+            assert!((1..=4).contains(&h.metrics.epochs_run));
+            assert_eq!(h.schema_fingerprint, schema.fingerprint());
+        }
+        let backend = CpuBackend::new(1).unwrap();
+        let requests: Vec<(&Model, &RecordBatch)> = models
+            .iter()
+            .zip(&users)
+            .map(|(m, (_, rows))| (m, rows))
+            .collect();
+        let scores = score(&backend, &requests, 100);
+        for (s, (_, rows)) in scores.iter().zip(&users) {
+            let s = s.as_ref().unwrap();
+            let f = s.features.len();
+            assert_eq!(f, 9);
+            assert_eq!(s.rows, rows.num_rows());
+            assert_eq!(s.z_loss.len(), s.rows * f);
+            assert_eq!(s.pred.len(), s.rows * f);
+            for r in 0..s.rows {
+                let z = &s.z_loss[r * f..(r + 1) * f];
+                let mean = z.iter().sum::<f32>() / f as f32;
+                assert!((s.mean_abs_z[r] - mean).abs() < 1e-4);
+                assert_eq!(s.max_abs_z[r], z.iter().copied().fold(0.0, f32::max));
+                assert!(z.iter().all(|v| v.is_finite() && *v >= 0.0));
+            }
+        }
+    }
+
+    #[test]
+    fn z_scores_are_standardised_on_the_training_split() {
+        let (_, users, models) = models();
+        let (m, (_, rows)) = (&models[0], &users[0]);
+        // Scoring the model's own training rows: per feature, the z of the losses has mean ~0
+        // before the absolute value, i.e. mean(loss) equals the saved mean.
+        let (order, _, _) = time_order(rows);
+        let train = crate::frame::take(rows, &order[..m.header.metrics.train_rows]).unwrap();
+        let backend = CpuBackend::new(1).unwrap();
+        let s = score(&backend, &[(m, &train)], 1024).remove(0).unwrap();
+        let f = s.features.len();
+        for j in 0..f {
+            let mean = (0..s.rows)
+                .map(|r| f64::from(s.loss[r * f + j]))
+                .sum::<f64>()
+                / s.rows as f64;
+            assert!((mean - m.loss_mean[j]).abs() <= 1e-4 * m.loss_mean[j].abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn training_is_deterministic_whatever_the_threads_and_company() {
+        let (schema, users) = users();
+        let one = [TrainingSet {
+            name: &users[1].0,
+            rows: &users[1].1,
+        }];
+        let all: Vec<TrainingSet<'_>> = users
+            .iter()
+            .map(|(name, rows)| TrainingSet { name, rows })
+            .collect();
+        let a = train_models(&CpuBackend::new(1).unwrap(), &schema, &config(), &one);
+        let b = train_models(&CpuBackend::new(2).unwrap(), &schema, &config(), &all);
+        assert_eq!(a[0].as_ref().unwrap(), b[1].as_ref().unwrap());
+    }
+
+    #[test]
+    fn bad_sets_fail_alone() {
+        let (schema, users) = users();
+        let empty = users[0].1.slice(0, 0);
+        let sets = [
+            TrainingSet {
+                name: "nobody",
+                rows: &empty,
+            },
+            TrainingSet {
+                name: &users[0].0,
+                rows: &users[0].1,
+            },
+        ];
+        let out = train_models(&CpuBackend::new(1).unwrap(), &schema, &config(), &sets);
+        let err = out[0].as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains("nobody") && err.contains("no training rows"),
+            "{err}"
+        );
+        assert!(out[1].is_ok());
+        // Rows without the derived columns cannot be scored: the error names the column.
+        let m = out[1].as_ref().unwrap();
+        let bare = users[0].1.project(&[0, 1, 2, 3]).unwrap();
+        let err = score(&CpuBackend::new(1).unwrap(), &[(m, &bare)], 64)
+            .remove(0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is missing"), "{err}");
+    }
+}

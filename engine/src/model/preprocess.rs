@@ -64,13 +64,26 @@ impl StandardScaler {
 }
 
 /// The vocabulary of one categorical feature: training values, most frequent first (ties in
-/// order of first appearance), then `_other`.
+/// order of first appearance), then `_other`. Saved as its list of values; the lookup index is
+/// rebuilt on load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "Vec<String>", from = "Vec<String>")]
 pub struct Vocabulary {
     /// Values by index; the last one is [`OTHER`].
     pub values: Vec<String>,
-    #[serde(skip)]
     index: HashMap<String, u32>,
+}
+
+impl From<Vec<String>> for Vocabulary {
+    fn from(values: Vec<String>) -> Self {
+        Self::from_values(values)
+    }
+}
+
+impl From<Vocabulary> for Vec<String> {
+    fn from(v: Vocabulary) -> Self {
+        v.values
+    }
 }
 
 impl Vocabulary {

@@ -1,0 +1,288 @@
+//! From Arrow batches to the network's inputs: the [`Preprocessor`] is fitted on a model's
+//! training rows (one scaler per numeric feature, one vocabulary per categorical) and encodes
+//! any batch with the same feature columns into [`Encoded`] rows: scaled numerics (NaN -> the
+//! training mean), binaries as 0/1, and category indices (unseen values -> `_other`).
+//!
+//! Feature columns are read by name. Numerics may be any Arrow integer or float type (a null is
+//! NaN), binaries booleans (a null is false), categoricals strings (a null is the category
+//! `"nan"`, as the readers write a missing value). A missing column or another type is an error
+//! naming the column.
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type,
+    UInt16Type, UInt32Type, UInt64Type,
+};
+use serde::{Deserialize, Serialize};
+
+use super::preprocess::{StandardScaler, Vocabulary};
+use crate::schema::FeatureSpec;
+use crate::{Error, Result};
+
+/// The category a null string becomes.
+pub const MISSING: &str = "nan";
+
+/// Preprocessing fitted on training rows; saved with the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessor {
+    /// The feature columns, by kind, in input order (numeric, binary, categorical).
+    pub features: FeatureSpec,
+    /// One scaler per numeric feature.
+    pub scalers: Vec<StandardScaler>,
+    /// One vocabulary per categorical feature.
+    pub vocabularies: Vec<Vocabulary>,
+}
+
+/// Encoded rows, row-major: `numeric[r * n_numeric + j]` and so on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Encoded {
+    /// Number of rows.
+    pub rows: usize,
+    /// Scaled numerics, `rows x n_numeric`.
+    pub numeric: Vec<f32>,
+    /// Binaries as 0.0 / 1.0, `rows x n_binary`.
+    pub binary: Vec<f32>,
+    /// Category indices, `rows x n_categorical`.
+    pub categorical: Vec<u32>,
+}
+
+impl Preprocessor {
+    /// Fits scalers and vocabularies on `batch`'s feature columns.
+    pub fn fit(batch: &RecordBatch, features: &FeatureSpec, min_cats: usize) -> Result<Self> {
+        let scalers = features
+            .numeric
+            .iter()
+            .map(|name| Ok(StandardScaler::fit(&numeric_column(batch, name)?)))
+            .collect::<Result<_>>()?;
+        let vocabularies = features
+            .categorical
+            .iter()
+            .map(|name| {
+                let values = string_column(batch, name)?;
+                Ok(Vocabulary::fit(
+                    values.iter().map(|v| v.unwrap_or(MISSING)),
+                    min_cats,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        features
+            .binary
+            .iter()
+            .try_for_each(|name| bool_column(batch, name).map(drop))?;
+        Ok(Preprocessor {
+            features: features.clone(),
+            scalers,
+            vocabularies,
+        })
+    }
+
+    /// Feature names in the network's order: numeric, binary, categorical.
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        let f = &self.features;
+        f.numeric
+            .iter()
+            .chain(&f.binary)
+            .chain(&f.categorical)
+            .map(String::as_str)
+    }
+
+    /// Number of features.
+    pub fn n_features(&self) -> usize {
+        let f = &self.features;
+        f.numeric.len() + f.binary.len() + f.categorical.len()
+    }
+
+    /// Encodes every row of `batch`.
+    pub fn encode(&self, batch: &RecordBatch) -> Result<Encoded> {
+        let rows = batch.num_rows();
+        let f = &self.features;
+        let mut out = Encoded {
+            rows,
+            numeric: vec![0.0; rows * f.numeric.len()],
+            binary: vec![0.0; rows * f.binary.len()],
+            categorical: vec![0; rows * f.categorical.len()],
+        };
+        let n = f.numeric.len();
+        for (j, (name, scaler)) in f.numeric.iter().zip(&self.scalers).enumerate() {
+            for (r, v) in numeric_column(batch, name)?.into_iter().enumerate() {
+                out.numeric[r * n + j] = scaler.transform(v) as f32;
+            }
+        }
+        let n = f.binary.len();
+        for (j, name) in f.binary.iter().enumerate() {
+            for (r, v) in bool_column(batch, name)?.into_iter().enumerate() {
+                out.binary[r * n + j] = if v { 1.0 } else { 0.0 };
+            }
+        }
+        let n = f.categorical.len();
+        for (j, (name, vocab)) in f.categorical.iter().zip(&self.vocabularies).enumerate() {
+            for (r, v) in string_column(batch, name)?.into_iter().enumerate() {
+                out.categorical[r * n + j] = vocab.encode(v.unwrap_or(MISSING));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Encoded {
+    /// The rows at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Encoded {
+        fn gather<T: Copy>(v: &[T], rows: usize, indices: &[usize]) -> Vec<T> {
+            let w = v.len().checked_div(rows).unwrap_or(0);
+            indices
+                .iter()
+                .flat_map(|&r| v[r * w..(r + 1) * w].iter().copied())
+                .collect()
+        }
+        Encoded {
+            rows: indices.len(),
+            numeric: gather(&self.numeric, self.rows, indices),
+            binary: gather(&self.binary, self.rows, indices),
+            categorical: gather(&self.categorical, self.rows, indices),
+        }
+    }
+
+    /// Rows `start..end`.
+    pub fn slice(&self, start: usize, end: usize) -> Encoded {
+        self.select(&(start..end).collect::<Vec<_>>())
+    }
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::model("input", format!("feature column {name:?} is missing")))
+}
+
+fn wrong_type(name: &str, want: &str, got: &DataType) -> Error {
+    Error::model(
+        "input",
+        format!("feature column {name:?} must be {want}, not {got}"),
+    )
+}
+
+/// A numeric feature column as f64, nulls as NaN.
+pub fn numeric_column(batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
+    let col = column(batch, name)?;
+    macro_rules! read {
+        ($t:ty) => {
+            col.as_primitive::<$t>()
+                .iter()
+                .map(|v| v.map_or(f64::NAN, |v| v as f64))
+                .collect()
+        };
+    }
+    Ok(match col.data_type() {
+        DataType::Float64 => read!(Float64Type),
+        DataType::Float32 => read!(Float32Type),
+        DataType::Int64 => read!(Int64Type),
+        DataType::Int32 => read!(Int32Type),
+        DataType::Int16 => read!(Int16Type),
+        DataType::Int8 => read!(Int8Type),
+        DataType::UInt64 => read!(UInt64Type),
+        DataType::UInt32 => read!(UInt32Type),
+        DataType::UInt16 => read!(UInt16Type),
+        DataType::UInt8 => read!(UInt8Type),
+        other => return Err(wrong_type(name, "a number", other)),
+    })
+}
+
+fn bool_column(batch: &RecordBatch, name: &str) -> Result<Vec<bool>> {
+    let col = column(batch, name)?;
+    match col.as_boolean_opt() {
+        Some(b) => Ok(b.iter().map(|v| v.unwrap_or(false)).collect()),
+        None => Err(wrong_type(name, "a boolean", col.data_type())),
+    }
+}
+
+/// A string feature column, nulls as `None`.
+pub fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<Vec<Option<&'a str>>> {
+    let col = column(batch, name)?;
+    if let Some(s) = col.as_string_opt::<i32>() {
+        Ok(s.iter().collect())
+    } else if let Some(s) = col.as_string_opt::<i64>() {
+        Ok(s.iter().collect())
+    } else if let Some(s) = col.as_string_view_opt() {
+        Ok(s.iter().collect())
+    } else {
+        Err(wrong_type(name, "a string", col.data_type()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    fn spec() -> FeatureSpec {
+        FeatureSpec {
+            numeric: vec!["n".into(), "i".into()],
+            binary: vec!["b".into()],
+            categorical: vec!["c".into()],
+        }
+    }
+
+    fn batch() -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("n", DataType::Float64, true),
+            Field::new("i", DataType::Int64, true),
+            Field::new("b", DataType::Boolean, true),
+            Field::new("c", DataType::Utf8, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Float64Array::from(vec![Some(1.0), None, Some(3.0)])),
+                Arc::new(Int64Array::from(vec![5, 5, 5])),
+                Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)])),
+                Arc::new(StringArray::from(vec![Some("x"), Some("y"), None])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn fits_and_encodes_every_kind() {
+        let p = Preprocessor::fit(&batch(), &spec(), 1).unwrap();
+        assert_eq!(p.feature_names().collect::<Vec<_>>(), ["n", "i", "b", "c"]);
+        let e = p.encode(&batch()).unwrap();
+        assert_eq!(e.rows, 3);
+        // n: mean 2, population std 1; the null becomes the mean (0 after scaling). i: std 0 -> 1.
+        assert_eq!(e.numeric, [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(e.binary, [1.0, 0.0, 0.0]);
+        // x, y, nan each once: first-seen order, then _other.
+        assert_eq!(p.vocabularies[0].values, ["x", "y", MISSING, "_other"]);
+        assert_eq!(e.categorical, [0, 1, 2]);
+    }
+
+    #[test]
+    fn select_and_slice_take_whole_rows() {
+        let p = Preprocessor::fit(&batch(), &spec(), 1).unwrap();
+        let e = p.encode(&batch()).unwrap();
+        let s = e.select(&[2, 0]);
+        assert_eq!(s.rows, 2);
+        assert_eq!(s.numeric, [1.0, 0.0, -1.0, 0.0]);
+        assert_eq!(s.categorical, [2, 0]);
+        assert_eq!(e.slice(1, 3), e.select(&[1, 2]));
+    }
+
+    #[test]
+    fn missing_or_mistyped_columns_are_named() {
+        let mut s = spec();
+        s.numeric.push("absent".into());
+        let err = Preprocessor::fit(&batch(), &s, 1).unwrap_err().to_string();
+        assert!(err.contains("\"absent\" is missing"), "{err}");
+        let mut s = spec();
+        s.numeric = vec!["c".into()];
+        let err = Preprocessor::fit(&batch(), &s, 1).unwrap_err().to_string();
+        assert!(err.contains("\"c\" must be a number, not Utf8"), "{err}");
+        let mut s = spec();
+        s.binary = vec!["n".into()];
+        let err = Preprocessor::fit(&batch(), &s, 1).unwrap_err().to_string();
+        assert!(err.contains("\"n\" must be a boolean"), "{err}");
+    }
+}
