@@ -1,0 +1,287 @@
+//! Parity with the reference: dfp's autoencoder and `dfencoder` 0.0.42 (the library Morpheus
+//! forked, run by bench/peers/dfencoder_peer.py with Morpheus' DFP hyperparameters) on the same
+//! generated logs. Both train one model per user with at least 300 training rows plus a
+//! `generic_user` model on every training row, on the first `--train-days` UTC days, and score
+//! the remaining rows (a user without a model falls back to `generic_user`). Prints, for both,
+//! the ROC-AUC of `mean_abs_z` against labels.jsonl (overall and per anomaly kind), training
+//! time, scoring rows/s, and the ratios.
+//!
+//!   cargo run --release -p dfp-bench --bin parity -- [--source azure|duo] [--users 20]
+//!       [--days 30] [--train-days 25] [--epochs 30] [--seed 42] [--threads 2] [--skip-peer]
+//!
+//! The peer's venv is created on first use by bench/peers/setup_dfencoder.sh under target/.
+//! Not part of the test run. Output: stdout and target/bench/parity-<source>.json.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
+use dfp_bench::{arg, bench_dir, roc_auc, write_report};
+use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+use dfp_engine::ingest::{InputFormat, Reader};
+use dfp_engine::model::encode::string_column;
+use dfp_engine::model::{CpuBackend, Model, ModelConfig, TrainingSet, score, train_models};
+use dfp_engine::schema::SourceSchema;
+use serde_json::{Value, json};
+
+const MIN_HISTORY: usize = 300;
+const GENERIC: &str = "generic_user";
+const DAY_US: i64 = 86_400_000_000;
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// Loads every log file of `dir` as one batch with the derived features.
+fn load(dir: &Path, schema: &SourceSchema, threads: usize) -> Result<RecordBatch> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let reads =
+        Reader::new(Arc::new(schema.clone())).read_files(&paths, InputFormat::Auto, threads);
+    let batches: Vec<RecordBatch> = reads.into_iter().map(|r| r.batch).collect();
+    let all = dfp_engine::frame::concat(&schema.arrow_schema(), &batches)?;
+    Ok(dfp_engine::derive::add_derived(&all, schema)?)
+}
+
+fn run_dfp(
+    data: &Path,
+    source: &str,
+    train_days: i64,
+    config: &ModelConfig,
+    threads: usize,
+) -> Result<Value> {
+    let schema = SourceSchema::builtin(source)?;
+    let t = Instant::now();
+    let all = load(data, &schema, threads)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let ts = all
+        .column_by_name("timestamp")
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .context("timestamp column")?;
+    let first = (0..ts.len())
+        .map(|i| ts.value(i))
+        .min()
+        .context("no rows")?;
+    let cutoff = first.div_euclid(DAY_US) * DAY_US + train_days * DAY_US;
+    let (train_idx, score_idx): (Vec<usize>, Vec<usize>) =
+        (0..all.num_rows()).partition(|&i| ts.value(i) < cutoff);
+    let train = dfp_engine::frame::take(&all, &train_idx)?;
+    let scored = dfp_engine::frame::take(&all, &score_idx)?;
+    let users = dfp_engine::frame::split_by_user(&train)?;
+    let mut sets: Vec<TrainingSet<'_>> = users
+        .iter()
+        .filter(|(_, rows)| rows.num_rows() >= MIN_HISTORY)
+        .map(|(name, rows)| TrainingSet { name, rows })
+        .collect();
+    let users_trained = sets.len();
+    sets.push(TrainingSet {
+        name: GENERIC,
+        rows: &train,
+    });
+    let backend = CpuBackend::new(threads)?;
+    let t = Instant::now();
+    let models: BTreeMap<String, Model> = train_models(&backend, &schema, config, &sets)
+        .into_iter()
+        .map(|m| m.map(|m| (m.header.name.clone(), m)))
+        .collect::<dfp_engine::Result<_>>()?;
+    let train_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let to_score = dfp_engine::frame::split_by_user(&scored)?;
+    let requests: Vec<(&Model, &RecordBatch)> = to_score
+        .iter()
+        .map(|(user, rows)| (models.get(user).or_else(|| models.get(GENERIC)), rows))
+        .filter_map(|(m, rows)| m.map(|m| (m, rows)))
+        .collect();
+    let scores = score(&backend, &requests, config.eval_batch_size);
+    let score_s = t.elapsed().as_secs_f64();
+    let mut by_event: Vec<(String, f64)> = Vec::new();
+    for ((_, rows), s) in requests.iter().zip(scores) {
+        let s = s?;
+        let ids = string_column(rows, "event_id")?;
+        by_event.extend(
+            ids.iter()
+                .zip(&s.mean_abs_z)
+                .map(|(id, &z)| (id.unwrap_or("").to_string(), f64::from(z))),
+        );
+    }
+    let epochs: Vec<usize> = models
+        .values()
+        .map(|m| m.header.metrics.epochs_run)
+        .collect();
+    Ok(json!({
+        "rows_train": train.num_rows(),
+        "rows_scored": by_event.len(),
+        "users_trained": users_trained,
+        "load_seconds": load_s,
+        "train_seconds_total": train_s,
+        "train_seconds_per_model": train_s / models.len() as f64,
+        "epochs_run_mean": epochs.iter().sum::<usize>() as f64 / epochs.len().max(1) as f64,
+        "score_seconds": score_s,
+        "score_rows_per_s": by_event.len() as f64 / score_s,
+        "scores": by_event.into_iter().map(|(id, z)| json!({"event_id": id, "mean_abs_z": z})).collect::<Vec<_>>(),
+    }))
+}
+
+/// ROC-AUC of a scores list (`[{event_id, mean_abs_z}]`) against the labels, overall and per kind.
+fn quality(scores: &[Value], kinds: &HashMap<String, String>) -> Value {
+    let rows: Vec<(f64, Option<&String>)> = scores
+        .iter()
+        .filter_map(|s| {
+            let z = s["mean_abs_z"].as_f64()?;
+            Some((z, kinds.get(s["event_id"].as_str()?)))
+        })
+        .collect();
+    let auc = |keep: &dyn Fn(Option<&String>) -> bool| {
+        let (z, l): (Vec<f64>, Vec<bool>) = rows
+            .iter()
+            .filter(|(_, k)| keep(*k))
+            .map(|(z, k)| (*z, k.is_some()))
+            .unzip();
+        roc_auc(&z, &l)
+    };
+    let mut by_kind = BTreeMap::new();
+    for kind in kinds.values().collect::<std::collections::BTreeSet<_>>() {
+        by_kind.insert(kind.clone(), auc(&|k| k.is_none_or(|k| k == kind)));
+    }
+    json!({
+        "roc_auc_mean_abs_z": auc(&|_| true),
+        "roc_auc_by_kind": by_kind,
+        "anomalies_scored": rows.iter().filter(|(_, k)| k.is_some()).count(),
+        "detections_mean_abs_z_gt_2": rows.iter().filter(|(z, _)| *z > 2.0).count(),
+    })
+}
+
+fn run_peer(
+    data: &Path,
+    source: &str,
+    train_days: i64,
+    epochs: usize,
+    seed: u64,
+    threads: usize,
+) -> Result<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = root.join("target/peers/dfencoder-venv");
+    let status = Command::new("bash")
+        .arg(root.join("bench/peers/setup_dfencoder.sh"))
+        .arg(&venv)
+        .status()?;
+    if !status.success() {
+        bail!("setting up the dfencoder venv failed ({status})");
+    }
+    let out = bench_dir().join(format!("parity-peer-{source}.json"));
+    let status = Command::new(venv.join("bin/python"))
+        .arg(root.join("bench/peers/dfencoder_peer.py"))
+        .args([
+            "--data",
+            &data.to_string_lossy(),
+            "--source",
+            source,
+            "--quiet",
+        ])
+        .args([
+            "--train-days",
+            &train_days.to_string(),
+            "--epochs",
+            &epochs.to_string(),
+        ])
+        .args([
+            "--seed",
+            &seed.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .args(["--out", &out.to_string_lossy()])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("dfencoder_peer.py failed ({status})");
+    }
+    Ok(serde_json::from_str(&std::fs::read_to_string(&out)?)?)
+}
+
+fn main() -> Result<()> {
+    let source: String = arg("--source", "azure".to_string())?;
+    let users: usize = arg("--users", 20)?;
+    let days: u32 = arg("--days", 30)?;
+    let train_days: i64 = arg("--train-days", 25)?;
+    let epochs: usize = arg("--epochs", 30)?;
+    let seed: u64 = arg("--seed", 42)?;
+    let threads: usize = arg("--threads", 2)?;
+    let data = bench_dir().join(format!("parity-data-{source}"));
+    let _ = std::fs::remove_dir_all(&data);
+    let start = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).context("date")?;
+    let gen_source: GenSource = source.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let summary = generate(
+        &GenerateConfig::new(gen_source, users, days, start, seed),
+        &data,
+    )?;
+    let mut kinds = HashMap::new();
+    for line in std::fs::read_to_string(&summary.labels)?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        let v: Value = serde_json::from_str(line)?;
+        kinds.insert(
+            v["event_id"].as_str().unwrap_or("").to_string(),
+            v["kind"].as_str().unwrap_or("anomaly").to_string(),
+        );
+    }
+    let config = ModelConfig {
+        epochs,
+        seed,
+        ..ModelConfig::default()
+    };
+    let mut dfp = run_dfp(&data, &source, train_days, &config, threads)?;
+    let dfp_quality = quality(
+        dfp["scores"].as_array().map_or(&[][..], Vec::as_slice),
+        &kinds,
+    );
+    dfp.as_object_mut().map(|o| o.remove("scores"));
+    let mut report = json!({
+        "workload": {"source": source, "users": users, "days": days, "train_days": train_days,
+                     "epochs": epochs, "seed": seed, "threads": threads, "records": summary.records,
+                     "anomalous_records": summary.anomalous_records},
+        "dfp": {"timing": dfp, "quality": dfp_quality},
+    });
+    if !flag("--skip-peer") {
+        let mut peer = run_peer(&data, &source, train_days, epochs, seed, threads)?;
+        let peer_quality = quality(
+            peer["scores"].as_array().map_or(&[][..], Vec::as_slice),
+            &kinds,
+        );
+        let peer_models = peer["models"].as_array().map_or(0, Vec::len).max(1);
+        let per_model =
+            peer["train_seconds_total"].as_f64().unwrap_or(f64::NAN) / peer_models as f64;
+        if let Some(o) = peer.as_object_mut() {
+            o.remove("scores");
+            o.remove("models");
+            o.insert("train_seconds_per_model".into(), json!(per_model));
+        }
+        let r = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+            (Some(a), Some(b)) if b != 0.0 => json!(a / b),
+            _ => Value::Null,
+        };
+        report["ratios"] = json!({
+            "train_speedup_per_model": r(&per_model.into(), &report["dfp"]["timing"]["train_seconds_per_model"]),
+            "score_speedup_rows_per_s": r(&report["dfp"]["timing"]["score_rows_per_s"], &peer["score_rows_per_s"]),
+            "roc_auc_dfp_minus_dfencoder": match (dfp_quality_auc(&report), peer_quality["roc_auc_mean_abs_z"].as_f64()) {
+                (Some(a), Some(b)) => json!(a - b),
+                _ => Value::Null,
+            },
+        });
+        report["dfencoder"] = json!({"timing": peer, "quality": peer_quality});
+    }
+    write_report(&format!("parity-{source}"), &report)
+}
+
+fn dfp_quality_auc(report: &Value) -> Option<f64> {
+    report["dfp"]["quality"]["roc_auc_mean_abs_z"].as_f64()
+}
