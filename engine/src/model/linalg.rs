@@ -151,36 +151,17 @@ mod tests {
         let want = naive(&a, &b, m, k, n);
         let at = transpose(&a, m, k);
         let bt = transpose(&b, k, n);
+        let plain = (View::new(&a, m, k), View::new(&b, k, n));
+        let transposed = (View::new(&at, k, m).t(), View::new(&bt, n, k).t());
         for threads in [1, 2] {
-            let mut c = vec![0.0; m * n];
-            matmul(
-                &mut c,
-                View::new(&a, m, k),
-                View::new(&b, k, n),
-                1.0,
-                false,
-                threads,
-            );
-            assert_eq!(c, want);
-            matmul(
-                &mut c,
-                View::new(&at, k, m).t(),
-                View::new(&bt, n, k).t(),
-                1.0,
-                false,
-                threads,
-            );
-            assert_eq!(c, want);
-            // Accumulating a product scaled by -1 cancels it.
-            matmul(
-                &mut c,
-                View::new(&a, m, k),
-                View::new(&b, k, n),
-                -1.0,
-                true,
-                threads,
-            );
-            assert!(c.iter().all(|&v| v == 0.0));
+            for (x, y) in [plain, transposed] {
+                let mut c = vec![0.0; m * n];
+                matmul(&mut c, x, y, 1.0, false, threads);
+                assert_eq!(c, want);
+                // Accumulating the product scaled by -1 cancels it.
+                matmul(&mut c, x, y, -1.0, true, threads);
+                assert!(c.iter().all(|&v| v == 0.0));
+            }
         }
     }
 
