@@ -14,6 +14,7 @@ pub mod hash;
 pub mod ingest;
 pub mod model;
 pub mod period;
+pub mod registry;
 pub mod schema;
 
 pub use error::{Error, Result};

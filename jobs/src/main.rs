@@ -54,6 +54,28 @@ enum Command {
         #[arg(long)]
         files_root: Option<PathBuf>,
     },
+    /// Inspect the local model registry.
+    Models {
+        /// The registry directory.
+        #[arg(long, default_value = "models", global = true)]
+        registry: PathBuf,
+        #[command(subcommand)]
+        action: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// One line per model: name, versions, and the latest version's training window and rows.
+    List,
+    /// A model version's tags as JSON: training window, rows, hyperparameters, metrics.
+    Show {
+        /// The model name, e.g. DFP-azure-alice@example.com.
+        name: String,
+        /// The version (default: the latest).
+        #[arg(long)]
+        version: Option<u32>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,7 +162,53 @@ fn run(command: Command) -> Result<ExitCode> {
             control_messages,
             files_root,
         } => plan(&control_messages, files_root.as_deref()),
+        Command::Models { registry, action } => models(&registry, action),
     }
+}
+
+fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode> {
+    if !root.is_dir() {
+        anyhow::bail!("no model registry at {}", root.display());
+    }
+    let registry = dfp_engine::registry::Registry::open(root)?;
+    match action {
+        ModelsCommand::List => {
+            let time = |us: Option<i64>| {
+                us.and_then(chrono::DateTime::from_timestamp_micros)
+                    .map_or("-".to_string(), |t| {
+                        t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                    })
+            };
+            println!(
+                "{:<48} {:>8} {:>6}  training window",
+                "model", "versions", "rows"
+            );
+            for (name, versions) in registry.list()? {
+                let latest = versions.last().copied().unwrap_or(0);
+                let v = registry.version(&name, latest)?;
+                println!(
+                    "{:<48} {:>8} {:>6}  {} .. {}",
+                    name,
+                    versions.len(),
+                    v.header.rows,
+                    time(v.header.first_timestamp_us),
+                    time(v.header.last_timestamp_us)
+                );
+            }
+        }
+        ModelsCommand::Show { name, version } => {
+            let version = match version {
+                Some(v) => v,
+                None => *registry
+                    .version_numbers(&name)?
+                    .last()
+                    .with_context(|| format!("no model {name:?} in {}", root.display()))?,
+            };
+            let v = registry.version(&name, version)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn generate(args: GenerateArgs) -> Result<ExitCode> {

@@ -234,3 +234,92 @@ fn generate_writes_morpheus_shaped_files_a_json_reader_loads() {
         }
     }
 }
+
+/// A registry with two versions of one model, trained through the engine's API on generated
+/// logs.
+fn registry_with_a_model(dir: &Path) -> String {
+    use dfp_engine::model::{CpuBackend, ModelConfig, TrainingSet, train_models};
+    use dfp_engine::schema::SourceSchema;
+    let data = dir.join("data");
+    let out = dfp(&[
+        "generate",
+        "--source",
+        "duo",
+        "--users",
+        "2",
+        "--days",
+        "3",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let schema = SourceSchema::builtin("duo").unwrap();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let reads = dfp_engine::ingest::Reader::new(std::sync::Arc::new(schema.clone())).read_files(
+        &paths,
+        dfp_engine::ingest::InputFormat::Auto,
+        1,
+    );
+    let batches: Vec<_> = reads.into_iter().map(|r| r.batch).collect();
+    let all = dfp_engine::frame::concat(&schema.arrow_schema(), &batches).unwrap();
+    let all = dfp_engine::derive::add_derived(&all, &schema).unwrap();
+    let name = "DFP-duo-generic_user";
+    let config = ModelConfig {
+        encoder_layers: vec![8],
+        decoder_layers: vec![],
+        epochs: 1,
+        ..ModelConfig::default()
+    };
+    let backend = CpuBackend::new(1).unwrap();
+    let model = train_models(
+        &backend,
+        &schema,
+        &config,
+        &[TrainingSet { name, rows: &all }],
+    )
+    .remove(0)
+    .unwrap();
+    let registry = dfp_engine::registry::Registry::open(&dir.join("models")).unwrap();
+    registry.register(&model).unwrap();
+    registry.register(&model).unwrap();
+    name.to_string()
+}
+
+#[test]
+fn models_list_and_show_read_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = registry_with_a_model(dir.path());
+    let reg = dir.path().join("models");
+    let reg = reg.to_str().unwrap();
+    let out = dfp(&["models", "list", "--registry", reg]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .expect("model listed");
+    assert_eq!(line.split_whitespace().nth(1), Some("2"), "{line}");
+    let out = dfp(&["models", "show", &name, "--registry", reg]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["version"], 2);
+    assert_eq!(
+        v["header"]["config"]["encoder_layers"],
+        serde_json::json!([8])
+    );
+    let out = dfp(&["models", "show", "DFP-duo-nobody", "--registry", reg]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no model \"DFP-duo-nobody\""));
+    let out = dfp(&[
+        "models",
+        "list",
+        "--registry",
+        dir.path().join("absent").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+}

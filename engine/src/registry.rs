@@ -1,0 +1,487 @@
+//! The local model registry, dfp's embedded default (no server): a directory with one folder
+//! per model name and numbered versions in it.
+//!
+//! ```text
+//! <root>/DFP-azure-alice%40example%2Ecom/v000001.dfpmodel   the model file (file.rs format)
+//!                                       /v000001.json       its tags: name, version, header
+//!                                       /aliases.json       {"champion": 1, ...}
+//! ```
+//!
+//! Model names are `DFP-{source}-{user}`. A name becomes a folder name reversibly: every byte
+//! outside `[A-Za-z0-9_-]` is written `%XX`, so no name can contain `/`, `.` or `..` and escape
+//! the root; a name whose escaped form is over 180 bytes is cut and suffixed with `~` and a hash
+//! (the tags keep the real name). A version is committed by linking its finished file to its
+//! number, which fails if another writer took the number first; readers never see a partial
+//! file. Inference reads through a [`ModelCache`] (LRU) that reloads only when a newer version
+//! appears.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Model, ModelHeader};
+use crate::{Error, Result};
+
+/// The model name of `user`'s model for `source`.
+pub fn model_name(source: &str, user: &str) -> String {
+    format!("DFP-{source}-{user}")
+}
+
+const MAX_FOLDER: usize = 180;
+
+/// The folder name of a model name (reversible by [`unescape`] unless cut).
+pub fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.len() > MAX_FOLDER {
+        let mut cut = MAX_FOLDER - 17;
+        while !out.is_char_boundary(cut)
+            || out[..cut].ends_with('%')
+            || out[..cut.saturating_sub(1)].ends_with('%')
+        {
+            cut -= 1;
+        }
+        out = format!(
+            "{}~{:016x}",
+            &out[..cut],
+            crate::hash::fnv1a64(name.as_bytes())
+        );
+    }
+    out
+}
+
+/// The model name of a folder name written by [`escape`] (None if cut or not an escape).
+pub fn unescape(folder: &str) -> Option<String> {
+    let bytes = folder.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = folder.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// One registered version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    /// The model name.
+    pub name: String,
+    /// The version, from 1.
+    pub version: u32,
+    /// The model's header: training window, row count, hyperparameters, metrics.
+    pub header: ModelHeader,
+}
+
+impl ModelVersion {
+    /// `name:version`, as Morpheus writes `model_version`.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.name, self.version)
+    }
+}
+
+/// A registry rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+}
+
+fn version_file(dir: &Path, version: u32, ext: &str) -> PathBuf {
+    dir.join(format!("v{version:06}.{ext}"))
+}
+
+impl Registry {
+    /// Opens (creating if needed) the registry at `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, "creating model registry", e))?;
+        Ok(Registry {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The registry's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(escape(name))
+    }
+
+    /// Version numbers of `name`, ascending (empty when it has none).
+    pub fn version_numbers(&self, name: &str) -> Result<Vec<u32>> {
+        let dir = self.dir(name);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&dir, "listing model versions", e)),
+        };
+        let mut versions: Vec<u32> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let f = e.file_name();
+                let f = f.to_str()?;
+                f.strip_prefix('v')?.strip_suffix(".dfpmodel")?.parse().ok()
+            })
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// Registers `model` as the next version of its name; returns that version.
+    pub fn register(&self, model: &Model) -> Result<ModelVersion> {
+        let name = &model.header.name;
+        let dir = self.dir(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "creating model folder", e))?;
+        let tmp = dir.join(format!(
+            ".tmp-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&tmp, model.to_bytes()?).map_err(|e| Error::io(&tmp, "writing model", e))?;
+        let mut version = self.version_numbers(name)?.last().map_or(1, |v| v + 1);
+        let result = loop {
+            let path = version_file(&dir, version, "dfpmodel");
+            match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => break Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => version += 1,
+                Err(e) => break Err(Error::io(&path, "committing model version", e)),
+            }
+        };
+        let _ = std::fs::remove_file(&tmp);
+        result?;
+        let v = ModelVersion {
+            name: name.clone(),
+            version,
+            header: model.header.clone(),
+        };
+        let tags = version_file(&dir, version, "json");
+        let text = serde_json::to_vec_pretty(&v).map_err(|e| Error::Json {
+            context: format!("writing tags of {}", v.label()),
+            source: e,
+        })?;
+        let tags_tmp = tags.with_extension("json.tmp");
+        std::fs::write(&tags_tmp, text)
+            .map_err(|e| Error::io(&tags_tmp, "writing model tags", e))?;
+        std::fs::rename(&tags_tmp, &tags).map_err(|e| Error::io(&tags, "writing model tags", e))?;
+        Ok(v)
+    }
+
+    /// The tags of one version (from its tags file, else from the model file's header).
+    pub fn version(&self, name: &str, version: u32) -> Result<ModelVersion> {
+        let dir = self.dir(name);
+        let tags = version_file(&dir, version, "json");
+        if let Some(v) = std::fs::read(&tags)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<ModelVersion>(&t).ok())
+        {
+            return Ok(v);
+        }
+        let model = self.load(name, version)?;
+        Ok(ModelVersion {
+            name: name.to_string(),
+            version,
+            header: model.header,
+        })
+    }
+
+    /// Every version of `name`, ascending.
+    pub fn versions(&self, name: &str) -> Result<Vec<ModelVersion>> {
+        self.version_numbers(name)?
+            .into_iter()
+            .map(|v| self.version(name, v))
+            .collect()
+    }
+
+    /// Loads one version's model.
+    pub fn load(&self, name: &str, version: u32) -> Result<Model> {
+        let path = version_file(&self.dir(name), version, "dfpmodel");
+        let model = Model::load(&path)?;
+        if model.header.name != name {
+            return Err(Error::ModelFile {
+                path,
+                problem: format!("holds model {:?}, not {name:?}", model.header.name),
+            });
+        }
+        Ok(model)
+    }
+
+    /// The version `alias` names for `name`, if set.
+    pub fn alias(&self, name: &str, alias: &str) -> Result<Option<u32>> {
+        Ok(self.aliases(name)?.get(alias).copied())
+    }
+
+    fn aliases(&self, name: &str) -> Result<HashMap<String, u32>> {
+        let path = self.dir(name).join("aliases.json");
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text).map_err(|e| Error::Json {
+                context: format!("{}: reading aliases", path.display()),
+                source: e,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+            Err(e) => Err(Error::io(&path, "reading aliases", e)),
+        }
+    }
+
+    /// Points `alias` of `name` at `version` (which must exist).
+    pub fn set_alias(&self, name: &str, alias: &str, version: u32) -> Result<()> {
+        if !self.version_numbers(name)?.contains(&version) {
+            return Err(Error::model(name, format!("has no version {version}")));
+        }
+        let mut aliases = self.aliases(name)?;
+        aliases.insert(alias.to_string(), version);
+        let path = self.dir(name).join("aliases.json");
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(&aliases).map_err(|e| Error::Json {
+            context: "writing aliases".into(),
+            source: e,
+        })?;
+        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, "writing aliases", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "writing aliases", e))
+    }
+
+    /// Every model name with its versions, by name.
+    pub fn list(&self) -> Result<Vec<(String, Vec<u32>)>> {
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::io(&self.root, "listing model registry", e))?;
+        let mut out = Vec::new();
+        for e in entries.filter_map(|e| e.ok()) {
+            let folder = e.file_name().to_string_lossy().to_string();
+            if !e.path().is_dir() || folder.starts_with('.') {
+                continue;
+            }
+            // A cut name is read back from the tags of its first version.
+            let name = match unescape(&folder) {
+                Some(n) => n,
+                None => {
+                    let dir = e.path();
+                    let first = std::fs::read_dir(&dir)
+                        .ok()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f.ok())
+                        .find(|f| {
+                            f.file_name().to_string_lossy().ends_with(".json")
+                                && f.file_name() != "aliases.json"
+                        });
+                    match first
+                        .and_then(|f| std::fs::read(f.path()).ok())
+                        .and_then(|t| serde_json::from_slice::<ModelVersion>(&t).ok())
+                    {
+                        Some(v) => v.name,
+                        None => continue,
+                    }
+                }
+            };
+            let versions = self.version_numbers(&name)?;
+            if !versions.is_empty() {
+                out.push((name, versions));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Latest models by name for inference, the most recently used `capacity` kept in memory. A
+/// lookup lists the model's folder (cheap) and reloads only when a newer version is there.
+#[derive(Debug)]
+pub struct ModelCache {
+    registry: Registry,
+    capacity: usize,
+    tick: u64,
+    entries: HashMap<String, (u64, u32, Arc<Model>)>,
+    /// Models loaded from disk (misses), for reports.
+    pub loads: u64,
+}
+
+impl ModelCache {
+    /// A cache over `registry` holding up to `capacity` models.
+    pub fn new(registry: Registry, capacity: usize) -> Self {
+        ModelCache {
+            registry,
+            capacity: capacity.max(1),
+            tick: 0,
+            entries: HashMap::new(),
+            loads: 0,
+        }
+    }
+
+    /// The latest version of `name` with its number, or None when it has no version.
+    pub fn latest(&mut self, name: &str) -> Result<Option<(u32, Arc<Model>)>> {
+        let Some(&latest) = self.registry.version_numbers(name)?.last() else {
+            return Ok(None);
+        };
+        self.tick += 1;
+        if let Some(e) = self.entries.get_mut(name)
+            && e.1 == latest
+        {
+            e.0 = self.tick;
+            return Ok(Some((latest, e.2.clone())));
+        }
+        let model = Arc::new(self.registry.load(name, latest)?);
+        self.loads += 1;
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(name) {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.0)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.entries.remove(&k);
+            }
+        }
+        self.entries
+            .insert(name.to_string(), (self.tick, latest, model.clone()));
+        Ok(Some((latest, model)))
+    }
+
+    /// Models held in memory.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no model is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testutil::models;
+
+    #[test]
+    fn names_escape_reversibly_and_never_leave_the_root() {
+        for name in [
+            "DFP-azure-alice@example.com",
+            "DFP-duo-..",
+            "DFP-duo-../../etc/passwd",
+            "DFP-azure-Zoë %41",
+            "",
+        ] {
+            let e = escape(name);
+            assert!(
+                e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'%'),
+                "{e}"
+            );
+            assert_eq!(unescape(&e).as_deref(), Some(name));
+        }
+        assert_eq!(escape("DFP-azure-a.b"), "DFP-azure-a%2Eb");
+        let long = format!("DFP-azure-{}", "é/".repeat(200));
+        let e = escape(&long);
+        assert!(e.len() <= MAX_FOLDER && e.contains('~'), "{}", e.len());
+        assert_eq!(unescape(&e), None);
+        assert_ne!(escape(&format!("{long}x")), e);
+    }
+
+    #[test]
+    fn versions_count_up_and_the_latest_is_found() {
+        let (_, _, models) = models();
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let mut m = models[0].clone();
+        m.header.name = "DFP-azure-a.b@example.com".into();
+        assert_eq!(reg.register(&m).unwrap().version, 1);
+        let v2 = reg.register(&m).unwrap();
+        assert_eq!(v2.label(), "DFP-azure-a.b@example.com:2");
+        assert_eq!(reg.version_numbers(&m.header.name).unwrap(), [1, 2]);
+        assert_eq!(reg.load(&m.header.name, 2).unwrap(), m);
+        let tags = reg.version(&m.header.name, 1).unwrap();
+        assert_eq!(tags.header.rows, m.header.rows);
+        assert_eq!(reg.list().unwrap(), [(m.header.name.clone(), vec![1, 2])]);
+        reg.set_alias(&m.header.name, "champion", 1).unwrap();
+        assert_eq!(reg.alias(&m.header.name, "champion").unwrap(), Some(1));
+        assert!(reg.set_alias(&m.header.name, "champion", 7).is_err());
+        assert_eq!(
+            reg.version_numbers("DFP-azure-nobody").unwrap(),
+            Vec::<u32>::new()
+        );
+        // No temporary files are left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join(escape(&m.header.name)))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|f| f.contains("tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn concurrent_writers_get_distinct_versions() {
+        let (_, _, models) = models();
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let got: Vec<u32> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| reg.register(&models[0]).unwrap().version))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut got = got;
+        got.sort_unstable();
+        assert_eq!(got, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_cache_reloads_new_versions_and_evicts_the_least_recent() {
+        let (_, _, models) = models();
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        for m in &models[..3] {
+            reg.register(m).unwrap();
+        }
+        let mut cache = ModelCache::new(reg.clone(), 2);
+        let names: Vec<&str> = models.iter().map(|m| m.header.name.as_str()).collect();
+        assert_eq!(cache.latest(names[0]).unwrap().unwrap().0, 1);
+        cache.latest(names[1]).unwrap();
+        cache.latest(names[0]).unwrap();
+        assert_eq!(cache.loads, 2);
+        cache.latest(names[2]).unwrap(); // evicts names[1], the least recently used
+        assert_eq!(cache.len(), 2);
+        cache.latest(names[0]).unwrap();
+        assert_eq!(cache.loads, 3);
+        cache.latest(names[1]).unwrap();
+        assert_eq!(cache.loads, 4);
+        reg.register(&models[0]).unwrap();
+        assert_eq!(cache.latest(names[0]).unwrap().unwrap().0, 2);
+        assert!(cache.latest("DFP-azure-nobody").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_corrupt_version_is_an_error_naming_the_file() {
+        let (_, _, models) = models();
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let v = reg.register(&models[0]).unwrap();
+        let path = dir.path().join(escape(&v.name)).join("v000001.dfpmodel");
+        std::fs::write(&path, b"garbage").unwrap();
+        let err = ModelCache::new(reg, 4)
+            .latest(&v.name)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("v000001.dfpmodel") && err.contains("magic"),
+            "{err}"
+        );
+    }
+}
