@@ -1,13 +1,17 @@
 //! Small operations on Arrow batches that several stages share: concatenating batches of one
-//! schema, taking rows by index, and splitting a batch into one batch per user.
+//! schema, taking rows by index, splitting a batch into one batch per user, and reading a
+//! directory of logs into one batch with the derived features.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 
+use crate::ingest::{InputFormat, Reader};
 use crate::model::encode::string_column;
-use crate::schema::USERNAME;
+use crate::schema::{SourceSchema, USERNAME};
 use crate::{Error, Result};
 
 fn arrow_err(context: &str) -> impl FnOnce(arrow::error::ArrowError) -> Error + '_ {
@@ -42,10 +46,24 @@ pub fn split_by_user(batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> 
         .collect()
 }
 
+/// Every `.json` log file of `dir` (in name order, which is time order for Morpheus-named
+/// files) as one batch with the schema's derived features. Rejected records and broken files
+/// are left out, as the readers report them.
+pub fn read_log_dir(dir: &Path, schema: &SourceSchema, threads: usize) -> Result<RecordBatch> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "listing log files", e))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let reads =
+        Reader::new(Arc::new(schema.clone())).read_files(&paths, InputFormat::Auto, threads);
+    let batches: Vec<RecordBatch> = reads.into_iter().map(|r| r.batch).collect();
+    crate::derive::add_derived(&concat(&schema.arrow_schema(), &batches)?, schema)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use arrow::array::{AsArray, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 

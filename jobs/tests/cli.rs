@@ -254,20 +254,7 @@ fn registry_with_a_model(dir: &Path) -> String {
     ]);
     assert!(out.status.success());
     let schema = SourceSchema::builtin("duo").unwrap();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    let reads = dfp_engine::ingest::Reader::new(std::sync::Arc::new(schema.clone())).read_files(
-        &paths,
-        dfp_engine::ingest::InputFormat::Auto,
-        1,
-    );
-    let batches: Vec<_> = reads.into_iter().map(|r| r.batch).collect();
-    let all = dfp_engine::frame::concat(&schema.arrow_schema(), &batches).unwrap();
-    let all = dfp_engine::derive::add_derived(&all, &schema).unwrap();
+    let all = dfp_engine::frame::read_log_dir(&data, &schema, 1).unwrap();
     let name = "DFP-duo-generic_user";
     let config = ModelConfig {
         encoder_layers: vec![8],

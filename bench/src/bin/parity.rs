@@ -13,9 +13,8 @@
 //! Not part of the test run. Output: stdout and target/bench/parity-<source>.json.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -23,7 +22,6 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::TimestampMicrosecondType;
 use dfp_bench::{arg, bench_dir, roc_auc, write_report};
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
-use dfp_engine::ingest::{InputFormat, Reader};
 use dfp_engine::model::encode::string_column;
 use dfp_engine::model::{CpuBackend, Model, ModelConfig, TrainingSet, score, train_models};
 use dfp_engine::schema::SourceSchema;
@@ -37,20 +35,6 @@ fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
 }
 
-/// Loads every log file of `dir` as one batch with the derived features.
-fn load(dir: &Path, schema: &SourceSchema, threads: usize) -> Result<RecordBatch> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    let reads =
-        Reader::new(Arc::new(schema.clone())).read_files(&paths, InputFormat::Auto, threads);
-    let batches: Vec<RecordBatch> = reads.into_iter().map(|r| r.batch).collect();
-    let all = dfp_engine::frame::concat(&schema.arrow_schema(), &batches)?;
-    Ok(dfp_engine::derive::add_derived(&all, schema)?)
-}
-
 fn run_dfp(
     data: &Path,
     source: &str,
@@ -60,7 +44,7 @@ fn run_dfp(
 ) -> Result<Value> {
     let schema = SourceSchema::builtin(source)?;
     let t = Instant::now();
-    let all = load(data, &schema, threads)?;
+    let all = dfp_engine::frame::read_log_dir(data, &schema, threads)?;
     let load_s = t.elapsed().as_secs_f64();
     let ts = all
         .column_by_name("timestamp")

@@ -315,11 +315,8 @@ impl Model {
 /// Small trained models for tests.
 #[cfg(test)]
 pub(crate) mod testutil {
-    use std::sync::Arc;
-
     use super::*;
     use crate::generate::{GenSource, GenerateConfig, generate};
-    use crate::ingest::{InputFormat, Reader};
 
     /// Generated Azure rows (4 users x 5 days) with derived features, one batch per user.
     pub fn users() -> (SourceSchema, Vec<(String, RecordBatch)>) {
@@ -331,16 +328,7 @@ pub(crate) mod testutil {
         )
         .unwrap();
         let schema = SourceSchema::builtin("azure").unwrap();
-        let mut paths: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        paths.sort();
-        let reads = Reader::new(Arc::new(schema.clone())).read_files(&paths, InputFormat::Auto, 1);
-        let batches: Vec<RecordBatch> = reads.into_iter().map(|r| r.batch).collect();
-        let all = crate::frame::concat(&schema.arrow_schema(), &batches).unwrap();
-        let all = crate::derive::add_derived(&all, &schema).unwrap();
+        let all = crate::frame::read_log_dir(dir.path(), &schema, 1).unwrap();
         (schema, crate::frame::split_by_user(&all).unwrap())
     }
 
