@@ -54,48 +54,4 @@ pub fn write_report(name: &str, report: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// ROC-AUC of `scores` against `labels` (true = positive), ties counted half (the
-/// Mann-Whitney U statistic, as scikit-learn's `roc_auc_score`). None without both classes or
-/// with a non-finite score.
-pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
-    if scores.iter().any(|s| !s.is_finite()) {
-        return None;
-    }
-    let pos = labels.iter().filter(|&&l| l).count();
-    let neg = labels.len() - pos;
-    if pos == 0 || neg == 0 {
-        return None;
-    }
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    // Sum of the positives' ranks (1-based), ties sharing their average rank.
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
-            j += 1;
-        }
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += avg * idx[i..=j].iter().filter(|&&k| labels[k]).count() as f64;
-        i = j + 1;
-    }
-    let (p, n) = (pos as f64, neg as f64);
-    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auc_matches_hand_computed_values() {
-        assert_eq!(
-            roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
-            Some(0.75)
-        );
-        assert_eq!(roc_auc(&[1.0, 1.0], &[false, true]), Some(0.5));
-        assert_eq!(roc_auc(&[1.0, 2.0], &[true, true]), None);
-        assert_eq!(roc_auc(&[0.0, 1.0, 2.0], &[true, false, false]), Some(0.0));
-    }
-}
+pub use dfp_operators::evaluate::roc_auc;

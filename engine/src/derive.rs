@@ -65,6 +65,16 @@ pub fn add_derived(batch: &RecordBatch, schema: &SourceSchema) -> Result<RecordB
         }
         *count += 1;
     }
+    with_derived_columns(batch, schema, values)
+}
+
+/// `batch` with one Int64 column appended per derived feature of `schema` holding `values`
+/// (one vector per feature, one value per row), replacing columns of the same names.
+pub fn with_derived_columns(
+    batch: &RecordBatch,
+    schema: &SourceSchema,
+    values: Vec<Vec<i64>>,
+) -> Result<RecordBatch> {
     let mut fields: Vec<Arc<Field>> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {

@@ -33,7 +33,7 @@ use crate::schema::{
 use crate::{Error, Result};
 
 /// How an input file is laid out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum InputFormat {
     /// By extension (`.csv`, `.jsonl`/`.ndjson`), else by the first byte (`[` or `{`).
     #[default]

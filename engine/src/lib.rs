@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod model;
 pub mod period;
 pub mod registry;
+pub mod rows;
 pub mod schema;
 
 pub use error::{Error, Result};

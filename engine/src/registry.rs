@@ -330,14 +330,19 @@ impl ModelCache {
         let Some(&latest) = self.registry.version_numbers(name)?.last() else {
             return Ok(None);
         };
+        Ok(Some((latest, self.get(name, latest)?)))
+    }
+
+    /// Version `version` of `name`, from memory or loaded (evicting the least recently used).
+    pub fn get(&mut self, name: &str, version: u32) -> Result<Arc<Model>> {
         self.tick += 1;
         if let Some(e) = self.entries.get_mut(name)
-            && e.1 == latest
+            && e.1 == version
         {
             e.0 = self.tick;
-            return Ok(Some((latest, e.2.clone())));
+            return Ok(e.2.clone());
         }
-        let model = Arc::new(self.registry.load(name, latest)?);
+        let model = Arc::new(self.registry.load(name, version)?);
         self.loads += 1;
         if self.entries.len() >= self.capacity && !self.entries.contains_key(name) {
             let oldest = self
@@ -350,8 +355,8 @@ impl ModelCache {
             }
         }
         self.entries
-            .insert(name.to_string(), (self.tick, latest, model.clone()));
-        Ok(Some((latest, model)))
+            .insert(name.to_string(), (self.tick, version, model.clone()));
+        Ok(model)
     }
 
     /// Models held in memory.

@@ -2,5 +2,33 @@
 //!
 //! Each stage is a serde config, a pure state machine or function with no timely types (so it
 //! is unit-tested on its own), and, where it runs inside the dataflow, a thin timely operator.
+//! [`pipeline::run`] wires them into Morpheus' integrated training and inference pipeline:
+//!
+//! file batcher (plan) -> file to batch -> split users -> rolling window -> data prep ->
+//! { training -> registry writer | inference -> filter detections -> post-processing ->
+//! serialize -> sinks }
 
+// `Result` here mostly routes records between two streams (`ok_err`): a dead letter on the
+// `Err` side is data, as large as the rows it carries, not an error to keep small.
+#![allow(clippy::result_large_err)]
+
+pub mod config;
+pub mod data_prep;
+pub mod dead_letter;
+pub mod demo;
+pub mod evaluate;
 pub mod file_batcher;
+pub mod file_to_batch;
+pub mod filter_detections;
+pub mod frontier;
+pub mod inference;
+pub mod metrics;
+pub mod pipeline;
+pub mod plan;
+pub mod post_proc;
+pub mod registry_writer;
+pub mod rolling_window;
+pub mod serialize;
+pub mod sinks;
+pub mod split_users;
+pub mod training;

@@ -1,0 +1,118 @@
+//! The run configuration (`dfp run --config FILE`): one TOML table per stage, every key
+//! optional with Morpheus' default beside it, unknown keys rejected, and every bad value
+//! reported with its dotted path. Documented key by key in configs/README.md.
+
+use std::path::Path;
+
+use dfp_engine::config::Problems;
+use dfp_engine::model::ModelConfig;
+use dfp_engine::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::filter_detections::DetectionConfig;
+use crate::inference::InferenceConfig;
+use crate::rolling_window::WindowConfig;
+use crate::split_users::SplitConfig;
+
+/// Every stage's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Split users.
+    pub split: SplitConfig,
+    /// The training window (Morpheus: 300 rows, 300 new, 60 days, aggregate).
+    pub training_window: WindowConfig,
+    /// The inference window (Morpheus: 1 row, 0 new, 1 day, batch).
+    pub inference_window: WindowConfig,
+    /// The autoencoder's hyperparameters.
+    pub model: ModelConfig,
+    /// Inference.
+    pub inference: InferenceConfig,
+    /// Detections.
+    pub detection: DetectionConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            split: SplitConfig::default(),
+            training_window: WindowConfig::training(),
+            inference_window: WindowConfig::inference(),
+            model: ModelConfig::default(),
+            inference: InferenceConfig::default(),
+            detection: DetectionConfig::default(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Parses and validates TOML; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Invalid {
+            origin: origin.to_string(),
+            problems: vec![dfp_engine::config::Problem {
+                path: String::new(),
+                message: e.to_string(),
+            }],
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading config", e))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Every problem, with its dotted path.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let mut p = Problems::new();
+        self.training_window.check("training_window", &mut p);
+        self.inference_window.check("inference_window", &mut p);
+        self.model.check("model", &mut p);
+        if !self.detection.threshold.is_finite() {
+            p.push("detection.threshold", "must be a finite number");
+        }
+        if self.split.generic_user.is_empty() {
+            p.push("split.generic_user", "must not be empty");
+        }
+        if self.inference.cache_models == 0 {
+            p.push("inference.cache_models", "must be at least 1");
+        }
+        p.finish(origin, ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_config_is_morpheus_defaults() {
+        let c = RunConfig::from_toml("", "test").unwrap();
+        assert_eq!(c, RunConfig::default());
+        assert_eq!(c.training_window.min_history, 300);
+        assert_eq!(c.inference_window.max_history, "1d");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let e = RunConfig::from_toml(
+            "[training_window]\nmin_history = 1\nmin_increment = 0\nmax_history = \"soon\"\ncache_mode = \"aggregate\"\n[model]\nlr = -1.0\n[inference]\ncache_models = 0\n",
+            "cfg.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "training_window.max_history",
+            "model.lr",
+            "inference.cache_models",
+        ] {
+            assert!(e.contains(key), "{key} missing from {e}");
+        }
+        let e = RunConfig::from_toml("[split]\nbogus = 1\n", "cfg.toml").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,98 @@
+//! File to batch (Morpheus' `file_to_df` module / `DFPFileToDataFrameStage`): reads one log
+//! file with the source schema's reader (JSON array, JSON lines or CSV; nested fields flattened,
+//! renamed and cast) and turns its records into [`Row`]s tagged with their origin.
+//!
+//! Input: [`FileTask`]s, exchanged by file index so the files of an epoch are shared out over
+//! the workers. Output: [`FileRows`] (one per file) and [`DeadLetter`]s for rejected records and
+//! broken or unreadable files; the good records of a broken file go on. State: none.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dfp_engine::ingest::{InputFormat, Reader};
+use dfp_engine::rows::{Row, rows_from_batch};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::Exchange as _;
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::vec::Map;
+
+use crate::dead_letter::DeadLetter;
+use crate::metrics::SharedStats;
+
+/// One file to read in one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileTask {
+    /// The epoch.
+    pub epoch: u64,
+    /// The file's index within the epoch.
+    pub index: u32,
+    /// The file.
+    pub path: PathBuf,
+    /// How to read it.
+    pub format: InputFormat,
+}
+
+/// The rows of one file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRows {
+    /// The epoch.
+    pub epoch: u64,
+    /// The rows, in file order.
+    pub rows: Vec<Row>,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+/// Reads one file: its rows and its dead letters.
+pub fn read(reader: &Reader, task: &FileTask) -> (FileRows, Vec<DeadLetter>) {
+    let read = reader.read_file(&task.path, task.format);
+    let mut dead = DeadLetter::from_read(&read);
+    let rows = match rows_from_batch(&read.batch, task.epoch, task.index) {
+        Ok(rows) => rows,
+        Err(e) => {
+            dead.push(DeadLetter {
+                file: Some(task.path.display().to_string()),
+                ..DeadLetter::model("file_to_batch", "", e.to_string())
+            });
+            Vec::new()
+        }
+    };
+    (
+        FileRows {
+            epoch: task.epoch,
+            rows,
+            bytes: read.bytes,
+        },
+        dead,
+    )
+}
+
+/// The file-to-batch stage as a timely operator.
+pub trait FileToBatch<'s> {
+    /// Reads each task's file on the worker its index maps to.
+    fn file_to_batch(
+        self,
+        reader: Arc<Reader>,
+        stats: SharedStats,
+    ) -> (StreamVec<'s, u64, FileRows>, StreamVec<'s, u64, DeadLetter>);
+}
+
+impl<'s> FileToBatch<'s> for StreamVec<'s, u64, FileTask> {
+    fn file_to_batch(
+        self,
+        reader: Arc<Reader>,
+        stats: SharedStats,
+    ) -> (StreamVec<'s, u64, FileRows>, StreamVec<'s, u64, DeadLetter>) {
+        self.exchange(|t: &FileTask| u64::from(t.index))
+            .flat_map(move |task| {
+                let (rows, dead) = read(&reader, &task);
+                let mut s = stats.borrow_mut();
+                s.files += 1;
+                s.bytes += rows.bytes;
+                s.rows += rows.rows.len() as u64;
+                std::iter::once(Ok(rows)).chain(dead.into_iter().map(Err))
+            })
+            .ok_err(|r| r)
+    }
+}

@@ -1,0 +1,287 @@
+//! Inference (Morpheus' `dfp_inference` module / `DFPInferenceStage`): scores each scoring
+//! window's rows with the user's model, or with the generic model when the user has none or
+//! theirs cannot be used, all windows of an epoch on this worker in one backend call.
+//!
+//! Inputs: [`Prepared`] scoring windows, and [`ModelNote`]s broadcast from every worker's
+//! registry writer. Output: one [`Scored`] row per scored row, and [`DeadLetter`]s for rows no
+//! model could score and for user models that could not be loaded (those users fall back to
+//! the generic model). State: the version of each model name known at the last processed
+//! epoch (the registry's state at the start of the run, then every note), notes and windows of
+//! epochs the frontiers have not passed, and an LRU cache of loaded models. An epoch is scored
+//! only once both frontiers have passed it, with exactly the models trained at it or before,
+//! so scores do not depend on worker timing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dfp_engine::model::{Backend, Model, score};
+use dfp_engine::registry::{ModelCache, Registry, model_name};
+use dfp_engine::rows::Row;
+use dfp_engine::schema::SourceSchema;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::core::OkErr;
+
+use crate::data_prep::Prepared;
+use crate::dead_letter::DeadLetter;
+use crate::frontier::Pending;
+use crate::metrics::SharedStats;
+use crate::registry_writer::ModelNote;
+
+/// Inference settings (`[inference]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// Models kept in memory per worker (least recently used evicted).
+    pub cache_models: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { cache_models: 1024 }
+    }
+}
+
+/// One scored row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    /// The row's user.
+    pub user: String,
+    /// The row.
+    pub row: Row,
+    /// Its derived features (schema order).
+    pub derived: Vec<i64>,
+    /// `name:version` of the model that scored it.
+    pub model_version: String,
+    /// Per feature loss (numeric, binary, categorical order).
+    pub loss: Vec<f32>,
+    /// Per feature |z| of the loss.
+    pub z_loss: Vec<f32>,
+    /// Per feature prediction.
+    pub pred: Vec<String>,
+    /// Largest |z|.
+    pub max_abs_z: f32,
+    /// Mean |z|.
+    pub mean_abs_z: f32,
+}
+
+/// A model pick: the model (`name:version` and weights) if any, the dead letter of an unusable
+/// user model, and whether the generic model was picked.
+type Choice = (Option<(String, Arc<Model>)>, Option<DeadLetter>, bool);
+
+/// Picks, loads and caches models, and scores windows.
+pub struct Scorer {
+    schema: Arc<SourceSchema>,
+    generic_user: String,
+    versions: HashMap<String, u32>,
+    cache: ModelCache,
+    batch_size: usize,
+}
+
+impl Scorer {
+    /// A scorer over `registry` knowing `versions` (name -> latest version at the start).
+    pub fn new(
+        schema: Arc<SourceSchema>,
+        registry: Registry,
+        versions: HashMap<String, u32>,
+        generic_user: &str,
+        config: &InferenceConfig,
+        batch_size: usize,
+    ) -> Self {
+        Self {
+            schema,
+            generic_user: generic_user.to_string(),
+            versions,
+            cache: ModelCache::new(registry, config.cache_models),
+            batch_size,
+        }
+    }
+
+    /// Makes a new model version known.
+    pub fn apply(&mut self, note: ModelNote) {
+        let v = self.versions.entry(note.name).or_insert(0);
+        *v = (*v).max(note.version);
+    }
+
+    fn load(&mut self, name: &str) -> Option<Result<(String, Arc<Model>), String>> {
+        let version = *self.versions.get(name)?;
+        Some(
+            self.cache
+                .get(name, version)
+                .and_then(|m| {
+                    m.check_schema(&self.schema, Path::new(name))?;
+                    Ok(m)
+                })
+                .map(|m| (format!("{name}:{version}"), m))
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    /// The model for `user`: theirs, else the generic one; with the dead letter of a user model
+    /// that exists but cannot be used.
+    fn model_for(&mut self, user: &str) -> Choice {
+        let own = model_name(&self.schema.name, user);
+        let mut problem = None;
+        match self.load(&own) {
+            Some(Ok(m)) => return (Some(m), None, false),
+            Some(Err(e)) => {
+                tracing::error!(model = %own, error = %e, "model unusable; scoring with the generic model");
+                problem = Some(DeadLetter::model(
+                    "inference",
+                    &own,
+                    format!("{e}; the user's rows were scored with the generic model"),
+                ));
+            }
+            None => {}
+        }
+        let generic = model_name(&self.schema.name, &self.generic_user);
+        match self.load(&generic) {
+            Some(Ok(m)) => (Some(m), problem, true),
+            Some(Err(e)) => (
+                None,
+                Some(DeadLetter::model("inference", &generic, e)),
+                true,
+            ),
+            None => (None, problem, true),
+        }
+    }
+
+    /// Scores `windows`: scored rows, dead letters, and how many rows fell back to the generic
+    /// model.
+    pub fn score(
+        &mut self,
+        backend: &dyn Backend,
+        windows: Vec<Prepared>,
+    ) -> (Vec<Scored>, Vec<DeadLetter>, u64) {
+        let mut dead = Vec::new();
+        let mut fallbacks = 0u64;
+        let mut chosen: Vec<(Prepared, String, Arc<Model>)> = Vec::new();
+        for w in windows {
+            let (model, problem, generic) = self.model_for(&w.window.user);
+            dead.extend(problem);
+            match model {
+                Some((label, m)) => {
+                    if generic {
+                        fallbacks += w.window.rows.len() as u64;
+                    }
+                    chosen.push((w, label, m));
+                }
+                None => {
+                    let reason = format!(
+                        "no usable model for user {:?} and no usable generic model {:?}",
+                        w.window.user,
+                        model_name(&self.schema.name, &self.generic_user)
+                    );
+                    dead.extend(w.window.rows.iter().map(|r| {
+                        DeadLetter::row("inference", Some(&w.window.user), r, reason.clone())
+                    }));
+                }
+            }
+        }
+        let requests: Vec<(&Model, &arrow::array::RecordBatch)> = chosen
+            .iter()
+            .map(|(w, _, m)| (m.as_ref(), &w.batch))
+            .collect();
+        let results = score(backend, &requests, self.batch_size);
+        let mut scored = Vec::new();
+        for ((w, label, _), result) in chosen.into_iter().zip(results) {
+            let s = match result {
+                Ok(s) => s,
+                Err(e) => {
+                    let reason = format!("scoring with {label} failed: {e}");
+                    dead.extend(w.window.rows.iter().map(|r| {
+                        DeadLetter::row("inference", Some(&w.window.user), r, reason.clone())
+                    }));
+                    continue;
+                }
+            };
+            let f = s.features.len();
+            let user = w.window.user;
+            for (i, (row, derived)) in w.window.rows.into_iter().zip(w.window.derived).enumerate() {
+                scored.push(Scored {
+                    user: user.clone(),
+                    row,
+                    derived,
+                    model_version: label.clone(),
+                    loss: s.loss[i * f..(i + 1) * f].to_vec(),
+                    z_loss: s.z_loss[i * f..(i + 1) * f].to_vec(),
+                    pred: s.pred[i * f..(i + 1) * f].to_vec(),
+                    max_abs_z: s.max_abs_z[i],
+                    mean_abs_z: s.mean_abs_z[i],
+                });
+            }
+        }
+        (scored, dead, fallbacks)
+    }
+}
+
+/// The inference stage as a timely operator.
+pub trait Inference<'s> {
+    /// Scores each epoch's windows once both inputs' frontiers have passed it.
+    fn inference(
+        self,
+        notes: StreamVec<'s, u64, ModelNote>,
+        scorer: Scorer,
+        backend: Rc<dyn Backend>,
+        stats: SharedStats,
+    ) -> (StreamVec<'s, u64, Scored>, StreamVec<'s, u64, DeadLetter>);
+}
+
+impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
+    fn inference(
+        self,
+        notes: StreamVec<'s, u64, ModelNote>,
+        mut scorer: Scorer,
+        backend: Rc<dyn Backend>,
+        stats: SharedStats,
+    ) -> (StreamVec<'s, u64, Scored>, StreamVec<'s, u64, DeadLetter>) {
+        self.binary_frontier(
+            notes,
+            Pipeline,
+            Pipeline,
+            "Inference",
+            move |_cap, _info| {
+                let mut windows = Pending::<Prepared>::default();
+                let mut news = Pending::<ModelNote>::default();
+                move |(input, f1), (notes, f2), output| {
+                    input.for_each_stamp(|cap, data| windows.stash(cap, data, 0));
+                    notes.for_each_stamp(|cap, data| news.stash(cap, data, 0));
+                    let mut ready: Vec<_> = news
+                        .ready(&[f1, f2])
+                        .into_iter()
+                        .map(|(cap, n)| (*cap.time(), None, n))
+                        .chain(
+                            windows
+                                .ready(&[f1, f2])
+                                .into_iter()
+                                .map(|(cap, w)| (*cap.time(), Some((cap, w)), Vec::new())),
+                        )
+                        .collect();
+                    // Notes of an epoch before its windows: a model trained at t scores at t.
+                    ready.sort_by_key(|(t, w, _)| (*t, w.is_some()));
+                    for (_, work, notes) in ready {
+                        notes.into_iter().for_each(|n| scorer.apply(n));
+                        let Some((cap, mut ws)) = work else { continue };
+                        ws.sort_by(|a, b| a.window.user.cmp(&b.window.user));
+                        let started = Instant::now();
+                        let (scored, dead, fallbacks) = scorer.score(backend.as_ref(), ws);
+                        let mut s = stats.borrow_mut();
+                        s.score_seconds += started.elapsed().as_secs_f64();
+                        s.scored += scored.len() as u64;
+                        s.generic_fallbacks += fallbacks;
+                        let mut session = output.session(&cap);
+                        session.give_iterator(scored.into_iter().map(Ok));
+                        session.give_iterator(dead.into_iter().map(Err));
+                    }
+                }
+            },
+        )
+        .container::<Vec<Result<Scored, DeadLetter>>>()
+        .ok_err(|r| r)
+    }
+}

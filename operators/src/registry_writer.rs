@@ -1,0 +1,65 @@
+//! Registry writer (Morpheus' `mlflow_model_writer` module / `DFPMLFlowModelWriterStage`):
+//! registers each trained model as a new version in the local model registry (atomic write,
+//! tagged with its training window, row count and metrics) and announces it.
+//!
+//! Input: trained models. Output: [`ModelNote`]s (name and version, at the epoch the model was
+//! trained in; the pipeline broadcasts them to every worker's inference) and [`DeadLetter`]s for
+//! models that could not be written. State: none (the registry is the state).
+
+use std::sync::Arc;
+
+use dfp_engine::model::Model;
+use dfp_engine::registry::Registry;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::core::OkErr;
+
+use crate::dead_letter::DeadLetter;
+use crate::metrics::SharedStats;
+
+/// A model version that became available at the epoch it travels at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ModelNote {
+    /// The model's name.
+    pub name: String,
+    /// The version.
+    pub version: u32,
+}
+
+/// The registry-writer stage as a timely operator.
+pub trait RegistryWriter<'s> {
+    /// Registers each model as it arrives.
+    fn registry_writer(
+        self,
+        registry: Registry,
+        stats: SharedStats,
+    ) -> (
+        StreamVec<'s, u64, ModelNote>,
+        StreamVec<'s, u64, DeadLetter>,
+    );
+}
+
+impl<'s> RegistryWriter<'s> for StreamVec<'s, u64, Arc<Model>> {
+    fn registry_writer(
+        self,
+        registry: Registry,
+        stats: SharedStats,
+    ) -> (
+        StreamVec<'s, u64, ModelNote>,
+        StreamVec<'s, u64, DeadLetter>,
+    ) {
+        self.ok_err(move |model| {
+            let name = model.header.name.clone();
+            match registry.register(&model) {
+                Ok(v) => {
+                    stats.borrow_mut().models_trained += 1;
+                    Ok(ModelNote {
+                        name,
+                        version: v.version,
+                    })
+                }
+                Err(e) => Err(DeadLetter::model("registry_writer", &name, e.to_string())),
+            }
+        })
+    }
+}

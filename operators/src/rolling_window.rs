@@ -1,0 +1,456 @@
+//! Rolling window (Morpheus' `dfp_rolling_window` module / `DFPRollingWindowStage`): per-user
+//! history maintained incrementally, emitting a window when the user has enough rows.
+//!
+//! Input: [`UserRows`] (a user's rows of one epoch, exchanged to the worker that owns the user).
+//! Output: [`Window`]s (the rows to train on or to score, with their derived per-day features)
+//! and the rows that could not be placed, as dead letters.
+//!
+//! State, per user and per purpose (training, inference): UTC days of rows in event-time order
+//! (ties by origin), each day with its derived features (`logcount` = index within the day,
+//! `locincrement`/`appincrement` = distinct values so far that day) maintained as rows arrive:
+//! a row appended at the end of its day costs O(1); an out-of-order row is placed by event time
+//! and only its day is recomputed. Eviction: a whole day leaves the window once it ended more
+//! than `max_history` before the newest row, so per-day features never see a partial day; a row
+//! for a day already evicted is late and dead-lettered (Morpheus silently drops every row
+//! older than the newest). Triggers: a window is emitted when the user holds at least
+//! `min_history` rows and at least `min_increment` (and at least one) rows arrived since the
+//! last emission. Cache modes: `aggregate` emits the whole window (training), `batch` only the
+//! rows that arrived since the last emission, with features computed in the window's context
+//! (inference: each row is scored once). `payload` epochs skip the state: the window is the
+//! epoch's rows alone.
+//!
+//! The operator keeps a capability per pending epoch and processes an epoch only when the input
+//! frontier has passed it, so every window is emitted exactly once and does not depend on how
+//! rows were spread over workers. Per-day aggregates are kept here rather than in a
+//! differential arrangement: retraction is always of whole days, so a map of days is the whole
+//! index the retraction needs, without a second copy of the rows.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use dfp_engine::config::{Problems, join};
+use dfp_engine::model::encode::MISSING;
+use dfp_engine::period::parse_duration;
+use dfp_engine::rows::{Row, Value};
+use dfp_engine::schema::{DerivedKind, SourceSchema};
+use dfp_engine::{Error, Result};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::core::OkErr;
+
+use crate::dead_letter::DeadLetter;
+use crate::frontier::Pending;
+use crate::metrics::SharedStats;
+use crate::split_users::UserRows;
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// What a window emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// The whole window (training).
+    Aggregate,
+    /// Only rows that arrived since the last emission (inference: each row scored once).
+    Batch,
+}
+
+/// One rolling window's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Rows a user needs before a window is emitted.
+    pub min_history: usize,
+    /// New rows needed since the last emission.
+    pub min_increment: usize,
+    /// How far back from the newest row whole days are kept ("60d").
+    pub max_history: String,
+    /// What is emitted.
+    pub cache_mode: CacheMode,
+}
+
+impl WindowConfig {
+    /// Morpheus' training window: 300 rows, 300 new, 60 days, the whole window.
+    pub fn training() -> Self {
+        Self {
+            min_history: 300,
+            min_increment: 300,
+            max_history: "60d".into(),
+            cache_mode: CacheMode::Aggregate,
+        }
+    }
+
+    /// Morpheus' inference window: 1 row, no increment, 1 day, the new rows only.
+    pub fn inference() -> Self {
+        Self {
+            min_history: 1,
+            min_increment: 0,
+            max_history: "1d".into(),
+            cache_mode: CacheMode::Batch,
+        }
+    }
+
+    /// `max_history` in µs, if it parses.
+    pub fn max_history_us(&self) -> std::result::Result<i64, String> {
+        let d = parse_duration(&self.max_history)?;
+        d.num_microseconds()
+            .filter(|&us| us > 0)
+            .ok_or_else(|| format!("{:?} must be a positive duration", self.max_history))
+    }
+
+    /// Records every problem at `at`.
+    pub fn check(&self, at: &str, p: &mut Problems) {
+        if let Err(e) = self.max_history_us() {
+            p.push(join(at, "max_history"), e);
+        }
+    }
+}
+
+/// How the derived features of a schema read a row: per derived feature, a count or the index
+/// of the column whose distinct values are counted.
+#[derive(Debug, Clone)]
+pub struct DerivedPlan {
+    columns: Vec<Option<usize>>,
+}
+
+impl DerivedPlan {
+    /// The plan of `schema`'s derived features over its rows ([`Row::values`] order).
+    pub fn new(schema: &SourceSchema) -> Result<Self> {
+        let arrow = schema.arrow_schema();
+        let columns = schema
+            .derived
+            .iter()
+            .map(|d| match (d.kind, &d.column) {
+                (DerivedKind::CountPerDay, _) => Ok(None),
+                (DerivedKind::DistinctPerDay, Some(c)) => arrow
+                    .index_of(c)
+                    .ok()
+                    .and_then(|i| i.checked_sub(2))
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Error::model(
+                            "rolling window",
+                            format!("derived feature {:?} counts unknown column {c:?}", d.name),
+                        )
+                    }),
+                (DerivedKind::DistinctPerDay, None) => Err(Error::model(
+                    "rolling window",
+                    format!("derived feature {:?} names no column", d.name),
+                )),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { columns })
+    }
+
+    /// Number of derived features.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Whether the schema has no derived feature.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+}
+
+fn distinct_key(row: &Row, column: usize) -> String {
+    match row.values.get(column) {
+        Some(Value::Str(s)) => s.clone(),
+        Some(Value::Null) | None => MISSING.to_string(),
+        Some(v) => v.to_text(),
+    }
+}
+
+/// One UTC day of a user's rows, in event-time order, with their derived features.
+#[derive(Debug, Default, Clone)]
+struct Day {
+    rows: Vec<Row>,
+    derived: Vec<Vec<i64>>,
+    seen: Vec<HashSet<String>>,
+}
+
+impl Day {
+    fn derive_next(&mut self, i: usize, plan: &DerivedPlan) {
+        if self.seen.len() != plan.len() {
+            self.seen = vec![HashSet::new(); plan.len()];
+        }
+        let row = &self.rows[i];
+        let values = plan
+            .columns
+            .iter()
+            .zip(&mut self.seen)
+            .map(|(col, seen)| match col {
+                None => i as i64,
+                Some(c) => {
+                    seen.insert(distinct_key(row, *c));
+                    seen.len() as i64
+                }
+            })
+            .collect();
+        self.derived.insert(i, values);
+    }
+
+    /// Places `row` by event time; only a row that lands before others recomputes the day.
+    fn insert(&mut self, row: Row, plan: &DerivedPlan) {
+        let at = self.rows.partition_point(|r| r.key() < row.key());
+        self.rows.insert(at, row);
+        if at + 1 == self.rows.len() {
+            self.derive_next(at, plan);
+        } else {
+            self.derived.clear();
+            self.seen.clear();
+            for i in 0..self.rows.len() {
+                self.derive_next(i, plan);
+            }
+        }
+    }
+}
+
+/// A window ready for data prep: a user's rows with their derived features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// The user (`generic_user` for the generic model).
+    pub user: String,
+    /// The epoch it was emitted at.
+    pub epoch: u64,
+    /// Whether it is to train (else to score).
+    pub train: bool,
+    /// The rows, in event-time order.
+    pub rows: Vec<Row>,
+    /// Per row, the derived feature values (schema order).
+    pub derived: Vec<Vec<i64>>,
+}
+
+/// One user's window state.
+#[derive(Debug, Default, Clone)]
+pub struct UserWindow {
+    days: BTreeMap<i64, Day>,
+    rows: usize,
+    fresh: usize,
+    newest: Option<i64>,
+    last_emit: Option<u64>,
+}
+
+impl UserWindow {
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Places `rows`, evicts days that left the window, and returns the rows that could not be
+    /// placed (their day had already left the window).
+    pub fn insert(
+        &mut self,
+        mut rows: Vec<Row>,
+        max_history_us: i64,
+        plan: &DerivedPlan,
+    ) -> Vec<Row> {
+        rows.sort_by_key(Row::key);
+        if let Some(max) = rows.iter().map(|r| r.ts).max() {
+            self.newest = Some(self.newest.map_or(max, |n| n.max(max)));
+        }
+        let Some(newest) = self.newest else {
+            return Vec::new();
+        };
+        let horizon = newest.saturating_sub(max_history_us);
+        let kept = |day: i64| (day + 1).saturating_mul(DAY_US) > horizon;
+        while let Some((&day, _)) = self.days.first_key_value() {
+            if kept(day) {
+                break;
+            }
+            if let Some(d) = self.days.remove(&day) {
+                self.rows -= d.rows.len();
+            }
+        }
+        let mut late = Vec::new();
+        for row in rows {
+            let day = row.ts.div_euclid(DAY_US);
+            if kept(day) {
+                self.days.entry(day).or_default().insert(row, plan);
+                self.rows += 1;
+                self.fresh += 1;
+            } else {
+                late.push(row);
+            }
+        }
+        late
+    }
+
+    /// The window for `user` at `epoch`, if the triggers of `cfg` fire.
+    pub fn emit(
+        &mut self,
+        user: &str,
+        epoch: u64,
+        train: bool,
+        cfg: &WindowConfig,
+    ) -> Option<Window> {
+        if self.fresh == 0 || self.fresh < cfg.min_increment || self.rows < cfg.min_history {
+            return None;
+        }
+        let since = self.last_emit;
+        let mut w = Window {
+            user: user.to_string(),
+            epoch,
+            train,
+            rows: Vec::new(),
+            derived: Vec::new(),
+        };
+        for day in self.days.values() {
+            for (row, derived) in day.rows.iter().zip(&day.derived) {
+                let new = since.is_none_or(|s| row.origin.epoch > s);
+                if cfg.cache_mode == CacheMode::Aggregate || new {
+                    w.rows.push(row.clone());
+                    w.derived.push(derived.clone());
+                }
+            }
+        }
+        self.fresh = 0;
+        self.last_emit = Some(epoch);
+        Some(w)
+    }
+}
+
+/// The windows of both purposes, for every user one worker owns.
+#[derive(Debug)]
+pub struct RollingWindows {
+    training: WindowConfig,
+    inference: WindowConfig,
+    training_us: i64,
+    inference_us: i64,
+    plan: DerivedPlan,
+    users: HashMap<(String, bool), UserWindow>,
+}
+
+/// What one epoch of one user gave.
+#[derive(Debug, Default)]
+pub struct Emitted {
+    /// Windows to train on or to score.
+    pub windows: Vec<Window>,
+    /// Rows that could not be placed.
+    pub late: Vec<DeadLetter>,
+}
+
+impl RollingWindows {
+    /// Windows for `schema` with these settings.
+    pub fn new(
+        schema: &SourceSchema,
+        training: WindowConfig,
+        inference: WindowConfig,
+    ) -> Result<Self> {
+        let us = |c: &WindowConfig| {
+            c.max_history_us()
+                .map_err(|e| Error::model("rolling window", format!("max_history: {e}")))
+        };
+        Ok(Self {
+            training_us: us(&training)?,
+            inference_us: us(&inference)?,
+            training,
+            inference,
+            plan: DerivedPlan::new(schema)?,
+            users: HashMap::new(),
+        })
+    }
+
+    /// Pushes one user's rows of `epoch` and returns what that emits: a training window if the
+    /// rows train, a scoring window if they score, each when its triggers fire.
+    pub fn push(&mut self, rows: UserRows, epoch: u64) -> Emitted {
+        let mut out = Emitted::default();
+        let UserRows {
+            user,
+            train,
+            infer,
+            payload,
+            rows,
+            ..
+        } = rows;
+        let purposes: Vec<bool> = [(true, train), (false, infer)]
+            .into_iter()
+            .filter_map(|(purpose, on)| on.then_some(purpose))
+            .collect();
+        let mut rows = Some(rows);
+        for (k, &purpose) in purposes.iter().enumerate() {
+            let these = if k + 1 == purposes.len() {
+                rows.take().unwrap_or_default()
+            } else {
+                rows.clone().unwrap_or_default()
+            };
+            let (cfg, us) = if purpose {
+                (&self.training, self.training_us)
+            } else {
+                (&self.inference, self.inference_us)
+            };
+            let mut scratch = UserWindow::default();
+            let state = if payload {
+                &mut scratch
+            } else {
+                self.users.entry((user.clone(), purpose)).or_default()
+            };
+            for row in state.insert(these, us, &self.plan) {
+                out.late
+                    .push(DeadLetter::late(&user, row, &cfg.max_history));
+            }
+            out.windows.extend(state.emit(&user, epoch, purpose, cfg));
+        }
+        out
+    }
+}
+
+/// The rolling-window stage as a timely operator.
+pub trait RollingWindowExt<'s> {
+    /// Maintains every user's windows (input already exchanged by user) and emits windows at
+    /// each epoch once the frontier has passed it.
+    fn rolling_window(
+        self,
+        windows: RollingWindows,
+        stats: SharedStats,
+    ) -> (StreamVec<'s, u64, Window>, StreamVec<'s, u64, DeadLetter>);
+}
+
+impl<'s> RollingWindowExt<'s> for StreamVec<'s, u64, UserRows> {
+    fn rolling_window(
+        self,
+        mut windows: RollingWindows,
+        stats: SharedStats,
+    ) -> (StreamVec<'s, u64, Window>, StreamVec<'s, u64, DeadLetter>) {
+        self.unary_frontier(Pipeline, "RollingWindow", move |_cap, _info| {
+            let mut pending = Pending::<UserRows>::default();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
+                for (cap, pieces) in pending.ready(&[frontier]) {
+                    let epoch = *cap.time();
+                    // A user's rows come in pieces (one per file); windows see them at once.
+                    let mut users: BTreeMap<(String, bool), UserRows> = BTreeMap::new();
+                    for piece in pieces {
+                        match users.entry((piece.user.clone(), piece.generic)) {
+                            std::collections::btree_map::Entry::Vacant(v) => {
+                                v.insert(piece);
+                            }
+                            std::collections::btree_map::Entry::Occupied(mut o) => {
+                                o.get_mut().rows.extend(piece.rows);
+                            }
+                        }
+                    }
+                    let mut session = output.session(&cap);
+                    let mut s = stats.borrow_mut();
+                    for ((user, generic), rows) in users {
+                        if !generic {
+                            s.users.insert(user);
+                        }
+                        let e = windows.push(rows, epoch);
+                        s.training_windows += e.windows.iter().filter(|w| w.train).count() as u64;
+                        session.give_iterator(e.windows.into_iter().map(Ok));
+                        session.give_iterator(e.late.into_iter().map(Err));
+                    }
+                }
+            }
+        })
+        .container::<Vec<std::result::Result<Window, DeadLetter>>>()
+        .ok_err(|r| r)
+    }
+}

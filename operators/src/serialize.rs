@@ -1,0 +1,266 @@
+//! Serialize (Morpheus' `serialize` module / `SerializeStage`): turns detections and scored
+//! rows into output lines, CSV and JSON, with Morpheus' columns: the input columns (the source
+//! schema's, `event_id` included, then the derived features), `event_time`, `model_version`,
+//! `max_abs_z`, `mean_abs_z`, per feature `<f>_loss`, `<f>_z_loss`, `<f>_pred`, and
+//! `top_features`.
+//!
+//! Input: [`Detection`]s (and [`DeadLetter`]s). Output: [`Line`]s, each with the key the sink
+//! sorts by (event time, then origin), so files do not depend on the worker layout. State: none.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat};
+use dfp_engine::rows::Origin;
+use dfp_engine::schema::SourceSchema;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::vec::Map;
+
+use crate::dead_letter::DeadLetter;
+use crate::post_proc::Detection;
+
+/// Which output file a line belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum OutKind {
+    /// `dfp_detections_{source}.csv`.
+    DetectionsCsv,
+    /// `dfp_detections_{source}.jsonl`.
+    DetectionsJson,
+    /// `dfp_scores_{source}.csv`.
+    ScoresCsv,
+    /// `dfp_dead_letter_{source}.jsonl`.
+    DeadLetters,
+}
+
+/// One output line (without its newline).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Line {
+    /// The file.
+    pub kind: OutKind,
+    /// Event time of the row (0 where there is none).
+    pub ts: i64,
+    /// Origin of the row, where there is one.
+    pub origin: Option<Origin>,
+    /// The text.
+    pub text: String,
+}
+
+/// The output columns of a source schema.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    input: Vec<String>,
+    derived: Vec<String>,
+    features: Vec<String>,
+}
+
+impl Columns {
+    /// The columns of `schema`.
+    pub fn new(schema: &SourceSchema) -> Self {
+        let f = &schema.features;
+        Self {
+            input: schema
+                .arrow_schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+            derived: schema.derived.iter().map(|d| d.name.clone()).collect(),
+            features: f
+                .numeric
+                .iter()
+                .chain(&f.binary)
+                .chain(&f.categorical)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The feature names in per-feature column order.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    /// Every column name, in order.
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.input.iter().chain(&self.derived).cloned().collect();
+        n.extend(
+            ["event_time", "model_version", "max_abs_z", "mean_abs_z"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        for f in &self.features {
+            n.extend([
+                format!("{f}_loss"),
+                format!("{f}_z_loss"),
+                format!("{f}_pred"),
+            ]);
+        }
+        n.push("top_features".into());
+        n
+    }
+
+    /// The CSV header line.
+    pub fn csv_header(&self) -> String {
+        csv_line(&self.names())
+    }
+
+    fn cells(&self, d: &Detection) -> Vec<(String, serde_json::Value)> {
+        let s = &d.scored;
+        let r = &s.row;
+        let time = DateTime::from_timestamp_micros(r.ts)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
+            .unwrap_or_else(|| r.ts.to_string());
+        let mut cells: Vec<serde_json::Value> = vec![
+            time.into(),
+            r.user.clone().map_or(serde_json::Value::Null, Into::into),
+        ];
+        cells.extend(r.values.iter().map(|v| v.to_json()));
+        cells.extend(s.derived.iter().map(|&v| serde_json::Value::from(v)));
+        cells.push(d.event_time.clone().into());
+        cells.push(s.model_version.clone().into());
+        cells.push(f32_json(s.max_abs_z));
+        cells.push(f32_json(s.mean_abs_z));
+        for i in 0..self.features.len() {
+            cells.push(
+                s.loss
+                    .get(i)
+                    .copied()
+                    .map_or(serde_json::Value::Null, f32_json),
+            );
+            cells.push(
+                s.z_loss
+                    .get(i)
+                    .copied()
+                    .map_or(serde_json::Value::Null, f32_json),
+            );
+            cells.push(
+                s.pred
+                    .get(i)
+                    .cloned()
+                    .map_or(serde_json::Value::Null, Into::into),
+            );
+        }
+        cells.push(d.top_features.clone().into());
+        self.names().into_iter().zip(cells).collect()
+    }
+
+    /// `d` as a CSV line.
+    pub fn csv(&self, d: &Detection) -> String {
+        let texts: Vec<String> = self
+            .cells(d)
+            .into_iter()
+            .map(|(_, v)| match v {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                other => other.to_string(),
+            })
+            .collect();
+        csv_line(&texts)
+    }
+
+    /// `d` as a JSON object on one line, keys in column order.
+    pub fn json(&self, d: &Detection) -> String {
+        let fields: Vec<String> = self
+            .cells(d)
+            .into_iter()
+            .map(|(k, v)| format!("{}:{}", serde_json::Value::from(k), v))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    /// The lines of `d` for the given files.
+    pub fn lines(&self, d: &Detection, kinds: &[OutKind]) -> Vec<Line> {
+        kinds
+            .iter()
+            .map(|&kind| Line {
+                kind,
+                ts: d.scored.row.ts,
+                origin: Some(d.scored.row.origin),
+                text: match kind {
+                    OutKind::DetectionsJson => self.json(d),
+                    _ => self.csv(d),
+                },
+            })
+            .collect()
+    }
+}
+
+fn f32_json(v: f32) -> serde_json::Value {
+    // Through the shortest f32 text, so JSON shows what CSV shows.
+    v.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, Into::into)
+}
+
+/// One CSV record (RFC 4180 quoting), without the line end.
+pub fn csv_line(cells: &[String]) -> String {
+    cells
+        .iter()
+        .map(|c| {
+            if c.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A dead letter as its output line.
+pub fn dead_letter_line(d: &DeadLetter) -> Line {
+    Line {
+        kind: OutKind::DeadLetters,
+        ts: 0,
+        origin: d.origin,
+        text: serde_json::to_string(d)
+            .unwrap_or_else(|e| format!("{{\"reason\":\"unserializable dead letter: {e}\"}}")),
+    }
+}
+
+/// The serialize stage as timely operators.
+pub trait SerializeDetections<'s> {
+    /// Detections (or scored rows) as lines of the given files.
+    fn serialize(self, columns: Arc<Columns>, kinds: Vec<OutKind>) -> StreamVec<'s, u64, Line>;
+}
+
+impl<'s> SerializeDetections<'s> for StreamVec<'s, u64, Detection> {
+    fn serialize(self, columns: Arc<Columns>, kinds: Vec<OutKind>) -> StreamVec<'s, u64, Line> {
+        self.flat_map(move |d| columns.lines(&d, &kinds))
+    }
+}
+
+/// Dead letters as lines.
+pub trait SerializeDeadLetters<'s> {
+    /// Each dead letter as a JSON line.
+    fn serialize_dead_letters(self) -> StreamVec<'s, u64, Line>;
+}
+
+impl<'s> SerializeDeadLetters<'s> for StreamVec<'s, u64, DeadLetter> {
+    fn serialize_dead_letters(self) -> StreamVec<'s, u64, Line> {
+        self.map(|d| dead_letter_line(&d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_are_quoted_only_when_needed() {
+        let cells = [
+            "a".to_string(),
+            "b,c".into(),
+            "say \"hi\"".into(),
+            String::new(),
+        ];
+        assert_eq!(csv_line(&cells), "a,\"b,c\",\"say \"\"hi\"\"\",");
+    }
+}

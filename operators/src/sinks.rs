@@ -1,0 +1,114 @@
+//! Sinks (Morpheus' `write_to_file` stage): write the output lines to files in the output
+//! directory: `dfp_detections_{source}.csv` and `.jsonl`, `dfp_scores_{source}.csv` (with
+//! `--write-scores`) and `dfp_dead_letter_{source}.jsonl`.
+//!
+//! Input: [`Line`]s, all exchanged to worker 0, which owns the files. State: the lines of epochs
+//! the frontier has not passed; when it passes an epoch its lines are sorted (by file, event
+//! time, origin) and appended, and the files are flushed. So each line is written once, in an
+//! order that does not depend on the number of workers.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use dfp_engine::{Error, Result};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::generic::OutputBuilderSession;
+
+use crate::frontier::Pending;
+use crate::metrics::SharedStats;
+use crate::serialize::{Columns, Line, OutKind};
+
+/// The output files of a run.
+pub struct OutputFiles {
+    files: HashMap<OutKind, (PathBuf, BufWriter<File>)>,
+}
+
+/// The path of one output file.
+pub fn output_path(dir: &Path, source: &str, kind: OutKind) -> PathBuf {
+    dir.join(match kind {
+        OutKind::DetectionsCsv => format!("dfp_detections_{source}.csv"),
+        OutKind::DetectionsJson => format!("dfp_detections_{source}.jsonl"),
+        OutKind::ScoresCsv => format!("dfp_scores_{source}.csv"),
+        OutKind::DeadLetters => format!("dfp_dead_letter_{source}.jsonl"),
+    })
+}
+
+impl OutputFiles {
+    /// Creates (truncates) the files in `dir` (created if missing), CSV headers written.
+    pub fn create(dir: &Path, source: &str, columns: &Columns, write_scores: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating output directory", e))?;
+        let mut kinds = vec![
+            OutKind::DetectionsCsv,
+            OutKind::DetectionsJson,
+            OutKind::DeadLetters,
+        ];
+        if write_scores {
+            kinds.push(OutKind::ScoresCsv);
+        }
+        let mut files = HashMap::new();
+        for kind in kinds {
+            let path = output_path(dir, source, kind);
+            let file = File::create(&path).map_err(|e| Error::io(&path, "creating output", e))?;
+            let mut w = BufWriter::new(file);
+            if matches!(kind, OutKind::DetectionsCsv | OutKind::ScoresCsv) {
+                writeln!(w, "{}", columns.csv_header())
+                    .map_err(|e| Error::io(&path, "writing output", e))?;
+            }
+            files.insert(kind, (path, w));
+        }
+        Ok(Self { files })
+    }
+
+    /// Writes one epoch's lines, sorted, and flushes.
+    pub fn write(&mut self, mut lines: Vec<Line>) -> Result<()> {
+        lines.sort();
+        for line in &lines {
+            if let Some((path, w)) = self.files.get_mut(&line.kind) {
+                writeln!(w, "{}", line.text)
+                    .map_err(|e| Error::io(path.as_path(), "writing output", e))?;
+            }
+        }
+        for (path, w) in self.files.values_mut() {
+            w.flush()
+                .map_err(|e| Error::io(path.as_path(), "flushing output", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The sink stage as a timely operator.
+pub trait Sinks<'s> {
+    /// Writes every epoch's lines once the frontier has passed it (`files` on worker 0 only).
+    /// The returned stream carries nothing; its frontier tells what has been written.
+    fn sinks(self, files: Option<OutputFiles>, stats: SharedStats) -> StreamVec<'s, u64, ()>;
+}
+
+impl<'s> Sinks<'s> for StreamVec<'s, u64, Line> {
+    fn sinks(self, mut files: Option<OutputFiles>, stats: SharedStats) -> StreamVec<'s, u64, ()> {
+        self.unary_frontier(Exchange::new(|_: &Line| 0), "Sinks", move |_cap, _info| {
+            let mut pending = Pending::<Line>::default();
+            move |(input, frontier), _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
+                input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
+                for (_cap, lines) in pending.ready(&[frontier]) {
+                    let mut s = stats.borrow_mut();
+                    s.detections += lines.iter().filter(|l| l.kind == OutKind::DetectionsCsv).count() as u64;
+                    s.dead_letters += lines.iter().filter(|l| l.kind == OutKind::DeadLetters).count() as u64;
+                    let Some(f) = files.as_mut() else {
+                        s.fatal.push("output lines reached a worker without the output files".into());
+                        continue;
+                    };
+                    if let Err(e) = f.write(lines) {
+                        tracing::error!(error = %e, "cannot write outputs");
+                        s.fatal.push(e.to_string());
+                    }
+                }
+            }
+        })
+        .container::<Vec<()>>()
+    }
+}

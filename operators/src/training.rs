@@ -1,0 +1,104 @@
+//! Training (Morpheus' `dfp_training` module / `DFPTraining`): trains one autoencoder per
+//! training window, all windows of an epoch on this worker in one backend call (the CPU
+//! backend spreads whole models over its threads).
+//!
+//! Input: [`Prepared`] training windows. Output: trained models (to the registry writer) and
+//! [`DeadLetter`]s for windows that could not be trained. State: the windows of epochs the
+//! frontier has not passed yet; an epoch trains once all of its windows are in, so a model is
+//! trained exactly once per window.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dfp_engine::model::{Backend, Model, ModelConfig, TrainingSet, train_models};
+use dfp_engine::registry::model_name;
+use dfp_engine::schema::SourceSchema;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::core::OkErr;
+
+use crate::data_prep::Prepared;
+use crate::dead_letter::DeadLetter;
+use crate::frontier::Pending;
+use crate::metrics::SharedStats;
+
+/// Trains the windows of one epoch: a model or a dead letter per window, in window order.
+pub fn train_windows(
+    backend: &dyn Backend,
+    schema: &SourceSchema,
+    config: &ModelConfig,
+    windows: &[Prepared],
+) -> Vec<Result<Arc<Model>, DeadLetter>> {
+    let names: Vec<String> = windows
+        .iter()
+        .map(|w| model_name(&schema.name, &w.window.user))
+        .collect();
+    let sets: Vec<TrainingSet<'_>> = windows
+        .iter()
+        .zip(&names)
+        .map(|(w, name)| TrainingSet {
+            name,
+            rows: &w.batch,
+        })
+        .collect();
+    train_models(backend, schema, config, &sets)
+        .into_iter()
+        .zip(&names)
+        .map(|(m, name)| {
+            m.map(Arc::new)
+                .map_err(|e| DeadLetter::model("training", name, e.to_string()))
+        })
+        .collect()
+}
+
+/// The training stage as a timely operator.
+pub trait Training<'s> {
+    /// Trains each epoch's windows once the frontier has passed the epoch.
+    fn training(
+        self,
+        backend: Rc<dyn Backend>,
+        schema: Arc<SourceSchema>,
+        config: ModelConfig,
+        stats: SharedStats,
+    ) -> (
+        StreamVec<'s, u64, Arc<Model>>,
+        StreamVec<'s, u64, DeadLetter>,
+    );
+}
+
+impl<'s> Training<'s> for StreamVec<'s, u64, Prepared> {
+    fn training(
+        self,
+        backend: Rc<dyn Backend>,
+        schema: Arc<SourceSchema>,
+        config: ModelConfig,
+        stats: SharedStats,
+    ) -> (
+        StreamVec<'s, u64, Arc<Model>>,
+        StreamVec<'s, u64, DeadLetter>,
+    ) {
+        self.unary_frontier(Pipeline, "Training", move |_cap, _info| {
+            let mut pending = Pending::<Prepared>::default();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
+                for (cap, mut windows) in pending.ready(&[frontier]) {
+                    windows.sort_by(|a, b| a.window.user.cmp(&b.window.user));
+                    let started = Instant::now();
+                    let models = train_windows(backend.as_ref(), &schema, &config, &windows);
+                    stats.borrow_mut().train_seconds += started.elapsed().as_secs_f64();
+                    tracing::info!(
+                        epoch = *cap.time(),
+                        models = models.len(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "trained the epoch's windows"
+                    );
+                    output.session(&cap).give_iterator(models.into_iter());
+                }
+            }
+        })
+        .container::<Vec<Result<Arc<Model>, DeadLetter>>>()
+        .ok_err(|r| r)
+    }
+}
