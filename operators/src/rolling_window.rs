@@ -454,3 +454,187 @@ impl<'s> RollingWindowExt<'s> for StreamVec<'s, u64, UserRows> {
         .ok_err(|r| r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    use dfp_engine::derive::add_derived;
+    use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+    use dfp_engine::rows::{Origin, rows_from_batch, rows_to_batch};
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// A user's rows from generated logs, in a shuffled order with unique origins.
+    fn user_rows(source: GenSource, seed: u64) -> (SourceSchema, Vec<Row>) {
+        let dir = tempfile::tempdir().unwrap();
+        let start = chrono::NaiveDate::from_ymd_opt(2022, 8, 1).unwrap();
+        generate(&GenerateConfig::new(source, 3, 12, start, seed), dir.path()).unwrap();
+        let schema = SourceSchema::builtin(source.as_str()).unwrap();
+        let batch = dfp_engine::frame::read_log_dir(dir.path(), &schema, 1).unwrap();
+        let mut rows = rows_from_batch(&batch, 0, 0).unwrap();
+        let user = rows[0].user.clone();
+        rows.retain(|r| r.user == user);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rows.shuffle(&mut rng);
+        for (i, r) in rows.iter_mut().enumerate() {
+            r.origin = Origin {
+                epoch: 0,
+                file: 0,
+                record: i as u32,
+            };
+        }
+        (schema, rows)
+    }
+
+    /// The reference: the window's rows through the batch computation of the engine.
+    fn naive_derived(schema: &SourceSchema, rows: &[Row]) -> Vec<Vec<i64>> {
+        let batch = rows_to_batch(&schema.arrow_schema(), rows.iter()).unwrap();
+        let with = add_derived(&batch, schema).unwrap();
+        (0..rows.len())
+            .map(|i| {
+                schema
+                    .derived
+                    .iter()
+                    .map(|d| {
+                        with.column_by_name(&d.name)
+                            .unwrap()
+                            .as_primitive::<Int64Type>()
+                            .value(i)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn incremental_windows_equal_the_batch_computation_with_rows_out_of_order() {
+        for (source, seed) in [
+            (GenSource::Azure, 1),
+            (GenSource::Duo, 2),
+            (GenSource::Azure, 3),
+        ] {
+            let (schema, rows) = user_rows(source, seed);
+            assert!(rows.len() > 100, "{} rows", rows.len());
+            let plan = DerivedPlan::new(&schema).unwrap();
+            let cfg = WindowConfig {
+                min_history: 1,
+                min_increment: 0,
+                max_history: "4d".into(),
+                cache_mode: CacheMode::Aggregate,
+            };
+            let us = cfg.max_history_us().unwrap();
+            let mut w = UserWindow::default();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let (mut pushed, mut late_total) = (0usize, 0usize);
+            let mut rest = rows.as_slice();
+            let mut epoch = 0;
+            while !rest.is_empty() {
+                let n = rng.random_range(1..=40).min(rest.len());
+                let (now, later) = rest.split_at(n);
+                rest = later;
+                epoch += 1;
+                pushed += n;
+                let late = w.insert(now.to_vec(), us, &plan);
+                late_total += late.len();
+                let newest = rows[..pushed].iter().map(|r| r.ts).max().unwrap();
+                for r in &late {
+                    // Late only if its day ended more than max_history before the newest row.
+                    assert!((r.ts.div_euclid(DAY_US) + 1) * DAY_US <= newest - us);
+                }
+                let Some(win) = w.emit("u", epoch, true, &cfg) else {
+                    assert_eq!(late.len(), n, "no window although rows were placed");
+                    continue;
+                };
+                // Sorted by event time, ties by origin, one row per origin.
+                assert!(win.rows.windows(2).all(|p| p[0].key() < p[1].key()));
+                assert_eq!(win.derived, naive_derived(&schema, &win.rows), "{source:?}");
+                // Nothing lost: every pushed row is in the window, late, or in an evicted day.
+                let first_kept = win
+                    .rows
+                    .first()
+                    .map_or(i64::MAX, |r| r.ts.div_euclid(DAY_US));
+                let kept: BTreeSet<_> = win.rows.iter().map(|r| r.origin).collect();
+                for r in &rows[..pushed] {
+                    let day = r.ts.div_euclid(DAY_US);
+                    assert!(
+                        kept.contains(&r.origin)
+                            || day < first_kept
+                            || (day + 1) * DAY_US <= newest - us,
+                        "row lost"
+                    );
+                }
+                assert_eq!(w.len(), win.rows.len());
+            }
+            assert!(
+                late_total > 0,
+                "the shuffled input should have had late rows"
+            );
+        }
+    }
+
+    fn row(ts_days: f64, record: u32, epoch: u64) -> Row {
+        Row {
+            ts: (ts_days * DAY_US as f64) as i64,
+            user: Some("u".into()),
+            origin: Origin {
+                epoch,
+                file: 0,
+                record,
+            },
+            values: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn triggers_fire_on_history_and_increment_and_batch_mode_emits_new_rows_once() {
+        let plan = DerivedPlan {
+            columns: vec![None],
+        };
+        let train = WindowConfig {
+            min_history: 3,
+            min_increment: 2,
+            max_history: "60d".into(),
+            cache_mode: CacheMode::Aggregate,
+        };
+        let us = train.max_history_us().unwrap();
+        let mut w = UserWindow::default();
+        w.insert(vec![row(0.1, 0, 1), row(0.2, 1, 1)], us, &plan);
+        assert!(w.emit("u", 1, true, &train).is_none(), "2 < min_history");
+        w.insert(vec![row(0.3, 2, 2)], us, &plan);
+        assert_eq!(w.emit("u", 2, true, &train).unwrap().rows.len(), 3);
+        w.insert(vec![row(0.4, 3, 3)], us, &plan);
+        assert!(w.emit("u", 3, true, &train).is_none(), "1 < min_increment");
+        w.insert(vec![row(0.05, 4, 4)], us, &plan);
+        let all = w.emit("u", 4, true, &train).unwrap();
+        assert_eq!(all.rows.len(), 5);
+        // The out-of-order row is first of its day and pushes the others' logcount up.
+        assert_eq!(all.rows[0].origin.record, 4);
+        assert_eq!(
+            all.derived,
+            vec![vec![0], vec![1], vec![2], vec![3], vec![4]]
+        );
+
+        let infer = WindowConfig::inference();
+        let us = infer.max_history_us().unwrap();
+        let mut w = UserWindow::default();
+        w.insert(vec![row(0.1, 0, 1), row(0.2, 1, 1)], us, &plan);
+        let first = w.emit("u", 1, false, &infer).unwrap();
+        assert_eq!(first.rows.len(), 2);
+        assert!(w.emit("u", 1, false, &infer).is_none(), "nothing new");
+        w.insert(vec![row(0.3, 2, 2)], us, &plan);
+        let second = w.emit("u", 2, false, &infer).unwrap();
+        assert_eq!(second.rows.len(), 1, "only the new row is scored");
+        assert_eq!(second.derived, vec![vec![2]], "in the context of its day");
+        // Two days later the first day has left the 1-day window; a row for it is late.
+        w.insert(vec![row(2.5, 3, 3)], us, &plan);
+        let late = w.insert(vec![row(0.9, 4, 4)], us, &plan);
+        assert_eq!(late.len(), 1);
+        assert_eq!(w.len(), 1);
+    }
+}

@@ -1,0 +1,365 @@
+//! End-to-end runs of the DFP dataflow on generated logs: 1, 2 and 4 workers give identical
+//! files and models; a golden scores file; every Morpheus fixture control message; bad input in
+//! the middle of a run; a user nobody trained; a corrupt model file.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+use dfp_engine::schema::SourceSchema;
+use dfp_operators::config::RunConfig;
+use dfp_operators::demo::control_message;
+use dfp_operators::pipeline::{RunOptions, RunSummary, run};
+
+/// Small, fast settings: tiny networks, few epochs, short history.
+const CONFIG: &str = r#"
+[training_window]
+min_history = 60
+min_increment = 60
+max_history = "60d"
+cache_mode = "aggregate"
+
+[model]
+encoder_layers = [24, 12]
+decoder_layers = [24]
+epochs = 3
+lr = 0.01
+batch_size = 64
+"#;
+
+fn date(d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(2022, 8, d).unwrap()
+}
+
+/// Generates `days` days of logs from 2022-08-01 into `dir`.
+fn logs(source: GenSource, users: usize, days: u32, dir: &Path) -> PathBuf {
+    let mut cfg = GenerateConfig::new(source, users, days, date(1), 7);
+    cfg.files_per_day = 4;
+    cfg.anomaly_days = 2;
+    generate(&cfg, dir).unwrap();
+    dir.to_path_buf()
+}
+
+fn options(source: &str, control: &Path, root: &Path, workers: usize) -> RunOptions {
+    RunOptions {
+        schema: SourceSchema::builtin(source).unwrap(),
+        control: control.to_path_buf(),
+        files_root: None,
+        config: RunConfig::from_toml(CONFIG, "test config").unwrap(),
+        workers,
+        threads: 2,
+        registry: root.join("models"),
+        output: root.join("output"),
+        write_scores: true,
+        clock: Arc::new(|| Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap()),
+        progress: false,
+    }
+}
+
+/// A run of `days` days of generated logs: train on all but the last two, score those.
+fn train_and_score(source: GenSource, root: &Path, workers: usize) -> RunSummary {
+    let data = root.join("logs");
+    if !data.exists() {
+        logs(source, 8, 8, &data);
+    }
+    let control = root.join("control.json");
+    std::fs::write(
+        &control,
+        control_message("logs/*.json", date(1), date(7), date(9)),
+    )
+    .unwrap();
+    run(options(source.as_str(), &control, root, workers)).unwrap()
+}
+
+/// Files by relative path, with their bytes.
+type Tree = Vec<(PathBuf, Vec<u8>)>;
+
+/// Every file under `dir`, relative path -> bytes.
+fn tree(dir: &Path) -> Tree {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// The rows of a CSV output as maps column -> value.
+fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            headers
+                .iter()
+                .map(String::from)
+                .zip(rec.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn one_two_and_four_workers_write_identical_outputs_and_models() {
+    for source in [GenSource::Azure, GenSource::Duo] {
+        let base = tempfile::tempdir().unwrap();
+        let data = logs(source, 8, 8, &base.path().join("logs"));
+        let mut first: Option<(RunSummary, Tree, Tree)> = None;
+        for workers in [1, 2, 4] {
+            let root = base.path().join(format!("w{workers}"));
+            std::fs::create_dir_all(&root).unwrap();
+            std::os::unix::fs::symlink(&data, root.join("logs")).unwrap();
+            let s = train_and_score(source, &root, workers);
+            assert!(s.stats.models_trained >= 2, "{source:?}: {}", s.line());
+            assert!(s.stats.scored > 100, "{source:?}: {}", s.line());
+            let outputs = tree(&root.join("output"));
+            let models = tree(&root.join("models"));
+            match &first {
+                None => first = Some((s, outputs, models)),
+                Some((s1, o1, m1)) => {
+                    assert_eq!(s.stats.scored, s1.stats.scored);
+                    assert_eq!(s.stats.detections, s1.stats.detections);
+                    assert_eq!(
+                        &outputs, o1,
+                        "{source:?}: {workers} workers wrote other outputs"
+                    );
+                    assert_eq!(
+                        &models, m1,
+                        "{source:?}: {workers} workers trained other models"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Whether two cells agree: equal text, or numbers within a relative 1e-3 (model arithmetic
+/// may differ in the last bits between CPUs).
+fn close(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-3 * (1.0 + x.abs().max(y.abs())),
+        _ => false,
+    }
+}
+
+#[test]
+fn scores_match_the_golden_file() {
+    let root = tempfile::tempdir().unwrap();
+    train_and_score(GenSource::Azure, root.path(), 2);
+    let actual = root.path().join("output/dfp_scores_azure.csv");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/dfp_scores_azure.csv");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::copy(&actual, &golden).unwrap();
+    }
+    let (want, got) = (csv_rows(&golden), csv_rows(&actual));
+    assert_eq!(want.len(), got.len(), "row count");
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(
+            w.keys().collect::<Vec<_>>(),
+            g.keys().collect::<Vec<_>>(),
+            "columns"
+        );
+        for (k, wv) in w {
+            let gv = &g[k];
+            assert!(
+                close(wv, gv),
+                "row {i} column {k}: golden {wv:?}, got {gv:?} (UPDATE_GOLDEN=1 refreshes)"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_morpheus_fixture_control_message_runs() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/morpheus/control_messages");
+    for (file, source) in [
+        ("azure_payload_lti.json", GenSource::Azure),
+        ("azure_streaming_lti.json", GenSource::Azure),
+        ("duo_payload_load_train_inference.json", GenSource::Duo),
+        ("duo_streaming_lti.json", GenSource::Duo),
+    ] {
+        // The fixtures load ../../data/dfp/{source}-{training,inference}-data/*.json.
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("a/b");
+        std::fs::create_dir_all(&root).unwrap();
+        let data = base.path().join("data/dfp");
+        let name = source.as_str();
+        let all = logs(source, 6, 8, &base.path().join("all"));
+        for (kind, days) in [("training", 1..=6), ("inference", 7..=8)] {
+            let dir = data.join(format!("{name}-{kind}-data"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for e in std::fs::read_dir(&all).unwrap() {
+                let p = e.unwrap().path();
+                let n = p.file_name().unwrap().to_string_lossy().to_string();
+                if days.clone().any(|d| n.contains(&format!("2022-08-0{d}T"))) {
+                    std::fs::copy(&p, dir.join(&n)).unwrap();
+                }
+            }
+        }
+        let mut opts = options(name, &base.path().join("x.json"), base.path(), 1);
+        opts.control = fixtures.join(file);
+        opts.files_root = Some(root);
+        let s = run(opts).unwrap();
+        assert!(s.unmatched.is_empty(), "{file}: {:?}", s.unmatched);
+        assert!(s.stats.models_trained >= 1, "{file}: {}", s.line());
+        assert!(s.stats.scored > 50, "{file}: {}", s.line());
+        assert_eq!(s.stats.dead_letters, 0, "{file}: {}", s.line());
+    }
+}
+
+#[test]
+fn bad_input_mid_stream_is_dead_lettered_and_the_run_completes() {
+    let root = tempfile::tempdir().unwrap();
+    let data = logs(GenSource::Azure, 8, 8, &root.path().join("logs"));
+    let good = train_and_score(GenSource::Azure, root.path(), 1);
+    // A truncated file and a file with one malformed record, in the scored days.
+    std::fs::write(
+        data.join("AZUREAD_2022-08-07T12_00_00.000Z.json"),
+        "[{\"time\": \"2022-08-07T12:00:00Z\", \"proper",
+    )
+    .unwrap();
+    let donor = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("2022-08-08T"))
+        .unwrap();
+    let mut records: Vec<serde_json::Value> = serde_json::from_str(&read(&donor)).unwrap();
+    records[0]["time"] = "not a time".into();
+    std::fs::write(
+        data.join("AZUREAD_2022-08-08T23_00_00.000Z.json"),
+        serde_json::to_string(&records).unwrap(),
+    )
+    .unwrap();
+    let s = train_and_score(GenSource::Azure, root.path(), 2);
+    assert_eq!(
+        s.stats.rows,
+        good.stats.rows + records.len() as u64 - 1,
+        "the good records went on"
+    );
+    let dead = read(&root.path().join("output/dfp_dead_letter_azure.jsonl"));
+    let lines: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{dead}");
+    assert!(lines.iter().any(|l| {
+        l["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("AZUREAD_2022-08-07T12_00_00.000Z.json")
+    }));
+    let bad = lines.iter().find(|l| l["record"] == 0).unwrap();
+    assert!(
+        bad["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("AZUREAD_2022-08-08T23_00_00.000Z.json")
+    );
+    assert!(bad["reason"].as_str().unwrap().contains("time"), "{bad}");
+}
+
+#[test]
+fn an_unknown_user_is_scored_by_the_generic_model() {
+    let root = tempfile::tempdir().unwrap();
+    let data = logs(GenSource::Azure, 8, 8, &root.path().join("logs"));
+    let donor = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("2022-08-08T"))
+        .unwrap();
+    let mut records: Vec<serde_json::Value> = serde_json::from_str(&read(&donor)).unwrap();
+    records.truncate(3);
+    for (i, r) in records.iter_mut().enumerate() {
+        r["properties"]["userPrincipalName"] = "mallory.../../x@evil.example".into();
+        r["properties"]["id"] = format!("mallory-{i}").into();
+    }
+    std::fs::write(
+        data.join("AZUREAD_2022-08-08T23_30_00.000Z.json"),
+        serde_json::to_string(&records).unwrap(),
+    )
+    .unwrap();
+    train_and_score(GenSource::Azure, root.path(), 1);
+    let rows = csv_rows(&root.path().join("output/dfp_scores_azure.csv"));
+    let mallory: Vec<_> = rows
+        .iter()
+        .filter(|r| r["event_id"].starts_with("mallory-"))
+        .collect();
+    assert_eq!(mallory.len(), 3);
+    for r in mallory {
+        assert_eq!(r["model_version"], "DFP-azure-generic_user:1");
+    }
+    // Users with their own model use it.
+    assert!(
+        rows.iter()
+            .any(|r| r["model_version"] != "DFP-azure-generic_user:1")
+    );
+}
+
+#[test]
+fn a_corrupt_model_is_reported_and_its_user_falls_back_to_the_generic_model() {
+    let root = tempfile::tempdir().unwrap();
+    train_and_score(GenSource::Azure, root.path(), 1);
+    let registry = dfp_engine::registry::Registry::open(&root.path().join("models")).unwrap();
+    let (victim, _) = registry
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| !n.ends_with("generic_user"))
+        .unwrap();
+    let folder = root
+        .path()
+        .join("models")
+        .join(dfp_engine::registry::escape(&victim));
+    let file = folder.join("v000001.dfpmodel");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    // Score the last two days again, inference only.
+    let control = root.path().join("infer.json");
+    let msg = serde_json::json!({"inputs": [{
+        "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}}, {"type": "inference", "properties": {}}],
+        "metadata": {"data_type": "streaming", "batching_options": {"period": "D", "start_time": "2022-08-07", "end_time": "2022-08-09"}}
+    }]});
+    std::fs::write(&control, msg.to_string()).unwrap();
+    let s = run(options("azure", &control, root.path(), 2)).unwrap();
+    assert_eq!(s.stats.models_trained, 0);
+    assert!(s.stats.scored > 100);
+    let dead = read(&root.path().join("output/dfp_dead_letter_azure.jsonl"));
+    let user = victim.trim_start_matches("DFP-azure-");
+    assert!(
+        dead.contains(&victim) && dead.contains("generic model"),
+        "{dead}"
+    );
+    let rows = csv_rows(&root.path().join("output/dfp_scores_azure.csv"));
+    let theirs: Vec<_> = rows.iter().filter(|r| r["username"] == user).collect();
+    assert!(!theirs.is_empty());
+    assert!(
+        theirs
+            .iter()
+            .all(|r| r["model_version"] == "DFP-azure-generic_user:1")
+    );
+}
