@@ -47,8 +47,8 @@ enum Command {
     /// Generate realistic Azure AD or Duo logs with labelled anomalies (JSON-array files named
     /// like Morpheus', plus labels.jsonl).
     Generate(GenerateArgs),
-    /// Check control messages (.json) or source schemas (.toml); print every problem with its
-    /// path and exit 1, or say the file is valid.
+    /// Check control messages (.json), source schemas or run configs (.toml); print every
+    /// problem with its path and exit 1, or say the file is valid.
     Validate {
         /// Files to check.
         #[arg(required = true)]
@@ -407,9 +407,21 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether a TOML file is a source schema (it names the source) rather than a run config.
+fn is_source_schema(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_none_or(|t| t.contains_key("name"))
+}
+
 /// What a file to validate holds.
 fn validate_one(path: &Path) -> Result<String, dfp_engine::Error> {
     match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") if !is_source_schema(path) => {
+            RunConfig::from_file(path)?;
+            Ok("valid run configuration".to_string())
+        }
         Some("toml") => {
             let s = SourceSchema::from_file(path)?;
             Ok(format!(

@@ -51,6 +51,73 @@ fn validate_accepts_the_shipped_schemas() {
         assert!(out.status.success(), "{name}: {}", stdout(&out));
         assert!(stdout(&out).contains("valid source schema"));
     }
+    let out = dfp(&["validate", configs.join("demo.toml").to_str().unwrap()]);
+    assert!(out.status.success(), "demo.toml: {}", stdout(&out));
+    assert!(stdout(&out).contains("valid run configuration"));
+}
+
+#[test]
+fn run_names_a_missing_control_message_and_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.json");
+    let out = dfp(&[
+        "run",
+        "--source",
+        "azure",
+        "--control-messages",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.json"));
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[detection]\nthreshold = \"high\"\n").unwrap();
+    let out = dfp(&["validate", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("threshold"), "{}", stdout(&out));
+}
+
+#[test]
+fn demo_trains_scores_and_prints_the_detection_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let out = dfp(&[
+        "demo",
+        "--users",
+        "6",
+        "--days",
+        "6",
+        "--train-days",
+        "4",
+        "--dir",
+        demo.to_str().unwrap(),
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "anomaly kind",
+        "recall",
+        "precision",
+        "ROC-AUC",
+        "dfp_detections_azure.csv",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+    assert!(demo.join("output/dfp_scores_azure.csv").is_file());
+    let out = dfp(&[
+        "models",
+        "--registry",
+        demo.join("models").to_str().unwrap(),
+        "list",
+    ]);
+    assert!(
+        stdout(&out).contains("DFP-azure-generic_user"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

@@ -98,6 +98,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_demo_config_is_valid() {
+        let text = include_str!("../../configs/demo.toml");
+        RunConfig::from_toml(text, "configs/demo.toml").unwrap();
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_path() {
         let e = RunConfig::from_toml(
             "[training_window]\nmin_history = 1\nmin_increment = 0\nmax_history = \"soon\"\ncache_mode = \"aggregate\"\n[model]\nlr = -1.0\n[inference]\ncache_models = 0\n",
