@@ -225,7 +225,9 @@ pub struct Window {
 /// One user's window state.
 #[derive(Debug, Default, Clone)]
 pub struct UserWindow {
-    days: BTreeMap<i64, Day>,
+    /// By (UTC day, row's user): the generic user's window holds every user's rows, and the
+    /// per-day features are per the row's own user, as Morpheus groups them by `username`.
+    days: BTreeMap<(i64, String), Day>,
     rows: usize,
     fresh: usize,
     newest: Option<i64>,
@@ -260,11 +262,11 @@ impl UserWindow {
         };
         let horizon = newest.saturating_sub(max_history_us);
         let kept = |day: i64| (day + 1).saturating_mul(DAY_US) > horizon;
-        while let Some((&day, _)) = self.days.first_key_value() {
-            if kept(day) {
+        while let Some(((day, _), _)) = self.days.first_key_value() {
+            if kept(*day) {
                 break;
             }
-            if let Some(d) = self.days.remove(&day) {
+            if let Some((_, d)) = self.days.pop_first() {
                 self.rows -= d.rows.len();
             }
         }
@@ -272,7 +274,8 @@ impl UserWindow {
         for row in rows {
             let day = row.ts.div_euclid(DAY_US);
             if kept(day) {
-                self.days.entry(day).or_default().insert(row, plan);
+                let user = row.user.clone().unwrap_or_default();
+                self.days.entry((day, user)).or_default().insert(row, plan);
                 self.rows += 1;
                 self.fresh += 1;
             } else {
@@ -294,22 +297,22 @@ impl UserWindow {
             return None;
         }
         let since = self.last_emit;
-        let mut w = Window {
+        let mut picked: Vec<(&Row, &Vec<i64>)> = self
+            .days
+            .values()
+            .flat_map(|day| day.rows.iter().zip(&day.derived))
+            .filter(|(row, _)| {
+                cfg.cache_mode == CacheMode::Aggregate || since.is_none_or(|s| row.origin.epoch > s)
+            })
+            .collect();
+        picked.sort_by_key(|(row, _)| row.key());
+        let w = Window {
             user: user.to_string(),
             epoch,
             train,
-            rows: Vec::new(),
-            derived: Vec::new(),
+            rows: picked.iter().map(|(r, _)| (*r).clone()).collect(),
+            derived: picked.iter().map(|(_, d)| (*d).clone()).collect(),
         };
-        for day in self.days.values() {
-            for (row, derived) in day.rows.iter().zip(&day.derived) {
-                let new = since.is_none_or(|s| row.origin.epoch > s);
-                if cfg.cache_mode == CacheMode::Aggregate || new {
-                    w.rows.push(row.clone());
-                    w.derived.push(derived.clone());
-                }
-            }
-        }
         self.fresh = 0;
         self.last_emit = Some(epoch);
         Some(w)
@@ -471,15 +474,18 @@ mod tests {
     use super::*;
 
     /// A user's rows from generated logs, in a shuffled order with unique origins.
-    fn user_rows(source: GenSource, seed: u64) -> (SourceSchema, Vec<Row>) {
+    /// With `all_users`, the rows of every user, as the generic user's window holds them.
+    fn user_rows(source: GenSource, seed: u64, all_users: bool) -> (SourceSchema, Vec<Row>) {
         let dir = tempfile::tempdir().unwrap();
         let start = chrono::NaiveDate::from_ymd_opt(2022, 8, 1).unwrap();
         generate(&GenerateConfig::new(source, 3, 12, start, seed), dir.path()).unwrap();
         let schema = SourceSchema::builtin(source.as_str()).unwrap();
         let batch = dfp_engine::frame::read_log_dir(dir.path(), &schema, 1).unwrap();
         let mut rows = rows_from_batch(&batch, 0, 0).unwrap();
-        let user = rows[0].user.clone();
-        rows.retain(|r| r.user == user);
+        if !all_users {
+            let user = rows[0].user.clone();
+            rows.retain(|r| r.user == user);
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rows.shuffle(&mut rng);
         for (i, r) in rows.iter_mut().enumerate() {
@@ -514,12 +520,13 @@ mod tests {
 
     #[test]
     fn incremental_windows_equal_the_batch_computation_with_rows_out_of_order() {
-        for (source, seed) in [
-            (GenSource::Azure, 1),
-            (GenSource::Duo, 2),
-            (GenSource::Azure, 3),
+        for (source, seed, all_users) in [
+            (GenSource::Azure, 1, false),
+            (GenSource::Duo, 2, false),
+            (GenSource::Azure, 3, true),
+            (GenSource::Duo, 4, true),
         ] {
-            let (schema, rows) = user_rows(source, seed);
+            let (schema, rows) = user_rows(source, seed, all_users);
             assert!(rows.len() > 100, "{} rows", rows.len());
             let plan = DerivedPlan::new(&schema).unwrap();
             let cfg = WindowConfig {
