@@ -10,7 +10,10 @@
 //!
 //!   cargo run --release -p dfp-bench --bin parity -- [--source azure|duo] [--users 20]
 //!       [--days 30] [--train-days 25] [--epochs 30] [--seed 42] [--threads 2] [--skip-peer]
-//!       [--config FILE] [--threshold 2.0]
+//!       [--config FILE] [--threshold 2.0] [--dump-scores FILE]
+//!
+//! `--dump-scores FILE`: dfp's scored rows as JSON lines (event id, model, `mean_abs_z`, and
+//! each feature's |z|), to see which features drive the scores.
 //!
 //! `--config FILE`: a TOML file whose `[model]` table sets dfp's hyperparameters (keys of
 //! `ModelConfig`, unknown ones rejected); keys it leaves out keep Morpheus' defaults, except
@@ -51,6 +54,7 @@ fn run_dfp(
     train_days: i64,
     config: &ModelConfig,
     threads: usize,
+    dump: Option<&Path>,
 ) -> Result<Value> {
     let schema = SourceSchema::builtin(source)?;
     let t = Instant::now();
@@ -97,14 +101,34 @@ fn run_dfp(
     let scores = score(&backend, &requests, config.eval_batch_size);
     let score_s = t.elapsed().as_secs_f64();
     let mut by_event: Vec<(String, f64)> = Vec::new();
-    for ((_, rows), s) in requests.iter().zip(scores) {
+    let mut dumped = String::new();
+    for ((model, rows), s) in requests.iter().zip(scores) {
         let s = s?;
         let ids = string_column(rows, "event_id")?;
+        if dump.is_some() {
+            let f = s.features.len();
+            for (r, id) in ids.iter().enumerate() {
+                let z: serde_json::Map<String, Value> = s
+                    .features
+                    .iter()
+                    .zip(&s.z_loss[r * f..(r + 1) * f])
+                    .map(|(n, &z)| (n.clone(), json!(z)))
+                    .collect();
+                dumped.push_str(&format!(
+                    "{}\n",
+                    json!({"event_id": id, "model": model.header.name,
+                           "mean_abs_z": s.mean_abs_z[r], "z": z})
+                ));
+            }
+        }
         by_event.extend(
             ids.iter()
                 .zip(&s.mean_abs_z)
                 .map(|(id, &z)| (id.unwrap_or("").to_string(), f64::from(z))),
         );
+    }
+    if let Some(path) = dump {
+        std::fs::write(path, dumped).with_context(|| format!("writing {}", path.display()))?;
     }
     let epochs: Vec<usize> = models
         .values()
@@ -311,7 +335,9 @@ fn main() -> Result<()> {
             v["kind"].as_str().unwrap_or("anomaly").to_string(),
         );
     }
-    let mut dfp = run_dfp(&data, &source, train_days, &config, threads)?;
+    let dump: String = arg("--dump-scores", String::new())?;
+    let dump = (!dump.is_empty()).then(|| Path::new(&dump));
+    let mut dfp = run_dfp(&data, &source, train_days, &config, threads, dump)?;
     let dfp_quality = quality(
         dfp["scores"].as_array().map_or(&[][..], Vec::as_slice),
         &kinds,
