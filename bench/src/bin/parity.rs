@@ -4,10 +4,21 @@
 //! `generic_user` model on every training row, on the first `--train-days` UTC days, and score
 //! the remaining rows (a user without a model falls back to `generic_user`). Prints, for both,
 //! the ROC-AUC of `mean_abs_z` against labels.jsonl (overall and per anomaly kind), training
-//! time, scoring rows/s, and the ratios.
+//! time, scoring rows/s, and the ratios; and, at a `mean_abs_z` threshold, the recall of labelled
+//! rows (overall and per kind), the false-positive rate of unlabelled rows, and the smallest
+//! threshold that flags fewer than 2% of unlabelled rows with the recall there.
 //!
 //!   cargo run --release -p dfp-bench --bin parity -- [--source azure|duo] [--users 20]
 //!       [--days 30] [--train-days 25] [--epochs 30] [--seed 42] [--threads 2] [--skip-peer]
+//!       [--config FILE] [--threshold 2.0] [--dump-scores FILE]
+//!
+//! `--dump-scores FILE`: dfp's scored rows as JSON lines (event id, model, `mean_abs_z`, and
+//! each feature's |z|), to see which features drive the scores.
+//!
+//! `--config FILE`: a TOML file whose `[model]` table sets dfp's hyperparameters (keys of
+//! `ModelConfig`, unknown ones rejected); keys it leaves out keep Morpheus' defaults, except
+//! `epochs` and `seed`, which then come from `--epochs` and `--seed`. The peer trains for the
+//! same number of epochs.
 //!
 //! The peer's venv is created on first use by bench/peers/setup_dfencoder.sh under target/.
 //! Not part of the test run. Output: stdout and target/bench/parity-<source>.json.
@@ -30,6 +41,8 @@ use serde_json::{Value, json};
 const MIN_HISTORY: usize = 300;
 const GENERIC: &str = "generic_user";
 const DAY_US: i64 = 86_400_000_000;
+/// Largest false-positive rate for which `quality` reports the threshold reaching it.
+const FP_TARGET: f64 = 0.02;
 
 fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
@@ -41,6 +54,7 @@ fn run_dfp(
     train_days: i64,
     config: &ModelConfig,
     threads: usize,
+    dump: Option<&Path>,
 ) -> Result<Value> {
     let schema = SourceSchema::builtin(source)?;
     let t = Instant::now();
@@ -87,14 +101,34 @@ fn run_dfp(
     let scores = score(&backend, &requests, config.eval_batch_size);
     let score_s = t.elapsed().as_secs_f64();
     let mut by_event: Vec<(String, f64)> = Vec::new();
-    for ((_, rows), s) in requests.iter().zip(scores) {
+    let mut dumped = String::new();
+    for ((model, rows), s) in requests.iter().zip(scores) {
         let s = s?;
         let ids = string_column(rows, "event_id")?;
+        if dump.is_some() {
+            let f = s.features.len();
+            for (r, id) in ids.iter().enumerate() {
+                let z: serde_json::Map<String, Value> = s
+                    .features
+                    .iter()
+                    .zip(&s.z_loss[r * f..(r + 1) * f])
+                    .map(|(n, &z)| (n.clone(), json!(z)))
+                    .collect();
+                dumped.push_str(&format!(
+                    "{}\n",
+                    json!({"event_id": id, "model": model.header.name,
+                           "mean_abs_z": s.mean_abs_z[r], "z": z})
+                ));
+            }
+        }
         by_event.extend(
             ids.iter()
                 .zip(&s.mean_abs_z)
                 .map(|(id, &z)| (id.unwrap_or("").to_string(), f64::from(z))),
         );
+    }
+    if let Some(path) = dump {
+        std::fs::write(path, dumped).with_context(|| format!("writing {}", path.display()))?;
     }
     let epochs: Vec<usize> = models
         .values()
@@ -114,8 +148,52 @@ fn run_dfp(
     }))
 }
 
-/// ROC-AUC of a scores list (`[{event_id, mean_abs_z}]`) against the labels, overall and per kind.
-fn quality(scores: &[Value], kinds: &HashMap<String, String>) -> Value {
+/// dfp's model config: Morpheus' defaults with `epochs` and `seed`, overridden by the `[model]`
+/// table of `file` when given.
+fn model_config(file: Option<&Path>, epochs: usize, seed: u64) -> Result<ModelConfig> {
+    let Some(file) = file else {
+        return Ok(ModelConfig {
+            epochs,
+            seed,
+            ..ModelConfig::default()
+        });
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    let table = match doc.remove("model") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => bail!("{}: [model] must be a table", file.display()),
+        None => bail!("{}: no [model] table", file.display()),
+    };
+    if let Some(key) = doc.keys().next() {
+        bail!("{}: unknown key {key:?} (only [model])", file.display());
+    }
+    let (has_epochs, has_seed) = (table.contains_key("epochs"), table.contains_key("seed"));
+    let mut config: ModelConfig = table
+        .try_into()
+        .with_context(|| format!("{}: [model]", file.display()))?;
+    if !has_epochs {
+        config.epochs = epochs;
+    }
+    if !has_seed {
+        config.seed = seed;
+    }
+    config.validate(&file.display().to_string())?;
+    Ok(config)
+}
+
+/// Fraction of `z` above `threshold` (None when empty).
+fn share_above(z: &[f64], threshold: f64) -> Option<f64> {
+    (!z.is_empty()).then(|| z.iter().filter(|&&v| v > threshold).count() as f64 / z.len() as f64)
+}
+
+/// ROC-AUC of a scores list (`[{event_id, mean_abs_z}]`) against the labels, overall and per
+/// kind; recall of labelled rows (overall and per kind) and false-positive rate of unlabelled
+/// rows above `threshold`; the smallest threshold flagging at most `FP_TARGET` of unlabelled
+/// rows, and the recall there.
+fn quality(scores: &[Value], kinds: &HashMap<String, String>, threshold: f64) -> Value {
     let rows: Vec<(f64, Option<&String>)> = scores
         .iter()
         .filter_map(|s| {
@@ -131,15 +209,47 @@ fn quality(scores: &[Value], kinds: &HashMap<String, String>) -> Value {
             .unzip();
         roc_auc(&z, &l)
     };
+    let z_of = |keep: &dyn Fn(Option<&String>) -> bool| -> Vec<f64> {
+        rows.iter()
+            .filter(|(_, k)| keep(*k))
+            .map(|(z, _)| *z)
+            .collect()
+    };
+    let normal = z_of(&|k| k.is_none());
+    let anomalous = z_of(&|k| k.is_some());
     let mut by_kind = BTreeMap::new();
+    let mut recall_by_kind = BTreeMap::new();
+    let mut scored_by_kind = BTreeMap::new();
     for kind in kinds.values().collect::<std::collections::BTreeSet<_>>() {
         by_kind.insert(kind.clone(), auc(&|k| k.is_none_or(|k| k == kind)));
+        let z = z_of(&|k| k == Some(kind));
+        recall_by_kind.insert(kind.clone(), share_above(&z, threshold));
+        scored_by_kind.insert(kind.clone(), z.len());
     }
+    // The smallest threshold (a score of a normal row) above which at most FP_TARGET of the
+    // normal rows lie.
+    let mut sorted = normal.clone();
+    sorted.sort_by(f64::total_cmp);
+    let allowed = (FP_TARGET * sorted.len() as f64).floor() as usize;
+    let threshold_at_fp = sorted
+        .len()
+        .checked_sub(allowed + 1)
+        .and_then(|i| sorted.get(i))
+        .copied();
     json!({
         "roc_auc_mean_abs_z": auc(&|_| true),
         "roc_auc_by_kind": by_kind,
-        "anomalies_scored": rows.iter().filter(|(_, k)| k.is_some()).count(),
-        "detections_mean_abs_z_gt_2": rows.iter().filter(|(z, _)| *z > 2.0).count(),
+        "anomalies_scored": anomalous.len(),
+        "anomalies_scored_by_kind": scored_by_kind,
+        "normal_scored": normal.len(),
+        "threshold": threshold,
+        "detections_above_threshold": rows.iter().filter(|(z, _)| *z > threshold).count(),
+        "recall_above_threshold": share_above(&anomalous, threshold),
+        "recall_above_threshold_by_kind": recall_by_kind,
+        "fp_rate_above_threshold": share_above(&normal, threshold),
+        "fp_target": FP_TARGET,
+        "threshold_at_fp_target": threshold_at_fp,
+        "recall_at_fp_target": threshold_at_fp.and_then(|t| share_above(&anomalous, t)),
     })
 }
 
@@ -199,6 +309,13 @@ fn main() -> Result<()> {
     let epochs: usize = arg("--epochs", 30)?;
     let seed: u64 = arg("--seed", 42)?;
     let threads: usize = arg("--threads", 2)?;
+    let threshold: f64 = arg("--threshold", 2.0)?;
+    let config_file: String = arg("--config", String::new())?;
+    let config = model_config(
+        (!config_file.is_empty()).then(|| Path::new(&config_file)),
+        epochs,
+        seed,
+    )?;
     let data = bench_dir().join(format!("parity-data-{source}"));
     let _ = std::fs::remove_dir_all(&data);
     let start = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).context("date")?;
@@ -218,28 +335,28 @@ fn main() -> Result<()> {
             v["kind"].as_str().unwrap_or("anomaly").to_string(),
         );
     }
-    let config = ModelConfig {
-        epochs,
-        seed,
-        ..ModelConfig::default()
-    };
-    let mut dfp = run_dfp(&data, &source, train_days, &config, threads)?;
+    let dump: String = arg("--dump-scores", String::new())?;
+    let dump = (!dump.is_empty()).then(|| Path::new(&dump));
+    let mut dfp = run_dfp(&data, &source, train_days, &config, threads, dump)?;
     let dfp_quality = quality(
         dfp["scores"].as_array().map_or(&[][..], Vec::as_slice),
         &kinds,
+        threshold,
     );
     dfp.as_object_mut().map(|o| o.remove("scores"));
     let mut report = json!({
         "workload": {"source": source, "users": users, "days": days, "train_days": train_days,
-                     "epochs": epochs, "seed": seed, "threads": threads, "records": summary.records,
-                     "anomalous_records": summary.anomalous_records},
+                     "epochs": config.epochs, "seed": seed, "threads": threads,
+                     "records": summary.records, "anomalous_records": summary.anomalous_records,
+                     "model": serde_json::to_value(&config)?},
         "dfp": {"timing": dfp, "quality": dfp_quality},
     });
     if !flag("--skip-peer") {
-        let mut peer = run_peer(&data, &source, train_days, epochs, seed, threads)?;
+        let mut peer = run_peer(&data, &source, train_days, config.epochs, seed, threads)?;
         let peer_quality = quality(
             peer["scores"].as_array().map_or(&[][..], Vec::as_slice),
             &kinds,
+            threshold,
         );
         let peer_models = peer["models"].as_array().map_or(0, Vec::len).max(1);
         let per_model =
