@@ -70,6 +70,18 @@ impl Problems {
     }
 }
 
+/// Parses TOML into `T`; a syntax or shape error becomes [`crate::Error::Invalid`] naming
+/// `origin`.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> crate::Result<T> {
+    toml::from_str(text).map_err(|e| crate::Error::Invalid {
+        origin: origin.to_string(),
+        problems: vec![Problem {
+            path: String::new(),
+            message: e.to_string().trim_end().to_string(),
+        }],
+    })
+}
+
 /// Joins a parent path and a key: `join("a", "b") == "a.b"`, `join("", "b") == "b"`.
 pub fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {

@@ -20,18 +20,26 @@ use crate::{Error, Result};
 
 const DAY_US: i64 = 86_400_000_000;
 
-/// `batch` with one Int64 column appended per derived feature of `schema` (replacing a column
-/// of the same name).
-pub fn add_derived(batch: &RecordBatch, schema: &SourceSchema) -> Result<RecordBatch> {
-    let err = |problem: String| Error::model("derived features", problem);
-    let ts = batch
+/// The `timestamp` column of `batch` (µs, UTC); an error names `context` when it is missing.
+pub fn timestamps<'a>(
+    batch: &'a RecordBatch,
+    context: &str,
+) -> Result<&'a arrow::array::TimestampMicrosecondArray> {
+    batch
         .column_by_name(TIMESTAMP)
         .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
         .ok_or_else(|| {
-            err(format!(
-                "the batch has no {TIMESTAMP} column of microseconds"
-            ))
-        })?;
+            Error::model(
+                context,
+                format!("the batch has no {TIMESTAMP} column of microseconds"),
+            )
+        })
+}
+
+/// `batch` with one Int64 column appended per derived feature of `schema` (replacing a column
+/// of the same name).
+pub fn add_derived(batch: &RecordBatch, schema: &SourceSchema) -> Result<RecordBatch> {
+    let ts = timestamps(batch, "derived features")?;
     let users = string_column(batch, USERNAME)?;
     let distinct: Vec<Vec<Option<&str>>> = schema
         .derived

@@ -13,9 +13,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
     StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{
-    DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
-};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{TIMESTAMP, USERNAME};
@@ -100,14 +98,7 @@ impl Row {
 pub fn rows_from_batch(batch: &RecordBatch, epoch: u64, file: u32) -> Result<Vec<Row>> {
     let err = |problem: String| Error::model("rows", problem);
     let schema = batch.schema();
-    let ts = batch
-        .column_by_name(TIMESTAMP)
-        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-        .ok_or_else(|| {
-            err(format!(
-                "the batch has no {TIMESTAMP} column of microseconds"
-            ))
-        })?;
+    let ts = crate::derive::timestamps(batch, "rows")?;
     let users = batch
         .column_by_name(USERNAME)
         .and_then(|c| c.as_string_opt::<i32>())

@@ -193,13 +193,7 @@ pub struct FeatureSpec {
 impl SourceSchema {
     /// Parses and validates a schema from TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let schema: SourceSchema = toml::from_str(text).map_err(|e| Error::Invalid {
-            origin: origin.to_string(),
-            problems: vec![crate::config::Problem {
-                path: String::new(),
-                message: e.to_string().trim_end().to_string(),
-            }],
-        })?;
+        let schema: SourceSchema = crate::config::parse_toml(text, origin)?;
         schema.validate(origin)?;
         Ok(schema)
     }

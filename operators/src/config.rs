@@ -48,13 +48,7 @@ impl Default for RunConfig {
 impl RunConfig {
     /// Parses and validates TOML; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Invalid {
-            origin: origin.to_string(),
-            problems: vec![dfp_engine::config::Problem {
-                path: String::new(),
-                message: e.to_string(),
-            }],
-        })?;
+        let cfg: RunConfig = dfp_engine::config::parse_toml(text, origin)?;
         cfg.validate(origin)?;
         Ok(cfg)
     }

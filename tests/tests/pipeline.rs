@@ -98,6 +98,17 @@ fn tree(dir: &Path) -> Tree {
     out
 }
 
+/// The records of the first log file in `data` whose name holds `day`.
+fn first_file_of(data: &Path, day: &str) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(day))
+        .collect();
+    files.sort();
+    serde_json::from_str(&read(&files[0])).unwrap()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
@@ -241,12 +252,7 @@ fn bad_input_mid_stream_is_dead_lettered_and_the_run_completes() {
         "[{\"time\": \"2022-08-07T12:00:00Z\", \"proper",
     )
     .unwrap();
-    let donor = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().contains("2022-08-08T"))
-        .unwrap();
-    let mut records: Vec<serde_json::Value> = serde_json::from_str(&read(&donor)).unwrap();
+    let mut records = first_file_of(&data, "2022-08-08T");
     records[0]["time"] = "not a time".into();
     std::fs::write(
         data.join("AZUREAD_2022-08-08T23_00_00.000Z.json"),
@@ -285,12 +291,7 @@ fn bad_input_mid_stream_is_dead_lettered_and_the_run_completes() {
 fn an_unknown_user_is_scored_by_the_generic_model() {
     let root = tempfile::tempdir().unwrap();
     let data = logs(GenSource::Azure, 8, 8, &root.path().join("logs"));
-    let donor = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().contains("2022-08-08T"))
-        .unwrap();
-    let mut records: Vec<serde_json::Value> = serde_json::from_str(&read(&donor)).unwrap();
+    let mut records = first_file_of(&data, "2022-08-08T");
     records.truncate(3);
     for (i, r) in records.iter_mut().enumerate() {
         r["properties"]["userPrincipalName"] = "mallory.../../x@evil.example".into();
