@@ -54,12 +54,17 @@ impl DeadLetter {
             })
             .collect();
         if let Some(e) = &read.broken {
-            out.push(DeadLetter {
-                file: Some(file),
-                ..Self::new("file_to_batch", e.to_string())
-            });
+            out.push(Self::file("file_to_batch", &read.path, e.to_string()));
         }
         out
+    }
+
+    /// A whole file that `stage` could not handle.
+    pub fn file(stage: &str, path: &std::path::Path, reason: String) -> Self {
+        DeadLetter {
+            file: Some(path.display().to_string()),
+            ..Self::new(stage, reason)
+        }
     }
 
     /// A row of `user` that `stage` could not handle.

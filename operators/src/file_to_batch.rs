@@ -51,10 +51,7 @@ pub fn read(reader: &Reader, task: &FileTask) -> (FileRows, Vec<DeadLetter>) {
     let rows = match rows_from_batch(&read.batch, task.epoch, task.index) {
         Ok(rows) => rows,
         Err(e) => {
-            dead.push(DeadLetter {
-                file: Some(task.path.display().to_string()),
-                ..DeadLetter::model("file_to_batch", "", e.to_string())
-            });
+            dead.push(DeadLetter::file("file_to_batch", &task.path, e.to_string()));
             Vec::new()
         }
     };
