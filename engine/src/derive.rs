@@ -1,8 +1,11 @@
-//! The per-day derived features of a source schema (`logcount`, `locincrement`,
-//! `appincrement`), computed over a whole batch at once: in event-time order (stable for
-//! ties), per (user, UTC day), `count_per_day` is the row's index within its day from 0 and
-//! `distinct_per_day` the number of distinct values of its column seen that day so far, this
-//! row included (Morpheus' data prep).
+//! The derived features of a source schema, computed over a whole batch at once, in
+//! event-time order (stable for ties), per user:
+//! - `count_per_day`: the row's index within its (user, UTC day) from 0 (`logcount`);
+//! - `distinct_per_day`: distinct values of its column seen that (user, UTC day) so far, this
+//!   row included (`locincrement`, `appincrement`: Morpheus' data prep);
+//! - `count_within`: the user's rows in the span `(t - within, t]` of the row's time `t`, this
+//!   row included, only those whose bool column equals `when` when a column is named;
+//! - `distinct_within`: distinct values of its column among those rows.
 //!
 //! This batch computation is the reference: the dataflow's incremental per-user windows must
 //! give the same values, and its oracle test compares them with this. State: none beyond the
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
 
-use crate::model::encode::string_column;
+use crate::model::encode::{MISSING, bool_column, string_column};
 use crate::schema::{DerivedKind, SourceSchema, TIMESTAMP, USERNAME};
 use crate::{Error, Result};
 
@@ -36,17 +39,44 @@ pub fn timestamps<'a>(
         })
 }
 
+/// What one derived feature reads from each row.
+enum Input<'a> {
+    /// Nothing: every row counts.
+    All,
+    /// The values whose distinct count is taken.
+    Values(Vec<&'a str>),
+    /// Whether each row is counted.
+    Selected(Vec<bool>),
+}
+
 /// `batch` with one Int64 column appended per derived feature of `schema` (replacing a column
 /// of the same name).
 pub fn add_derived(batch: &RecordBatch, schema: &SourceSchema) -> Result<RecordBatch> {
     let ts = timestamps(batch, "derived features")?;
     let users = string_column(batch, USERNAME)?;
-    let distinct: Vec<Vec<Option<&str>>> = schema
+    let inputs: Vec<Input<'_>> = schema
         .derived
         .iter()
-        .map(|d| match (d.kind, &d.column) {
-            (DerivedKind::DistinctPerDay, Some(c)) => string_column(batch, c),
-            _ => Ok(Vec::new()),
+        .map(|d| {
+            Ok(match (d.kind, &d.column) {
+                (DerivedKind::CountPerDay, _) | (DerivedKind::CountWithin, None) => Input::All,
+                (DerivedKind::CountWithin, Some(c)) => {
+                    let when = d.when.unwrap_or(true);
+                    Input::Selected(
+                        bool_column(batch, c)?
+                            .into_iter()
+                            .map(|b| b == when)
+                            .collect(),
+                    )
+                }
+                (_, Some(c)) => Input::Values(
+                    string_column(batch, c)?
+                        .into_iter()
+                        .map(|v| v.unwrap_or(MISSING))
+                        .collect(),
+                ),
+                (_, None) => Input::All,
+            })
         })
         .collect::<Result<_>>()?;
     let n = batch.num_rows();
@@ -55,20 +85,34 @@ pub fn add_derived(batch: &RecordBatch, schema: &SourceSchema) -> Result<RecordB
     // Per (user, day): rows so far, and per derived feature the values seen.
     type Day<'a> = (i64, Vec<HashSet<&'a str>>);
     let mut days: HashMap<(&str, i64), Day<'_>> = HashMap::new();
+    // Per user: their rows so far, in time order.
+    let mut history: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut values = vec![vec![0i64; n]; schema.derived.len()];
     for &i in &order {
-        let day = ts.value(i).div_euclid(DAY_US);
+        let t = ts.value(i);
         let user = users[i].unwrap_or("");
         let (count, seen) = days
-            .entry((user, day))
+            .entry((user, t.div_euclid(DAY_US)))
             .or_insert_with(|| (0, vec![HashSet::new(); schema.derived.len()]));
-        for (k, d) in schema.derived.iter().enumerate() {
-            values[k][i] = match d.kind {
-                DerivedKind::CountPerDay => *count,
-                DerivedKind::DistinctPerDay => {
-                    seen[k].insert(distinct[k][i].unwrap_or(crate::model::encode::MISSING));
+        let past = history.entry(user).or_default();
+        past.push(i);
+        for (k, (d, input)) in schema.derived.iter().zip(&inputs).enumerate() {
+            let since = t.saturating_sub(d.within_us());
+            let recent = || past.iter().rev().take_while(|&&j| ts.value(j) > since);
+            values[k][i] = match (d.kind, input) {
+                (DerivedKind::CountPerDay, _) => *count,
+                (DerivedKind::DistinctPerDay, Input::Values(v)) => {
+                    seen[k].insert(v[i]);
                     seen[k].len() as i64
                 }
+                (DerivedKind::CountWithin, Input::Selected(s)) => {
+                    recent().filter(|&&j| s[j]).count() as i64
+                }
+                (DerivedKind::CountWithin, _) => recent().count() as i64,
+                (DerivedKind::DistinctWithin, Input::Values(v)) => {
+                    recent().map(|&j| v[j]).collect::<HashSet<_>>().len() as i64
+                }
+                (DerivedKind::DistinctPerDay | DerivedKind::DistinctWithin, _) => 0,
             };
         }
         *count += 1;

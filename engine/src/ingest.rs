@@ -699,9 +699,31 @@ fn convert_key<'a>(raw: &Raw<'a>) -> std::result::Result<Option<Cow<'a, str>>, S
     }
 }
 
+/// `text` without its trailing words that start with a digit ("Chrome 117.0.5938" -> "Chrome");
+/// a text that is only a version stays whole.
+fn without_version(text: &str) -> &str {
+    let mut kept = text.trim_end();
+    while let Some((head, last)) = kept.rsplit_once(' ') {
+        if !last.starts_with(|c: char| c.is_ascii_digit()) || head.trim_end().is_empty() {
+            break;
+        }
+        kept = head.trim_end();
+    }
+    kept
+}
+
 fn convert_column<'a>(c: &ColumnSpec, raws: &[Raw<'a>]) -> std::result::Result<Cell<'a>, String> {
     let first = raws.first().unwrap_or(&Raw::Missing);
     match c.ty {
+        ColumnType::String if raws.len() == 1 && c.strip_version => {
+            let text = convert_string(first)?;
+            let kept = without_version(&text);
+            Ok(Cell::Str(if kept.len() == text.len() {
+                text
+            } else {
+                Cow::Owned(kept.to_string())
+            }))
+        }
         ColumnType::String if raws.len() == 1 => convert_string(first).map(Cell::Str),
         ColumnType::String => {
             let mut joined = String::new();
@@ -745,7 +767,7 @@ fn convert_bool(c: &ColumnSpec, raw: &Raw<'_>) -> std::result::Result<Option<boo
     let mapped = !c.true_values.is_empty() || !c.false_values.is_empty();
     match raw {
         Raw::Bool(b) => Ok(Some(*b)),
-        Raw::Str(s) if mapped => {
+        Raw::Str(s) | Raw::Num(s) if mapped => {
             if c.true_values.iter().any(|v| v == s) {
                 Ok(Some(true))
             } else if c.false_values.iter().any(|v| v == s) {
@@ -1004,6 +1026,19 @@ mod tests {
     }
 
     const AZURE_OK: &str = r#"{"time":"2022-08-01T00:03:56.207532Z","category":"SignInLogs","properties":{"id":"e1","userPrincipalName":"tprice@domain.com","appDisplayName":"Teams","clientAppUsed":"Browser","deviceDetail":{"browser":"Edge 118","displayName":null,"operatingSystem":"Windows 10"},"location":{"city":"Littlemouth","countryOrRegion":"XN"},"status":{"failureReason":"Other."}}}"#;
+
+    #[test]
+    fn versions_are_stripped_only_from_trailing_numeric_words() {
+        assert_eq!(without_version("Chrome 117.0.5938"), "Chrome");
+        assert_eq!(without_version("Chrome Mobile 118.0 12"), "Chrome Mobile");
+        assert_eq!(without_version("Rich Client 4.45.0.0"), "Rich Client");
+        assert_eq!(without_version("Safari"), "Safari");
+        assert_eq!(without_version("117.0"), "117.0");
+        assert_eq!(
+            without_version("Office 365 SharePoint"),
+            "Office 365 SharePoint"
+        );
+    }
 
     #[test]
     fn azure_fixture_record_reads_with_derived_columns() {

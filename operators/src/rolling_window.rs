@@ -9,7 +9,10 @@
 //! (ties by origin), each day with its derived features (`logcount` = index within the day,
 //! `locincrement`/`appincrement` = distinct values so far that day) maintained as rows arrive:
 //! a row appended at the end of its day costs O(1); an out-of-order row is placed by event time
-//! and only its day is recomputed. Eviction: a whole day leaves the window once it ended more
+//! and only its day is recomputed. Trailing features (`count_within`, `distinct_within`: the
+//! row user's rows over a span of time before each row) are computed when a window is emitted,
+//! over the rows the window holds, so a scoring window's new rows look back over rows already
+//! scored. Eviction: a whole day leaves the window once it ended more
 //! than `max_history` before the newest row, so per-day features never see a partial day; a row
 //! for a day already evicted is late and dead-lettered (Morpheus silently drops every row
 //! older than the newest). Triggers: a window is emitted when the user holds at least
@@ -25,7 +28,7 @@
 //! differential arrangement: retraction is always of whole days, so a map of days is the whole
 //! index the retraction needs, without a second copy of the rows.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use dfp_engine::config::{Problems, join};
 use dfp_engine::model::encode::MISSING;
@@ -107,50 +110,119 @@ impl WindowConfig {
     }
 }
 
-/// How the derived features of a schema read a row: per derived feature, a count or the index
-/// of the column whose distinct values are counted.
+/// How one derived feature reads a row ([`Row::values`] indices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Derived {
+    /// `count_per_day`.
+    CountPerDay,
+    /// `distinct_per_day` of a column.
+    DistinctPerDay(usize),
+    /// `count_within` a span (µs), of the rows whose bool column equals a value, if named.
+    CountWithin(i64, Option<(usize, bool)>),
+    /// `distinct_within` a span (µs) of a column.
+    DistinctWithin(i64, usize),
+}
+
+/// How the derived features of a schema read a row. Per-day features are kept with each day
+/// as rows arrive; trailing features are computed when a window is emitted, over the rows the
+/// window holds.
 #[derive(Debug, Clone)]
 pub struct DerivedPlan {
-    columns: Vec<Option<usize>>,
+    features: Vec<Derived>,
 }
 
 impl DerivedPlan {
     /// The plan of `schema`'s derived features over its rows ([`Row::values`] order).
     pub fn new(schema: &SourceSchema) -> Result<Self> {
         let arrow = schema.arrow_schema();
-        let columns = schema
+        let features = schema
             .derived
             .iter()
-            .map(|d| match (d.kind, &d.column) {
-                (DerivedKind::CountPerDay, _) => Ok(None),
-                (DerivedKind::DistinctPerDay, Some(c)) => arrow
-                    .index_of(c)
-                    .ok()
-                    .and_then(|i| i.checked_sub(2))
-                    .map(Some)
-                    .ok_or_else(|| {
-                        Error::model(
-                            "rolling window",
-                            format!("derived feature {:?} counts unknown column {c:?}", d.name),
-                        )
-                    }),
-                (DerivedKind::DistinctPerDay, None) => Err(Error::model(
-                    "rolling window",
-                    format!("derived feature {:?} names no column", d.name),
-                )),
+            .map(|d| {
+                let column = || {
+                    d.column
+                        .as_deref()
+                        .and_then(|c| arrow.index_of(c).ok())
+                        .and_then(|i| i.checked_sub(2))
+                        .ok_or_else(|| {
+                            Error::model(
+                                "rolling window",
+                                format!(
+                                    "derived feature {:?} needs a known column, not {:?}",
+                                    d.name, d.column
+                                ),
+                            )
+                        })
+                };
+                Ok(match d.kind {
+                    DerivedKind::CountPerDay => Derived::CountPerDay,
+                    DerivedKind::DistinctPerDay => Derived::DistinctPerDay(column()?),
+                    DerivedKind::CountWithin => Derived::CountWithin(
+                        d.within_us(),
+                        match d.column {
+                            Some(_) => Some((column()?, d.when.unwrap_or(true))),
+                            None => None,
+                        },
+                    ),
+                    DerivedKind::DistinctWithin => {
+                        Derived::DistinctWithin(d.within_us(), column()?)
+                    }
+                })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { columns })
+        Ok(Self { features })
     }
 
     /// Number of derived features.
     pub fn len(&self) -> usize {
-        self.columns.len()
+        self.features.len()
     }
 
     /// Whether the schema has no derived feature.
     pub fn is_empty(&self) -> bool {
-        self.columns.is_empty()
+        self.features.is_empty()
+    }
+
+    /// The longest trailing span (0 when there is no trailing feature).
+    fn longest_span(&self) -> i64 {
+        self.features
+            .iter()
+            .map(|f| match f {
+                Derived::CountWithin(us, _) | Derived::DistinctWithin(us, _) => *us,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Fills the trailing features of the last row of `recent` (one user's rows in time order
+    /// back to at least the longest span before it) into `derived`.
+    fn fill_trailing(&self, recent: &VecDeque<&Row>, derived: &mut [i64]) {
+        let Some(row) = recent.back() else { return };
+        for (f, value) in self.features.iter().zip(derived) {
+            let in_span = |us: i64| {
+                let since = row.ts.saturating_sub(us);
+                recent.iter().rev().take_while(move |r| r.ts > since)
+            };
+            match *f {
+                Derived::CountWithin(us, None) => *value = in_span(us).count() as i64,
+                Derived::CountWithin(us, Some((c, when))) => {
+                    *value = in_span(us)
+                        .filter(|r| {
+                            matches!(r.values.get(c), Some(Value::Bool(b)) if *b == when)
+                                || (!when && matches!(r.values.get(c), Some(Value::Null) | None))
+                        })
+                        .count() as i64
+                }
+                Derived::DistinctWithin(us, c) => {
+                    *value = in_span(us)
+                        .map(|r| distinct_key(r, c))
+                        .collect::<HashSet<_>>()
+                        .len() as i64
+                }
+                Derived::CountPerDay | Derived::DistinctPerDay(_) => {}
+            }
+        }
     }
 }
 
@@ -177,15 +249,16 @@ impl Day {
         }
         let row = &self.rows[i];
         let values = plan
-            .columns
+            .features
             .iter()
             .zip(&mut self.seen)
-            .map(|(col, seen)| match col {
-                None => i as i64,
-                Some(c) => {
-                    seen.insert(distinct_key(row, *c));
+            .map(|(f, seen)| match *f {
+                Derived::CountPerDay => i as i64,
+                Derived::DistinctPerDay(c) => {
+                    seen.insert(distinct_key(row, c));
                     seen.len() as i64
                 }
+                Derived::CountWithin(..) | Derived::DistinctWithin(..) => 0,
             })
             .collect();
         self.derived.insert(i, values);
@@ -292,27 +365,48 @@ impl UserWindow {
         epoch: u64,
         train: bool,
         cfg: &WindowConfig,
+        plan: &DerivedPlan,
     ) -> Option<Window> {
         if self.fresh == 0 || self.fresh < cfg.min_increment || self.rows < cfg.min_history {
             return None;
         }
         let since = self.last_emit;
-        let mut picked: Vec<(&Row, &Vec<i64>)> = self
+        let mut held: Vec<(&Row, &Vec<i64>)> = self
             .days
             .values()
             .flat_map(|day| day.rows.iter().zip(&day.derived))
-            .filter(|(row, _)| {
-                cfg.cache_mode == CacheMode::Aggregate || since.is_none_or(|s| row.origin.epoch > s)
-            })
             .collect();
-        picked.sort_by_key(|(row, _)| row.key());
-        let w = Window {
+        held.sort_by_key(|(row, _)| row.key());
+        let span = plan.longest_span();
+        // Per row user, their rows back to the longest trailing span (the generic user's
+        // window holds many users).
+        let mut recent: HashMap<Option<&str>, VecDeque<&Row>> = HashMap::new();
+        let mut w = Window {
             user: user.to_string(),
             epoch,
             train,
-            rows: picked.iter().map(|(r, _)| (*r).clone()).collect(),
-            derived: picked.iter().map(|(_, d)| (*d).clone()).collect(),
+            rows: Vec::new(),
+            derived: Vec::new(),
         };
+        for (row, derived) in held {
+            let mut derived = derived.clone();
+            if span > 0 {
+                let mine = recent.entry(row.user.as_deref()).or_default();
+                while mine
+                    .front()
+                    .is_some_and(|r| r.ts <= row.ts.saturating_sub(span))
+                {
+                    mine.pop_front();
+                }
+                mine.push_back(row);
+                plan.fill_trailing(mine, &mut derived);
+            }
+            if cfg.cache_mode == CacheMode::Aggregate || since.is_none_or(|s| row.origin.epoch > s)
+            {
+                w.rows.push(row.clone());
+                w.derived.push(derived);
+            }
+        }
         self.fresh = 0;
         self.last_emit = Some(epoch);
         Some(w)
@@ -398,7 +492,8 @@ impl RollingWindows {
                 out.late
                     .push(DeadLetter::late(&user, row, &cfg.max_history));
             }
-            out.windows.extend(state.emit(&user, epoch, purpose, cfg));
+            out.windows
+                .extend(state.emit(&user, epoch, purpose, cfg, &self.plan));
         }
         out
     }
@@ -554,7 +649,7 @@ mod tests {
                     // Late only if its day ended more than max_history before the newest row.
                     assert!((r.ts.div_euclid(DAY_US) + 1) * DAY_US <= newest - us);
                 }
-                let Some(win) = w.emit("u", epoch, true, &cfg) else {
+                let Some(win) = w.emit("u", epoch, true, &cfg, &plan) else {
                     assert_eq!(late.len(), n, "no window although rows were placed");
                     continue;
                 };
@@ -601,7 +696,7 @@ mod tests {
     #[test]
     fn triggers_fire_on_history_and_increment_and_batch_mode_emits_new_rows_once() {
         let plan = DerivedPlan {
-            columns: vec![None],
+            features: vec![Derived::CountPerDay],
         };
         let train = WindowConfig {
             min_history: 3,
@@ -612,13 +707,19 @@ mod tests {
         let us = train.max_history_us().unwrap();
         let mut w = UserWindow::default();
         w.insert(vec![row(0.1, 0, 1), row(0.2, 1, 1)], us, &plan);
-        assert!(w.emit("u", 1, true, &train).is_none(), "2 < min_history");
+        assert!(
+            w.emit("u", 1, true, &train, &plan).is_none(),
+            "2 < min_history"
+        );
         w.insert(vec![row(0.3, 2, 2)], us, &plan);
-        assert_eq!(w.emit("u", 2, true, &train).unwrap().rows.len(), 3);
+        assert_eq!(w.emit("u", 2, true, &train, &plan).unwrap().rows.len(), 3);
         w.insert(vec![row(0.4, 3, 3)], us, &plan);
-        assert!(w.emit("u", 3, true, &train).is_none(), "1 < min_increment");
+        assert!(
+            w.emit("u", 3, true, &train, &plan).is_none(),
+            "1 < min_increment"
+        );
         w.insert(vec![row(0.05, 4, 4)], us, &plan);
-        let all = w.emit("u", 4, true, &train).unwrap();
+        let all = w.emit("u", 4, true, &train, &plan).unwrap();
         assert_eq!(all.rows.len(), 5);
         // The out-of-order row is first of its day and pushes the others' logcount up.
         assert_eq!(all.rows[0].origin.record, 4);
@@ -631,11 +732,14 @@ mod tests {
         let us = infer.max_history_us().unwrap();
         let mut w = UserWindow::default();
         w.insert(vec![row(0.1, 0, 1), row(0.2, 1, 1)], us, &plan);
-        let first = w.emit("u", 1, false, &infer).unwrap();
+        let first = w.emit("u", 1, false, &infer, &plan).unwrap();
         assert_eq!(first.rows.len(), 2);
-        assert!(w.emit("u", 1, false, &infer).is_none(), "nothing new");
+        assert!(
+            w.emit("u", 1, false, &infer, &plan).is_none(),
+            "nothing new"
+        );
         w.insert(vec![row(0.3, 2, 2)], us, &plan);
-        let second = w.emit("u", 2, false, &infer).unwrap();
+        let second = w.emit("u", 2, false, &infer, &plan).unwrap();
         assert_eq!(second.rows.len(), 1, "only the new row is scored");
         assert_eq!(second.derived, vec![vec![2]], "in the context of its day");
         // Two days later the first day has left the 1-day window; a row for it is late.
@@ -643,5 +747,46 @@ mod tests {
         let late = w.insert(vec![row(0.9, 4, 4)], us, &plan);
         assert_eq!(late.len(), 1);
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn trailing_features_of_new_rows_look_back_over_rows_already_scored() {
+        let minutes = |m: i64, record: u32, epoch: u64, failed: bool| Row {
+            ts: m * 60_000_000,
+            user: Some("u".into()),
+            origin: Origin {
+                epoch,
+                file: 0,
+                record,
+            },
+            values: vec![Value::Bool(!failed), Value::Str(format!("c{}", m % 20))],
+        };
+        let hour = 3_600_000_000;
+        let plan = DerivedPlan {
+            features: vec![
+                Derived::CountWithin(hour, None),
+                Derived::CountWithin(hour, Some((0, false))),
+                Derived::DistinctWithin(hour, 1),
+            ],
+        };
+        let infer = WindowConfig::inference();
+        let us = infer.max_history_us().unwrap();
+        let mut w = UserWindow::default();
+        w.insert(
+            vec![minutes(0, 0, 1, true), minutes(10, 1, 1, true)],
+            us,
+            &plan,
+        );
+        let first = w.emit("u", 1, false, &infer, &plan).unwrap();
+        assert_eq!(first.derived, vec![vec![1, 1, 1], vec![2, 2, 2]]);
+        // (40, 100]: minutes 50 and 100; only 50 failed; values c10 and c0.
+        w.insert(
+            vec![minutes(50, 2, 2, true), minutes(100, 3, 2, false)],
+            us,
+            &plan,
+        );
+        let second = w.emit("u", 2, false, &infer, &plan).unwrap();
+        assert_eq!(second.rows.len(), 2, "only the new rows are scored");
+        assert_eq!(second.derived, vec![vec![3, 3, 2], vec![2, 1, 2]]);
     }
 }

@@ -1,5 +1,6 @@
 //! From Arrow batches to the network's inputs: the [`Preprocessor`] is fitted on a model's
-//! training rows (one scaler per numeric feature, one vocabulary per categorical) and encodes
+//! training rows (one scaler per numeric feature, one vocabulary per categorical, the counts of
+//! each profile feature) and encodes
 //! any batch with the same feature columns into [`Encoded`] rows: scaled numerics (NaN -> the
 //! training mean), binaries as 0/1, and category indices (unseen values -> `_other`).
 //!
@@ -16,7 +17,8 @@ use arrow::datatypes::{
 use serde::{Deserialize, Serialize};
 
 use super::preprocess::{StandardScaler, Vocabulary};
-use crate::schema::FeatureSpec;
+use super::profile::Profile;
+use crate::schema::{FeatureSpec, ProfileSpec};
 use crate::{Error, Result};
 
 /// The category a null string becomes.
@@ -31,6 +33,8 @@ pub struct Preprocessor {
     pub scalers: Vec<StandardScaler>,
     /// One vocabulary per categorical feature.
     pub vocabularies: Vec<Vocabulary>,
+    /// The profile features among the numeric ones.
+    pub profiles: Vec<Profile>,
 }
 
 /// Encoded rows, row-major: `numeric[r * n_numeric + j]` and so on.
@@ -47,12 +51,28 @@ pub struct Encoded {
 }
 
 impl Preprocessor {
-    /// Fits scalers and vocabularies on `batch`'s feature columns.
-    pub fn fit(batch: &RecordBatch, features: &FeatureSpec, min_cats: usize) -> Result<Self> {
-        let scalers = features
+    /// Fits scalers, vocabularies and the profiles among `profiles` that are numeric features
+    /// on `batch`'s rows.
+    pub fn fit(
+        batch: &RecordBatch,
+        features: &FeatureSpec,
+        profiles: &[ProfileSpec],
+        min_cats: usize,
+    ) -> Result<Self> {
+        let mut pre = Preprocessor {
+            features: features.clone(),
+            scalers: Vec::new(),
+            vocabularies: Vec::new(),
+            profiles: profiles
+                .iter()
+                .filter(|p| features.numeric.contains(&p.name))
+                .map(|p| Profile::fit(p, batch))
+                .collect::<Result<_>>()?,
+        };
+        pre.scalers = features
             .numeric
             .iter()
-            .map(|name| Ok(StandardScaler::fit(&numeric_column(batch, name)?)))
+            .map(|name| Ok(StandardScaler::fit(&pre.numeric_values(batch, name)?)))
             .collect::<Result<_>>()?;
         let vocabularies = features
             .categorical
@@ -69,11 +89,16 @@ impl Preprocessor {
             .binary
             .iter()
             .try_for_each(|name| bool_column(batch, name).map(drop))?;
-        Ok(Preprocessor {
-            features: features.clone(),
-            scalers,
-            vocabularies,
-        })
+        pre.vocabularies = vocabularies;
+        Ok(pre)
+    }
+
+    /// A numeric feature's values: a profile's, else the column's.
+    fn numeric_values(&self, batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
+        match self.profiles.iter().find(|p| p.spec.name == name) {
+            Some(p) => p.values(batch),
+            None => numeric_column(batch, name),
+        }
     }
 
     /// Feature names in the network's order: numeric, binary, categorical.
@@ -104,7 +129,7 @@ impl Preprocessor {
         };
         let n = f.numeric.len();
         for (j, (name, scaler)) in f.numeric.iter().zip(&self.scalers).enumerate() {
-            for (r, v) in numeric_column(batch, name)?.into_iter().enumerate() {
+            for (r, v) in self.numeric_values(batch, name)?.into_iter().enumerate() {
                 out.numeric[r * n + j] = scaler.transform(v) as f32;
             }
         }
@@ -187,7 +212,8 @@ pub fn numeric_column(batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
     })
 }
 
-fn bool_column(batch: &RecordBatch, name: &str) -> Result<Vec<bool>> {
+/// A bool feature column, nulls as false.
+pub fn bool_column(batch: &RecordBatch, name: &str) -> Result<Vec<bool>> {
     let col = column(batch, name)?;
     match col.as_boolean_opt() {
         Some(b) => Ok(b.iter().map(|v| v.unwrap_or(false)).collect()),
@@ -247,7 +273,7 @@ mod tests {
 
     #[test]
     fn fits_and_encodes_every_kind() {
-        let p = Preprocessor::fit(&batch(), &spec(), 1).unwrap();
+        let p = Preprocessor::fit(&batch(), &spec(), &[], 1).unwrap();
         assert_eq!(p.feature_names().collect::<Vec<_>>(), ["n", "i", "b", "c"]);
         let e = p.encode(&batch()).unwrap();
         assert_eq!(e.rows, 3);
@@ -261,7 +287,7 @@ mod tests {
 
     #[test]
     fn select_and_slice_take_whole_rows() {
-        let p = Preprocessor::fit(&batch(), &spec(), 1).unwrap();
+        let p = Preprocessor::fit(&batch(), &spec(), &[], 1).unwrap();
         let e = p.encode(&batch()).unwrap();
         let s = e.select(&[2, 0]);
         assert_eq!(s.rows, 2);
@@ -274,15 +300,21 @@ mod tests {
     fn missing_or_mistyped_columns_are_named() {
         let mut s = spec();
         s.numeric.push("absent".into());
-        let err = Preprocessor::fit(&batch(), &s, 1).unwrap_err().to_string();
+        let err = Preprocessor::fit(&batch(), &s, &[], 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"absent\" is missing"), "{err}");
         let mut s = spec();
         s.numeric = vec!["c".into()];
-        let err = Preprocessor::fit(&batch(), &s, 1).unwrap_err().to_string();
+        let err = Preprocessor::fit(&batch(), &s, &[], 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"c\" must be a number, not Utf8"), "{err}");
         let mut s = spec();
         s.binary = vec!["n".into()];
-        let err = Preprocessor::fit(&batch(), &s, 1).unwrap_err().to_string();
+        let err = Preprocessor::fit(&batch(), &s, &[], 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"n\" must be a boolean"), "{err}");
     }
 }

@@ -18,8 +18,8 @@ use crate::{Error, Result};
 
 /// The first bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"DFPMODEL";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and reads (2: preprocessing holds profiles).
+pub const FORMAT_VERSION: u32 = 2;
 const PREFIX: usize = 8 + 4 + 8 + 8;
 const LIMIT: usize = 1 << 31;
 
@@ -243,10 +243,10 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[bytes.len() / 2] ^= 0x10;
         assert!(err(&flipped).contains("checksum mismatch"));
-        let mut v2 = bytes.clone();
-        v2[8] = 2;
-        assert!(err(&v2).contains("format version 2"));
-        assert!(err(&v2).starts_with("model file m.dfpmodel:"));
+        let mut other = bytes.clone();
+        other[8] = 99;
+        assert!(err(&other).contains("format version 99"));
+        assert!(err(&other).starts_with("model file m.dfpmodel:"));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The autoencoder (dfencoder semantics, as Morpheus' DFP uses it): train one model per user
 //! on that user's rows, score rows against their user's model, and save and load models.
 //!
-//! - [`preprocess`] and [`encode`]: scalers and vocabularies fitted on the training rows, and
-//!   Arrow batches encoded as network inputs.
+//! - [`preprocess`], [`profile`] and [`encode`]: scalers, vocabularies and profiles fitted on
+//!   the training rows, and Arrow batches encoded as network inputs.
 //! - [`network`]: the weights and the CPU math (forward, losses, backward + SGD), on GEMMs from
 //!   the `gemm` crate through [`linalg`].
 //! - [`train`]: the training loop shared by every backend (swap noise, lr decay, chronological
@@ -20,6 +20,7 @@ pub mod file;
 pub mod linalg;
 pub mod network;
 pub mod preprocess;
+pub mod profile;
 pub mod train;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -148,8 +149,13 @@ fn prepare(
     };
     let (train_idx, val_idx) = order.split_at(n - n_val);
     let train_rows = crate::frame::take(set.rows, train_idx)?;
-    let pre = Preprocessor::fit(&train_rows, &schema.features, config.min_cats)
-        .map_err(|e| Error::model(set.name, e.to_string()))?;
+    let pre = Preprocessor::fit(
+        &train_rows,
+        &schema.features,
+        &schema.profiles,
+        config.min_cats,
+    )
+    .map_err(|e| Error::model(set.name, e.to_string()))?;
     let all = pre
         .encode(set.rows)
         .map_err(|e| Error::model(set.name, e.to_string()))?;
@@ -391,7 +397,10 @@ mod tests {
         for (s, (_, rows)) in scores.iter().zip(&users) {
             let s = s.as_ref().unwrap();
             let f = s.features.len();
-            assert_eq!(f, 9);
+            assert_eq!(
+                f,
+                schema.features.numeric.len() + schema.features.categorical.len()
+            );
             assert_eq!(s.rows, rows.num_rows());
             assert_eq!(s.z_loss.len(), s.rows * f);
             assert_eq!(s.pred.len(), s.rows * f);

@@ -1,0 +1,187 @@
+//! Profile features: how usual a row's value is for its user, measured against the rows a
+//! model was trained on. A [`Profile`] counts, per user and over every user together, the
+//! training rows per value (a column's value, or the UTC hour of the event); a row's feature
+//! is the share of its user's training rows with the same value (for the hour: within one hour
+//! of it, around midnight too). A value the user never had is 0, whichever model scores the
+//! row: the generic model keeps every user's counts. A user the model never saw is measured
+//! against every user together.
+//!
+//! The counts are saved with the model; they are fitted once, on the training rows.
+
+use std::collections::BTreeMap;
+
+use arrow::array::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use super::encode::{MISSING, string_column};
+use crate::Result;
+use crate::derive::timestamps;
+use crate::schema::{ProfileKind, ProfileSpec, USERNAME};
+
+const HOUR_US: i64 = 3_600_000_000;
+
+/// Rows per value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Counts {
+    rows: u64,
+    values: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn add(&mut self, key: &str) {
+        self.rows += 1;
+        *self.values.entry(key.to_string()).or_default() += 1;
+    }
+
+    fn get(&self, key: &str) -> u64 {
+        self.values.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// One profile feature fitted on a model's training rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// What it measures.
+    pub spec: ProfileSpec,
+    users: BTreeMap<String, Counts>,
+    everyone: Counts,
+}
+
+impl Profile {
+    /// Counts the values of `batch`'s rows, per user and overall.
+    pub fn fit(spec: &ProfileSpec, batch: &RecordBatch) -> Result<Self> {
+        let keys = keys(spec, batch)?;
+        let users = string_column(batch, USERNAME)?;
+        let mut profile = Profile {
+            spec: spec.clone(),
+            users: BTreeMap::new(),
+            everyone: Counts::default(),
+        };
+        for (key, user) in keys.iter().zip(users) {
+            profile.everyone.add(key);
+            profile
+                .users
+                .entry(user.unwrap_or(MISSING).to_string())
+                .or_default()
+                .add(key);
+        }
+        Ok(profile)
+    }
+
+    /// The feature for every row of `batch`: the share, in [0, 1], of the row's user's
+    /// training rows with the row's value.
+    pub fn values(&self, batch: &RecordBatch) -> Result<Vec<f64>> {
+        let keys = keys(&self.spec, batch)?;
+        let users = string_column(batch, USERNAME)?;
+        Ok(keys
+            .iter()
+            .zip(users)
+            .map(|(key, user)| {
+                let counts = self
+                    .users
+                    .get(user.unwrap_or(MISSING))
+                    .unwrap_or(&self.everyone);
+                let hits = match self.spec.kind {
+                    ProfileKind::Value => counts.get(key),
+                    ProfileKind::HourOfDay => {
+                        let h: i64 = key.parse().unwrap_or(0);
+                        [h + 23, h, h + 1]
+                            .iter()
+                            .map(|n| counts.get(&(n % 24).to_string()))
+                            .sum()
+                    }
+                };
+                hits as f64 / counts.rows.max(1) as f64
+            })
+            .collect())
+    }
+}
+
+/// Each row's value as the profile counts it.
+fn keys(spec: &ProfileSpec, batch: &RecordBatch) -> Result<Vec<String>> {
+    Ok(match (spec.kind, &spec.column) {
+        (ProfileKind::HourOfDay, _) => {
+            let ts = timestamps(batch, &spec.name)?;
+            (0..ts.len())
+                .map(|i| (ts.value(i).div_euclid(HOUR_US).rem_euclid(24)).to_string())
+                .collect()
+        }
+        (ProfileKind::Value, column) => string_column(batch, column.as_deref().unwrap_or(""))?
+            .into_iter()
+            .map(|v| v.unwrap_or(MISSING).to_string())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+    use crate::schema::TIMESTAMP;
+
+    fn batch(rows: &[(&str, i64, &str)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new(
+                TIMESTAMP,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new(USERNAME, DataType::Utf8, true),
+            Field::new("app", DataType::Utf8, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from(
+                        rows.iter().map(|r| r.1 * HOUR_US).collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| Some(r.0)).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn spec(kind: ProfileKind, column: Option<&str>) -> ProfileSpec {
+        ProfileSpec {
+            name: "p".into(),
+            kind,
+            column: column.map(String::from),
+        }
+    }
+
+    #[test]
+    fn value_share_is_per_user_and_unknown_users_use_everyone() {
+        let train = batch(&[("a", 0, "x"), ("a", 1, "x"), ("a", 2, "y"), ("b", 3, "z")]);
+        let p = Profile::fit(&spec(ProfileKind::Value, Some("app")), &train).unwrap();
+        let score = batch(&[("a", 0, "x"), ("a", 0, "z"), ("b", 0, "z"), ("new", 0, "x")]);
+        let v = p.values(&score).unwrap();
+        assert_eq!(v, [2.0 / 3.0, 0.0, 1.0, 0.5]);
+    }
+
+    #[test]
+    fn hour_share_counts_neighbouring_hours_across_midnight() {
+        // Hours 23, 0, 0, 12 (days apart).
+        let train = batch(&[
+            ("a", 23, "x"),
+            ("a", 24, "x"),
+            ("a", 48, "x"),
+            ("a", 60, "x"),
+        ]);
+        let p = Profile::fit(&spec(ProfileKind::HourOfDay, None), &train).unwrap();
+        let score = batch(&[("a", 1, "x"), ("a", 22, "x"), ("a", 13, "x"), ("a", 6, "x")]);
+        let v = p.values(&score).unwrap();
+        assert_eq!(v, [0.5, 0.25, 0.25, 0.0]);
+    }
+}
