@@ -20,9 +20,12 @@ use crate::split_users::SplitConfig;
 pub struct RunConfig {
     /// Split users.
     pub split: SplitConfig,
-    /// The training window (Morpheus: 300 rows, 300 new, 60 days, aggregate).
+    /// The training window (Morpheus: 300 rows, 300 new, 60 days, aggregate); keys left out
+    /// keep these.
+    #[serde(deserialize_with = "training_window")]
     pub training_window: WindowConfig,
-    /// The inference window (Morpheus: 1 row, 0 new, 1 day, batch).
+    /// The inference window (Morpheus: 1 row, 0 new, 1 day, batch); keys left out keep these.
+    #[serde(deserialize_with = "inference_window")]
     pub inference_window: WindowConfig,
     /// The autoencoder's hyperparameters.
     pub model: ModelConfig,
@@ -30,6 +33,39 @@ pub struct RunConfig {
     pub inference: InferenceConfig,
     /// Detections.
     pub detection: DetectionConfig,
+}
+
+/// A window table as written: every key optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowKeys {
+    min_history: Option<usize>,
+    min_increment: Option<usize>,
+    max_history: Option<String>,
+    cache_mode: Option<crate::rolling_window::CacheMode>,
+}
+
+impl WindowKeys {
+    fn over(self, base: WindowConfig) -> WindowConfig {
+        WindowConfig {
+            min_history: self.min_history.unwrap_or(base.min_history),
+            min_increment: self.min_increment.unwrap_or(base.min_increment),
+            max_history: self.max_history.unwrap_or(base.max_history),
+            cache_mode: self.cache_mode.unwrap_or(base.cache_mode),
+        }
+    }
+}
+
+fn training_window<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<WindowConfig, D::Error> {
+    Ok(WindowKeys::deserialize(d)?.over(WindowConfig::training()))
+}
+
+fn inference_window<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<WindowConfig, D::Error> {
+    Ok(WindowKeys::deserialize(d)?.over(WindowConfig::inference()))
 }
 
 impl Default for RunConfig {
@@ -98,9 +134,24 @@ mod tests {
     }
 
     #[test]
+    fn window_keys_left_out_keep_the_window_defaults() {
+        let c = RunConfig::from_toml(
+            "[training_window]\nmin_history = 100\n[inference_window]\nmax_history = \"2d\"\n",
+            "cfg.toml",
+        )
+        .unwrap();
+        let mut training = WindowConfig::training();
+        training.min_history = 100;
+        assert_eq!(c.training_window, training);
+        let mut inference = WindowConfig::inference();
+        inference.max_history = "2d".into();
+        assert_eq!(c.inference_window, inference);
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_path() {
         let e = RunConfig::from_toml(
-            "[training_window]\nmin_history = 1\nmin_increment = 0\nmax_history = \"soon\"\ncache_mode = \"aggregate\"\n[model]\nlr = -1.0\n[inference]\ncache_models = 0\n",
+            "[training_window]\nmax_history = \"soon\"\n[model]\nlr = -1.0\n[inference]\ncache_models = 0\n",
             "cfg.toml",
         )
         .unwrap_err()
