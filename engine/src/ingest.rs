@@ -783,7 +783,7 @@ fn convert_bool(c: &ColumnSpec, raw: &Raw<'_>) -> std::result::Result<Option<boo
             "false" | "False" | "FALSE" => Ok(Some(false)),
             _ => Err(format!("is {}, expected a boolean", describe(raw))),
         },
-        Raw::Missing | Raw::Null => Ok(c.otherwise),
+        Raw::Missing | Raw::Null => Ok(c.missing.or(c.otherwise)),
         other => c
             .otherwise
             .map(Some)
@@ -1150,6 +1150,31 @@ mod tests {
             got,
             [true, true, false, false, false, false, true, true, true]
         );
+    }
+
+    #[test]
+    fn azure_success_maps_error_code_numbers_and_a_missing_status_is_no_failure() {
+        let rec = |status: &str| {
+            format!(
+                r#"{{"time":"2022-08-01T00:03:56Z","properties":{{"id":"e","userPrincipalName":"u"{status}}}}}"#
+            )
+        };
+        let lines: Vec<String> = [
+            r#","status":{"errorCode":0}"#,
+            r#","status":{"errorCode":50126}"#,
+            r#","status":{"errorCode":"0"}"#,
+            r#","status":{"errorCode":null}"#,
+            "",
+        ]
+        .iter()
+        .map(|s| rec(s))
+        .collect();
+        let text = format!("[{}]", lines.join(","));
+        let r = reader("azure").read_bytes(Path::new("a.json"), text.as_bytes(), InputFormat::Auto);
+        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+        let col = r.batch.column_by_name("succeeded").unwrap().as_boolean();
+        let got: Vec<bool> = (0..col.len()).map(|i| col.value(i)).collect();
+        assert_eq!(got, [true, false, true, true, true]);
     }
 
     #[test]

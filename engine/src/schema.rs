@@ -61,7 +61,7 @@ pub struct SourceSchema {
     /// Features the rolling windows compute per user: per UTC day or over a trailing span.
     #[serde(default)]
     pub derived: Vec<DerivedSpec>,
-    /// Features each model computes from its training rows (shares of the user's history).
+    /// Features each model computes from its training rows (how rare a value is for the user).
     #[serde(default)]
     pub profiles: Vec<ProfileSpec>,
     /// The autoencoder's inputs.
@@ -155,6 +155,9 @@ pub struct ColumnSpec {
     /// (Morpheus: true). Without it, unmapped strings are rejected and missing is null.
     #[serde(default)]
     pub otherwise: Option<bool>,
+    /// For `bool` columns: the value of a missing or null field, in place of `otherwise`.
+    #[serde(default)]
+    pub missing: Option<bool>,
 }
 
 fn default_separator() -> String {
@@ -221,15 +224,16 @@ impl DerivedSpec {
 #[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ProfileKind {
-    /// The share of the user's training rows whose UTC hour is within one hour of this row's.
+    /// How rare this row's UTC hour (within one hour) is among the user's training rows.
     HourOfDay,
-    /// The share of the user's training rows with this row's value of `column`.
+    /// How rare this row's value of `column` is among the user's training rows.
     Value,
 }
 
 /// A profile feature: computed by each model from its training rows, per user (the generic
-/// model keeps every user's profile), so a value the user never had scores 0 even when the
-/// generic model scores the user. Unknown users are measured against all users together.
+/// model keeps every user's profile): `1 / (1 + n)`, `n` the user's training rows with this
+/// row's value, so a value the user never had is 1 even when the generic model scores the
+/// user. Unknown users are measured against all users together.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSpec {
@@ -347,10 +351,11 @@ impl SourceSchema {
                 );
             }
             let mapped = !c.true_values.is_empty() || !c.false_values.is_empty();
-            if c.ty != ColumnType::Bool && (mapped || c.otherwise.is_some()) {
+            if c.ty != ColumnType::Bool && (mapped || c.otherwise.is_some() || c.missing.is_some())
+            {
                 p.push(
                     &at,
-                    "`true_values`, `false_values` and `otherwise` apply only to type \"bool\"",
+                    "`true_values`, `false_values`, `otherwise` and `missing` apply only to type \"bool\"",
                 );
             }
             if let Some(dup) = c.true_values.iter().find(|v| c.false_values.contains(v)) {

@@ -97,7 +97,8 @@ struct RunArgs {
     /// The control message (Morpheus' JSON).
     #[arg(long)]
     control_messages: PathBuf,
-    /// Stage settings (TOML; see configs/README.md). Default: Morpheus' values.
+    /// Stage settings (TOML; see configs/README.md), read over Morpheus' defaults. Default:
+    /// configs/dfp.toml.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Timely workers, each owning a share of the users.
@@ -143,7 +144,7 @@ struct DemoArgs {
     /// The demo's directory (logs, control message, registry, outputs; replaced each run).
     #[arg(long, default_value = "dfp-demo")]
     dir: PathBuf,
-    /// Stage settings (TOML). Default: configs/demo.toml's values.
+    /// Stage settings (TOML), read over Morpheus' defaults. Default: configs/dfp.toml.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Timely workers.
@@ -286,10 +287,11 @@ fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The settings in `path`, read over Morpheus' defaults, or else dfp's (configs/dfp.toml).
 fn run_config(path: Option<&Path>) -> Result<RunConfig> {
     Ok(match path {
         Some(p) => RunConfig::from_file(p)?,
-        None => RunConfig::default(),
+        None => RunConfig::from_toml(DFP_CONFIG, "configs/dfp.toml")?,
     })
 }
 
@@ -327,10 +329,7 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn demo(args: DemoArgs) -> Result<ExitCode> {
-    let config = match &args.config {
-        Some(p) => RunConfig::from_file(p)?,
-        None => RunConfig::from_toml(DEMO_CONFIG, "configs/demo.toml")?,
-    };
+    let config = run_config(args.config.as_deref())?;
     let source: GenSource = args.source.parse().map_err(anyhow::Error::msg)?;
     eprintln!(
         "dfp demo: {} logs, {} users x {} days; training on the first {} days, scoring the rest",
@@ -371,8 +370,8 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The demo's settings, kept in configs/demo.toml so they are documented and tested there.
-const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
+/// dfp's settings, kept in configs/dfp.toml so they are documented and tested there.
+const DFP_CONFIG: &str = include_str!("../../configs/dfp.toml");
 
 fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let source: GenSource = args.source.parse().map_err(anyhow::Error::msg)?;

@@ -128,9 +128,16 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_demo_config_is_valid() {
-        let text = include_str!("../../configs/demo.toml");
-        RunConfig::from_toml(text, "configs/demo.toml").unwrap();
+    fn the_shipped_dfp_config_is_valid() {
+        let text = include_str!("../../configs/dfp.toml");
+        RunConfig::from_toml(text, "configs/dfp.toml").unwrap();
+    }
+
+    #[test]
+    fn the_morpheus_file_spells_out_the_defaults() {
+        let text = include_str!("../../configs/morpheus.toml");
+        let c = RunConfig::from_toml(text, "configs/morpheus.toml").unwrap();
+        assert_eq!(c, RunConfig::default());
     }
 
     #[test]

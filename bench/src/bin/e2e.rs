@@ -6,7 +6,7 @@
 //! scoring), peak RSS, models, detections, and quality against the labels.
 //!
 //!   cargo run --release -p dfp-bench --bin e2e -- [--users 200] [--days 30] [--train-days 25]
-//!       [--source azure|duo] [--config configs/demo.toml] [--workers 1,2]
+//!       [--source azure|duo] [--config configs/dfp.toml] [--workers 1,2]
 //!
 //! Not part of the test run. Output: stdout and target/bench/e2e-<source>.json.
 
@@ -102,7 +102,7 @@ fn main() -> Result<()> {
     let source: String = arg("--source", "azure".to_string())?;
     let config: PathBuf = arg(
         "--config",
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/demo.toml"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/dfp.toml"),
     )?;
     let train_days: u64 = arg("--train-days", 25)?;
     if let Ok(data) = std::env::var("DFP_E2E_CHILD") {

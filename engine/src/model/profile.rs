@@ -1,10 +1,11 @@
-//! Profile features: how usual a row's value is for its user, measured against the rows a
-//! model was trained on. A [`Profile`] counts, per user and over every user together, the
-//! training rows per value (a column's value, or the UTC hour of the event); a row's feature
-//! is the share of its user's training rows with the same value (for the hour: within one hour
-//! of it, around midnight too). A value the user never had is 0, whichever model scores the
-//! row: the generic model keeps every user's counts. A user the model never saw is measured
-//! against every user together.
+//! Profile features: how rare a row's value is for its user, measured against the rows a model
+//! was trained on. A [`Profile`] counts, per user and over every user together, the training
+//! rows per value (a column's value, or the UTC hour of the event); a row's feature is
+//! `1 / (1 + n)`, `n` the user's training rows with the same value (for the hour: within one
+//! hour of it, around midnight too). A value the user never had is 1, one seen once 0.5, a
+//! habit near 0, whichever model scores the row: the generic model keeps every user's counts.
+//! A user the model never saw is measured against every user together. Counts, not shares:
+//! a long history does not make a first-time value look less new.
 //!
 //! The counts are saved with the model; they are fitted once, on the training rows.
 
@@ -23,13 +24,11 @@ const HOUR_US: i64 = 3_600_000_000;
 /// Rows per value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Counts {
-    rows: u64,
     values: BTreeMap<String, u64>,
 }
 
 impl Counts {
     fn add(&mut self, key: &str) {
-        self.rows += 1;
         *self.values.entry(key.to_string()).or_default() += 1;
     }
 
@@ -68,8 +67,8 @@ impl Profile {
         Ok(profile)
     }
 
-    /// The feature for every row of `batch`: the share, in [0, 1], of the row's user's
-    /// training rows with the row's value.
+    /// The feature for every row of `batch`: `1 / (1 + n)`, `n` the row's user's training rows
+    /// with the row's value.
     pub fn values(&self, batch: &RecordBatch) -> Result<Vec<f64>> {
         let keys = keys(&self.spec, batch)?;
         let users = string_column(batch, USERNAME)?;
@@ -91,7 +90,7 @@ impl Profile {
                             .sum()
                     }
                 };
-                hits as f64 / counts.rows.max(1) as f64
+                1.0 / (1.0 + hits as f64)
             })
             .collect())
     }
@@ -162,16 +161,16 @@ mod tests {
     }
 
     #[test]
-    fn value_share_is_per_user_and_unknown_users_use_everyone() {
+    fn value_rarity_is_per_user_and_unknown_users_use_everyone() {
         let train = batch(&[("a", 0, "x"), ("a", 1, "x"), ("a", 2, "y"), ("b", 3, "z")]);
         let p = Profile::fit(&spec(ProfileKind::Value, Some("app")), &train).unwrap();
         let score = batch(&[("a", 0, "x"), ("a", 0, "z"), ("b", 0, "z"), ("new", 0, "x")]);
         let v = p.values(&score).unwrap();
-        assert_eq!(v, [2.0 / 3.0, 0.0, 1.0, 0.5]);
+        assert_eq!(v, [1.0 / 3.0, 1.0, 0.5, 1.0 / 3.0]);
     }
 
     #[test]
-    fn hour_share_counts_neighbouring_hours_across_midnight() {
+    fn hour_rarity_counts_neighbouring_hours_across_midnight() {
         // Hours 23, 0, 0, 12 (days apart).
         let train = batch(&[
             ("a", 23, "x"),
@@ -182,6 +181,6 @@ mod tests {
         let p = Profile::fit(&spec(ProfileKind::HourOfDay, None), &train).unwrap();
         let score = batch(&[("a", 1, "x"), ("a", 22, "x"), ("a", 13, "x"), ("a", 6, "x")]);
         let v = p.values(&score).unwrap();
-        assert_eq!(v, [0.5, 0.25, 0.25, 0.0]);
+        assert_eq!(v, [1.0 / 3.0, 0.5, 0.5, 1.0]);
     }
 }
