@@ -61,16 +61,17 @@ impl Value {
     }
 }
 
-/// Where a row came from: the dataflow epoch, the file's index within the epoch's batch, and
-/// the record's index among the file's good records. Unique per row; orders ties in event time.
+/// Where a row came from: the dataflow epoch, the file's index within the epoch's batch (for a
+/// stream: the partition), and the record's index among the file's good records (for a
+/// stream: its offset). Unique per row; orders ties in event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Origin {
     /// The epoch (control-message input and batch) the row arrived in.
     pub epoch: u64,
     /// The file's index within the epoch's batch.
     pub file: u32,
-    /// The record's index within the file's good records.
-    pub record: u32,
+    /// The record's index within the file's good records, or its offset in its partition.
+    pub record: u64,
 }
 
 /// One record.
@@ -122,7 +123,7 @@ pub fn rows_from_batch(batch: &RecordBatch, epoch: u64, file: u32) -> Result<Vec
             origin: Origin {
                 epoch,
                 file,
-                record: u32::try_from(i).unwrap_or(u32::MAX),
+                record: i as u64,
             },
             values,
         });

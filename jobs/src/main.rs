@@ -17,7 +17,11 @@ use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
 use dfp_operators::demo::DemoOptions;
 use dfp_operators::file_batcher::{FileBatcherConfig, batch_files};
-use dfp_operators::pipeline::RunOptions;
+use dfp_operators::file_to_batch::Tasks;
+use dfp_operators::kafka_sink::KafkaSink;
+use dfp_operators::kafka_source::{KafkaSettings, SourceSettings, parse_kafka_url};
+use dfp_operators::pipeline::{Input, RunOptions, StreamInput};
+use dfp_operators::replay::Speed;
 use dfp_operators::post_proc::Clock;
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
@@ -42,8 +46,12 @@ enum Command {
     /// injected anomalies (the quickest way to see dfp work).
     Demo(DemoArgs),
     /// Run a control message's tasks (load, train, infer) as Morpheus' integrated DFP
-    /// pipeline does, writing detections, model versions and dead letters.
-    Run(RunArgs),
+    /// pipeline does, or a Kafka topic of raw logs (--stream), writing detections, model
+    /// versions and dead letters.
+    Run(Box<RunArgs>),
+    /// Replay historical log files as a stream, in event-time order, to a Kafka topic or
+    /// standard output.
+    Replay(ReplayArgs),
     /// Generate realistic Azure AD or Duo logs with labelled anomalies (JSON-array files named
     /// like Morpheus', plus labels.jsonl).
     Generate(GenerateArgs),
@@ -95,8 +103,33 @@ struct RunArgs {
     #[arg(long)]
     source: String,
     /// The control message (Morpheus' JSON).
+    #[arg(long, required_unless_present = "stream", conflicts_with = "stream")]
+    control_messages: Option<PathBuf>,
+    /// Consume raw log records (one JSON record per message) from kafka://HOST:PORT/TOPIC.
+    /// Every epoch trains and scores, as Morpheus' streaming pipeline does.
     #[arg(long)]
-    control_messages: PathBuf,
+    stream: Option<String>,
+    /// Kafka consumer group: where consumption starts (its committed offsets) and is committed.
+    #[arg(long, requires = "stream")]
+    group: Option<String>,
+    /// Event time per epoch of a stream ("1d", "1h"): windows, training and outputs advance
+    /// one epoch at a time.
+    #[arg(long, default_value = "1d", requires = "stream")]
+    epoch: String,
+    /// How far behind its partition's newest record a record may arrive and still be placed;
+    /// later ones are dead-lettered.
+    #[arg(long, default_value = "0s", requires = "stream")]
+    lateness: String,
+    /// Stop at the end offsets found at the start (a replayed, bounded stream).
+    #[arg(long, requires = "stream")]
+    until_end: bool,
+    /// Also produce the detections (JSON) to this topic.
+    #[arg(long, requires = "stream")]
+    detections_topic: Option<String>,
+    /// A librdkafka setting passed through, KEY=VALUE (repeatable): security.protocol,
+    /// sasl.mechanisms, sasl.username, ssl.ca.location, ...
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    kafka_options: Vec<String>,
     /// Stage settings (TOML; see configs/README.md), read over Morpheus' defaults. Default:
     /// configs/dfp.toml.
     #[arg(long)]
@@ -122,6 +155,25 @@ struct RunArgs {
     /// Resolve relative load globs against this directory instead of the message's directory.
     #[arg(long)]
     files_root: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// Source schema: a built-in name (azure, duo) or a TOML file (event time and user).
+    #[arg(long)]
+    source: String,
+    /// Log files (a glob; JSON arrays or JSON lines).
+    #[arg(long)]
+    files: String,
+    /// kafka://HOST:PORT/TOPIC or stdout.
+    #[arg(long, default_value = "stdout")]
+    to: String,
+    /// "max", or how many times faster than event time ("60x": an hour a minute).
+    #[arg(long, default_value = "max")]
+    speed: String,
+    /// A librdkafka setting passed through, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    kafka_options: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -230,7 +282,8 @@ fn init_logging(verbose: u8, quiet: u8) {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Demo(args) => demo(args),
-        Command::Run(args) => run_pipeline(args),
+        Command::Run(args) => run_pipeline(*args),
+        Command::Replay(args) => replay(args),
         Command::Generate(args) => generate(args),
         Command::Validate { files } => Ok(validate(&files)),
         Command::Ingest(args) => ingest(args),
@@ -295,6 +348,97 @@ fn run_config(path: Option<&Path>) -> Result<RunConfig> {
     })
 }
 
+/// The librdkafka pass-through settings, each KEY=VALUE.
+fn kafka_settings(brokers: String, options: &[String]) -> Result<KafkaSettings> {
+    let options = options
+        .iter()
+        .map(|o| {
+            o.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .with_context(|| format!("--kafka-option {o:?} is not KEY=VALUE"))
+        })
+        .collect::<Result<_>>()?;
+    Ok(KafkaSettings { brokers, options })
+}
+
+/// A `--stream` run's input.
+fn stream_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
+    let (brokers, topic) = parse_kafka_url(url)?;
+    let span = |name: &str, text: &str| -> Result<i64> {
+        dfp_engine::period::parse_duration(text)
+            .map_err(anyhow::Error::msg)
+            .and_then(|d| d.num_microseconds().context("too long"))
+            .with_context(|| format!("--{name} {text:?}"))
+    };
+    let period_us = span("epoch", &args.epoch)?;
+    if period_us <= 0 {
+        bail!("--epoch {:?} must be positive", args.epoch);
+    }
+    Ok(Input::Kafka(StreamInput {
+        source: SourceSettings {
+            kafka: kafka_settings(brokers, &args.kafka_options)?,
+            group: args.group.clone().unwrap_or_else(|| format!("dfp-{source}")),
+            topic,
+            period_us,
+            lateness_us: span("lateness", &args.lateness)?.max(0),
+            poll: std::time::Duration::from_millis(100),
+            stop_at_end: args.until_end,
+        },
+        tasks: Tasks {
+            train: true,
+            infer: true,
+            payload: false,
+        },
+        detections_topic: args.detections_topic.clone(),
+    }))
+}
+
+fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let schema = Arc::new(SourceSchema::resolve(&args.source)?);
+    let speed: Speed = args.speed.parse().map_err(anyhow::Error::msg)?;
+    let (files, _) = expand_globs([args.files.as_str()], Path::new("."))?;
+    if files.is_empty() {
+        bail!("--files {:?} matches no file", args.files);
+    }
+    let reader = Reader::new(schema);
+    let records = dfp_operators::replay::records(&reader, &files)?;
+    let total = records.len();
+    let bar = std::io::stderr().is_terminal();
+    let progress = |n: usize| {
+        if bar {
+            eprint!("\rreplayed {n}/{total}");
+        }
+    };
+    if args.to == "stdout" {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        dfp_operators::replay::replay(
+            &records,
+            speed,
+            |r| {
+                use std::io::Write;
+                writeln!(out, "{}", r.text)
+                    .map_err(|e| dfp_engine::Error::io(Path::new("stdout"), "writing", e))
+            },
+            progress,
+        )?;
+    } else {
+        let (brokers, topic) = parse_kafka_url(&args.to)?;
+        let sink = KafkaSink::new(&kafka_settings(brokers, &args.kafka_options)?, &topic)?;
+        dfp_operators::replay::replay(
+            &records,
+            speed,
+            |r| sink.produce(r.key.as_deref(), &r.text),
+            progress,
+        )?;
+        sink.flush()?;
+    }
+    if bar {
+        eprintln!();
+    }
+    eprintln!("replayed {total} records from {} files to {}", files.len(), args.to);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn wall_clock() -> Clock {
     Arc::new(chrono::Utc::now)
 }
@@ -304,10 +448,21 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
     if let Some(t) = args.threshold {
         config.detection.threshold = t;
     }
+    let schema = SourceSchema::resolve(&args.source)?;
+    let (input, what) = match (&args.control_messages, &args.stream) {
+        (Some(path), _) => (
+            Input::Control {
+                path: path.clone(),
+                files_root: args.files_root.clone(),
+            },
+            path.display().to_string(),
+        ),
+        (None, Some(url)) => (stream_input(&args, &schema.name, url)?, url.clone()),
+        (None, None) => bail!("give --control-messages or --stream"),
+    };
     let summary = dfp_operators::pipeline::run(RunOptions {
-        schema: SourceSchema::resolve(&args.source)?,
-        control: args.control_messages.clone(),
-        files_root: args.files_root,
+        schema,
+        input,
         config,
         workers: args.workers,
         threads: args.threads,
@@ -317,7 +472,7 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         clock: wall_clock(),
         progress: std::io::stderr().is_terminal(),
     })
-    .with_context(|| format!("running {}", args.control_messages.display()))?;
+    .with_context(|| format!("running {what}"))?;
     for p in &summary.unmatched {
         eprintln!("warning: load pattern {p} matches no file");
     }

@@ -71,10 +71,21 @@ impl DeadLetter {
     pub fn row(stage: &str, user: Option<&str>, row: &Row, reason: String) -> Self {
         DeadLetter {
             origin: Some(row.origin),
-            record: Some(u64::from(row.origin.record)),
+            record: Some(row.origin.record),
             user: user.map(str::to_string),
             raw: serde_json::to_string(row).ok(),
             ..Self::new(stage, reason)
+        }
+    }
+
+    /// A Kafka message that could not be read (`file`: `kafka:{topic}/{partition}`, `record`:
+    /// its offset).
+    pub fn message(topic: &str, partition: i32, offset: i64, reason: String, raw: String) -> Self {
+        DeadLetter {
+            file: Some(format!("kafka:{topic}/{partition}")),
+            record: u64::try_from(offset).ok(),
+            raw: Some(raw),
+            ..Self::new("kafka_source", reason)
         }
     }
 

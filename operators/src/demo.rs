@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::config::RunConfig;
 use crate::evaluate::{Evaluation, evaluate};
-use crate::pipeline::{RunOptions, RunSummary, run};
+use crate::pipeline::{Input, RunOptions, RunSummary, run};
 use crate::post_proc::Clock;
 use crate::serialize::OutKind;
 use crate::sinks::output_path;
@@ -120,8 +120,10 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
     let schema = SourceSchema::builtin(opts.source.as_str())?;
     let summary = run(RunOptions {
         schema: schema.clone(),
-        control: control.clone(),
-        files_root: None,
+        input: Input::Control {
+            path: control.clone(),
+            files_root: None,
+        },
         config: opts.config.clone(),
         workers: opts.workers,
         threads: 0,

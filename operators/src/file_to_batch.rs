@@ -20,11 +20,24 @@ use timely::dataflow::operators::vec::Map;
 use crate::dead_letter::DeadLetter;
 use crate::metrics::SharedStats;
 
+/// What an epoch's rows are for (the control message's tasks and data type).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tasks {
+    /// The rows train.
+    pub train: bool,
+    /// The rows are scored.
+    pub infer: bool,
+    /// The rows skip the rolling window (`data_type: payload`).
+    pub payload: bool,
+}
+
 /// One file to read in one epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileTask {
     /// The epoch.
     pub epoch: u64,
+    /// What the epoch's rows are for.
+    pub tasks: Tasks,
     /// The file's index within the epoch.
     pub index: u32,
     /// The file.
@@ -38,6 +51,8 @@ pub struct FileTask {
 pub struct FileRows {
     /// The epoch.
     pub epoch: u64,
+    /// What the rows are for.
+    pub tasks: Tasks,
     /// The rows, in file order.
     pub rows: Vec<Row>,
     /// Bytes read.
@@ -58,6 +73,7 @@ pub fn read(reader: &Reader, task: &FileTask) -> (FileRows, Vec<DeadLetter>) {
     (
         FileRows {
             epoch: task.epoch,
+            tasks: task.tasks,
             rows,
             bytes: read.bytes,
         },

@@ -14,8 +14,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dfp_engine::control::ControlMessage;
 use dfp_engine::ingest::Reader;
@@ -30,10 +31,13 @@ use timely::dataflow::operators::{Concatenate, OkErr, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
 use crate::config::RunConfig;
+use crate::dead_letter::DeadLetter;
 use crate::data_prep::DataPrep;
-use crate::file_to_batch::{FileTask, FileToBatch};
+use crate::file_to_batch::{FileRows, FileTask, FileToBatch, Tasks};
 use crate::filter_detections::FilterDetections;
 use crate::inference::{Inference, Scorer};
+use crate::kafka_sink::KafkaSink;
+use crate::kafka_source::{KafkaSource, SourceSettings};
 use crate::metrics::{SharedStats, Stats};
 use crate::plan::Plan;
 use crate::post_proc::{Clock, PostProc};
@@ -44,15 +48,38 @@ use crate::sinks::{OutputFiles, Sinks, output_path};
 use crate::split_users::SplitUsers;
 use crate::training::Training;
 
+/// Where a run's records come from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A Morpheus control message: its tasks, and the files its load tasks name.
+    Control {
+        /// The control message file.
+        path: PathBuf,
+        /// Where relative load globs resolve (default: the control message's directory).
+        files_root: Option<PathBuf>,
+    },
+    /// A Kafka topic of raw log records, cut into epochs by event time.
+    Kafka(StreamInput),
+}
+
+/// A streaming run's input and what its epochs do.
+#[derive(Debug, Clone)]
+pub struct StreamInput {
+    /// The topic and how epochs are cut.
+    pub source: SourceSettings,
+    /// What every epoch's rows are for (Morpheus' streaming pipeline: train and score).
+    pub tasks: Tasks,
+    /// Also produce the detections to this topic.
+    pub detections_topic: Option<String>,
+}
+
 /// Everything a run needs.
 #[derive(Clone)]
 pub struct RunOptions {
     /// The source schema.
     pub schema: SourceSchema,
-    /// The control message file.
-    pub control: PathBuf,
-    /// Where relative load globs resolve (default: the control message's directory).
-    pub files_root: Option<PathBuf>,
+    /// Where the records come from.
+    pub input: Input,
     /// Stage settings.
     pub config: RunConfig,
     /// Timely workers (threads), each owning a share of the users.
@@ -106,23 +133,47 @@ impl RunSummary {
     }
 }
 
-/// Runs the control message's tasks to completion.
+/// The plan of a control-message run, or nothing for a stream.
+enum Feed {
+    Files(Arc<Plan>),
+    Kafka(StreamInput),
+}
+
+/// One worker's inputs.
+enum Handles {
+    Files(InputHandleVec<u64, FileTask>),
+    Kafka {
+        rows: InputHandleVec<u64, FileRows>,
+        dead: InputHandleVec<u64, DeadLetter>,
+    },
+}
+
+/// Runs the input's tasks to completion: a control message's epochs, or a Kafka topic until
+/// its end offsets (bounded) or a fatal error.
 pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     opts.config.validate("run config")?;
-    let msg = ControlMessage::from_file(&opts.control)?;
-    let base = opts.files_root.clone().unwrap_or_else(|| {
-        opts.control
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-    });
-    // Morpheus batches Azure by day and Duo in one batch unless the message says otherwise.
-    let default_period = (opts.schema.name != "duo").then_some(Period::Day);
-    let plan = Arc::new(Plan::build(&msg, &base, default_period)?);
-    for u in &plan.unmatched {
-        tracing::warn!(pattern = %u, "load pattern matches no file");
-    }
+    let (feed, unmatched) = match &opts.input {
+        Input::Control { path, files_root } => {
+            let msg = ControlMessage::from_file(path)?;
+            let base = files_root.clone().unwrap_or_else(|| {
+                path.parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."))
+            });
+            // Morpheus batches Azure by day and Duo in one batch unless the message says
+            // otherwise.
+            let default_period = (opts.schema.name != "duo").then_some(Period::Day);
+            let plan = Plan::build(&msg, &base, default_period)?;
+            for u in &plan.unmatched {
+                tracing::warn!(pattern = %u, "load pattern matches no file");
+            }
+            tracing::info!(epochs = plan.epochs.len(), files = plan.files(), "planned");
+            let unmatched = plan.unmatched.clone();
+            (Feed::Files(Arc::new(plan)), unmatched)
+        }
+        Input::Kafka(s) => (Feed::Kafka(s.clone()), Vec::new()),
+    };
     let registry = Registry::open(&opts.registry)?;
     let versions: HashMap<String, u32> = registry
         .list()?
@@ -131,12 +182,16 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         .collect();
     let schema = Arc::new(opts.schema.clone());
     let columns = Arc::new(Columns::new(&schema));
-    let files = Arc::new(Mutex::new(Some(OutputFiles::create(
-        &opts.output,
-        &schema.name,
-        &columns,
-        opts.write_scores,
-    )?)));
+    let mut outputs = OutputFiles::create(&opts.output, &schema.name, &columns, opts.write_scores)?;
+    if let Feed::Kafka(StreamInput {
+        source,
+        detections_topic: Some(topic),
+        ..
+    }) = &feed
+    {
+        outputs = outputs.with_kafka(KafkaSink::new(&source.kafka, topic)?);
+    }
+    let files = Arc::new(Mutex::new(Some(outputs)));
     let workers = opts.workers.max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (if opts.threads == 0 {
@@ -147,15 +202,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         .max(1);
     let reader = Arc::new(Reader::new(schema.clone()));
     let o = Arc::new(opts.clone());
-    let epochs = plan.epochs.len();
-    let unmatched = plan.unmatched.clone();
-    tracing::info!(
-        epochs = plan.epochs.len(),
-        files = plan.files(),
-        workers,
-        threads,
-        "starting the dataflow"
-    );
+    let feed = Arc::new(feed);
+    let epochs_run = Arc::new(AtomicUsize::new(0));
+    let epochs_seen = epochs_run.clone();
+    tracing::info!(workers, threads, "starting the dataflow");
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let stats: SharedStats = Rc::new(RefCell::new(Stats::default()));
@@ -188,14 +238,23 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         } else {
             None
         };
-        let mut input = InputHandleVec::<u64, FileTask>::new();
+        let mut handles = match feed.as_ref() {
+            Feed::Files(_) => Handles::Files(InputHandleVec::new()),
+            Feed::Kafka(_) => Handles::Kafka {
+                rows: InputHandleVec::new(),
+                dead: InputHandleVec::new(),
+            },
+        };
         let probe = ProbeHandle::new();
         let cfg = &o.config;
         worker.dataflow::<u64, _, _>(|scope| {
-            let (rows, bad_files) = input
-                .to_stream(scope)
-                .file_to_batch(reader.clone(), stats.clone());
-            let (users, no_user) = rows.split_users(cfg.split.clone(), plan.clone(), stats.clone());
+            let (rows, bad_input) = match &mut handles {
+                Handles::Files(input) => input
+                    .to_stream(scope)
+                    .file_to_batch(reader.clone(), stats.clone()),
+                Handles::Kafka { rows, dead } => (rows.to_stream(scope), dead.to_stream(scope)),
+            };
+            let (users, no_user) = rows.split_users(cfg.split.clone(), stats.clone());
             let (windows, late) = users.rolling_window(windows, stats.clone());
             let (train_w, infer_w) = windows.ok_err(|w| if w.train { Ok(w) } else { Err(w) });
             let (train_p, bad_train) = train_w.data_prep(schema.clone());
@@ -230,7 +289,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             lines.push(
                 scope
                     .concatenate(vec![
-                        bad_files,
+                        bad_input,
                         no_user,
                         late,
                         bad_train,
@@ -246,31 +305,46 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 .sinks(my_files, stats.clone())
                 .probe_with(&probe);
         });
-        let n = plan.epochs.len();
-        for (t, epoch) in plan.epochs.iter().enumerate() {
-            if worker.index() == 0 {
-                for (i, path) in epoch.files.iter().enumerate() {
-                    input.send(FileTask {
-                        epoch: t as u64,
-                        index: u32::try_from(i).unwrap_or(u32::MAX),
-                        path: path.clone(),
-                        format: epoch.format,
-                    });
+        match (handles, feed.as_ref()) {
+            (Handles::Files(mut input), Feed::Files(plan)) => {
+                let n = plan.epochs.len();
+                for (t, epoch) in plan.epochs.iter().enumerate() {
+                    if worker.index() == 0 {
+                        for (i, path) in epoch.files.iter().enumerate() {
+                            input.send(FileTask {
+                                epoch: t as u64,
+                                tasks: Tasks {
+                                    train: epoch.train,
+                                    infer: epoch.infer,
+                                    payload: epoch.payload,
+                                },
+                                index: u32::try_from(i).unwrap_or(u32::MAX),
+                                path: path.clone(),
+                                format: epoch.format,
+                            });
+                        }
+                    }
+                    input.advance_to(t as u64 + 1);
+                    // At most two epochs in flight: read the next while this one trains.
+                    while probe.less_than(&(t as u64)) {
+                        worker.step();
+                    }
+                    if o.progress && worker.index() == 0 {
+                        progress(t, n, &stats.borrow(), started);
+                    }
+                }
+                if worker.index() == 0 {
+                    epochs_run.store(n, Ordering::Relaxed);
                 }
             }
-            input.advance_to(t as u64 + 1);
-            // At most two epochs in flight: read the next while this one trains.
-            while probe.less_than(&(t as u64)) {
-                worker.step();
+            (Handles::Kafka { rows, dead }, Feed::Kafka(stream)) => {
+                let sent = stream_epochs(worker, stream, &reader, rows, dead, &probe, &stats);
+                epochs_run.fetch_add(sent, Ordering::Relaxed);
             }
-            if o.progress && worker.index() == 0 {
-                progress(t, n, &stats.borrow(), started);
-            }
+            _ => return fail(Error::model("dataflow", "input and plan disagree")),
         }
-        drop(input);
         while worker.step_or_park(None) {}
         if o.progress && worker.index() == 0 {
-            progress(n, n, &stats.borrow(), started);
             eprintln!();
         }
         stats.borrow().clone()
@@ -300,12 +374,99 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         OutKind::DeadLetters,
     ));
     Ok(RunSummary {
-        epochs,
+        epochs: epochs_seen.load(Ordering::Relaxed),
         stats,
         seconds: started.elapsed().as_secs_f64(),
         outputs,
         unmatched,
     })
+}
+
+/// Feeds one worker's share of a Kafka topic into the dataflow, epoch by epoch, with at most
+/// two epochs in flight; returns the epochs it sent. A worker without partitions closes its
+/// inputs at once. Offsets are committed once everything read has been written.
+fn stream_epochs(
+    worker: &mut timely::worker::Worker,
+    stream: &StreamInput,
+    reader: &Arc<Reader>,
+    mut rows: InputHandleVec<u64, FileRows>,
+    mut dead: InputHandleVec<u64, DeadLetter>,
+    probe: &ProbeHandle<u64>,
+    stats: &SharedStats,
+) -> usize {
+    let mut source = match KafkaSource::new(
+        stream.source.clone(),
+        reader.clone(),
+        worker.index(),
+        worker.peers(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            stats.borrow_mut().fatal.push(e.to_string());
+            return 0;
+        }
+    };
+    let mut sent = 0;
+    let mut backoff = Duration::from_millis(100);
+    while source.has_partitions() && !source.at_end() {
+        match source.poll(10_000) {
+            Ok(polled) => {
+                backoff = Duration::from_millis(100);
+                stats.borrow_mut().bytes += polled.bytes;
+                for d in polled.dead {
+                    dead.send(d);
+                }
+                sent += send_epochs(worker, polled.closed, stream.tasks, &mut rows, &mut dead, probe, stats);
+            }
+            Err(e) => {
+                // The broker is down or went away: say so, wait, and try again.
+                tracing::warn!(error = %e, retry_in = ?backoff, "kafka source");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+        worker.step();
+    }
+    let rest = source.drain();
+    sent += send_epochs(worker, rest, stream.tasks, &mut rows, &mut dead, probe, stats);
+    drop(rows);
+    drop(dead);
+    while worker.step_or_park(None) {}
+    if let Err(e) = source.commit() {
+        stats.borrow_mut().fatal.push(e.to_string());
+    }
+    sent
+}
+
+/// Sends closed epochs into the dataflow in order, waiting while more than two are in flight
+/// (the source's backpressure); returns how many it sent.
+fn send_epochs(
+    worker: &mut timely::worker::Worker,
+    closed: Vec<(u64, Vec<dfp_engine::rows::Row>)>,
+    tasks: Tasks,
+    rows: &mut InputHandleVec<u64, FileRows>,
+    dead: &mut InputHandleVec<u64, DeadLetter>,
+    probe: &ProbeHandle<u64>,
+    stats: &SharedStats,
+) -> usize {
+    let n = closed.len();
+    for (epoch, these) in closed {
+        rows.advance_to(epoch);
+        dead.advance_to(epoch);
+        stats.borrow_mut().rows += these.len() as u64;
+        rows.send(FileRows {
+            epoch,
+            tasks,
+            rows: these,
+            bytes: 0,
+        });
+        rows.advance_to(epoch + 1);
+        dead.advance_to(epoch + 1);
+        while probe.less_than(&epoch) {
+            worker.step();
+        }
+    }
+    n
 }
 
 fn progress(done: usize, total: usize, s: &Stats, started: Instant) {

@@ -587,7 +587,7 @@ mod tests {
             r.origin = Origin {
                 epoch: 0,
                 file: 0,
-                record: i as u32,
+                record: i as u64,
             };
         }
         (schema, rows)
@@ -680,7 +680,7 @@ mod tests {
         }
     }
 
-    fn row(ts_days: f64, record: u32, epoch: u64) -> Row {
+    fn row(ts_days: f64, record: u64, epoch: u64) -> Row {
         Row {
             ts: (ts_days * DAY_US as f64) as i64,
             user: Some("u".into()),
@@ -751,7 +751,7 @@ mod tests {
 
     #[test]
     fn trailing_features_of_new_rows_look_back_over_rows_already_scored() {
-        let minutes = |m: i64, record: u32, epoch: u64, failed: bool| Row {
+        let minutes = |m: i64, record: u64, epoch: u64, failed: bool| Row {
             ts: m * 60_000_000,
             user: Some("u".into()),
             origin: Origin {

@@ -1,6 +1,7 @@
 //! Sinks (Morpheus' `write_to_file` stage): write the output lines to files in the output
 //! directory: `dfp_detections_{source}.csv` and `.jsonl`, `dfp_scores_{source}.csv` (with
-//! `--write-scores`) and `dfp_dead_letter_{source}.jsonl`.
+//! `--write-scores`) and `dfp_dead_letter_{source}.jsonl`; in streaming runs also the
+//! detections topic ([`crate::kafka_sink`]).
 //!
 //! Input: [`Line`]s, all exchanged to worker 0, which owns the files. State: the lines of epochs
 //! the frontier has not passed; when it passes an epoch its lines are sorted (by file, event
@@ -20,12 +21,14 @@ use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::generic::OutputBuilderSession;
 
 use crate::frontier::Pending;
+use crate::kafka_sink::KafkaSink;
 use crate::metrics::SharedStats;
 use crate::serialize::{Columns, Line, OutKind};
 
-/// The output files of a run.
+/// The output files of a run, and the detections topic if there is one.
 pub struct OutputFiles {
     files: HashMap<OutKind, (PathBuf, BufWriter<File>)>,
+    kafka: Option<KafkaSink>,
 }
 
 /// The path of one output file.
@@ -61,10 +64,16 @@ impl OutputFiles {
             }
             files.insert(kind, (path, w));
         }
-        Ok(Self { files })
+        Ok(Self { files, kafka: None })
     }
 
-    /// Writes one epoch's lines, sorted, and flushes.
+    /// Also produces the detections to a Kafka topic.
+    pub fn with_kafka(mut self, sink: KafkaSink) -> Self {
+        self.kafka = Some(sink);
+        self
+    }
+
+    /// Writes one epoch's lines, sorted, and flushes (the detections topic included).
     pub fn write(&mut self, mut lines: Vec<Line>) -> Result<()> {
         lines.sort();
         for line in &lines {
@@ -76,6 +85,14 @@ impl OutputFiles {
         for (path, w) in self.files.values_mut() {
             w.flush()
                 .map_err(|e| Error::io(path.as_path(), "flushing output", e))?;
+        }
+        if let Some(k) = &self.kafka {
+            k.send(
+                lines
+                    .iter()
+                    .filter(|l| l.kind == OutKind::DetectionsJson)
+                    .map(|l| l.text.as_str()),
+            )?;
         }
         Ok(())
     }

@@ -20,8 +20,6 @@ use timely::dataflow::operators::vec::Map;
 use crate::dead_letter::DeadLetter;
 use crate::file_to_batch::FileRows;
 use crate::metrics::SharedStats;
-use crate::plan::Plan;
-use std::sync::Arc;
 
 /// Split-users settings (`[split]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,7 +163,6 @@ pub trait SplitUsers<'s> {
     fn split_users(
         self,
         cfg: SplitConfig,
-        plan: Arc<Plan>,
         stats: SharedStats,
     ) -> (StreamVec<'s, u64, UserRows>, StreamVec<'s, u64, DeadLetter>);
 }
@@ -174,17 +171,12 @@ impl<'s> SplitUsers<'s> for StreamVec<'s, u64, FileRows> {
     fn split_users(
         self,
         cfg: SplitConfig,
-        plan: Arc<Plan>,
         stats: SharedStats,
     ) -> (StreamVec<'s, u64, UserRows>, StreamVec<'s, u64, DeadLetter>) {
         let (users, dead) = self
             .flat_map(move |file| {
-                let e = usize::try_from(file.epoch)
-                    .ok()
-                    .and_then(|t| plan.epochs.get(t));
-                let (train, infer, payload) =
-                    e.map_or((false, false, false), |e| (e.train, e.infer, e.payload));
-                let s = split(file.rows, &cfg, train, infer, payload);
+                let t = file.tasks;
+                let s = split(file.rows, &cfg, t.train, t.infer, t.payload);
                 stats.borrow_mut().skipped += s.skipped as u64;
                 let users: Vec<Result<UserRows, DeadLetter>> =
                     s.users.into_iter().map(Ok).collect();

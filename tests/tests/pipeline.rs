@@ -4,60 +4,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use chrono::{NaiveDate, TimeZone, Utc};
-use dfp_engine::generate::{GenSource, GenerateConfig, generate};
-use dfp_engine::schema::SourceSchema;
-use dfp_operators::config::RunConfig;
+use common::{control, date, logs, options};
+use dfp_engine::generate::GenSource;
 use dfp_operators::demo::control_message;
-use dfp_operators::pipeline::{RunOptions, RunSummary, run};
-
-/// Small, fast settings: tiny networks, few epochs, short history.
-const CONFIG: &str = r#"
-[training_window]
-min_history = 60
-min_increment = 60
-max_history = "60d"
-cache_mode = "aggregate"
-
-[model]
-encoder_layers = [24, 12]
-decoder_layers = [24]
-epochs = 3
-lr = 0.01
-batch_size = 64
-"#;
-
-fn date(d: u32) -> NaiveDate {
-    NaiveDate::from_ymd_opt(2022, 8, d).unwrap()
-}
-
-/// Generates `days` days of logs from 2022-08-01 into `dir`.
-fn logs(source: GenSource, users: usize, days: u32, dir: &Path) -> PathBuf {
-    let mut cfg = GenerateConfig::new(source, users, days, date(1), 7);
-    cfg.files_per_day = 4;
-    cfg.anomaly_days = 2;
-    generate(&cfg, dir).unwrap();
-    dir.to_path_buf()
-}
-
-fn options(source: &str, control: &Path, root: &Path, workers: usize) -> RunOptions {
-    RunOptions {
-        schema: SourceSchema::builtin(source).unwrap(),
-        control: control.to_path_buf(),
-        files_root: None,
-        config: RunConfig::from_toml(CONFIG, "test config").unwrap(),
-        workers,
-        threads: 2,
-        registry: root.join("models"),
-        output: root.join("output"),
-        write_scores: true,
-        clock: Arc::new(|| Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap()),
-        progress: false,
-    }
-}
+use dfp_operators::pipeline::{Input, RunSummary, run};
 
 /// A run of `days` days of generated logs: train on all but the last two, score those.
 fn train_and_score(source: GenSource, root: &Path, workers: usize) -> RunSummary {
@@ -71,7 +25,7 @@ fn train_and_score(source: GenSource, root: &Path, workers: usize) -> RunSummary
         control_message("logs/*.json", date(1), date(7), date(9)),
     )
     .unwrap();
-    run(options(source.as_str(), &control, root, workers)).unwrap()
+    run(options(source.as_str(), common::control(&control), root, workers)).unwrap()
 }
 
 /// Files by relative path, with their bytes.
@@ -230,9 +184,11 @@ fn every_morpheus_fixture_control_message_runs() {
                 }
             }
         }
-        let mut opts = options(name, &base.path().join("x.json"), base.path(), 1);
-        opts.control = fixtures.join(file);
-        opts.files_root = Some(root);
+        let mut opts = options(name, control(&base.path().join("x.json")), base.path(), 1);
+        opts.input = Input::Control {
+            path: fixtures.join(file),
+            files_root: Some(root),
+        };
         let s = run(opts).unwrap();
         assert!(s.unmatched.is_empty(), "{file}: {:?}", s.unmatched);
         assert!(s.stats.models_trained >= 1, "{file}: {}", s.line());
@@ -346,7 +302,7 @@ fn a_corrupt_model_is_reported_and_its_user_falls_back_to_the_generic_model() {
         "metadata": {"data_type": "streaming", "batching_options": {"period": "D", "start_time": "2022-08-07", "end_time": "2022-08-09"}}
     }]});
     std::fs::write(&control, msg.to_string()).unwrap();
-    let s = run(options("azure", &control, root.path(), 2)).unwrap();
+    let s = run(options("azure", common::control(&control), root.path(), 2)).unwrap();
     assert_eq!(s.stats.models_trained, 0);
     assert!(s.stats.scored > 100);
     let dead = read(&root.path().join("output/dfp_dead_letter_azure.jsonl"));

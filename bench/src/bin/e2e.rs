@@ -23,7 +23,7 @@ use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
 use dfp_operators::demo::control_message;
 use dfp_operators::evaluate::evaluate;
-use dfp_operators::pipeline::{RunOptions, run};
+use dfp_operators::pipeline::{Input, RunOptions, run};
 use dfp_operators::serialize::OutKind;
 use dfp_operators::sinks::output_path;
 use serde_json::{Value, json};
@@ -59,8 +59,10 @@ fn child(
     let t = Instant::now();
     let summary = run(RunOptions {
         schema: schema.clone(),
-        control,
-        files_root: None,
+        input: Input::Control {
+            path: control,
+            files_root: None,
+        },
         config: RunConfig::from_file(config)?,
         workers,
         threads: 0,

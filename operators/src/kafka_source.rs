@@ -1,0 +1,415 @@
+//! Kafka source (Morpheus' `KafkaSourceStage` for raw logs): reads a topic of JSON log records
+//! (one record per message) with the source schema's reader and cuts the stream into dataflow
+//! epochs by event time.
+//!
+//! Each worker reads the partitions `p` with `p % workers == worker` (assigned, not balanced by
+//! the group, so the layout is fixed), from the group's committed offsets or the beginning.
+//! A record's epoch is its event time divided by the epoch period (`1h`: one epoch an hour),
+//! so the same records make the same epochs whatever the partitions, workers or poll timing.
+//! Per partition the watermark is its newest event time less the allowed lateness; an epoch is
+//! closed, its rows sent into the dataflow, once every partition of the worker that has data
+//! has a watermark past its end (an idle partition does not hold the others back). A record
+//! whose epoch its own partition had already closed when it arrived is late: counted and
+//! dead-lettered with the reason, never dropped silently. Malformed messages are dead-lettered
+//! with their partition and offset.
+//!
+//! State: per partition the next offset and the newest event time; the rows of open epochs.
+//! Offsets are committed only by [`KafkaSource::commit`], after the rows up to them have been
+//! processed and written.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dfp_engine::ingest::{InputFormat, Reader};
+use dfp_engine::rows::{Origin, Row, rows_from_batch};
+use dfp_engine::{Error, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::dead_letter::DeadLetter;
+
+/// How to reach a Kafka cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`: `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Further librdkafka settings passed through as given (`security.protocol`,
+    /// `sasl.mechanisms`, `sasl.username`, `ssl.ca.location`, ...).
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    /// A librdkafka configuration with the brokers and the pass-through options.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// Splits `kafka://host:port[,host:port]/topic` into brokers and topic.
+pub fn parse_kafka_url(url: &str) -> Result<(String, String)> {
+    let bad = |why: &str| {
+        Error::model(
+            "kafka address",
+            format!("{url:?} {why}; expected kafka://HOST:PORT/TOPIC"),
+        )
+    };
+    let rest = url
+        .strip_prefix("kafka://")
+        .ok_or_else(|| bad("does not start with kafka://"))?;
+    let (brokers, topic) = rest
+        .split_once('/')
+        .ok_or_else(|| bad("names no topic"))?;
+    if brokers.is_empty() || topic.is_empty() || topic.contains('/') {
+        return Err(bad("needs one host:port list and one topic"));
+    }
+    Ok((brokers.to_string(), topic.to_string()))
+}
+
+/// What the source reads and how it cuts epochs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSettings {
+    /// The cluster.
+    pub kafka: KafkaSettings,
+    /// The topic of raw log records.
+    pub topic: String,
+    /// The consumer group whose committed offsets are the starting point.
+    pub group: String,
+    /// Event time per epoch, µs.
+    pub period_us: i64,
+    /// How far behind its partition's newest record a record may be and still be placed, µs.
+    pub lateness_us: i64,
+    /// Longest wait for messages in one poll.
+    pub poll: Duration,
+    /// Stop once the end offsets found at the start are reached (a replayed, bounded stream).
+    pub stop_at_end: bool,
+}
+
+/// What one poll gave.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// Epochs now closed, in order, with their rows.
+    pub closed: Vec<(u64, Vec<Row>)>,
+    /// Malformed and late records.
+    pub dead: Vec<DeadLetter>,
+    /// Messages read.
+    pub messages: u64,
+    /// Payload bytes read.
+    pub bytes: u64,
+}
+
+/// One partition's progress.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// The next offset to read.
+    next: i64,
+    /// Where a bounded read stops (the high watermark at the start).
+    end: Option<i64>,
+    /// The newest event time read, µs.
+    newest: Option<i64>,
+}
+
+/// One worker's share of a topic, cut into epochs by event time.
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    reader: Arc<Reader>,
+    settings: SourceSettings,
+    partitions: BTreeMap<i32, Progress>,
+    /// Rows of epochs not yet closed.
+    open: BTreeMap<u64, Vec<Row>>,
+    /// Epochs below this have been closed.
+    closed_below: Option<u64>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The epoch of event time `ts` (µs) with epochs `period_us` long (before 1970: epoch 0).
+fn epoch_of(ts: i64, period_us: i64) -> u64 {
+    u64::try_from(ts.div_euclid(period_us.max(1))).unwrap_or(0)
+}
+
+fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::model("kafka", format!("{what}: {e}"))
+}
+
+impl KafkaSource {
+    /// Connects and assigns this worker's partitions (`p % workers == worker`). An unreachable
+    /// broker or a missing topic is an error naming them.
+    pub fn new(
+        settings: SourceSettings,
+        reader: Arc<Reader>,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Self> {
+        let consumer: BaseConsumer = settings
+            .kafka
+            .client_config()
+            .set("group.id", &settings.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| kafka_error("creating the consumer", e))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&settings.topic), TIMEOUT)
+            .map_err(|e| {
+                kafka_error(
+                    &format!(
+                        "reading topic {:?} from {}",
+                        settings.topic, settings.kafka.brokers
+                    ),
+                    e,
+                )
+            })?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == settings.topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if count == 0 {
+            return Err(Error::model(
+                "kafka",
+                format!(
+                    "topic {:?} does not exist on {} (or has no partitions)",
+                    settings.topic, settings.kafka.brokers
+                ),
+            ));
+        }
+        let mine: Vec<i32> = (0..count as i32)
+            .filter(|p| *p as usize % workers.max(1) == worker)
+            .collect();
+        let mut wanted = TopicPartitionList::new();
+        for &p in &mine {
+            wanted.add_partition(&settings.topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(wanted, TIMEOUT)
+            .map_err(|e| kafka_error("reading committed offsets", e))?;
+        let mut assign = TopicPartitionList::new();
+        let mut partitions = BTreeMap::new();
+        for &p in &mine {
+            let (low, high) = consumer
+                .fetch_watermarks(&settings.topic, p, TIMEOUT)
+                .map_err(|e| kafka_error(&format!("reading offsets of partition {p}"), e))?;
+            let next = match committed.find_partition(&settings.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o.max(low),
+                _ => low,
+            };
+            assign
+                .add_partition_offset(&settings.topic, p, Offset::Offset(next))
+                .map_err(|e| kafka_error("assigning partitions", e))?;
+            partitions.insert(
+                p,
+                Progress {
+                    next,
+                    end: settings.stop_at_end.then_some(high),
+                    newest: None,
+                },
+            );
+        }
+        consumer
+            .assign(&assign)
+            .map_err(|e| kafka_error("assigning partitions", e))?;
+        Ok(Self {
+            consumer,
+            reader,
+            settings,
+            partitions,
+            open: BTreeMap::new(),
+            closed_below: None,
+        })
+    }
+
+    /// Whether this worker has partitions to read.
+    pub fn has_partitions(&self) -> bool {
+        !self.partitions.is_empty()
+    }
+
+    /// Whether a bounded read has reached every end offset.
+    pub fn at_end(&self) -> bool {
+        self.partitions
+            .values()
+            .all(|p| p.end.is_some_and(|end| p.next >= end))
+    }
+
+    /// The epoch of an event time.
+    pub fn epoch_of(&self, ts: i64) -> u64 {
+        epoch_of(ts, self.settings.period_us)
+    }
+
+    /// Reads what is there (up to `max` messages, waiting at most the poll interval for the
+    /// first), places the records and returns the epochs that closed.
+    pub fn poll(&mut self, max: usize) -> Result<Polled> {
+        let mut polled = Polled::default();
+        // Per partition: the payloads read, one line each, and their offsets.
+        let mut batches: BTreeMap<i32, (Vec<u8>, Vec<i64>)> = BTreeMap::new();
+        let mut wait = self.settings.poll;
+        while (polled.messages as usize) < max && !self.at_end() {
+            let Some(message) = self.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            let m = message.map_err(|e| kafka_error("reading messages", e))?;
+            let (p, offset) = (m.partition(), m.offset());
+            if let Some(progress) = self.partitions.get_mut(&p) {
+                progress.next = progress.next.max(offset + 1);
+            }
+            polled.messages += 1;
+            let payload = m.payload().unwrap_or_default();
+            polled.bytes += payload.len() as u64;
+            if payload.iter().all(u8::is_ascii_whitespace) {
+                polled.dead.push(DeadLetter::message(
+                    &self.settings.topic,
+                    p,
+                    offset,
+                    "empty message".into(),
+                    String::new(),
+                ));
+                continue;
+            }
+            let (lines, offsets) = batches.entry(p).or_default();
+            // A raw newline can only be whitespace between JSON tokens: one record, one line.
+            lines.extend(payload.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
+            lines.push(b'\n');
+            offsets.push(offset);
+        }
+        for (p, (lines, offsets)) in batches {
+            self.place(p, &lines, &offsets, &mut polled)?;
+        }
+        polled.closed = self.close(false);
+        Ok(polled)
+    }
+
+    /// Parses one partition's lines and places their rows in epochs.
+    fn place(&mut self, p: i32, lines: &[u8], offsets: &[i64], polled: &mut Polled) -> Result<()> {
+        let label = format!("kafka:{}/{p}", self.settings.topic);
+        let read = self
+            .reader
+            .read_bytes(Path::new(&label), lines, InputFormat::JsonLines);
+        let mut rejected = vec![false; offsets.len()];
+        for r in &read.rejected {
+            let offset = offsets.get(r.record).copied().unwrap_or(-1);
+            if let Some(flag) = rejected.get_mut(r.record) {
+                *flag = true;
+            }
+            polled.dead.push(DeadLetter::message(
+                &self.settings.topic,
+                p,
+                offset,
+                r.reason.clone(),
+                r.raw.clone(),
+            ));
+        }
+        let good = offsets
+            .iter()
+            .zip(&rejected)
+            .filter(|(_, r)| !**r)
+            .map(|(o, _)| *o);
+        let rows = rows_from_batch(&read.batch, 0, 0)?;
+        let (lateness, period) = (self.settings.lateness_us, self.settings.period_us);
+        for (mut row, offset) in rows.into_iter().zip(good) {
+            let epoch = epoch_of(row.ts, period);
+            let progress = self.partitions.entry(p).or_insert(Progress {
+                next: offset + 1,
+                end: None,
+                newest: None,
+            });
+            let closed_here = progress
+                .newest
+                .map(|n| epoch_of(n.saturating_sub(lateness), period))
+                .unwrap_or(0);
+            progress.newest = Some(progress.newest.map_or(row.ts, |n| n.max(row.ts)));
+            row.origin = Origin {
+                epoch,
+                file: u32::try_from(p).unwrap_or(0),
+                record: u64::try_from(offset).unwrap_or(0),
+            };
+            if epoch < closed_here || self.closed_below.is_some_and(|c| epoch < c) {
+                polled.dead.push(DeadLetter::row(
+                    "kafka_source",
+                    row.user.as_deref(),
+                    &row,
+                    format!(
+                        "late record: partition {p} offset {offset} is more than the allowed lateness behind the partition's newest event, and its epoch has closed"
+                    ),
+                ));
+                continue;
+            }
+            self.open.entry(epoch).or_default().push(row);
+        }
+        Ok(())
+    }
+
+    /// Closes the epochs every partition's watermark has passed (all of them when `all`).
+    fn close(&mut self, all: bool) -> Vec<(u64, Vec<Row>)> {
+        let lateness = self.settings.lateness_us;
+        let watermark = self
+            .partitions
+            .values()
+            .filter_map(|p| p.newest)
+            .min()
+            .map(|n| self.epoch_of(n.saturating_sub(lateness)));
+        let mut out = Vec::new();
+        while let Some((&epoch, _)) = self.open.first_key_value() {
+            if !all && watermark.is_none_or(|w| epoch >= w) {
+                break;
+            }
+            if let Some((e, rows)) = self.open.pop_first() {
+                out.push((e, rows));
+            }
+        }
+        if let Some(w) = watermark {
+            self.closed_below = Some(self.closed_below.map_or(w, |c| c.max(w)));
+        }
+        out
+    }
+
+    /// Closes every open epoch (end of a bounded stream, or shutdown).
+    pub fn drain(&mut self) -> Vec<(u64, Vec<Row>)> {
+        self.close(true)
+    }
+
+    /// Commits the offsets read so far for the group (call once their rows are written).
+    pub fn commit(&self) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, progress) in &self.partitions {
+            tpl.add_partition_offset(&self.settings.topic, p, Offset::Offset(progress.next))
+                .map_err(|e| kafka_error("committing offsets", e))?;
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| kafka_error("committing offsets", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_urls_name_brokers_and_one_topic() {
+        assert_eq!(
+            parse_kafka_url("kafka://127.0.0.1:9092/logs").unwrap(),
+            ("127.0.0.1:9092".to_string(), "logs".to_string())
+        );
+        assert_eq!(
+            parse_kafka_url("kafka://a:1,b:2/t").unwrap().0,
+            "a:1,b:2"
+        );
+        for bad in ["127.0.0.1:9092/logs", "kafka://host:1", "kafka:///t", "kafka://h:1/a/b"] {
+            let e = parse_kafka_url(bad).unwrap_err().to_string();
+            assert!(e.contains("kafka://HOST:PORT/TOPIC"), "{bad}: {e}");
+        }
+    }
+}

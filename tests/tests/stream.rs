@@ -1,0 +1,218 @@
+//! Streaming runs against a real Kafka broker (tansu, started on 127.0.0.1 by the test):
+//! generated logs replayed into a topic give the same detections, scores and models as the
+//! batch run of the same files with one epoch a day; the detections topic holds them too;
+//! malformed messages are dead-lettered with their partition and offset while the run goes on;
+//! an unreachable broker is a clear error, not a hang.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Broker, control, logs, options};
+use dfp_engine::generate::GenSource;
+use dfp_engine::ingest::Reader;
+use dfp_engine::schema::SourceSchema;
+use dfp_operators::file_to_batch::Tasks;
+use dfp_operators::kafka_sink::KafkaSink;
+use dfp_operators::kafka_source::{KafkaSettings, SourceSettings};
+use dfp_operators::pipeline::{Input, StreamInput, run};
+use dfp_operators::replay::{Speed, records, replay};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// Morpheus' streaming pipeline over the files: one epoch a day, each trains and scores.
+const STREAMING: &str = r#"{"inputs": [{
+  "metadata": {"data_type": "streaming",
+               "batching_options": {"period": "D", "start_time": "2022-08-01", "end_time": "2022-08-09"}},
+  "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}},
+            {"type": "training", "properties": {}},
+            {"type": "inference", "properties": {}}]}]}"#;
+
+fn kafka(broker: &Broker) -> KafkaSettings {
+    KafkaSettings {
+        brokers: broker.address.clone(),
+        options: Vec::new(),
+    }
+}
+
+fn stream(broker: &Broker, topic: &str, detections: Option<&str>) -> Input {
+    Input::Kafka(StreamInput {
+        source: SourceSettings {
+            kafka: kafka(broker),
+            topic: topic.to_string(),
+            group: format!("test-{topic}"),
+            period_us: DAY_US,
+            lateness_us: 0,
+            poll: Duration::from_millis(100),
+            stop_at_end: true,
+        },
+        tasks: Tasks {
+            train: true,
+            infer: true,
+            payload: false,
+        },
+        detections_topic: detections.map(str::to_string),
+    })
+}
+
+/// Replays every file of `dir` into `topic`, keyed by user.
+fn replay_dir(broker: &Broker, topic: &str, dir: &Path) -> usize {
+    let reader = Reader::new(Arc::new(SourceSchema::builtin("azure").unwrap()));
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let recs = records(&reader, &files).unwrap();
+    let sink = KafkaSink::new(&kafka(broker), topic).unwrap();
+    replay(&recs, Speed::Max, |r| sink.produce(r.key.as_deref(), &r.text), |_| {}).unwrap();
+    sink.flush().unwrap();
+    recs.len()
+}
+
+/// The lines of an output file, header first, the rest sorted.
+fn lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if let Some((_, rest)) = lines.split_first_mut() {
+        rest.sort();
+    }
+    lines
+}
+
+/// Everything in `topic`, waiting up to 30 s for `want` messages.
+fn consume(broker: &Broker, topic: &str, want: usize) -> Vec<String> {
+    let consumer: BaseConsumer = kafka(broker)
+        .client_config()
+        .set("group.id", "test-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while got.len() < want && started.elapsed() < Duration::from_secs(30) {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    got.sort();
+    got
+}
+
+#[test]
+fn a_replayed_stream_gives_the_batch_runs_detections_scores_and_models() {
+    let broker = Broker::start();
+    broker.topic("logs", 3);
+    broker.topic("detections", 1);
+    let root = tempfile::tempdir().unwrap();
+    let data = logs(GenSource::Azure, 8, 8, &root.path().join("logs"));
+    let control_file = root.path().join("control.json");
+    std::fs::write(&control_file, STREAMING).unwrap();
+    let batch = run(options("azure", control(&control_file), &root.path().join("batch"), 2)).unwrap();
+
+    let sent = replay_dir(&broker, "logs", &data);
+    assert_eq!(sent as u64, batch.stats.rows, "every record replayed");
+    let streamed = run(options(
+        "azure",
+        stream(&broker, "logs", Some("detections")),
+        &root.path().join("stream"),
+        2,
+    ))
+    .unwrap();
+    assert_eq!(streamed.stats.rows, batch.stats.rows);
+    assert_eq!(streamed.epochs, batch.epochs, "one epoch a day in both");
+    assert!(streamed.stats.detections > 0, "{}", streamed.line());
+    for file in [
+        "dfp_detections_azure.csv",
+        "dfp_detections_azure.jsonl",
+        "dfp_scores_azure.csv",
+    ] {
+        let b = lines(&root.path().join("batch/output").join(file));
+        let s = lines(&root.path().join("stream/output").join(file));
+        assert_eq!(b.len(), s.len(), "{file}");
+        assert!(b == s, "{file} differs between the batch and the stream run");
+    }
+    let models = |dir: &str| {
+        let mut names: Vec<_> = std::fs::read_dir(root.path().join(dir).join("models"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(models("batch"), models("stream"));
+
+    // The detections topic holds the same detections as the JSON lines file.
+    let mut want = lines(&root.path().join("stream/output/dfp_detections_azure.jsonl"));
+    want.sort();
+    assert_eq!(consume(&broker, "detections", want.len()), want);
+}
+
+#[test]
+fn malformed_messages_are_dead_lettered_with_partition_and_offset() {
+    let broker = Broker::start();
+    broker.topic("raw", 1);
+    let sink = KafkaSink::new(&kafka(&broker), "raw").unwrap();
+    let good = |t: &str| {
+        format!(
+            r#"{{"time":"2022-08-01T{t}Z","properties":{{"id":"{t}","userPrincipalName":"u@x","appDisplayName":"Teams"}}}}"#
+        )
+    };
+    for m in [
+        good("01:00:00"),
+        "{not json".to_string(),
+        String::new(),
+        r#"{"properties":{"id":"no-time","userPrincipalName":"u@x"}}"#.to_string(),
+        good("02:00:00"),
+    ] {
+        sink.produce(Some("u@x"), &m).unwrap();
+    }
+    sink.flush().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let s = run(options("azure", stream(&broker, "raw", None), root.path(), 1)).unwrap();
+    assert_eq!(s.stats.rows, 2, "{}", s.line());
+    let dead = std::fs::read_to_string(root.path().join("output/dfp_dead_letter_azure.jsonl")).unwrap();
+    for (offset, why) in [(1, "invalid JSON"), (2, "empty message"), (3, "time")] {
+        let line = dead
+            .lines()
+            .find(|l| l.contains("\"kafka:raw/0\"") && l.contains(&format!("\"record\":{offset}")))
+            .unwrap_or_else(|| panic!("no dead letter for offset {offset} in {dead}"));
+        assert!(line.contains(why), "{line}");
+    }
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error() {
+    // Nothing listens on port 1.
+    let settings = KafkaSettings {
+        brokers: "127.0.0.1:1".into(),
+        options: Vec::new(),
+    };
+    let input = Input::Kafka(StreamInput {
+        source: SourceSettings {
+            kafka: settings,
+            topic: "logs".into(),
+            group: "g".into(),
+            period_us: DAY_US,
+            lateness_us: 0,
+            poll: Duration::from_millis(100),
+            stop_at_end: true,
+        },
+        tasks: Tasks::default(),
+        detections_topic: None,
+    });
+    let root = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let err = run(options("azure", input, root.path(), 1)).unwrap_err().to_string();
+    assert!(err.contains("127.0.0.1:1") && err.contains("logs"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
