@@ -65,6 +65,14 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+    /// A pipeline stage or connection failed (the dataflow, Kafka, a replay).
+    #[error("{stage}: {problem}")]
+    Stage {
+        /// The stage or connection.
+        stage: String,
+        /// What went wrong.
+        problem: String,
+    },
     /// A model file is corrupt, truncated, or written for another format or schema.
     #[error("model file {path}: {problem}")]
     ModelFile {
@@ -98,6 +106,16 @@ impl Error {
     pub fn model(context: impl Into<String>, problem: impl Into<String>) -> Self {
         Error::Model {
             context: context.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Error {
+    /// A stage error (`kafka`, `dataflow`, `replay`).
+    pub fn stage(stage: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::Stage {
+            stage: stage.into(),
             problem: problem.into(),
         }
     }

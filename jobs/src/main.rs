@@ -21,8 +21,8 @@ use dfp_operators::file_to_batch::Tasks;
 use dfp_operators::kafka_sink::KafkaSink;
 use dfp_operators::kafka_source::{KafkaSettings, SourceSettings, parse_kafka_url};
 use dfp_operators::pipeline::{Input, RunOptions, StreamInput};
-use dfp_operators::replay::Speed;
 use dfp_operators::post_proc::Clock;
+use dfp_operators::replay::Speed;
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
@@ -377,7 +377,10 @@ fn stream_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
     Ok(Input::Kafka(StreamInput {
         source: SourceSettings {
             kafka: kafka_settings(brokers, &args.kafka_options)?,
-            group: args.group.clone().unwrap_or_else(|| format!("dfp-{source}")),
+            group: args
+                .group
+                .clone()
+                .unwrap_or_else(|| format!("dfp-{source}")),
             topic,
             period_us,
             lateness_us: span("lateness", &args.lateness)?.max(0),
@@ -435,7 +438,11 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     if bar {
         eprintln!();
     }
-    eprintln!("replayed {total} records from {} files to {}", files.len(), args.to);
+    eprintln!(
+        "replayed {total} records from {} files to {}",
+        files.len(),
+        args.to
+    );
     Ok(ExitCode::SUCCESS)
 }
 

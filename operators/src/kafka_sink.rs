@@ -30,7 +30,7 @@ impl KafkaSink {
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .create()
-            .map_err(|e| Error::model("kafka", format!("creating the producer: {e}")))?;
+            .map_err(|e| Error::stage("kafka", format!("creating the producer: {e}")))?;
         Ok(Self {
             producer,
             topic: topic.to_string(),
@@ -65,7 +65,7 @@ impl KafkaSink {
                     record = back;
                 }
                 Err((e, _)) => {
-                    return Err(Error::model(
+                    return Err(Error::stage(
                         "kafka",
                         format!("producing to {:?}: {e}", self.topic),
                     ));
@@ -77,9 +77,12 @@ impl KafkaSink {
     /// Waits until the broker has acknowledged everything queued.
     pub fn flush(&self) -> Result<()> {
         self.producer.flush(FLUSH).map_err(|e| {
-            Error::model(
+            Error::stage(
                 "kafka",
-                format!("messages not acknowledged by the broker ({:?}): {e}", self.topic),
+                format!(
+                    "messages not acknowledged by the broker ({:?}): {e}",
+                    self.topic
+                ),
             )
         })
     }

@@ -57,7 +57,7 @@ impl KafkaSettings {
 /// Splits `kafka://host:port[,host:port]/topic` into brokers and topic.
 pub fn parse_kafka_url(url: &str) -> Result<(String, String)> {
     let bad = |why: &str| {
-        Error::model(
+        Error::stage(
             "kafka address",
             format!("{url:?} {why}; expected kafka://HOST:PORT/TOPIC"),
         )
@@ -65,9 +65,7 @@ pub fn parse_kafka_url(url: &str) -> Result<(String, String)> {
     let rest = url
         .strip_prefix("kafka://")
         .ok_or_else(|| bad("does not start with kafka://"))?;
-    let (brokers, topic) = rest
-        .split_once('/')
-        .ok_or_else(|| bad("names no topic"))?;
+    let (brokers, topic) = rest.split_once('/').ok_or_else(|| bad("names no topic"))?;
     if brokers.is_empty() || topic.is_empty() || topic.contains('/') {
         return Err(bad("needs one host:port list and one topic"));
     }
@@ -137,7 +135,7 @@ fn epoch_of(ts: i64, period_us: i64) -> u64 {
 }
 
 fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::model("kafka", format!("{what}: {e}"))
+    Error::stage("kafka", format!("{what}: {e}"))
 }
 
 impl KafkaSource {
@@ -175,7 +173,7 @@ impl KafkaSource {
             .find(|t| t.name() == settings.topic && t.error().is_none())
             .map_or(0, |t| t.partitions().len());
         if count == 0 {
-            return Err(Error::model(
+            return Err(Error::stage(
                 "kafka",
                 format!(
                     "topic {:?} does not exist on {} (or has no partitions)",
@@ -199,7 +197,10 @@ impl KafkaSource {
             let (low, high) = consumer
                 .fetch_watermarks(&settings.topic, p, TIMEOUT)
                 .map_err(|e| kafka_error(&format!("reading offsets of partition {p}"), e))?;
-            let next = match committed.find_partition(&settings.topic, p).map(|e| e.offset()) {
+            let next = match committed
+                .find_partition(&settings.topic, p)
+                .map(|e| e.offset())
+            {
                 Some(Offset::Offset(o)) => o.max(low),
                 _ => low,
             };
@@ -403,11 +404,13 @@ mod tests {
             parse_kafka_url("kafka://127.0.0.1:9092/logs").unwrap(),
             ("127.0.0.1:9092".to_string(), "logs".to_string())
         );
-        assert_eq!(
-            parse_kafka_url("kafka://a:1,b:2/t").unwrap().0,
-            "a:1,b:2"
-        );
-        for bad in ["127.0.0.1:9092/logs", "kafka://host:1", "kafka:///t", "kafka://h:1/a/b"] {
+        assert_eq!(parse_kafka_url("kafka://a:1,b:2/t").unwrap().0, "a:1,b:2");
+        for bad in [
+            "127.0.0.1:9092/logs",
+            "kafka://host:1",
+            "kafka:///t",
+            "kafka://h:1/a/b",
+        ] {
             let e = parse_kafka_url(bad).unwrap_err().to_string();
             assert!(e.contains("kafka://HOST:PORT/TOPIC"), "{bad}: {e}");
         }

@@ -31,8 +31,8 @@ use timely::dataflow::operators::{Concatenate, OkErr, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
 use crate::config::RunConfig;
-use crate::dead_letter::DeadLetter;
 use crate::data_prep::DataPrep;
+use crate::dead_letter::DeadLetter;
 use crate::file_to_batch::{FileRows, FileTask, FileToBatch, Tasks};
 use crate::filter_detections::FilterDetections;
 use crate::inference::{Inference, Scorer};
@@ -341,7 +341,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 let sent = stream_epochs(worker, stream, &reader, rows, dead, &probe, &stats);
                 epochs_run.fetch_add(sent, Ordering::Relaxed);
             }
-            _ => return fail(Error::model("dataflow", "input and plan disagree")),
+            _ => return fail(Error::stage("dataflow", "input and plan disagree")),
         }
         while worker.step_or_park(None) {}
         if o.progress && worker.index() == 0 {
@@ -349,13 +349,13 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         }
         stats.borrow().clone()
     })
-    .map_err(|e| Error::model("dataflow", e))?;
+    .map_err(|e| Error::stage("dataflow", e))?;
     let mut stats = Stats::default();
     for r in guards.join() {
-        stats.merge(r.map_err(|e| Error::model("dataflow worker", e))?);
+        stats.merge(r.map_err(|e| Error::stage("dataflow worker", e))?);
     }
     if !stats.fatal.is_empty() {
-        return Err(Error::model("run", stats.fatal.join("; ")));
+        return Err(Error::stage("run", stats.fatal.join("; ")));
     }
     let mut outputs = vec![
         output_path(&opts.output, &opts.schema.name, OutKind::DetectionsCsv),
@@ -416,7 +416,15 @@ fn stream_epochs(
                 for d in polled.dead {
                     dead.send(d);
                 }
-                sent += send_epochs(worker, polled.closed, stream.tasks, &mut rows, &mut dead, probe, stats);
+                sent += send_epochs(
+                    worker,
+                    polled.closed,
+                    stream.tasks,
+                    &mut rows,
+                    &mut dead,
+                    probe,
+                    stats,
+                );
             }
             Err(e) => {
                 // The broker is down or went away: say so, wait, and try again.
@@ -428,7 +436,15 @@ fn stream_epochs(
         worker.step();
     }
     let rest = source.drain();
-    sent += send_epochs(worker, rest, stream.tasks, &mut rows, &mut dead, probe, stats);
+    sent += send_epochs(
+        worker,
+        rest,
+        stream.tasks,
+        &mut rows,
+        &mut dead,
+        probe,
+        stats,
+    );
     drop(rows);
     drop(dead);
     while worker.step_or_park(None) {}

@@ -60,7 +60,7 @@ fn raw_records(path: &Path, text: &str) -> Result<Vec<Option<String>>> {
         sonic_rs::to_array_iter(text)
             .map(|e| {
                 e.map(|v| Some(v.as_raw_str().replace('\n', " ")))
-                    .map_err(|e| Error::model("replay", format!("{}: {e}", path.display())))
+                    .map_err(|e| Error::stage("replay", format!("{}: {e}", path.display())))
             })
             .collect()
     } else {
@@ -76,9 +76,8 @@ pub fn records(reader: &Reader, files: &[PathBuf]) -> Result<Vec<ReplayRecord>> 
     let mut out = Vec::new();
     for path in files {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, "reading log file", e))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| {
-            Error::model("replay", format!("{}: not UTF-8: {e}", path.display()))
-        })?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| Error::stage("replay", format!("{}: not UTF-8: {e}", path.display())))?;
         let raws = raw_records(path, text)?;
         let read = reader.read_bytes(path, &bytes, InputFormat::Auto);
         let ts = timestamps(&read.batch, "replay")?;
@@ -186,10 +185,15 @@ mod tests {
         assert!(got[3].text.contains(r#""id":"x""#));
         assert!(got.iter().all(|r| !r.text.contains('\n')));
         let mut sent = Vec::new();
-        replay(&got, Speed::Max, |r| {
-            sent.push(r.text.clone());
-            Ok(())
-        }, |_| {})
+        replay(
+            &got,
+            Speed::Max,
+            |r| {
+                sent.push(r.text.clone());
+                Ok(())
+            },
+            |_| {},
+        )
         .unwrap();
         assert_eq!(sent.len(), 4);
     }

@@ -25,7 +25,13 @@ fn train_and_score(source: GenSource, root: &Path, workers: usize) -> RunSummary
         control_message("logs/*.json", date(1), date(7), date(9)),
     )
     .unwrap();
-    run(options(source.as_str(), common::control(&control), root, workers)).unwrap()
+    run(options(
+        source.as_str(),
+        common::control(&control),
+        root,
+        workers,
+    ))
+    .unwrap()
 }
 
 /// Files by relative path, with their bytes.

@@ -72,7 +72,13 @@ fn replay_dir(broker: &Broker, topic: &str, dir: &Path) -> usize {
     files.sort();
     let recs = records(&reader, &files).unwrap();
     let sink = KafkaSink::new(&kafka(broker), topic).unwrap();
-    replay(&recs, Speed::Max, |r| sink.produce(r.key.as_deref(), &r.text), |_| {}).unwrap();
+    replay(
+        &recs,
+        Speed::Max,
+        |r| sink.produce(r.key.as_deref(), &r.text),
+        |_| {},
+    )
+    .unwrap();
     sink.flush().unwrap();
     recs.len()
 }
@@ -117,7 +123,13 @@ fn a_replayed_stream_gives_the_batch_runs_detections_scores_and_models() {
     let data = logs(GenSource::Azure, 8, 8, &root.path().join("logs"));
     let control_file = root.path().join("control.json");
     std::fs::write(&control_file, STREAMING).unwrap();
-    let batch = run(options("azure", control(&control_file), &root.path().join("batch"), 2)).unwrap();
+    let batch = run(options(
+        "azure",
+        control(&control_file),
+        &root.path().join("batch"),
+        2,
+    ))
+    .unwrap();
 
     let sent = replay_dir(&broker, "logs", &data);
     assert_eq!(sent as u64, batch.stats.rows, "every record replayed");
@@ -139,7 +151,10 @@ fn a_replayed_stream_gives_the_batch_runs_detections_scores_and_models() {
         let b = lines(&root.path().join("batch/output").join(file));
         let s = lines(&root.path().join("stream/output").join(file));
         assert_eq!(b.len(), s.len(), "{file}");
-        assert!(b == s, "{file} differs between the batch and the stream run");
+        assert!(
+            b == s,
+            "{file} differs between the batch and the stream run"
+        );
     }
     let models = |dir: &str| {
         let mut names: Vec<_> = std::fs::read_dir(root.path().join(dir).join("models"))
@@ -178,9 +193,16 @@ fn malformed_messages_are_dead_lettered_with_partition_and_offset() {
     }
     sink.flush().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let s = run(options("azure", stream(&broker, "raw", None), root.path(), 1)).unwrap();
+    let s = run(options(
+        "azure",
+        stream(&broker, "raw", None),
+        root.path(),
+        1,
+    ))
+    .unwrap();
     assert_eq!(s.stats.rows, 2, "{}", s.line());
-    let dead = std::fs::read_to_string(root.path().join("output/dfp_dead_letter_azure.jsonl")).unwrap();
+    let dead =
+        std::fs::read_to_string(root.path().join("output/dfp_dead_letter_azure.jsonl")).unwrap();
     for (offset, why) in [(1, "invalid JSON"), (2, "empty message"), (3, "time")] {
         let line = dead
             .lines()
@@ -212,7 +234,9 @@ fn an_unreachable_broker_is_a_clear_error() {
     });
     let root = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let err = run(options("azure", input, root.path(), 1)).unwrap_err().to_string();
+    let err = run(options("azure", input, root.path(), 1))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("127.0.0.1:1") && err.contains("logs"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(60));
 }
