@@ -393,7 +393,25 @@ fn stream_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
             payload: false,
         },
         detections_topic: args.detections_topic.clone(),
+        stop: stop_on_signal()?,
     }))
+}
+
+/// A flag set by the first SIGINT or SIGTERM (the stream finishes what it read, commits and
+/// exits 0); a second signal exits at once.
+fn stop_on_signal() -> Result<Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("dfp: stopping now");
+            std::process::exit(130);
+        }
+        eprintln!("dfp: stopping: finishing the epochs read, then committing (again to quit now)");
+    })
+    .context("installing the signal handler")?;
+    Ok(stop)
 }
 
 fn replay(args: ReplayArgs) -> Result<ExitCode> {

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,9 @@ pub struct StreamInput {
     pub tasks: Tasks,
     /// Also produce the detections to this topic.
     pub detections_topic: Option<String>,
+    /// Set (by a signal handler) to stop: consuming stops, the epochs read are finished and
+    /// written, offsets committed, and the run returns.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// Everything a run needs.
@@ -408,7 +411,7 @@ fn stream_epochs(
     };
     let mut sent = 0;
     let mut backoff = Duration::from_millis(100);
-    while source.has_partitions() && !source.at_end() {
+    while source.has_partitions() && !source.at_end() && !stream.stop.load(Ordering::Relaxed) {
         match source.poll(10_000) {
             Ok(polled) => {
                 backoff = Duration::from_millis(100);

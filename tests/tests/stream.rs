@@ -10,6 +10,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Broker, control, logs, options};
@@ -42,6 +43,17 @@ fn kafka(broker: &Broker) -> KafkaSettings {
 }
 
 fn stream(broker: &Broker, topic: &str, detections: Option<&str>) -> Input {
+    live(broker, topic, detections, true, Arc::default())
+}
+
+/// A stream input; `bounded`: stop at the end offsets found at the start.
+fn live(
+    broker: &Broker,
+    topic: &str,
+    detections: Option<&str>,
+    bounded: bool,
+    stop: Arc<AtomicBool>,
+) -> Input {
     Input::Kafka(StreamInput {
         source: SourceSettings {
             kafka: kafka(broker),
@@ -50,7 +62,7 @@ fn stream(broker: &Broker, topic: &str, detections: Option<&str>) -> Input {
             period_us: DAY_US,
             lateness_us: 0,
             poll: Duration::from_millis(100),
-            stop_at_end: true,
+            stop_at_end: bounded,
         },
         tasks: Tasks {
             train: true,
@@ -58,6 +70,7 @@ fn stream(broker: &Broker, topic: &str, detections: Option<&str>) -> Input {
             payload: false,
         },
         detections_topic: detections.map(str::to_string),
+        stop,
     })
 }
 
@@ -213,6 +226,52 @@ fn malformed_messages_are_dead_lettered_with_partition_and_offset() {
 }
 
 #[test]
+fn a_stopped_stream_finishes_what_it_read_and_commits_it() {
+    let broker = Broker::start();
+    broker.topic("live", 2);
+    let root = tempfile::tempdir().unwrap();
+    let data = logs(GenSource::Azure, 6, 4, &root.path().join("logs"));
+    let sent = replay_dir(&broker, "live", &data) as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let input = live(&broker, "live", None, false, stop.clone());
+    let out = root.path().join("first");
+    let first = std::thread::spawn({
+        let out = out.clone();
+        move || run(options("azure", input, &out, 2))
+    });
+    // Stop once the stream has written its first epochs (it would otherwise run forever).
+    let scores = out.join("output/dfp_scores_azure.csv");
+    let started = Instant::now();
+    while std::fs::read_to_string(&scores).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing scored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let first = first.join().unwrap().unwrap();
+    assert_eq!(
+        first.stats.rows, sent,
+        "the epochs read are finished, the open one too"
+    );
+    // Everything was committed: the group's next run has nothing left to read.
+    let again = run(options(
+        "azure",
+        live(&broker, "live", None, true, Arc::default()),
+        &root.path().join("second"),
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        first.stats.rows + again.stats.rows,
+        sent,
+        "{}",
+        again.line()
+    );
+}
+
+#[test]
 fn an_unreachable_broker_is_a_clear_error() {
     // Nothing listens on port 1.
     let settings = KafkaSettings {
@@ -231,6 +290,7 @@ fn an_unreachable_broker_is_a_clear_error() {
         },
         tasks: Tasks::default(),
         detections_topic: None,
+        stop: Arc::default(),
     });
     let root = tempfile::tempdir().unwrap();
     let started = Instant::now();
