@@ -1,5 +1,8 @@
-//! Shared helpers of dfp's benchmark programs: arguments, timing, and JSON reports written to
-//! stdout and to `target/bench/<name>.json`.
+//! Shared helpers of dfp's benchmark programs: arguments, timing, JSON reports written to
+//! stdout and to `target/bench/<name>.json`, and a Kafka broker ([`broker`], used by the
+//! streaming tests too).
+
+pub mod broker;
 
 use std::path::PathBuf;
 use std::str::FromStr;

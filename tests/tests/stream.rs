@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Broker, control, logs, options};
+use common::{control, logs, options};
+use dfp_bench::broker::Broker;
 use dfp_engine::generate::GenSource;
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;

@@ -1,13 +1,10 @@
-//! Helpers shared by the end-to-end tests: small generated data sets, fast run settings, and a
-//! real Kafka broker (tansu) on 127.0.0.1.
+//! Helpers shared by the end-to-end tests: small generated data sets and fast run settings (the
+//! Kafka broker they start is `dfp_bench::broker`).
 
 #![allow(dead_code)] // each test file uses its own share of the helpers
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
@@ -65,80 +62,5 @@ pub fn control(path: &Path) -> Input {
     Input::Control {
         path: path.to_path_buf(),
         files_root: None,
-    }
-}
-
-/// A tansu broker (Kafka protocol, in-memory storage) on a free port of 127.0.0.1, stopped
-/// when dropped. `bash .ci/run` installs tansu; without it the test fails saying so.
-pub struct Broker {
-    child: Child,
-    /// `127.0.0.1:PORT`.
-    pub address: String,
-}
-
-impl Broker {
-    pub fn start() -> Broker {
-        let tansu = std::env::var("DFP_TANSU").unwrap_or_else(|_| "tansu".to_string());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{address}");
-        let child = Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start the Kafka broker {tansu:?} ({e}): bash .ci/run installs it \
-                     (cargo install tansu@0.6.0 --locked --features dynostore)"
-                )
-            });
-        let started = Instant::now();
-        while TcpStream::connect(&address).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "tansu did not listen on {address}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Broker { child, address }
-    }
-
-    /// Creates `topic` with `partitions` partitions.
-    pub fn topic(&self, topic: &str, partitions: u32) {
-        let tansu = std::env::var("DFP_TANSU").unwrap_or_else(|_| "tansu".to_string());
-        let status = Command::new(tansu)
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--partitions",
-                &partitions.to_string(),
-                "--broker",
-                &format!("tcp://{}", self.address),
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "creating topic {topic}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
