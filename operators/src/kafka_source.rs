@@ -7,8 +7,9 @@
 //! A record's epoch is its event time divided by the epoch period (`1h`: one epoch an hour),
 //! so the same records make the same epochs whatever the partitions, workers or poll timing.
 //! Per partition the watermark is its newest event time less the allowed lateness; an epoch is
-//! closed, its rows sent into the dataflow, once every partition of the worker that has data
-//! has a watermark past its end (an idle partition does not hold the others back). A record
+//! closed, its rows sent into the dataflow, once every partition of the worker still being read
+//! has a watermark past its end (a partition read to its end does not hold the others back, as
+//! an idle source in Flink; one that has given nothing yet does). A record
 //! whose epoch its own partition had already closed when it arrived is late: counted and
 //! dead-lettered with the reason, never dropped silently. Malformed messages are dead-lettered
 //! with their partition and offset.
@@ -27,6 +28,7 @@ use dfp_engine::rows::{Origin, Row, rows_from_batch};
 use dfp_engine::{Error, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -87,7 +89,7 @@ pub struct SourceSettings {
     pub lateness_us: i64,
     /// Longest wait for messages in one poll.
     pub poll: Duration,
-    /// Stop once the end offsets found at the start are reached (a replayed, bounded stream).
+    /// Stop once every partition has been read to its end (a replayed, bounded stream).
     pub stop_at_end: bool,
 }
 
@@ -105,12 +107,13 @@ pub struct Polled {
 }
 
 /// One partition's progress.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Progress {
-    /// The next offset to read.
-    next: i64,
-    /// Where a bounded read stops (the high watermark at the start).
-    end: Option<i64>,
+    /// The next offset to read (unknown until a message is read when the group has committed
+    /// nothing: reading starts at the beginning).
+    next: Option<i64>,
+    /// Whether the partition has been read to its end.
+    at_end: bool,
     /// The newest event time read, µs.
     newest: Option<i64>,
 }
@@ -154,6 +157,7 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
             .create()
             .map_err(|e| kafka_error("creating the consumer", e))?;
         let metadata = consumer
@@ -194,31 +198,32 @@ impl KafkaSource {
         let mut assign = TopicPartitionList::new();
         let mut partitions = BTreeMap::new();
         for &p in &mine {
-            let (low, high) = consumer
-                .fetch_watermarks(&settings.topic, p, TIMEOUT)
-                .map_err(|e| kafka_error(&format!("reading offsets of partition {p}"), e))?;
             let next = match committed
                 .find_partition(&settings.topic, p)
                 .map(|e| e.offset())
             {
-                Some(Offset::Offset(o)) => o.max(low),
-                _ => low,
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
             };
             assign
-                .add_partition_offset(&settings.topic, p, Offset::Offset(next))
+                .add_partition_offset(
+                    &settings.topic,
+                    p,
+                    next.map_or(Offset::Beginning, Offset::Offset),
+                )
                 .map_err(|e| kafka_error("assigning partitions", e))?;
             partitions.insert(
                 p,
                 Progress {
                     next,
-                    end: settings.stop_at_end.then_some(high),
-                    newest: None,
+                    ..Progress::default()
                 },
             );
         }
         consumer
             .assign(&assign)
             .map_err(|e| kafka_error("assigning partitions", e))?;
+        tracing::debug!(topic = %settings.topic, worker, partitions = ?partitions, "kafka source assigned");
         Ok(Self {
             consumer,
             reader,
@@ -234,11 +239,9 @@ impl KafkaSource {
         !self.partitions.is_empty()
     }
 
-    /// Whether a bounded read has reached every end offset.
+    /// Whether a bounded read has read every partition to its end.
     pub fn at_end(&self) -> bool {
-        self.partitions
-            .values()
-            .all(|p| p.end.is_some_and(|end| p.next >= end))
+        self.settings.stop_at_end && self.partitions.values().all(|p| p.at_end)
     }
 
     /// The epoch of an event time.
@@ -258,10 +261,20 @@ impl KafkaSource {
                 break;
             };
             wait = Duration::ZERO;
-            let m = message.map_err(|e| kafka_error("reading messages", e))?;
+            let m = match message {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(p)) => {
+                    if let Some(progress) = self.partitions.get_mut(&p) {
+                        progress.at_end = true;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(kafka_error("reading messages", e)),
+            };
             let (p, offset) = (m.partition(), m.offset());
             if let Some(progress) = self.partitions.get_mut(&p) {
-                progress.next = progress.next.max(offset + 1);
+                progress.next = Some(progress.next.map_or(offset + 1, |n| n.max(offset + 1)));
+                progress.at_end = false;
             }
             polled.messages += 1;
             let payload = m.payload().unwrap_or_default();
@@ -282,6 +295,7 @@ impl KafkaSource {
             lines.push(b'\n');
             offsets.push(offset);
         }
+        tracing::trace!(messages = polled.messages, "kafka poll");
         for (p, (lines, offsets)) in batches {
             self.place(p, &lines, &offsets, &mut polled)?;
         }
@@ -318,11 +332,7 @@ impl KafkaSource {
         let (lateness, period) = (self.settings.lateness_us, self.settings.period_us);
         for (mut row, offset) in rows.into_iter().zip(good) {
             let epoch = epoch_of(row.ts, period);
-            let progress = self.partitions.entry(p).or_insert(Progress {
-                next: offset + 1,
-                end: None,
-                newest: None,
-            });
+            let progress = self.partitions.entry(p).or_default();
             let closed_here = progress
                 .newest
                 .map(|n| epoch_of(n.saturating_sub(lateness), period))
@@ -349,15 +359,24 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Closes the epochs every partition's watermark has passed (all of them when `all`).
+    /// The epoch below which every partition's watermark has passed: the oldest newest event
+    /// time, less the lateness, over the partitions still being read (a partition read to its
+    /// end does not hold the others back; when all are, over those with data). `None` while a
+    /// partition still being read has given nothing yet.
+    fn watermark(&self) -> Option<u64> {
+        let reading: Vec<&Progress> = self.partitions.values().filter(|p| !p.at_end).collect();
+        let newest: Option<Vec<i64>> = if reading.is_empty() {
+            Some(self.partitions.values().filter_map(|p| p.newest).collect())
+        } else {
+            reading.iter().map(|p| p.newest).collect()
+        };
+        let oldest = newest?.into_iter().min()?;
+        Some(self.epoch_of(oldest.saturating_sub(self.settings.lateness_us)))
+    }
+
+    /// Closes the epochs the watermark has passed (all of them when `all`).
     fn close(&mut self, all: bool) -> Vec<(u64, Vec<Row>)> {
-        let lateness = self.settings.lateness_us;
-        let watermark = self
-            .partitions
-            .values()
-            .filter_map(|p| p.newest)
-            .min()
-            .map(|n| self.epoch_of(n.saturating_sub(lateness)));
+        let watermark = self.watermark();
         let mut out = Vec::new();
         while let Some((&epoch, _)) = self.open.first_key_value() {
             if !all && watermark.is_none_or(|w| epoch >= w) {
@@ -382,8 +401,10 @@ impl KafkaSource {
     pub fn commit(&self) -> Result<()> {
         let mut tpl = TopicPartitionList::new();
         for (&p, progress) in &self.partitions {
-            tpl.add_partition_offset(&self.settings.topic, p, Offset::Offset(progress.next))
-                .map_err(|e| kafka_error("committing offsets", e))?;
+            if let Some(next) = progress.next {
+                tpl.add_partition_offset(&self.settings.topic, p, Offset::Offset(next))
+                    .map_err(|e| kafka_error("committing offsets", e))?;
+            }
         }
         if tpl.count() == 0 {
             return Ok(());

@@ -339,14 +339,15 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 if worker.index() == 0 {
                     epochs_run.store(n, Ordering::Relaxed);
                 }
+                drop(input);
+                while worker.step_or_park(None) {}
             }
             (Handles::Kafka { rows, dead }, Feed::Kafka(stream)) => {
                 let sent = stream_epochs(worker, stream, &reader, rows, dead, &probe, &stats);
-                epochs_run.fetch_add(sent, Ordering::Relaxed);
+                epochs_run.fetch_max(sent, Ordering::Relaxed);
             }
             _ => return fail(Error::stage("dataflow", "input and plan disagree")),
         }
-        while worker.step_or_park(None) {}
         if o.progress && worker.index() == 0 {
             eprintln!();
         }

@@ -151,13 +151,19 @@ fn latency(
         }
         let mut rec = templates[i % templates.len()].clone();
         let id = format!("bench-{per_s}-{i}");
-        rec["time"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        rec["time"] =
+            json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
         rec["properties"]["id"] = json!(id);
-        let user = rec["properties"]["userPrincipalName"].as_str().map(str::to_string);
+        let user = rec["properties"]["userPrincipalName"]
+            .as_str()
+            .map(str::to_string);
         let text = rec.to_string();
         let t = now_ms();
         sink.produce(user.as_deref(), &text)?;
-        produced.lock().map_err(|_| anyhow::anyhow!("lock"))?.insert(id, t);
+        produced
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lock"))?
+            .insert(id, t);
         if i % 256 == 0 {
             sink.flush()?;
         }
@@ -266,7 +272,12 @@ fn main() -> Result<()> {
     let recs = records(&reader, &files)?;
     let sink = KafkaSink::new(&kafka, "logs")?;
     let t = Instant::now();
-    replay(&recs, Speed::Max, |r| sink.produce(r.key.as_deref(), &r.text), |_| {})?;
+    replay(
+        &recs,
+        Speed::Max,
+        |r| sink.produce(r.key.as_deref(), &r.text),
+        |_| {},
+    )?;
     sink.flush()?;
     let replay_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
