@@ -5,14 +5,14 @@
 //!    the end; beside it the batch pipeline on the same files with the same epochs, in the same
 //!    run. Reports events/s of both and their ratio.
 //! 2. Latency at fixed rates: with the models of (1), a scoring-only stream (epochs of
-//!    `--epoch`, 50 ms by default) fed at each rate for `--seconds`; every record is re-stamped
+//!    `--epoch`, 250 ms by default) fed at each rate for `--seconds`; every record is re-stamped
 //!    with the wall clock as its event time and a fresh id, and every scored row is produced to
 //!    a detections topic (threshold below every score). Latency of an event: the detection
 //!    message's broker timestamp minus the time the record was produced (both ms, same clock);
 //!    percentiles from an HDR histogram.
 //!
-//!   cargo run --release -p dfp-bench --bin stream -- [--users 200] [--rates 500,2000,8000]
-//!       [--seconds 5] [--epoch 50ms]
+//!   cargo run --release -p dfp-bench --bin stream -- [--users 200] [--rates 200,1000]
+//!       [--seconds 5] [--epoch 250ms]
 //!
 //! Not part of the test run. Output: stdout and target/bench/stream.json.
 
@@ -215,9 +215,9 @@ fn latency(
 
 fn main() -> Result<()> {
     let users: usize = arg("--users", 200)?;
-    let rates: String = arg("--rates", "500,2000,8000".to_string())?;
+    let rates: String = arg("--rates", "200,1000".to_string())?;
     let seconds: f64 = arg("--seconds", 5.0)?;
-    let epoch: String = arg("--epoch", "50ms".to_string())?;
+    let epoch: String = arg("--epoch", "250ms".to_string())?;
     let epoch_us = dfp_engine::period::parse_duration(&epoch)
         .map_err(anyhow::Error::msg)?
         .num_microseconds()
@@ -258,9 +258,13 @@ fn main() -> Result<()> {
 
     // The same records through Kafka.
     let broker = Broker::start();
+    // Low-latency client settings: fetches return at once, produces are not held back.
     let kafka = KafkaSettings {
         brokers: broker.address.clone(),
-        options: Vec::new(),
+        options: [("fetch.wait.max.ms", "5"), ("linger.ms", "0")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     };
     broker.topic("logs", 2);
     let reader = Reader::new(Arc::new(schema.clone()));
