@@ -17,9 +17,8 @@ use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
 use dfp_operators::demo::DemoOptions;
 use dfp_operators::file_batcher::{FileBatcherConfig, batch_files};
-use dfp_operators::file_to_batch::Tasks;
 use dfp_operators::kafka_sink::KafkaSink;
-use dfp_operators::kafka_source::{KafkaSettings, SourceSettings, parse_kafka_url};
+use dfp_operators::kafka_source::{KafkaSettings, parse_kafka_url};
 use dfp_operators::pipeline::{Input, RunOptions, StreamInput};
 use dfp_operators::post_proc::Clock;
 use dfp_operators::replay::Speed;
@@ -374,27 +373,17 @@ fn stream_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
     if period_us <= 0 {
         bail!("--epoch {:?} must be positive", args.epoch);
     }
-    Ok(Input::Kafka(StreamInput {
-        source: SourceSettings {
-            kafka: kafka_settings(brokers, &args.kafka_options)?,
-            group: args
-                .group
-                .clone()
-                .unwrap_or_else(|| format!("dfp-{source}")),
-            topic,
-            period_us,
-            lateness_us: span("lateness", &args.lateness)?.max(0),
-            poll: std::time::Duration::from_millis(100),
-            stop_at_end: args.until_end,
-        },
-        tasks: Tasks {
-            train: true,
-            infer: true,
-            payload: false,
-        },
-        detections_topic: args.detections_topic.clone(),
-        stop: stop_on_signal()?,
-    }))
+    let group = args
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("dfp-{source}"));
+    let kafka = kafka_settings(brokers, &args.kafka_options)?;
+    let mut stream = StreamInput::new(kafka, &topic, &group, period_us);
+    stream.source.lateness_us = span("lateness", &args.lateness)?.max(0);
+    stream.source.stop_at_end = args.until_end;
+    stream.detections_topic = args.detections_topic.clone();
+    stream.stop = stop_on_signal()?;
+    Ok(Input::Kafka(stream))
 }
 
 /// A flag set by the first SIGINT or SIGTERM (the stream finishes what it read, commits and

@@ -37,7 +37,7 @@ use crate::file_to_batch::{FileRows, FileTask, FileToBatch, Tasks};
 use crate::filter_detections::FilterDetections;
 use crate::inference::{Inference, Scorer};
 use crate::kafka_sink::KafkaSink;
-use crate::kafka_source::{KafkaSource, SourceSettings};
+use crate::kafka_source::{KafkaSettings, KafkaSource, SourceSettings};
 use crate::metrics::{SharedStats, Stats};
 use crate::plan::Plan;
 use crate::post_proc::{Clock, PostProc};
@@ -74,6 +74,31 @@ pub struct StreamInput {
     /// Set (by a signal handler) to stop: consuming stops, the epochs read are finished and
     /// written, offsets committed, and the run returns.
     pub stop: Arc<AtomicBool>,
+}
+
+impl StreamInput {
+    /// Morpheus' streaming pipeline on `topic`: epochs of `period_us` of event time, each
+    /// trains and scores; no lateness, a 100 ms poll, until stopped, no detections topic.
+    pub fn new(kafka: KafkaSettings, topic: &str, group: &str, period_us: i64) -> Self {
+        StreamInput {
+            source: SourceSettings {
+                kafka,
+                topic: topic.to_string(),
+                group: group.to_string(),
+                period_us,
+                lateness_us: 0,
+                poll: Duration::from_millis(100),
+                stop_at_end: false,
+            },
+            tasks: Tasks {
+                train: true,
+                infer: true,
+                payload: false,
+            },
+            detections_topic: None,
+            stop: Arc::default(),
+        }
+    }
 }
 
 /// Everything a run needs.

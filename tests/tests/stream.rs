@@ -18,9 +18,8 @@ use dfp_bench::broker::Broker;
 use dfp_engine::generate::GenSource;
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;
-use dfp_operators::file_to_batch::Tasks;
 use dfp_operators::kafka_sink::KafkaSink;
-use dfp_operators::kafka_source::{KafkaSettings, SourceSettings};
+use dfp_operators::kafka_source::KafkaSettings;
 use dfp_operators::pipeline::{Input, StreamInput, run};
 use dfp_operators::replay::{Speed, records, replay};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -47,7 +46,7 @@ fn stream(broker: &Broker, topic: &str, detections: Option<&str>) -> Input {
     live(broker, topic, detections, true, Arc::default())
 }
 
-/// A stream input; `bounded`: stop at the end offsets found at the start.
+/// A stream input; `bounded`: stop once every partition has been read to its end.
 fn live(
     broker: &Broker,
     topic: &str,
@@ -55,24 +54,11 @@ fn live(
     bounded: bool,
     stop: Arc<AtomicBool>,
 ) -> Input {
-    Input::Kafka(StreamInput {
-        source: SourceSettings {
-            kafka: kafka(broker),
-            topic: topic.to_string(),
-            group: format!("test-{topic}"),
-            period_us: DAY_US,
-            lateness_us: 0,
-            poll: Duration::from_millis(100),
-            stop_at_end: bounded,
-        },
-        tasks: Tasks {
-            train: true,
-            infer: true,
-            payload: false,
-        },
-        detections_topic: detections.map(str::to_string),
-        stop,
-    })
+    let mut s = StreamInput::new(kafka(broker), topic, &format!("test-{topic}"), DAY_US);
+    s.source.stop_at_end = bounded;
+    s.detections_topic = detections.map(str::to_string);
+    s.stop = stop;
+    Input::Kafka(s)
 }
 
 /// Replays every file of `dir` into `topic`, keyed by user.
@@ -279,20 +265,9 @@ fn an_unreachable_broker_is_a_clear_error() {
         brokers: "127.0.0.1:1".into(),
         options: Vec::new(),
     };
-    let input = Input::Kafka(StreamInput {
-        source: SourceSettings {
-            kafka: settings,
-            topic: "logs".into(),
-            group: "g".into(),
-            period_us: DAY_US,
-            lateness_us: 0,
-            poll: Duration::from_millis(100),
-            stop_at_end: true,
-        },
-        tasks: Tasks::default(),
-        detections_topic: None,
-        stop: Arc::default(),
-    });
+    let mut stream = StreamInput::new(settings, "logs", "g", DAY_US);
+    stream.source.stop_at_end = true;
+    let input = Input::Kafka(stream);
     let root = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let err = run(options("azure", input, root.path(), 1))

@@ -32,7 +32,7 @@ use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
 use dfp_operators::file_to_batch::Tasks;
 use dfp_operators::kafka_sink::KafkaSink;
-use dfp_operators::kafka_source::{KafkaSettings, SourceSettings};
+use dfp_operators::kafka_source::KafkaSettings;
 use dfp_operators::pipeline::{Input, RunOptions, RunSummary, StreamInput, run};
 use dfp_operators::replay::{Speed, records, replay};
 use hdrhistogram::Histogram;
@@ -72,20 +72,13 @@ fn stream_input(
     bounded: bool,
     stop: Arc<AtomicBool>,
 ) -> Input {
-    Input::Kafka(StreamInput {
-        source: SourceSettings {
-            kafka: kafka.clone(),
-            topic: topic.to_string(),
-            group: format!("bench-{topic}"),
-            period_us,
-            lateness_us: 0,
-            poll: Duration::from_millis(5),
-            stop_at_end: bounded,
-        },
-        tasks,
-        detections_topic: detections.map(str::to_string),
-        stop,
-    })
+    let mut s = StreamInput::new(kafka.clone(), topic, &format!("bench-{topic}"), period_us);
+    s.source.poll = Duration::from_millis(5);
+    s.source.stop_at_end = bounded;
+    s.tasks = tasks;
+    s.detections_topic = detections.map(str::to_string);
+    s.stop = stop;
+    Input::Kafka(s)
 }
 
 fn rate(summary: &RunSummary, seconds: f64) -> Value {
