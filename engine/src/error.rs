@@ -102,20 +102,18 @@ impl Error {
         }
     }
 
-    /// A model error for `context` (a user or model name).
-    pub fn model(context: impl Into<String>, problem: impl Into<String>) -> Self {
-        Error::Model {
-            context: context.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-impl Error {
     /// A stage error (`kafka`, `dataflow`, `replay`).
     pub fn stage(stage: impl Into<String>, problem: impl Into<String>) -> Self {
         Error::Stage {
             stage: stage.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// A model error for `context` (a user or model name).
+    pub fn model(context: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::Model {
+            context: context.into(),
             problem: problem.into(),
         }
     }
