@@ -185,6 +185,26 @@ impl Registry {
         Ok(v)
     }
 
+    /// Registers `model` unless the same model is already a version of its name (a restarted
+    /// stream training the same window again, with the same result): returns that version, or
+    /// the new one. Versions are compared byte for byte, newest first, down to the first one
+    /// trained on older data.
+    pub fn register_once(&self, model: &Model) -> Result<ModelVersion> {
+        let name = &model.header.name;
+        let bytes = model.to_bytes()?;
+        let dir = self.dir(name);
+        for v in self.version_numbers(name)?.into_iter().rev() {
+            let path = version_file(&dir, v, "dfpmodel");
+            if std::fs::read(&path).is_ok_and(|b| b == bytes) {
+                return self.version(name, v);
+            }
+            if self.version(name, v)?.header.last_timestamp_us < model.header.last_timestamp_us {
+                break;
+            }
+        }
+        self.register(model)
+    }
+
     /// The tags of one version (from its tags file, else from the model file's header).
     pub fn version(&self, name: &str, version: u32) -> Result<ModelVersion> {
         let dir = self.dir(name);
@@ -429,6 +449,25 @@ mod tests {
             .filter(|f| f.contains("tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn register_once_reuses_the_same_model_and_only_it() {
+        let (_, _, models) = models();
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let first = models[0].clone();
+        let mut later = first.clone();
+        later.header.last_timestamp_us = first.header.last_timestamp_us.map(|t| t + 1);
+        assert_eq!(reg.register_once(&first).unwrap().version, 1);
+        assert_eq!(reg.register_once(&later).unwrap().version, 2);
+        // After a crash both are trained again: the versions already there are returned.
+        assert_eq!(reg.register_once(&first).unwrap().version, 1);
+        assert_eq!(reg.register_once(&later).unwrap().version, 2);
+        let mut retrained = later.clone();
+        retrained.loss_mean[0] += 1.0;
+        assert_eq!(reg.register_once(&retrained).unwrap().version, 3);
+        assert_eq!(reg.version_numbers(&first.header.name).unwrap(), [1, 2, 3]);
     }
 
     #[test]

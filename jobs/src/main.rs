@@ -14,6 +14,7 @@ use dfp_engine::control::{ControlMessage, expand_globs};
 use dfp_engine::generate::{GenSource, GenerateConfig};
 use dfp_engine::ingest::{DeadLetterWriter, InputFormat, Reader};
 use dfp_engine::schema::SourceSchema;
+use dfp_operators::checkpoint::CheckpointSettings;
 use dfp_operators::config::RunConfig;
 use dfp_operators::demo::DemoOptions;
 use dfp_operators::file_batcher::{FileBatcherConfig, batch_files};
@@ -125,6 +126,17 @@ struct RunArgs {
     /// Also produce the detections (JSON) to this topic.
     #[arg(long, requires = "stream")]
     detections_topic: Option<String>,
+    /// Where a stream checkpoints its state (windows, model versions, offsets, output
+    /// lengths) and resumes from after a crash or a stop. Default: OUTPUT/.dfp-state.
+    #[arg(long, requires = "stream")]
+    state_dir: Option<PathBuf>,
+    /// Event time from one checkpoint to the next, in whole epochs ("1d", "6h"; default: one
+    /// epoch).
+    #[arg(long, requires = "stream")]
+    checkpoint_every: Option<String>,
+    /// Do not checkpoint: a crash may then double or lose output, as in Morpheus.
+    #[arg(long, requires = "stream", conflicts_with_all = ["state_dir", "checkpoint_every"])]
+    no_checkpoints: bool,
     /// A librdkafka setting passed through, KEY=VALUE (repeatable): security.protocol,
     /// sasl.mechanisms, sasl.username, ssl.ca.location, ...
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
@@ -154,6 +166,10 @@ struct RunArgs {
     /// Resolve relative load globs against this directory instead of the message's directory.
     #[arg(long)]
     files_root: Option<PathBuf>,
+    /// Stamp detections with this time (RFC 3339) instead of the wall clock, so that runs of
+    /// the same logs write the same bytes.
+    #[arg(long, value_name = "TIME")]
+    clock: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -382,6 +398,28 @@ fn stream_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
     stream.source.lateness_us = span("lateness", &args.lateness)?.max(0);
     stream.source.stop_at_end = args.until_end;
     stream.detections_topic = args.detections_topic.clone();
+    if !args.no_checkpoints {
+        let every = match &args.checkpoint_every {
+            Some(text) => {
+                let us = span("checkpoint-every", text)?;
+                if us < period_us || us % period_us != 0 {
+                    bail!(
+                        "--checkpoint-every {text:?} must be a whole number of epochs (--epoch {:?})",
+                        args.epoch
+                    );
+                }
+                u64::try_from(us / period_us).context("--checkpoint-every")?
+            }
+            None => 1,
+        };
+        stream.checkpoint = Some(CheckpointSettings {
+            dir: args
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| args.output.join(".dfp-state")),
+            every,
+        });
+    }
     stream.stop = stop_on_signal()?;
     Ok(Input::Kafka(stream))
 }
@@ -463,6 +501,15 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         config.detection.threshold = t;
     }
     let schema = SourceSchema::resolve(&args.source)?;
+    let clock = match &args.clock {
+        Some(text) => {
+            let t = chrono::DateTime::parse_from_rfc3339(text)
+                .with_context(|| format!("--clock {text:?}: not an RFC 3339 time"))?
+                .with_timezone(&chrono::Utc);
+            Arc::new(move || t) as Clock
+        }
+        None => wall_clock(),
+    };
     let (input, what) = match (&args.control_messages, &args.stream) {
         (Some(path), _) => (
             Input::Control {
@@ -483,7 +530,7 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         registry: args.registry,
         output: args.output,
         write_scores: args.write_scores,
-        clock: wall_clock(),
+        clock,
         progress: std::io::stderr().is_terminal(),
     })
     .with_context(|| format!("running {what}"))?;

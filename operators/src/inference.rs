@@ -7,9 +7,9 @@
 //! model could score and for user models that could not be loaded (those users fall back to
 //! the generic model). State: the version of each model name known at the last processed
 //! epoch (the registry's state at the start of the run, then every note), notes and windows of
-//! epochs the frontiers have not passed, and an LRU cache of loaded models. An epoch is scored
-//! only once both frontiers have passed it, with exactly the models trained at it or before,
-//! so scores do not depend on worker timing.
+//! epochs the frontiers have not passed, and an LRU cache of loaded models; the versions are
+//! checkpointed. An epoch is scored only once both frontiers have passed it, with exactly the
+//! models trained at it or before, so scores do not depend on worker timing.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +27,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::core::OkErr;
 
+use crate::checkpoint::{StageState, frontier_cut};
 use crate::data_prep::Prepared;
 use crate::dead_letter::DeadLetter;
 use crate::frontier::Pending;
@@ -100,6 +101,11 @@ impl Scorer {
             cache: ModelCache::new(registry, config.cache_models),
             batch_size,
         }
+    }
+
+    /// The model versions known, for a checkpoint.
+    pub fn state(&self) -> Result<Vec<u8>, dfp_engine::Error> {
+        crate::checkpoint::encode(&self.versions)
     }
 
     /// Makes a new model version known.
@@ -228,6 +234,7 @@ pub trait Inference<'s> {
         notes: StreamVec<'s, u64, ModelNote>,
         scorer: Scorer,
         backend: Rc<dyn Backend>,
+        snapshots: StageState,
         stats: SharedStats,
     ) -> (StreamVec<'s, u64, Scored>, StreamVec<'s, u64, DeadLetter>);
 }
@@ -238,6 +245,7 @@ impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
         notes: StreamVec<'s, u64, ModelNote>,
         mut scorer: Scorer,
         backend: Rc<dyn Backend>,
+        mut snapshots: StageState,
         stats: SharedStats,
     ) -> (StreamVec<'s, u64, Scored>, StreamVec<'s, u64, DeadLetter>) {
         self.binary_frontier(
@@ -264,7 +272,9 @@ impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
                         .collect();
                     // Notes of an epoch before its windows: a model trained at t scores at t.
                     ready.sort_by_key(|(t, w, _)| (*t, w.is_some()));
-                    for (_, work, notes) in ready {
+                    for (t, work, notes) in ready {
+                        snapshots.offer(t, || scorer.state(), &stats);
+                        snapshots.applied(t);
                         notes.into_iter().for_each(|n| scorer.apply(n));
                         let Some((cap, mut ws)) = work else { continue };
                         ws.sort_by(|a, b| a.window.user.cmp(&b.window.user));
@@ -278,6 +288,7 @@ impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
                         session.give_iterator(scored.into_iter().map(Ok));
                         session.give_iterator(dead.into_iter().map(Err));
                     }
+                    snapshots.offer(frontier_cut(&[f1, f2]), || scorer.state(), &stats);
                 }
             },
         )

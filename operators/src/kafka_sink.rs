@@ -4,13 +4,25 @@
 //!
 //! The sink stage calls [`KafkaSink::send`] once per epoch, after the epoch's lines are in the
 //! files, in the files' order; it returns once the broker has acknowledged every message
-//! (`acks=all`), so an epoch counts as written only when it is in the topic too. State: the
-//! producer.
+//! (`acks=all`), so an epoch counts as written only when it is in the topic too.
+//!
+//! Idempotence across crashes: in a checkpointed run each message is keyed
+//! `{run}:{epoch}:{n}` (the run's name, the epoch, the line's place in the epoch's sorted
+//! lines). On a restart from a cut, [`KafkaSink::resume`] reads the topic and remembers the
+//! keys of this run at or after the cut, which a crashed process may have produced; those
+//! messages are not produced again. This works with any broker (tansu included), where a
+//! transactional producer would need the broker's transactions. State: the producer and the
+//! keys to skip.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use dfp_engine::{Error, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka_source::KafkaSettings;
 
@@ -18,6 +30,10 @@ use crate::kafka_source::KafkaSettings;
 pub struct KafkaSink {
     producer: BaseProducer,
     topic: String,
+    /// The run's name, keying each message, in a checkpointed run.
+    run: Option<String>,
+    /// Keys already in the topic, produced before a crash.
+    written: HashSet<String>,
 }
 
 const FLUSH: Duration = Duration::from_secs(30);
@@ -34,13 +50,40 @@ impl KafkaSink {
         Ok(Self {
             producer,
             topic: topic.to_string(),
+            run: None,
+            written: HashSet::new(),
         })
     }
 
-    /// Produces `lines` in order and waits until the broker has them all.
-    pub fn send<'a>(&self, lines: impl IntoIterator<Item = &'a str>) -> Result<()> {
-        for line in lines {
-            self.produce(None, line)?;
+    /// Keys every message with `run`; with `from` (a restart at that cut), first reads the
+    /// topic for this run's messages of epochs from `from` on, so they are not produced twice.
+    pub fn resume(
+        mut self,
+        settings: &KafkaSettings,
+        run: &str,
+        from: Option<u64>,
+    ) -> Result<Self> {
+        if let Some(cut) = from {
+            self.written = keys_in_topic(settings, &self.topic, run, cut)?;
+            tracing::info!(topic = %self.topic, found = self.written.len(), "detections already in the topic");
+        }
+        self.run = Some(run.to_string());
+        Ok(self)
+    }
+
+    /// Produces one epoch's `lines` in order (skipping those already in the topic) and waits
+    /// until the broker has them all.
+    pub fn send<'a>(&mut self, epoch: u64, lines: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        for (n, line) in lines.into_iter().enumerate() {
+            match &self.run {
+                Some(run) => {
+                    let key = format!("{run}:{epoch}:{n}");
+                    if !self.written.remove(&key) {
+                        self.produce(Some(&key), line)?;
+                    }
+                }
+                None => self.produce(None, line)?,
+            }
         }
         self.flush()
     }
@@ -86,4 +129,70 @@ impl KafkaSink {
             )
         })
     }
+}
+
+/// The keys of `run`'s messages in `topic` for epochs from `from` on, read to the end of every
+/// partition.
+fn keys_in_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    run: &str,
+    from: u64,
+) -> Result<HashSet<String>> {
+    let fail = |what: &str, e: KafkaError| {
+        Error::stage("kafka", format!("reading {topic:?} back ({what}): {e}"))
+    };
+    let consumer: BaseConsumer = settings
+        .client_config()
+        .set("group.id", format!("dfp-sink-{run}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| fail("creating a consumer", e))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| fail("metadata", e))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| fail("assigning", e))?;
+    }
+    consumer.assign(&tpl).map_err(|e| fail("assigning", e))?;
+    let prefix = format!("{run}:");
+    let mut keys = HashSet::new();
+    let mut at_end = HashSet::new();
+    let started = Instant::now();
+    while at_end.len() < partitions {
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(Error::stage(
+                "kafka",
+                format!("reading {topic:?} back: not at its end after 120 s"),
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(fail("reading", e)),
+            Some(Ok(m)) => {
+                let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+                let epoch = key
+                    .and_then(|k| k.strip_prefix(&prefix))
+                    .and_then(|rest| rest.split(':').next())
+                    .and_then(|e| e.parse::<u64>().ok());
+                if let (Some(k), Some(e)) = (key, epoch)
+                    && e >= from
+                {
+                    keys.insert(k.to_string());
+                }
+            }
+        }
+    }
+    Ok(keys)
 }

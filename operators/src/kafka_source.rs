@@ -16,7 +16,8 @@
 //!
 //! State: per partition the next offset and the newest event time; the rows of open epochs.
 //! Offsets are committed only by [`KafkaSource::commit`], after the rows up to them have been
-//! processed and written.
+//! processed and written. A checkpoint holds that state with the rows read but not yet sent
+//! ([`KafkaSource::state`]); a source resumed from it reads on from its offsets.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,6 +32,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::dead_letter::DeadLetter;
 
@@ -107,7 +109,7 @@ pub struct Polled {
 }
 
 /// One partition's progress.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Progress {
     /// The next offset to read (unknown until a message is read when the group has committed
     /// nothing: reading starts at the beginning).
@@ -116,6 +118,40 @@ struct Progress {
     at_end: bool,
     /// The newest event time read, µs.
     newest: Option<i64>,
+}
+
+/// A source's state at a cut: each partition's progress, the rows read but not yet sent into
+/// the dataflow, and the epoch below which epochs were closed.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SourceState {
+    partitions: BTreeMap<i32, Progress>,
+    open: BTreeMap<u64, Vec<Row>>,
+    closed_below: Option<u64>,
+}
+
+/// [`SourceState`]'s encoding, borrowed.
+#[derive(Serialize)]
+struct SourceStateRef<'a> {
+    partitions: &'a BTreeMap<i32, Progress>,
+    open: OpenRef<'a>,
+    closed_below: Option<u64>,
+}
+
+/// The open epochs and the closed ones not yet sent, encoded as one map.
+struct OpenRef<'a> {
+    open: &'a BTreeMap<u64, Vec<Row>>,
+    unsent: &'a [(u64, Vec<Row>)],
+}
+
+impl Serialize for OpenRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.unsent
+                .iter()
+                .map(|(e, r)| (e, r))
+                .chain(self.open.iter()),
+        )
+    }
 }
 
 /// One worker's share of a topic, cut into epochs by event time.
@@ -142,13 +178,15 @@ fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl KafkaSource {
-    /// Connects and assigns this worker's partitions (`p % workers == worker`). An unreachable
+    /// Connects and assigns this worker's partitions (`p % workers == worker`), from `resume`
+    /// (a checkpoint's state and its cut) or else the group's committed offsets. An unreachable
     /// broker or a missing topic is an error naming them.
     pub fn new(
         settings: SourceSettings,
         reader: Arc<Reader>,
         worker: usize,
         workers: usize,
+        resume: Option<(SourceState, u64)>,
     ) -> Result<Self> {
         let consumer: BaseConsumer = settings
             .kafka
@@ -195,13 +233,16 @@ impl KafkaSource {
         let committed = consumer
             .committed_offsets(wanted, TIMEOUT)
             .map_err(|e| kafka_error("reading committed offsets", e))?;
+        let (state, cut) = resume.unwrap_or_default();
         let mut assign = TopicPartitionList::new();
         let mut partitions = BTreeMap::new();
         for &p in &mine {
+            let saved = state.partitions.get(&p).copied().unwrap_or_default();
             let next = match committed
                 .find_partition(&settings.topic, p)
                 .map(|e| e.offset())
             {
+                _ if saved.next.is_some() => saved.next,
                 Some(Offset::Offset(o)) => Some(o),
                 _ => None,
             };
@@ -216,7 +257,8 @@ impl KafkaSource {
                 p,
                 Progress {
                     next,
-                    ..Progress::default()
+                    newest: saved.newest,
+                    at_end: false,
                 },
             );
         }
@@ -229,8 +271,24 @@ impl KafkaSource {
             reader,
             settings,
             partitions,
-            open: BTreeMap::new(),
-            closed_below: None,
+            open: state.open,
+            // Nothing before the cut can be sent any more.
+            closed_below: match (state.closed_below, cut) {
+                (c, 0) => c,
+                (c, cut) => Some(c.map_or(cut, |c| c.max(cut))),
+            },
+        })
+    }
+
+    /// The state for a checkpoint, with `unsent`: epochs closed but not yet sent.
+    pub fn state(&self, unsent: &[(u64, Vec<Row>)]) -> Result<Vec<u8>> {
+        crate::checkpoint::encode(&SourceStateRef {
+            partitions: &self.partitions,
+            open: OpenRef {
+                open: &self.open,
+                unsent,
+            },
+            closed_below: self.closed_below,
         })
     }
 
@@ -399,8 +457,17 @@ impl KafkaSource {
 
     /// Commits the offsets read so far for the group (call once their rows are written).
     pub fn commit(&self) -> Result<()> {
+        self.commit_progress(&self.partitions)
+    }
+
+    /// Commits the offsets a checkpoint's state had read for the group.
+    pub fn commit_state(&self, state: &SourceState) -> Result<()> {
+        self.commit_progress(&state.partitions)
+    }
+
+    fn commit_progress(&self, partitions: &BTreeMap<i32, Progress>) -> Result<()> {
         let mut tpl = TopicPartitionList::new();
-        for (&p, progress) in &self.partitions {
+        for (&p, progress) in partitions {
             if let Some(next) = progress.next {
                 tpl.add_partition_offset(&self.settings.topic, p, Offset::Offset(next))
                     .map_err(|e| kafka_error("committing offsets", e))?;

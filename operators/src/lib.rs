@@ -12,6 +12,7 @@
 // `Err` side is data, as large as the rows it carries, not an error to keep small.
 #![allow(clippy::result_large_err)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod data_prep;
 pub mod dead_letter;

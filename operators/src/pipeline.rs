@@ -4,10 +4,15 @@
 //! written, every stage emitting an epoch once the frontier has passed it. The output does not
 //! depend on the number of workers.
 //!
-//! Inputs: the control message, the source schema, the run config, the registry directory.
-//! Outputs: the files of [`crate::sinks`], new model versions in the registry, and a
-//! [`RunSummary`]. State: per worker, the windows of its users and a model cache; at most two
-//! epochs are in flight at once.
+//! Inputs: the control message (or a Kafka topic), the source schema, the run config, the
+//! registry directory. Outputs: the files of [`crate::sinks`], new model versions in the
+//! registry, and a [`RunSummary`]. State: per worker, the windows of its users and a model
+//! cache; at most two epochs are in flight at once. A stream with a state directory
+//! checkpoints at frontier epochs ([`crate::checkpoint`]): on a restart every stage resumes
+//! from the latest complete cut, the output files are cut back to it, models already
+//! registered are not registered again and detections already in the topic are not produced
+//! again, so a crash loses and doubles nothing. Offsets are committed to the group after each
+//! complete cut.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,6 +28,7 @@ use dfp_engine::ingest::Reader;
 use dfp_engine::model::{Backend, CpuBackend};
 use dfp_engine::period::Period;
 use dfp_engine::registry::Registry;
+use dfp_engine::rows::Row;
 use dfp_engine::schema::SourceSchema;
 use dfp_engine::{Error, Result};
 use serde::Serialize;
@@ -30,6 +36,10 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concatenate, OkErr, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
+use crate::checkpoint::{
+    CheckpointSettings, Cut, Snapshotter, StageState, StateMeta, component, components, latest_cut,
+    prune,
+};
 use crate::config::RunConfig;
 use crate::data_prep::DataPrep;
 use crate::dead_letter::DeadLetter;
@@ -37,7 +47,7 @@ use crate::file_to_batch::{FileRows, FileTask, FileToBatch, Tasks};
 use crate::filter_detections::FilterDetections;
 use crate::inference::{Inference, Scorer};
 use crate::kafka_sink::KafkaSink;
-use crate::kafka_source::{KafkaSettings, KafkaSource, SourceSettings};
+use crate::kafka_source::{KafkaSettings, KafkaSource, SourceSettings, SourceState};
 use crate::metrics::{SharedStats, Stats};
 use crate::plan::Plan;
 use crate::post_proc::{Clock, PostProc};
@@ -74,11 +84,14 @@ pub struct StreamInput {
     /// Set (by a signal handler) to stop: consuming stops, the epochs read are finished and
     /// written, offsets committed, and the run returns.
     pub stop: Arc<AtomicBool>,
+    /// Checkpoint to this state directory, and resume from it.
+    pub checkpoint: Option<CheckpointSettings>,
 }
 
 impl StreamInput {
     /// Morpheus' streaming pipeline on `topic`: epochs of `period_us` of event time, each
-    /// trains and scores; no lateness, a 100 ms poll, until stopped, no detections topic.
+    /// trains and scores; no lateness, a 100 ms poll, until stopped, no detections topic, no
+    /// checkpoints.
     pub fn new(kafka: KafkaSettings, topic: &str, group: &str, period_us: i64) -> Self {
         StreamInput {
             source: SourceSettings {
@@ -97,6 +110,7 @@ impl StreamInput {
             },
             detections_topic: None,
             stop: Arc::default(),
+            checkpoint: None,
         }
     }
 }
@@ -176,6 +190,87 @@ enum Handles {
     },
 }
 
+/// A checkpointed stream's state directory, and the cut it resumes from.
+struct Checkpointing {
+    settings: CheckpointSettings,
+    meta: StateMeta,
+    /// Whether the state directory was there before this start.
+    existed: bool,
+    components: Vec<String>,
+    cut: Option<Cut>,
+}
+
+impl Checkpointing {
+    /// Opens (or starts) the state directory of `stream` run by `workers` workers.
+    fn open(
+        settings: &CheckpointSettings,
+        stream: &SourceSettings,
+        source: &str,
+        workers: usize,
+        versions: &HashMap<String, u32>,
+    ) -> Result<Self> {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let (meta, existed) = StateMeta {
+            run: format!("{started:x}-{:x}", std::process::id()),
+            source: source.to_string(),
+            topic: stream.topic.clone(),
+            group: stream.group.clone(),
+            period_us: stream.period_us,
+            workers,
+            versions: versions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+        .open_or_create(&settings.dir)?;
+        let components = components(workers);
+        let cut = if existed {
+            latest_cut(&settings.dir, &components)?
+        } else {
+            None
+        };
+        match &cut {
+            Some(c) => {
+                tracing::info!(dir = %settings.dir.display(), cut = c.time, run = %meta.run, "resuming from the checkpoint")
+            }
+            None if existed => {
+                tracing::info!(dir = %settings.dir.display(), run = %meta.run, "no complete checkpoint yet: starting the run over")
+            }
+            None => {
+                tracing::info!(dir = %settings.dir.display(), run = %meta.run, "checkpointing a new run")
+            }
+        }
+        Ok(Self {
+            settings: settings.clone(),
+            meta,
+            existed,
+            components,
+            cut,
+        })
+    }
+
+    /// The epoch the run resumes at (0 for a new run).
+    fn from(&self) -> u64 {
+        self.cut.as_ref().map_or(0, |c| c.time)
+    }
+
+    /// A stage's snapshotter on worker `worker`.
+    fn stage(&self, kind: &str, worker: usize) -> Result<StageState> {
+        Ok(StageState::new(Some(Snapshotter::new(
+            &self.settings,
+            &component(kind, worker),
+            self.from(),
+        )?)))
+    }
+
+    /// The model versions scoring starts from on `worker`.
+    fn versions(&self, worker: usize) -> Result<HashMap<String, u32>> {
+        match &self.cut {
+            Some(cut) => cut.state(&component("scorer", worker)),
+            None => Ok(self.meta.versions.clone().into_iter().collect()),
+        }
+    }
+}
+
 /// Runs the input's tasks to completion: a control message's epochs, or a Kafka topic until
 /// its end offsets (bounded) or a fatal error.
 pub fn run(opts: RunOptions) -> Result<RunSummary> {
@@ -210,17 +305,43 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         .collect();
     let schema = Arc::new(opts.schema.clone());
     let columns = Arc::new(Columns::new(&schema));
-    let mut outputs = OutputFiles::create(&opts.output, &schema.name, &columns, opts.write_scores)?;
+    let workers = opts.workers.max(1);
+    let ckpt = match &feed {
+        Feed::Kafka(StreamInput {
+            checkpoint: Some(c),
+            source,
+            ..
+        }) => Some(Checkpointing::open(
+            c,
+            source,
+            &schema.name,
+            workers,
+            &versions,
+        )?),
+        _ => None,
+    };
+    let mut outputs = match ckpt.as_ref().and_then(|c| c.cut.as_ref()) {
+        Some(cut) => OutputFiles::resume(
+            &opts.output,
+            &schema.name,
+            &cut.state(&component("sinks", 0))?,
+        )?,
+        None => OutputFiles::create(&opts.output, &schema.name, &columns, opts.write_scores)?,
+    };
     if let Feed::Kafka(StreamInput {
         source,
         detections_topic: Some(topic),
         ..
     }) = &feed
     {
-        outputs = outputs.with_kafka(KafkaSink::new(&source.kafka, topic)?);
+        let mut sink = KafkaSink::new(&source.kafka, topic)?;
+        if let Some(c) = &ckpt {
+            sink = sink.resume(&source.kafka, &c.meta.run, c.existed.then(|| c.from()))?;
+        }
+        outputs = outputs.with_kafka(sink);
     }
     let files = Arc::new(Mutex::new(Some(outputs)));
-    let workers = opts.workers.max(1);
+    let ckpt = Arc::new(ckpt);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (if opts.threads == 0 {
         cores
@@ -245,7 +366,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             Ok(b) => Rc::new(b),
             Err(e) => return fail(e),
         };
-        let windows = match RollingWindows::new(
+        let mut windows = match RollingWindows::new(
             &schema,
             o.config.training_window.clone(),
             o.config.inference_window.clone(),
@@ -253,10 +374,34 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             Ok(w) => w,
             Err(e) => return fail(e),
         };
+        let me = worker.index();
+        let stage = |kind: &str| match ckpt.as_ref() {
+            Some(c) => c.stage(kind, me),
+            None => Ok(StageState::default()),
+        };
+        let restored = (|| -> Result<_> {
+            let mut versions = versions.clone();
+            if let Some(c) = ckpt.as_ref() {
+                versions = c.versions(me)?;
+                if let Some(cut) = &c.cut {
+                    windows.restore(cut, &component("windows", me))?;
+                }
+            }
+            let sinks = if me == 0 {
+                stage("sinks")?
+            } else {
+                StageState::default()
+            };
+            Ok((versions, stage("windows")?, stage("scorer")?, sinks))
+        })();
+        let (versions, window_state, scorer_state, sink_state) = match restored {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
         let scorer = Scorer::new(
             schema.clone(),
             registry.clone(),
-            versions.clone(),
+            versions,
             &o.config.split.generic_user,
             &o.config.inference,
             o.config.model.eval_batch_size,
@@ -283,7 +428,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 Handles::Kafka { rows, dead } => (rows.to_stream(scope), dead.to_stream(scope)),
             };
             let (users, no_user) = rows.split_users(cfg.split.clone(), stats.clone());
-            let (windows, late) = users.rolling_window(windows, stats.clone());
+            let (windows, late) = users.rolling_window(windows, window_state, stats.clone());
             let (train_w, infer_w) = windows.ok_err(|w| if w.train { Ok(w) } else { Err(w) });
             let (train_p, bad_train) = train_w.data_prep(schema.clone());
             let (models, failed) = train_p.training(
@@ -292,10 +437,16 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 cfg.model.clone(),
                 stats.clone(),
             );
-            let (notes, unregistered) = models.registry_writer(registry.clone(), stats.clone());
+            let (notes, unregistered) =
+                models.registry_writer(registry.clone(), ckpt.is_some(), stats.clone());
             let (infer_p, bad_infer) = infer_w.data_prep(schema.clone());
-            let (scored, unscored) =
-                infer_p.inference(notes.broadcast(), scorer, backend.clone(), stats.clone());
+            let (scored, unscored) = infer_p.inference(
+                notes.broadcast(),
+                scorer,
+                backend.clone(),
+                scorer_state,
+                stats.clone(),
+            );
             let features = Arc::new(columns.features().to_vec());
             let mut lines = vec![
                 scored
@@ -330,7 +481,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             );
             scope
                 .concatenate(lines)
-                .sinks(my_files, stats.clone())
+                .sinks(my_files, sink_state, stats.clone())
                 .probe_with(&probe);
         });
         match (handles, feed.as_ref()) {
@@ -368,7 +519,23 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 while worker.step_or_park(None) {}
             }
             (Handles::Kafka { rows, dead }, Feed::Kafka(stream)) => {
-                let sent = stream_epochs(worker, stream, &reader, rows, dead, &probe, &stats);
+                let feed = StreamFeed {
+                    rows,
+                    dead,
+                    snapshots: match stage("source") {
+                        Ok(s) => s,
+                        Err(e) => return fail(e),
+                    },
+                    stats: stats.clone(),
+                };
+                let sent = stream_epochs(
+                    worker,
+                    stream,
+                    &reader,
+                    feed,
+                    &probe,
+                    ckpt.as_ref().as_ref(),
+                );
                 epochs_run.fetch_max(sent, Ordering::Relaxed);
             }
             _ => return fail(Error::stage("dataflow", "input and plan disagree")),
@@ -411,23 +578,69 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     })
 }
 
+/// One worker's inputs of a stream, and the source's checkpoints.
+struct StreamFeed {
+    rows: InputHandleVec<u64, FileRows>,
+    dead: InputHandleVec<u64, DeadLetter>,
+    snapshots: StageState,
+    stats: SharedStats,
+}
+
+impl StreamFeed {
+    /// Moves the inputs on to `t`: everything before it has been sent, so the source's state
+    /// (with `unsent`, the epochs closed but not yet sent) holds for the cuts up to `t`.
+    fn advance(&mut self, t: u64, source: &KafkaSource, unsent: &[(u64, Vec<Row>)]) {
+        if t > *self.rows.time() {
+            self.rows.advance_to(t);
+            self.dead.advance_to(t);
+        }
+        self.snapshots
+            .offer(t, || source.state(unsent), &self.stats);
+    }
+
+    /// Sends the source's dead letters at the present epoch.
+    fn send_dead(&mut self, dead: Vec<DeadLetter>) {
+        if dead.is_empty() {
+            return;
+        }
+        let t = *self.dead.time();
+        for d in dead {
+            self.dead.send(d);
+        }
+        self.snapshots.applied(t);
+    }
+}
+
 /// Feeds one worker's share of a Kafka topic into the dataflow, epoch by epoch, with at most
 /// two epochs in flight; returns the epochs it sent. A worker without partitions closes its
-/// inputs at once. Offsets are committed once everything read has been written.
+/// inputs at once. Offsets are committed once everything read has been written: after each
+/// complete checkpoint when checkpointing, else at the end.
 fn stream_epochs(
     worker: &mut timely::worker::Worker,
     stream: &StreamInput,
     reader: &Arc<Reader>,
-    mut rows: InputHandleVec<u64, FileRows>,
-    mut dead: InputHandleVec<u64, DeadLetter>,
+    mut feed: StreamFeed,
     probe: &ProbeHandle<u64>,
-    stats: &SharedStats,
+    ckpt: Option<&Checkpointing>,
 ) -> usize {
+    let stats = feed.stats.clone();
+    let me = worker.index();
+    let resume = match ckpt.and_then(|c| c.cut.as_ref()) {
+        Some(cut) => match cut.state::<SourceState>(&component("source", me)) {
+            Ok(state) => Some((state, cut.time)),
+            Err(e) => {
+                stats.borrow_mut().fatal.push(e.to_string());
+                return 0;
+            }
+        },
+        None => None,
+    };
     let mut source = match KafkaSource::new(
         stream.source.clone(),
         reader.clone(),
-        worker.index(),
+        me,
         worker.peers(),
+        resume,
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -435,25 +648,32 @@ fn stream_epochs(
             return 0;
         }
     };
+    feed.advance(ckpt.map_or(0, Checkpointing::from), &source, &[]);
     let mut sent = 0;
+    let mut committed = None;
     let mut backoff = Duration::from_millis(100);
     while source.has_partitions() && !source.at_end() && !stream.stop.load(Ordering::Relaxed) {
+        if !stats.borrow().fatal.is_empty() {
+            // Stop every worker: the run cannot go on as it should.
+            stream.stop.store(true, Ordering::Relaxed);
+            break;
+        }
         match source.poll(10_000) {
             Ok(polled) => {
                 backoff = Duration::from_millis(100);
                 stats.borrow_mut().bytes += polled.bytes;
-                for d in polled.dead {
-                    dead.send(d);
+                feed.send_dead(polled.dead);
+                if !polled.closed.is_empty() {
+                    sent += send_epochs(
+                        worker,
+                        polled.closed,
+                        stream.tasks,
+                        &mut feed,
+                        &source,
+                        probe,
+                    );
+                    commit_cut(&source, ckpt, me, &mut committed);
                 }
-                sent += send_epochs(
-                    worker,
-                    polled.closed,
-                    stream.tasks,
-                    &mut rows,
-                    &mut dead,
-                    probe,
-                    stats,
-                );
             }
             Err(e) => {
                 // The broker is down or went away: say so, wait, and try again.
@@ -465,53 +685,80 @@ fn stream_epochs(
         worker.step();
     }
     let rest = source.drain();
-    sent += send_epochs(
-        worker,
-        rest,
-        stream.tasks,
-        &mut rows,
-        &mut dead,
-        probe,
-        stats,
-    );
-    drop(rows);
-    drop(dead);
+    sent += send_epochs(worker, rest, stream.tasks, &mut feed, &source, probe);
+    feed.snapshots.offer(u64::MAX, || source.state(&[]), &stats);
+    drop(feed);
     while worker.step_or_park(None) {}
-    if let Err(e) = source.commit() {
+    if ckpt.is_some() {
+        commit_cut(&source, ckpt, me, &mut committed);
+    } else if let Err(e) = source.commit() {
         stats.borrow_mut().fatal.push(e.to_string());
     }
     sent
+}
+
+/// Commits this worker's offsets of the latest complete checkpoint, if it is new; worker 0
+/// also removes the state files no later cut needs. A failure is only logged: the state
+/// directory, not the group's offsets, is where a checkpointed stream resumes.
+fn commit_cut(
+    source: &KafkaSource,
+    ckpt: Option<&Checkpointing>,
+    me: usize,
+    committed: &mut Option<u64>,
+) {
+    let Some(c) = ckpt else { return };
+    let result = (|| -> Result<()> {
+        let Some(cut) = latest_cut(&c.settings.dir, &c.components)? else {
+            return Ok(());
+        };
+        if committed.is_some_and(|t| t >= cut.time) {
+            return Ok(());
+        }
+        source.commit_state(&cut.state(&component("source", me))?)?;
+        if me == 0 {
+            prune(&c.settings.dir, &c.components, cut.time)?;
+        }
+        tracing::debug!(
+            cut = cut.time,
+            worker = me,
+            "checkpoint complete, offsets committed"
+        );
+        *committed = Some(cut.time);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "committing the checkpoint's offsets");
+    }
 }
 
 /// Sends closed epochs into the dataflow in order, waiting while more than two are in flight
 /// (the source's backpressure); returns how many it sent.
 fn send_epochs(
     worker: &mut timely::worker::Worker,
-    closed: Vec<(u64, Vec<dfp_engine::rows::Row>)>,
+    mut closed: Vec<(u64, Vec<Row>)>,
     tasks: Tasks,
-    rows: &mut InputHandleVec<u64, FileRows>,
-    dead: &mut InputHandleVec<u64, DeadLetter>,
+    feed: &mut StreamFeed,
+    source: &KafkaSource,
     probe: &ProbeHandle<u64>,
-    stats: &SharedStats,
 ) -> usize {
-    let n = closed.len();
-    for (epoch, these) in closed {
-        rows.advance_to(epoch);
-        dead.advance_to(epoch);
-        stats.borrow_mut().rows += these.len() as u64;
-        rows.send(FileRows {
+    for i in 0..closed.len() {
+        let epoch = closed[i].0;
+        feed.advance(epoch, source, &closed[i..]);
+        let rows = std::mem::take(&mut closed[i].1);
+        feed.stats.borrow_mut().rows += rows.len() as u64;
+        feed.rows.send(FileRows {
             epoch,
             tasks,
-            rows: these,
+            rows,
             bytes: 0,
         });
-        rows.advance_to(epoch + 1);
-        dead.advance_to(epoch + 1);
+        feed.snapshots.applied(epoch);
+        feed.advance(epoch + 1, source, &closed[i + 1..]);
         while probe.less_than(&epoch) {
             worker.step();
         }
     }
-    n
+    closed.len()
 }
 
 fn progress(done: usize, total: usize, s: &Stats, started: Instant) {

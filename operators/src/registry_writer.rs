@@ -4,7 +4,9 @@
 //!
 //! Input: trained models. Output: [`ModelNote`]s (name and version, at the epoch the model was
 //! trained in; the pipeline broadcasts them to every worker's inference) and [`DeadLetter`]s for
-//! models that could not be written. State: none (the registry is the state).
+//! models that could not be written. State: none (the registry is the state). In a
+//! checkpointed stream a model already registered (by a process that crashed after writing it)
+//! is not written again ([`Registry::register_once`]).
 
 use std::sync::Arc;
 
@@ -28,10 +30,11 @@ pub struct ModelNote {
 
 /// The registry-writer stage as a timely operator.
 pub trait RegistryWriter<'s> {
-    /// Registers each model as it arrives.
+    /// Registers each model as it arrives (`once`: unless the same model is there already).
     fn registry_writer(
         self,
         registry: Registry,
+        once: bool,
         stats: SharedStats,
     ) -> (
         StreamVec<'s, u64, ModelNote>,
@@ -43,6 +46,7 @@ impl<'s> RegistryWriter<'s> for StreamVec<'s, u64, Arc<Model>> {
     fn registry_writer(
         self,
         registry: Registry,
+        once: bool,
         stats: SharedStats,
     ) -> (
         StreamVec<'s, u64, ModelNote>,
@@ -50,7 +54,12 @@ impl<'s> RegistryWriter<'s> for StreamVec<'s, u64, Arc<Model>> {
     ) {
         self.ok_err(move |model| {
             let name = model.header.name.clone();
-            match registry.register(&model) {
+            let registered = if once {
+                registry.register_once(&model)
+            } else {
+                registry.register(&model)
+            };
+            match registered {
                 Ok(v) => {
                     stats.borrow_mut().models_trained += 1;
                     Ok(ModelNote {

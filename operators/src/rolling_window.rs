@@ -42,6 +42,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::core::OkErr;
 
+use crate::checkpoint::{self, StageState, frontier_cut};
 use crate::dead_letter::DeadLetter;
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
@@ -235,7 +236,7 @@ fn distinct_key(row: &Row, column: usize) -> String {
 }
 
 /// One UTC day of a user's rows, in event-time order, with their derived features.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Day {
     rows: Vec<Row>,
     derived: Vec<Vec<i64>>,
@@ -296,7 +297,7 @@ pub struct Window {
 }
 
 /// One user's window state.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct UserWindow {
     /// By (UTC day, row's user): the generic user's window holds every user's rows, and the
     /// per-day features are per the row's own user, as Morpheus groups them by `username`.
@@ -454,6 +455,17 @@ impl RollingWindows {
         })
     }
 
+    /// Every user's window, for a checkpoint.
+    pub fn state(&self) -> Result<Vec<u8>> {
+        checkpoint::encode(&self.users)
+    }
+
+    /// Replaces every user's window with `component`'s at a checkpoint's cut.
+    pub fn restore(&mut self, cut: &checkpoint::Cut, component: &str) -> Result<()> {
+        self.users = cut.state(component)?;
+        Ok(())
+    }
+
     /// Pushes one user's rows of `epoch` and returns what that emits: a training window if the
     /// rows train, a scoring window if they score, each when its triggers fire.
     pub fn push(&mut self, rows: UserRows, epoch: u64) -> Emitted {
@@ -506,6 +518,7 @@ pub trait RollingWindowExt<'s> {
     fn rolling_window(
         self,
         windows: RollingWindows,
+        snapshots: StageState,
         stats: SharedStats,
     ) -> (StreamVec<'s, u64, Window>, StreamVec<'s, u64, DeadLetter>);
 }
@@ -514,6 +527,7 @@ impl<'s> RollingWindowExt<'s> for StreamVec<'s, u64, UserRows> {
     fn rolling_window(
         self,
         mut windows: RollingWindows,
+        mut snapshots: StageState,
         stats: SharedStats,
     ) -> (StreamVec<'s, u64, Window>, StreamVec<'s, u64, DeadLetter>) {
         self.unary_frontier(Pipeline, "RollingWindow", move |_cap, _info| {
@@ -522,6 +536,8 @@ impl<'s> RollingWindowExt<'s> for StreamVec<'s, u64, UserRows> {
                 input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
                 for (cap, pieces) in pending.ready(&[frontier]) {
                     let epoch = *cap.time();
+                    snapshots.offer(epoch, || windows.state(), &stats);
+                    snapshots.applied(epoch);
                     // A user's rows come in pieces (one per file); windows see them at once.
                     let mut users: BTreeMap<(String, bool), UserRows> = BTreeMap::new();
                     for piece in pieces {
@@ -546,6 +562,7 @@ impl<'s> RollingWindowExt<'s> for StreamVec<'s, u64, UserRows> {
                         session.give_iterator(e.late.into_iter().map(Err));
                     }
                 }
+                snapshots.offer(frontier_cut(&[frontier]), || windows.state(), &stats);
             }
         })
         .container::<Vec<std::result::Result<Window, DeadLetter>>>()

@@ -2,7 +2,9 @@
 //! generated logs replayed into a topic give the same detections, scores and models as the
 //! batch run of the same files with one epoch a day; the detections topic holds them too;
 //! malformed messages are dead-lettered with their partition and offset while the run goes on;
-//! an unreachable broker is a clear error, not a hang.
+//! a checkpointed stream stopped and resumed writes what one uninterrupted run writes; an
+//! unreachable broker is a clear error, not a hang. (The crash test, kill -9 of the `dfp`
+//! process, is in jobs/tests/crash.rs.)
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
 
@@ -18,6 +20,7 @@ use dfp_bench::broker::Broker;
 use dfp_engine::generate::GenSource;
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;
+use dfp_operators::checkpoint::CheckpointSettings;
 use dfp_operators::kafka_sink::KafkaSink;
 use dfp_operators::kafka_source::KafkaSettings;
 use dfp_operators::pipeline::{Input, StreamInput, run};
@@ -58,6 +61,18 @@ fn live(
     s.source.stop_at_end = bounded;
     s.detections_topic = detections.map(str::to_string);
     s.stop = stop;
+    Input::Kafka(s)
+}
+
+/// `input`, checkpointing to `dir` at every epoch.
+fn checkpointed(input: Input, dir: &Path) -> Input {
+    let Input::Kafka(mut s) = input else {
+        panic!("not a stream")
+    };
+    s.checkpoint = Some(CheckpointSettings {
+        dir: dir.to_path_buf(),
+        every: 1,
+    });
     Input::Kafka(s)
 }
 
@@ -135,7 +150,10 @@ fn a_replayed_stream_gives_the_batch_runs_detections_scores_and_models() {
     assert_eq!(sent as u64, batch.stats.rows, "every record replayed");
     let streamed = run(options(
         "azure",
-        stream(&broker, "logs", Some("detections")),
+        checkpointed(
+            stream(&broker, "logs", Some("detections")),
+            &root.path().join("state"),
+        ),
         &root.path().join("stream"),
         2,
     ))
@@ -256,6 +274,70 @@ fn a_stopped_stream_finishes_what_it_read_and_commits_it() {
         "{}",
         again.line()
     );
+}
+
+#[test]
+fn a_checkpointed_stream_stopped_and_resumed_writes_what_one_run_writes() {
+    let broker = Broker::start();
+    broker.topic("logs", 2);
+    broker.topic("detections", 2);
+    let root = tempfile::tempdir().unwrap();
+    let data = logs(GenSource::Azure, 6, 8, &root.path().join("logs"));
+    let sent = replay_dir(&broker, "logs", &data) as u64;
+    let once = run(options(
+        "azure",
+        stream(&broker, "logs", None),
+        &root.path().join("once"),
+        2,
+    ))
+    .unwrap();
+    assert_eq!(once.stats.rows, sent);
+
+    // The same stream under another group, stopped after its first scores, then resumed from
+    // its state directory by a second run into the same outputs.
+    let state = root.path().join("state");
+    let out = root.path().join("twice");
+    let resumed = |stop: Arc<AtomicBool>, bounded: bool| {
+        let mut input = checkpointed(
+            live(&broker, "logs", Some("detections"), bounded, stop),
+            &state,
+        );
+        if let Input::Kafka(s) = &mut input {
+            s.source.group = "resumed".into();
+        }
+        options("azure", input, &out, 2)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let first = std::thread::spawn({
+        let opts = resumed(stop.clone(), false);
+        move || run(opts)
+    });
+    let scores = out.join("output/dfp_scores_azure.csv");
+    let started = Instant::now();
+    while std::fs::read_to_string(&scores).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing scored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    first.join().unwrap().unwrap();
+    run(resumed(Arc::default(), true)).unwrap();
+    for file in [
+        "dfp_detections_azure.csv",
+        "dfp_detections_azure.jsonl",
+        "dfp_scores_azure.csv",
+        "dfp_dead_letter_azure.jsonl",
+    ] {
+        let a = lines(&root.path().join("once/output").join(file));
+        let b = lines(&root.path().join("twice/output").join(file));
+        assert_eq!(a.len(), b.len(), "{file}");
+        assert!(a == b, "{file} differs");
+    }
+    let mut want = lines(&out.join("output/dfp_detections_azure.jsonl"));
+    want.sort();
+    assert_eq!(consume(&broker, "detections", want.len() + 1), want);
 }
 
 #[test]

@@ -1,0 +1,278 @@
+//! Exactly-once across crashes: a checkpointed `dfp run --stream` is killed with SIGKILL at
+//! random points, at least five times, and restarted each time; its detections, scores, dead
+//! letters, models and detections topic must then equal those of one uninterrupted run: none
+//! missing, none doubled. Against a real Kafka broker (tansu on 127.0.0.1, started here).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use dfp_bench::broker::Broker;
+use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+use dfp_operators::checkpoint::{components, latest_cut};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+
+/// Small, fast model settings, so that a run takes seconds.
+const CONFIG: &str = r#"
+[training_window]
+min_history = 60
+min_increment = 60
+max_history = "60d"
+cache_mode = "aggregate"
+
+[model]
+encoder_layers = [24, 12]
+decoder_layers = [24]
+epochs = 3
+lr = 0.01
+batch_size = 64
+"#;
+
+fn dfp() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dfp"));
+    c.env("DFP_LOG", "warn");
+    c
+}
+
+/// `dfp run --stream` of the `logs` topic into `root`, bounded, two workers.
+fn run_args(broker: &Broker, root: &Path, group: &str, config: &Path) -> Vec<String> {
+    let s = |p: PathBuf| p.to_string_lossy().into_owned();
+    [
+        "run",
+        "--source",
+        "azure",
+        "--stream",
+        &format!("kafka://{}/logs", broker.address),
+        "--group",
+        group,
+        "--until-end",
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+        "--write-scores",
+        "--config",
+        &s(config.to_path_buf()),
+        "--output",
+        &s(root.join("output")),
+        "--registry",
+        &s(root.join("models")),
+        "--detections-topic",
+        &format!("{group}-detections"),
+        "--clock",
+        "2024-01-02T03:04:05Z",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// Every model file (name/version) and its bytes.
+fn models(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for user in std::fs::read_dir(dir).unwrap() {
+        let user = user.unwrap().path();
+        for f in std::fs::read_dir(&user).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "dfpmodel") {
+                let key = format!(
+                    "{}/{}",
+                    user.file_name().unwrap().to_string_lossy(),
+                    f.file_name().unwrap().to_string_lossy()
+                );
+                out.insert(key, std::fs::read(&f).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Every message of `topic`, sorted, read to the end of its partition.
+fn topic(broker: &Broker, topic: &str) -> Vec<String> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("group.id", format!("check-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut got = Vec::new();
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{topic}: no end"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(m) => {
+                let m = m.unwrap();
+                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+            None => {}
+        }
+    }
+    got.sort();
+    got
+}
+
+#[test]
+fn five_kill_9_restarts_give_the_uninterrupted_runs_output() {
+    let broker = Broker::start();
+    broker.topic("logs", 3);
+    broker.topic("ref-detections", 1);
+    broker.topic("crash-detections", 1);
+    let root = tempfile::tempdir().unwrap();
+    let logs = root.path().join("logs");
+    let mut cfg = GenerateConfig::new(
+        GenSource::Azure,
+        10,
+        24,
+        NaiveDate::from_ymd_opt(2022, 8, 1).unwrap(),
+        11,
+    );
+    cfg.files_per_day = 2;
+    cfg.anomaly_days = 4;
+    generate(&cfg, &logs).unwrap();
+    let config = root.path().join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let replayed = dfp()
+        .args(["replay", "--source", "azure", "--speed", "max", "--files"])
+        .arg(logs.join("*.json"))
+        .arg("--to")
+        .arg(format!("kafka://{}/logs", broker.address))
+        .output()
+        .unwrap();
+    assert!(replayed.status.success(), "{replayed:?}");
+
+    // One uninterrupted run, timed.
+    let reference = root.path().join("ref");
+    let started = Instant::now();
+    let out = dfp()
+        .args(run_args(&broker, &reference, "ref", &config))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let whole = started.elapsed();
+
+    // The same stream, killed five times at random points of its first ~60%, then let finish.
+    let crashed = root.path().join("crash");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut kills = 0;
+    let mut cuts = Vec::new();
+    let mut starts = 0;
+    loop {
+        starts += 1;
+        assert!(starts <= 20, "the run never finished");
+        let mut child = dfp()
+            .args(run_args(&broker, &crashed, "crash", &config))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if kills < 5 {
+            // Kill at a random point after this process has taken its own next checkpoint,
+            // up to about an epoch later: mid-epoch, mid-training, mid-write.
+            let state = crashed.join("output/.dfp-state");
+            let before = cuts.last().copied().flatten();
+            let started = Instant::now();
+            while child.try_wait().unwrap().is_none()
+                && latest_cut(&state, &components(2))
+                    .ok()
+                    .flatten()
+                    .map(|c| c.time)
+                    <= before
+            {
+                assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(whole.mul_f64(rng.random_range(0.0..0.06)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+                let cut = latest_cut(&state, &components(2)).unwrap().map(|c| c.time);
+                eprintln!(
+                    "kill {kills} after {:?} (whole run {whole:?}): latest cut {cut:?}",
+                    started.elapsed()
+                );
+                cuts.push(cut);
+                continue;
+            }
+        }
+        let status = child.wait().unwrap();
+        assert!(status.success(), "restart {starts}: {status}");
+        break;
+    }
+    assert!(
+        kills >= 5,
+        "only {kills} kills landed before the run finished"
+    );
+    assert!(
+        cuts.windows(2).all(|w| w[0] < w[1]),
+        "every restart resumed from a later checkpoint: {cuts:?}"
+    );
+
+    for file in [
+        "dfp_detections_azure.csv",
+        "dfp_detections_azure.jsonl",
+        "dfp_scores_azure.csv",
+        "dfp_dead_letter_azure.jsonl",
+    ] {
+        let want = std::fs::read_to_string(reference.join("output").join(file)).unwrap();
+        let got = std::fs::read_to_string(crashed.join("output").join(file)).unwrap();
+        assert_eq!(
+            want.lines().count(),
+            got.lines().count(),
+            "{file}: lines after {kills} kills"
+        );
+        let diff = want
+            .lines()
+            .zip(got.lines())
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("\n{a}\n{b}"));
+        assert!(
+            want == got,
+            "{file} differs after {kills} kills:{}",
+            diff.unwrap_or_default()
+        );
+    }
+    let detections = std::fs::read_to_string(reference.join("output/dfp_detections_azure.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(detections > 0, "the run must detect something");
+    let (want, got) = (
+        topic(&broker, "ref-detections"),
+        topic(&broker, "crash-detections"),
+    );
+    assert_eq!(want.len(), detections);
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "detections topic after {kills} kills"
+    );
+    assert!(
+        got == want,
+        "the detections topic differs after {kills} kills"
+    );
+    let (want, got) = (
+        models(&reference.join("models")),
+        models(&crashed.join("models")),
+    );
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "model versions after {kills} kills"
+    );
+    assert!(want == got, "models differ after {kills} kills");
+}
