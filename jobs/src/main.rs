@@ -16,6 +16,7 @@ use dfp_engine::ingest::{DeadLetterWriter, InputFormat, Reader};
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::checkpoint::CheckpointSettings;
 use dfp_operators::config::RunConfig;
+use dfp_operators::control_topic::ControlTopicInput;
 use dfp_operators::demo::DemoOptions;
 use dfp_operators::file_batcher::{FileBatcherConfig, batch_files};
 use dfp_operators::kafka_sink::KafkaSink;
@@ -98,19 +99,35 @@ enum ModelsCommand {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("kafka_input").args(["stream", "control_topic"])))]
 struct RunArgs {
     /// Source schema: a built-in name (azure, duo) or a TOML file.
     #[arg(long)]
     source: String,
     /// The control message (Morpheus' JSON).
-    #[arg(long, required_unless_present = "stream", conflicts_with = "stream")]
+    #[arg(
+        long,
+        required_unless_present_any = ["stream", "control_topic"],
+        conflicts_with = "kafka_input"
+    )]
     control_messages: Option<PathBuf>,
     /// Consume raw log records (one JSON record per message) from kafka://HOST:PORT/TOPIC.
     /// Every epoch trains and scores, as Morpheus' streaming pipeline does.
     #[arg(long)]
     stream: Option<String>,
+    /// Consume control messages (Morpheus' JSON, one per message) from kafka://HOST:PORT/TOPIC,
+    /// as Morpheus' streaming DFP pipeline does: each is run as --control-messages runs a file,
+    /// in order, into the same outputs.
+    #[arg(long, conflicts_with = "stream")]
+    control_topic: Option<String>,
+    /// How long one poll of the control topic waits for a message.
+    #[arg(long, default_value = "100ms", requires = "control_topic")]
+    poll_interval: String,
+    /// Do not commit the control messages' offsets to the group (Morpheus' disable_commit).
+    #[arg(long, requires = "control_topic")]
+    disable_commit: bool,
     /// Kafka consumer group: where consumption starts (its committed offsets) and is committed.
-    #[arg(long, requires = "stream")]
+    #[arg(long, requires = "kafka_input")]
     group: Option<String>,
     /// Event time per epoch of a stream ("1d", "1h"): windows, training and outputs advance
     /// one epoch at a time.
@@ -120,22 +137,22 @@ struct RunArgs {
     /// later ones are dead-lettered.
     #[arg(long, default_value = "0s", requires = "stream")]
     lateness: String,
-    /// Stop at the end offsets found at the start (a replayed, bounded stream).
-    #[arg(long, requires = "stream")]
+    /// Stop once every partition has been read to its end (a replayed, bounded stream).
+    #[arg(long, requires = "kafka_input")]
     until_end: bool,
     /// Also produce the detections (JSON) to this topic.
     #[arg(long, requires = "stream")]
     detections_topic: Option<String>,
     /// Where a stream checkpoints its state (windows, model versions, offsets, output
     /// lengths) and resumes from after a crash or a stop. Default: OUTPUT/.dfp-state.
-    #[arg(long, requires = "stream")]
+    #[arg(long, requires = "kafka_input")]
     state_dir: Option<PathBuf>,
     /// Event time from one checkpoint to the next, in whole epochs ("1d", "6h"; default: one
     /// epoch).
     #[arg(long, requires = "stream")]
     checkpoint_every: Option<String>,
     /// Do not checkpoint: a crash may then double or lose output, as in Morpheus.
-    #[arg(long, requires = "stream", conflicts_with_all = ["state_dir", "checkpoint_every"])]
+    #[arg(long, requires = "kafka_input", conflicts_with_all = ["state_dir", "checkpoint_every"])]
     no_checkpoints: bool,
     /// A librdkafka setting passed through, KEY=VALUE (repeatable): security.protocol,
     /// sasl.mechanisms, sasl.username, ssl.ca.location, ...
@@ -163,7 +180,8 @@ struct RunArgs {
     /// Detection threshold on mean_abs_z (overrides the config).
     #[arg(long)]
     threshold: Option<f64>,
-    /// Resolve relative load globs against this directory instead of the message's directory.
+    /// Resolve relative load globs against this directory instead of the message's directory
+    /// (for --control-topic: instead of the working directory).
     #[arg(long)]
     files_root: Option<PathBuf>,
     /// Stamp detections with this time (RFC 3339) instead of the wall clock, so that runs of
@@ -412,16 +430,46 @@ fn stream_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
             }
             None => 1,
         };
-        stream.checkpoint = Some(CheckpointSettings {
-            dir: args
-                .state_dir
-                .clone()
-                .unwrap_or_else(|| args.output.join(".dfp-state")),
-            every,
-        });
+        stream.checkpoint = state_dir(args).map(|dir| CheckpointSettings { dir, every });
     }
     stream.stop = stop_on_signal()?;
     Ok(Input::Kafka(stream))
+}
+
+/// The state directory of a Kafka run: --state-dir, else OUTPUT/.dfp-state; none with
+/// --no-checkpoints.
+fn state_dir(args: &RunArgs) -> Option<PathBuf> {
+    (!args.no_checkpoints).then(|| {
+        args.state_dir
+            .clone()
+            .unwrap_or_else(|| args.output.join(".dfp-state"))
+    })
+}
+
+/// A `--control-topic` run's input.
+fn control_topic_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
+    let (brokers, topic) = parse_kafka_url(url)?;
+    let poll = dfp_engine::period::parse_duration(&args.poll_interval)
+        .map_err(anyhow::Error::msg)
+        .and_then(|d| d.to_std().context("must not be negative"))
+        .with_context(|| format!("--poll-interval {:?}", args.poll_interval))?;
+    Ok(Input::ControlTopic(ControlTopicInput {
+        kafka: kafka_settings(brokers, &args.kafka_options)?,
+        topic,
+        group: args
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("dfp-{source}-control")),
+        poll,
+        commit: !args.disable_commit,
+        files_root: args
+            .files_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".")),
+        stop_at_end: args.until_end,
+        stop: stop_on_signal()?,
+        state_dir: state_dir(args),
+    }))
 }
 
 /// A flag set by the first SIGINT or SIGTERM (the stream finishes what it read, commits and
@@ -510,16 +558,17 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         }
         None => wall_clock(),
     };
-    let (input, what) = match (&args.control_messages, &args.stream) {
-        (Some(path), _) => (
+    let (input, what) = match (&args.control_messages, &args.stream, &args.control_topic) {
+        (Some(path), _, _) => (
             Input::Control {
                 path: path.clone(),
                 files_root: args.files_root.clone(),
             },
             path.display().to_string(),
         ),
-        (None, Some(url)) => (stream_input(&args, &schema.name, url)?, url.clone()),
-        (None, None) => bail!("give --control-messages or --stream"),
+        (None, Some(url), _) => (stream_input(&args, &schema.name, url)?, url.clone()),
+        (None, None, Some(url)) => (control_topic_input(&args, &schema.name, url)?, url.clone()),
+        (None, None, None) => bail!("give --control-messages, --stream or --control-topic"),
     };
     let summary = dfp_operators::pipeline::run(RunOptions {
         schema,

@@ -156,7 +156,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], origin: &Path) -> Result<T> {
 }
 
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new one.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, "writing state", e))?;
     f.write_all(bytes)
@@ -172,7 +172,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The bytes of a state file for the cuts `from..=to`.
-fn frame(from: u64, to: u64, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(from: u64, to: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PREFIX + payload.len() + 8);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());

@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod control_topic;
 pub mod data_prep;
 pub mod dead_letter;
 pub mod demo;

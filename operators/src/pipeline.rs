@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,7 @@ use crate::checkpoint::{
     prune,
 };
 use crate::config::RunConfig;
+use crate::control_topic::ControlTopicInput;
 use crate::data_prep::DataPrep;
 use crate::dead_letter::DeadLetter;
 use crate::file_to_batch::{FileRows, FileTask, FileToBatch, Tasks};
@@ -70,6 +71,8 @@ pub enum Input {
     },
     /// A Kafka topic of raw log records, cut into epochs by event time.
     Kafka(StreamInput),
+    /// A Kafka topic of control messages, each run as a control-message file is.
+    ControlTopic(ControlTopicInput),
 }
 
 /// A streaming run's input and what its epochs do.
@@ -175,8 +178,8 @@ impl RunSummary {
     }
 }
 
-/// The plan of a control-message run, or nothing for a stream.
-enum Feed {
+/// The plan of a control-message run, or a stream.
+pub(crate) enum Feed {
     Files(Arc<Plan>),
     Kafka(StreamInput),
 }
@@ -191,7 +194,7 @@ enum Handles {
 }
 
 /// A checkpointed stream's state directory, and the cut it resumes from.
-struct Checkpointing {
+pub(crate) struct Checkpointing {
     settings: CheckpointSettings,
     meta: StateMeta,
     /// Whether the state directory was there before this start.
@@ -276,7 +279,10 @@ impl Checkpointing {
 pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     opts.config.validate("run config")?;
-    let (feed, unmatched) = match &opts.input {
+    let registry = Registry::open(&opts.registry)?;
+    let versions = latest_versions(&registry)?;
+    let columns = Columns::new(&opts.schema);
+    let (stats, epochs, unmatched) = match &opts.input {
         Input::Control { path, files_root } => {
             let msg = ControlMessage::from_file(path)?;
             let base = files_root.clone().unwrap_or_else(|| {
@@ -284,62 +290,122 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from("."))
             });
-            // Morpheus batches Azure by day and Duo in one batch unless the message says
-            // otherwise.
-            let default_period = (opts.schema.name != "duo").then_some(Period::Day);
-            let plan = Plan::build(&msg, &base, default_period)?;
-            for u in &plan.unmatched {
-                tracing::warn!(pattern = %u, "load pattern matches no file");
-            }
-            tracing::info!(epochs = plan.epochs.len(), files = plan.files(), "planned");
+            let plan = plan(&opts, &msg, &base)?;
             let unmatched = plan.unmatched.clone();
-            (Feed::Files(Arc::new(plan)), unmatched)
+            let outputs =
+                OutputFiles::create(&opts.output, &opts.schema.name, &columns, opts.write_scores)?;
+            let feed = Feed::Files(Arc::new(plan));
+            let (stats, epochs) = execute(&opts, feed, outputs, versions, None, false)?;
+            (stats, epochs, unmatched)
         }
-        Input::Kafka(s) => (Feed::Kafka(s.clone()), Vec::new()),
+        Input::ControlTopic(topic) => {
+            let (stats, epochs) = crate::control_topic::run(&opts, topic)?;
+            (stats, epochs, Vec::new())
+        }
+        Input::Kafka(stream) => {
+            let workers = opts.workers.max(1);
+            let ckpt = match &stream.checkpoint {
+                Some(c) => Some(Checkpointing::open(
+                    c,
+                    &stream.source,
+                    &opts.schema.name,
+                    workers,
+                    &versions,
+                )?),
+                None => None,
+            };
+            let mut outputs = match ckpt.as_ref().and_then(|c| c.cut.as_ref()) {
+                Some(cut) => OutputFiles::resume(
+                    &opts.output,
+                    &opts.schema.name,
+                    &cut.state(&component("sinks", 0))?,
+                )?,
+                None => OutputFiles::create(
+                    &opts.output,
+                    &opts.schema.name,
+                    &columns,
+                    opts.write_scores,
+                )?,
+            };
+            if let Some(topic) = &stream.detections_topic {
+                let mut sink = KafkaSink::new(&stream.source.kafka, topic)?;
+                if let Some(c) = &ckpt {
+                    sink = sink.resume(
+                        &stream.source.kafka,
+                        &c.meta.run,
+                        c.existed.then(|| c.from()),
+                    )?;
+                }
+                outputs = outputs.with_kafka(sink);
+            }
+            let once = ckpt.is_some();
+            let feed = Feed::Kafka(stream.clone());
+            let (stats, epochs) = execute(&opts, feed, outputs, versions, ckpt, once)?;
+            (stats, epochs, Vec::new())
+        }
     };
-    let registry = Registry::open(&opts.registry)?;
-    let versions: HashMap<String, u32> = registry
+    let mut outputs = vec![
+        output_path(&opts.output, &opts.schema.name, OutKind::DetectionsCsv),
+        output_path(&opts.output, &opts.schema.name, OutKind::DetectionsJson),
+    ];
+    if opts.write_scores {
+        outputs.push(output_path(
+            &opts.output,
+            &opts.schema.name,
+            OutKind::ScoresCsv,
+        ));
+    }
+    outputs.push(output_path(
+        &opts.output,
+        &opts.schema.name,
+        OutKind::DeadLetters,
+    ));
+    Ok(RunSummary {
+        epochs,
+        stats,
+        seconds: started.elapsed().as_secs_f64(),
+        outputs,
+        unmatched,
+    })
+}
+
+/// The latest version of every model in `registry`.
+pub(crate) fn latest_versions(registry: &Registry) -> Result<HashMap<String, u32>> {
+    Ok(registry
         .list()?
         .into_iter()
         .filter_map(|(name, v)| v.last().map(|&l| (name, l)))
-        .collect();
+        .collect())
+}
+
+/// The plan of a control message whose relative globs resolve against `base`.
+pub(crate) fn plan(opts: &RunOptions, msg: &ControlMessage, base: &Path) -> Result<Plan> {
+    // Morpheus batches Azure by day and Duo in one batch unless the message says otherwise.
+    let default_period = (opts.schema.name != "duo").then_some(Period::Day);
+    let plan = Plan::build(msg, base, default_period)?;
+    for u in &plan.unmatched {
+        tracing::warn!(pattern = %u, "load pattern matches no file");
+    }
+    tracing::info!(epochs = plan.epochs.len(), files = plan.files(), "planned");
+    Ok(plan)
+}
+
+/// Runs `feed` through the dataflow into `outputs`, scoring from the model `versions` (those
+/// of the checkpoint's cut when resuming) and registering each model `once` (not again when
+/// the same model is there); returns the counters summed over workers and the epochs run.
+pub(crate) fn execute(
+    opts: &RunOptions,
+    feed: Feed,
+    outputs: OutputFiles,
+    versions: HashMap<String, u32>,
+    ckpt: Option<Checkpointing>,
+    once: bool,
+) -> Result<(Stats, usize)> {
+    let started = Instant::now();
+    let registry = Registry::open(&opts.registry)?;
     let schema = Arc::new(opts.schema.clone());
     let columns = Arc::new(Columns::new(&schema));
     let workers = opts.workers.max(1);
-    let ckpt = match &feed {
-        Feed::Kafka(StreamInput {
-            checkpoint: Some(c),
-            source,
-            ..
-        }) => Some(Checkpointing::open(
-            c,
-            source,
-            &schema.name,
-            workers,
-            &versions,
-        )?),
-        _ => None,
-    };
-    let mut outputs = match ckpt.as_ref().and_then(|c| c.cut.as_ref()) {
-        Some(cut) => OutputFiles::resume(
-            &opts.output,
-            &schema.name,
-            &cut.state(&component("sinks", 0))?,
-        )?,
-        None => OutputFiles::create(&opts.output, &schema.name, &columns, opts.write_scores)?,
-    };
-    if let Feed::Kafka(StreamInput {
-        source,
-        detections_topic: Some(topic),
-        ..
-    }) = &feed
-    {
-        let mut sink = KafkaSink::new(&source.kafka, topic)?;
-        if let Some(c) = &ckpt {
-            sink = sink.resume(&source.kafka, &c.meta.run, c.existed.then(|| c.from()))?;
-        }
-        outputs = outputs.with_kafka(sink);
-    }
     let files = Arc::new(Mutex::new(Some(outputs)));
     let ckpt = Arc::new(ckpt);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -438,7 +504,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 stats.clone(),
             );
             let (notes, unregistered) =
-                models.registry_writer(registry.clone(), ckpt.is_some(), stats.clone());
+                models.registry_writer(registry.clone(), once, stats.clone());
             let (infer_p, bad_infer) = infer_w.data_prep(schema.clone());
             let (scored, unscored) = infer_p.inference(
                 notes.broadcast(),
@@ -553,29 +619,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     if !stats.fatal.is_empty() {
         return Err(Error::stage("run", stats.fatal.join("; ")));
     }
-    let mut outputs = vec![
-        output_path(&opts.output, &opts.schema.name, OutKind::DetectionsCsv),
-        output_path(&opts.output, &opts.schema.name, OutKind::DetectionsJson),
-    ];
-    if opts.write_scores {
-        outputs.push(output_path(
-            &opts.output,
-            &opts.schema.name,
-            OutKind::ScoresCsv,
-        ));
-    }
-    outputs.push(output_path(
-        &opts.output,
-        &opts.schema.name,
-        OutKind::DeadLetters,
-    ));
-    Ok(RunSummary {
-        epochs: epochs_seen.load(Ordering::Relaxed),
-        stats,
-        seconds: started.elapsed().as_secs_f64(),
-        outputs,
-        unmatched,
-    })
+    Ok((stats, epochs_seen.load(Ordering::Relaxed)))
 }
 
 /// One worker's inputs of a stream, and the source's checkpoints.

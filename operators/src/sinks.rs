@@ -84,19 +84,34 @@ impl OutputFiles {
         Ok(Self { files, kafka: None })
     }
 
+    /// Also produces the detections to a Kafka topic.
+    pub fn with_kafka(mut self, sink: KafkaSink) -> Self {
+        self.kafka = Some(sink);
+        self
+    }
+
     /// Reopens the files in `dir` as they were at a cut: each is cut back to its length then,
     /// dropping what a crashed process wrote after it.
     pub fn resume(dir: &Path, source: &str, state: &SinkState) -> Result<Self> {
+        Self::open(dir, source, state, true)
+    }
+
+    /// Reopens the files of `state` in `dir` to append to them as they are now.
+    pub fn reopen(dir: &Path, source: &str, state: &SinkState) -> Result<Self> {
+        Self::open(dir, source, state, false)
+    }
+
+    fn open(dir: &Path, source: &str, state: &SinkState, cut: bool) -> Result<Self> {
         let mut files = HashMap::new();
         for &(kind, len) in &state.lengths {
             let path = output_path(dir, source, kind);
             let file = OpenOptions::new()
                 .append(true)
                 .open(&path)
-                .map_err(|e| Error::io(&path, "reopening output at the checkpoint", e))?;
+                .map_err(|e| Error::io(&path, "reopening output", e))?;
             let now = file
                 .metadata()
-                .map_err(|e| Error::io(&path, "reopening output at the checkpoint", e))?
+                .map_err(|e| Error::io(&path, "reopening output", e))?
                 .len();
             if now < len {
                 return Err(Error::stage(
@@ -108,15 +123,17 @@ impl OutputFiles {
                     ),
                 ));
             }
-            file.set_len(len)
-                .map_err(|e| Error::io(&path, "cutting output back to the checkpoint", e))?;
+            if cut {
+                file.set_len(len)
+                    .map_err(|e| Error::io(&path, "cutting output back to the checkpoint", e))?;
+            }
             files.insert(kind, (path, BufWriter::new(file)));
         }
         Ok(Self { files, kafka: None })
     }
 
-    /// Each file's length, synced to disk, for a checkpoint.
-    pub fn state(&mut self) -> Result<Vec<u8>> {
+    /// Each file's length, synced to disk.
+    pub fn lengths(&mut self) -> Result<SinkState> {
         let mut lengths = Vec::new();
         for (kind, (path, w)) in &mut self.files {
             w.flush()
@@ -131,13 +148,12 @@ impl OutputFiles {
             lengths.push((*kind, len));
         }
         lengths.sort();
-        checkpoint::encode(&SinkState { lengths })
+        Ok(SinkState { lengths })
     }
 
-    /// Also produces the detections to a Kafka topic.
-    pub fn with_kafka(mut self, sink: KafkaSink) -> Self {
-        self.kafka = Some(sink);
-        self
+    /// [`Self::lengths`], encoded for a checkpoint.
+    pub fn state(&mut self) -> Result<Vec<u8>> {
+        checkpoint::encode(&self.lengths()?)
     }
 
     /// Writes one epoch's lines, sorted, and flushes (the detections topic included).

@@ -21,6 +21,7 @@ use dfp_engine::generate::GenSource;
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::checkpoint::CheckpointSettings;
+use dfp_operators::control_topic::ControlTopicInput;
 use dfp_operators::kafka_sink::KafkaSink;
 use dfp_operators::kafka_source::KafkaSettings;
 use dfp_operators::pipeline::{Input, StreamInput, run};
@@ -338,6 +339,77 @@ fn a_checkpointed_stream_stopped_and_resumed_writes_what_one_run_writes() {
     let mut want = lines(&out.join("output/dfp_detections_azure.jsonl"));
     want.sort();
     assert_eq!(consume(&broker, "detections", want.len() + 1), want);
+}
+
+#[test]
+fn control_messages_from_a_topic_run_as_files_do_and_bad_ones_are_dead_lettered() {
+    let broker = Broker::start();
+    broker.topic("control", 1);
+    let root = tempfile::tempdir().unwrap();
+    logs(GenSource::Azure, 6, 8, &root.path().join("logs"));
+    let control_file = root.path().join("control.json");
+    std::fs::write(&control_file, STREAMING).unwrap();
+    let batch = run(options(
+        "azure",
+        control(&control_file),
+        &root.path().join("batch"),
+        2,
+    ))
+    .unwrap();
+
+    let sink = KafkaSink::new(&kafka(&broker), "control").unwrap();
+    let nothing = STREAMING.replace("logs/*.json", "nowhere/*.json");
+    for m in [STREAMING, "{not json", nothing.as_str()] {
+        sink.produce(None, m).unwrap();
+    }
+    sink.flush().unwrap();
+    let topic = |stop_at_end| {
+        Input::ControlTopic(ControlTopicInput {
+            kafka: kafka(&broker),
+            topic: "control".into(),
+            group: "dfp-control".into(),
+            poll: Duration::from_millis(100),
+            commit: true,
+            files_root: root.path().to_path_buf(),
+            stop_at_end,
+            stop: Arc::default(),
+            state_dir: Some(root.path().join("state")),
+        })
+    };
+    let out = root.path().join("topic");
+    let first = run(options("azure", topic(true), &out, 2)).unwrap();
+    assert_eq!(first.stats.rows, batch.stats.rows, "{}", first.line());
+    assert_eq!(first.stats.dead_letters, batch.stats.dead_letters + 2);
+    for file in [
+        "dfp_detections_azure.csv",
+        "dfp_detections_azure.jsonl",
+        "dfp_scores_azure.csv",
+    ] {
+        let b = std::fs::read_to_string(root.path().join("batch/output").join(file)).unwrap();
+        let t = std::fs::read_to_string(out.join("output").join(file)).unwrap();
+        assert!(b == t, "{file} differs between the file and the topic");
+    }
+    let dead = std::fs::read_to_string(out.join("output/dfp_dead_letter_azure.jsonl")).unwrap();
+    for (offset, why) in [(1, "not valid JSON"), (2, "match no file")] {
+        let line = dead
+            .lines()
+            .find(|l| {
+                l.contains("\"kafka:control/0\"") && l.contains(&format!("\"record\":{offset}"))
+            })
+            .unwrap_or_else(|| panic!("no dead letter for offset {offset} in {dead}"));
+        assert!(
+            line.contains(why) && line.contains("control_topic"),
+            "{line}"
+        );
+    }
+    // Started again, the group and the state directory have it all done: nothing runs twice.
+    let before = std::fs::read(out.join("output/dfp_scores_azure.csv")).unwrap();
+    let again = run(options("azure", topic(true), &out, 1)).unwrap();
+    assert_eq!(again.stats.rows, 0, "{}", again.line());
+    assert_eq!(
+        std::fs::read(out.join("output/dfp_scores_azure.csv")).unwrap(),
+        before
+    );
 }
 
 #[test]
