@@ -58,3 +58,18 @@ pub fn write_report(name: &str, report: &serde_json::Value) -> Result<()> {
 }
 
 pub use dfp_operators::evaluate::roc_auc;
+
+/// Peak resident memory of this process since it started or since [`reset_peak_rss`], in MiB
+/// (Linux `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Starts the peak-memory count of this process over from its present size (Linux
+/// `/proc/self/clear_refs`); false where that is not possible.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

@@ -8,8 +8,9 @@
 //! so the same records make the same epochs whatever the partitions, workers or poll timing.
 //! Per partition the watermark is its newest event time less the allowed lateness; an epoch is
 //! closed, its rows sent into the dataflow, once every partition of the worker still being read
-//! has a watermark past its end (a partition read to its end does not hold the others back, as
-//! an idle source in Flink; one that has given nothing yet does). A record
+//! has a watermark past its end (a partition that has been at its end for the idle time does
+//! not hold the others back, as an idle source in Flink; in a bounded read, at once; one that
+//! has given nothing yet does). A record
 //! whose epoch its own partition had already closed when it arrived is late: counted and
 //! dead-lettered with the reason, never dropped silently. Malformed messages are dead-lettered
 //! with their partition and offset.
@@ -22,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dfp_engine::ingest::{InputFormat, Reader};
 use dfp_engine::rows::{Origin, Row, rows_from_batch};
@@ -93,6 +94,9 @@ pub struct SourceSettings {
     pub poll: Duration,
     /// Stop once every partition has been read to its end (a replayed, bounded stream).
     pub stop_at_end: bool,
+    /// How long a partition must stay at its end before it stops holding the others' epochs
+    /// open (a consumer that has caught up sees ends all the time).
+    pub idle_after: Duration,
 }
 
 /// What one poll gave.
@@ -116,6 +120,9 @@ struct Progress {
     next: Option<i64>,
     /// Whether the partition has been read to its end.
     at_end: bool,
+    /// Since when it has been at its end.
+    #[serde(skip)]
+    end_since: Option<Instant>,
     /// The newest event time read, µs.
     newest: Option<i64>,
 }
@@ -259,6 +266,7 @@ impl KafkaSource {
                     next,
                     newest: saved.newest,
                     at_end: false,
+                    end_since: None,
                 },
             );
         }
@@ -323,6 +331,9 @@ impl KafkaSource {
                 Ok(m) => m,
                 Err(KafkaError::PartitionEOF(p)) => {
                     if let Some(progress) = self.partitions.get_mut(&p) {
+                        if !progress.at_end {
+                            progress.end_since = Some(Instant::now());
+                        }
                         progress.at_end = true;
                     }
                     continue;
@@ -333,6 +344,7 @@ impl KafkaSource {
             if let Some(progress) = self.partitions.get_mut(&p) {
                 progress.next = Some(progress.next.map_or(offset + 1, |n| n.max(offset + 1)));
                 progress.at_end = false;
+                progress.end_since = None;
             }
             polled.messages += 1;
             let payload = m.payload().unwrap_or_default();
@@ -422,7 +434,13 @@ impl KafkaSource {
     /// end does not hold the others back; when all are, over those with data). `None` while a
     /// partition still being read has given nothing yet.
     fn watermark(&self) -> Option<u64> {
-        let reading: Vec<&Progress> = self.partitions.values().filter(|p| !p.at_end).collect();
+        let idle = |p: &Progress| {
+            p.at_end
+                && (self.settings.stop_at_end
+                    || p.end_since
+                        .is_some_and(|t| t.elapsed() >= self.settings.idle_after))
+        };
+        let reading: Vec<&Progress> = self.partitions.values().filter(|p| !idle(p)).collect();
         let newest: Option<Vec<i64>> = if reading.is_empty() {
             Some(self.partitions.values().filter_map(|p| p.newest).collect())
         } else {

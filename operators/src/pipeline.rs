@@ -7,7 +7,7 @@
 //! Inputs: the control message (or a Kafka topic), the source schema, the run config, the
 //! registry directory. Outputs: the files of [`crate::sinks`], new model versions in the
 //! registry, and a [`RunSummary`]. State: per worker, the windows of its users and a model
-//! cache; at most two epochs are in flight at once. A stream with a state directory
+//! cache; at most two epochs of files are in flight at once, one of a stream. A stream with a state directory
 //! checkpoints at frontier epochs ([`crate::checkpoint`]): on a restart every stage resumes
 //! from the latest complete cut, the output files are cut back to it, models already
 //! registered are not registered again and detections already in the topic are not produced
@@ -93,8 +93,8 @@ pub struct StreamInput {
 
 impl StreamInput {
     /// Morpheus' streaming pipeline on `topic`: epochs of `period_us` of event time, each
-    /// trains and scores; no lateness, a 100 ms poll, until stopped, no detections topic, no
-    /// checkpoints.
+    /// trains and scores; no lateness, a 100 ms poll, partitions idle after 1 s at their end,
+    /// until stopped, no detections topic, no checkpoints.
     pub fn new(kafka: KafkaSettings, topic: &str, group: &str, period_us: i64) -> Self {
         StreamInput {
             source: SourceSettings {
@@ -105,6 +105,7 @@ impl StreamInput {
                 lateness_us: 0,
                 poll: Duration::from_millis(100),
                 stop_at_end: false,
+                idle_after: Duration::from_secs(1),
             },
             tasks: Tasks {
                 train: true,
@@ -181,7 +182,7 @@ impl RunSummary {
 /// The plan of a control-message run, or a stream.
 pub(crate) enum Feed {
     Files(Arc<Plan>),
-    Kafka(StreamInput),
+    Kafka(Box<StreamInput>),
 }
 
 /// One worker's inputs.
@@ -339,7 +340,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 outputs = outputs.with_kafka(sink);
             }
             let once = ckpt.is_some();
-            let feed = Feed::Kafka(stream.clone());
+            let feed = Feed::Kafka(Box::new(stream.clone()));
             let (stats, epochs) = execute(&opts, feed, outputs, versions, ckpt, once)?;
             (stats, epochs, Vec::new())
         }
@@ -655,8 +656,8 @@ impl StreamFeed {
     }
 }
 
-/// Feeds one worker's share of a Kafka topic into the dataflow, epoch by epoch, with at most
-/// two epochs in flight; returns the epochs it sent. A worker without partitions closes its
+/// Feeds one worker's share of a Kafka topic into the dataflow, epoch by epoch, with one
+/// epoch in flight; returns the epochs it sent. A worker without partitions closes its
 /// inputs at once. Offsets are committed once everything read has been written: after each
 /// complete checkpoint when checkpointing, else at the end.
 fn stream_epochs(
@@ -775,8 +776,9 @@ fn commit_cut(
     }
 }
 
-/// Sends closed epochs into the dataflow in order, waiting while more than two are in flight
-/// (the source's backpressure); returns how many it sent.
+/// Sends closed epochs into the dataflow in order, each once the one before has been written
+/// (the source's backpressure: meanwhile the broker holds what comes next); returns how many
+/// it sent.
 fn send_epochs(
     worker: &mut timely::worker::Worker,
     mut closed: Vec<(u64, Vec<Row>)>,
@@ -798,7 +800,9 @@ fn send_epochs(
         });
         feed.snapshots.applied(epoch);
         feed.advance(epoch + 1, source, &closed[i + 1..]);
-        while probe.less_than(&epoch) {
+        // One epoch in flight: the dataflow is stepped until the epoch is written, so it
+        // moves through every stage at once instead of one step per poll of the source.
+        while probe.less_equal(&epoch) {
             worker.step();
         }
     }

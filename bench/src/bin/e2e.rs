@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use chrono::{Days, NaiveDate};
-use dfp_bench::{arg, bench_dir, write_report};
+use dfp_bench::{arg, bench_dir, peak_rss_mib, write_report};
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
@@ -27,14 +27,6 @@ use dfp_operators::pipeline::{Input, RunOptions, run};
 use dfp_operators::serialize::OutKind;
 use dfp_operators::sinks::output_path;
 use serde_json::{Value, json};
-
-/// Peak resident memory of this process, in MiB (Linux).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
 
 /// One run, in this (child) process.
 fn child(

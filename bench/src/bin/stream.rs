@@ -4,20 +4,26 @@
 //!    2-partition topic, then `dfp run --stream` (epochs of a day, each trains and scores) to
 //!    the end; beside it the batch pipeline on the same files with the same epochs, in the same
 //!    run. Reports events/s of both and their ratio.
+//!    The stream runs twice: without checkpoints and checkpointing every epoch (as `dfp run
+//!    --stream` does by default), to show what exactly-once costs.
 //! 2. Latency at fixed rates: with the models of (1), a scoring-only stream (epochs of
-//!    `--epoch`, 250 ms by default) fed at each rate for `--seconds`; every record is re-stamped
+//!    `--epoch`, 50 ms by default) fed at each rate for `--seconds`; every record is re-stamped
 //!    with the wall clock as its event time and a fresh id, and every scored row is produced to
 //!    a detections topic (threshold below every score). Latency of an event: the detection
 //!    message's broker timestamp minus the time the record was produced (both ms, same clock);
-//!    percentiles from an HDR histogram.
+//!    percentiles from an HDR histogram. Each rate without and with checkpoints. The stream
+//!    runs in a child process (this program with `--child`), whose peak memory (VmHWM) is
+//!    reported.
+//! 3. A burst: 10x the highest rate, checkpointed, for the same time: latency and the stream's
+//!    peak memory beside the steady runs'.
 //!
 //!   cargo run --release -p dfp-bench --bin stream -- [--users 200] [--rates 200,1000]
-//!       [--seconds 5] [--epoch 250ms]
+//!       [--seconds 5] [--epoch 50ms]
 //!
 //! Not part of the test run. Output: stdout and target/bench/stream.json.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +35,7 @@ use dfp_bench::{arg, bench_dir, write_report};
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;
+use dfp_operators::checkpoint::CheckpointSettings;
 use dfp_operators::config::RunConfig;
 use dfp_operators::file_to_batch::Tasks;
 use dfp_operators::kafka_sink::KafkaSink;
@@ -63,22 +70,119 @@ fn options(schema: &SourceSchema, input: Input, root: &Path, config: RunConfig) 
     }
 }
 
+/// A stream of `topic` for the consumer group `group`, checkpointing every epoch to `state`
+/// if given.
+#[allow(clippy::too_many_arguments)]
 fn stream_input(
     kafka: &KafkaSettings,
     topic: &str,
+    group: &str,
     period_us: i64,
     tasks: Tasks,
     detections: Option<&str>,
     bounded: bool,
     stop: Arc<AtomicBool>,
+    state: Option<&Path>,
 ) -> Input {
-    let mut s = StreamInput::new(kafka.clone(), topic, &format!("bench-{topic}"), period_us);
+    let mut s = StreamInput::new(kafka.clone(), topic, group, period_us);
     s.source.poll = Duration::from_millis(5);
     s.source.stop_at_end = bounded;
     s.tasks = tasks;
     s.detections_topic = detections.map(str::to_string);
     s.stop = stop;
+    s.checkpoint = state.map(|dir| CheckpointSettings {
+        dir: dir.to_path_buf(),
+        every: 1,
+    });
     Input::Kafka(s)
+}
+
+/// Bytes under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    dir_bytes(&p)
+                } else {
+                    e.metadata().map_or(0, |m| m.len())
+                }
+            })
+            .sum()
+    })
+}
+
+/// What a child process streams (this program re-run with `--child JSON`, so that its peak
+/// memory is the stream's own).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Child {
+    brokers: String,
+    options: Vec<(String, String)>,
+    topic: String,
+    detections: String,
+    group: String,
+    epoch_us: i64,
+    state: Option<PathBuf>,
+    registry: PathBuf,
+    dir: PathBuf,
+    /// The stream stops once this file exists.
+    stop_file: PathBuf,
+}
+
+/// The child process: a scoring-only stream until the stop file appears; prints its summary.
+fn child(spec: &str) -> Result<()> {
+    let c: Child = serde_json::from_str(spec)?;
+    let schema = SourceSchema::builtin("azure")?;
+    let mut config = RunConfig::from_toml(DFP_CONFIG, "configs/dfp.toml")?;
+    config.detection.threshold = -1.0;
+    config.inference_window.max_history = "1h".into();
+    let kafka = KafkaSettings {
+        brokers: c.brokers.clone(),
+        options: c.options.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let input = stream_input(
+        &kafka,
+        &c.topic,
+        &c.group,
+        c.epoch_us,
+        Tasks {
+            train: false,
+            infer: true,
+            payload: false,
+        },
+        Some(&c.detections),
+        false,
+        stop.clone(),
+        c.state.as_deref(),
+    );
+    let watcher = {
+        let (stop, file) = (stop.clone(), c.stop_file.clone());
+        std::thread::spawn(move || {
+            while !file.exists() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let opts = RunOptions {
+        registry: c.registry.clone(),
+        ..options(&schema, input, &c.dir, config)
+    };
+    let summary = run(opts)?;
+    let _ = watcher.join();
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+/// Peak resident memory of process `pid`, in MiB (Linux `VmHWM`).
+fn peak_rss_of(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn rate(summary: &RunSummary, seconds: f64) -> Value {
@@ -91,47 +195,44 @@ fn rate(summary: &RunSummary, seconds: f64) -> Value {
     })
 }
 
-/// One fixed-rate run: produce for `seconds` at `per_s`, score, and measure latency.
+/// One fixed-rate run: produce for `seconds` at `per_s`, score in a child process
+/// (checkpointing every epoch if `checkpoint`), and measure latency and the stream's peak
+/// memory.
 #[allow(clippy::too_many_arguments)]
 fn latency(
     broker: &Broker,
     kafka: &KafkaSettings,
-    schema: &SourceSchema,
     root: &Path,
     templates: &[Value],
     per_s: u64,
     seconds: f64,
     epoch_us: i64,
+    checkpoint: bool,
 ) -> Result<Value> {
-    let (input_topic, output_topic) = (format!("in-{per_s}"), format!("out-{per_s}"));
+    let name = format!("{per_s}{}", if checkpoint { "-ckpt" } else { "" });
+    let (input_topic, output_topic) = (format!("in-{name}"), format!("out-{name}"));
     broker.topic(&input_topic, 2);
     broker.topic(&output_topic, 1);
-    let mut config = RunConfig::from_toml(DFP_CONFIG, "configs/dfp.toml")?;
-    config.detection.threshold = -1.0;
-    config.inference_window.max_history = "1h".into();
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = Tasks {
-        train: false,
-        infer: true,
-        payload: false,
-    };
-    let input = stream_input(
-        kafka,
-        &input_topic,
-        epoch_us,
-        tasks,
-        Some(&output_topic),
-        false,
-        stop.clone(),
-    );
-    let run_dir = root.join(format!("latency-{per_s}"));
+    let run_dir = root.join(format!("latency-{name}"));
     std::fs::create_dir_all(&run_dir)?;
     // The models trained in the sustained-rate run.
-    let opts = RunOptions {
+    let spec = Child {
+        brokers: kafka.brokers.clone(),
+        options: kafka.options.clone(),
+        topic: input_topic.clone(),
+        detections: output_topic.clone(),
+        group: format!("bench-{name}"),
+        epoch_us,
+        state: checkpoint.then(|| run_dir.join("state")),
         registry: root.join("stream/models"),
-        ..options(schema, input, &run_dir, config)
+        dir: run_dir.clone(),
+        stop_file: run_dir.join("stop"),
     };
-    let runner = std::thread::spawn(move || run(opts));
+    let runner = std::process::Command::new(std::env::current_exe()?)
+        .arg("--child")
+        .arg(serde_json::to_string(&spec)?)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
     std::thread::sleep(Duration::from_secs(2));
     let sink = KafkaSink::new(kafka, &input_topic)?;
     let produced: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
@@ -143,7 +244,7 @@ fn latency(
             std::thread::sleep(wait);
         }
         let mut rec = templates[i % templates.len()].clone();
-        let id = format!("bench-{per_s}-{i}");
+        let id = format!("bench-{name}-{i}");
         rec["time"] =
             json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
         rec["properties"]["id"] = json!(id);
@@ -157,60 +258,80 @@ fn latency(
             .lock()
             .map_err(|_| anyhow::anyhow!("lock"))?
             .insert(id, t);
-        if i % 256 == 0 {
-            sink.flush()?;
-        }
     }
     sink.flush()?;
     let send_seconds = started.elapsed().as_secs_f64();
     // Records of the last epoch close when the stream stops.
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let summary = runner
-        .join()
-        .map_err(|_| anyhow::anyhow!("stream run panicked"))??;
+    let peak = peak_rss_of(runner.id());
+    std::fs::write(&spec.stop_file, "")?;
+    let out = runner.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the stream's child process failed: {}",
+        out.status
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout)?;
+    let scored = summary["stats"]["scored"].as_u64().unwrap_or(0);
     let consumer: BaseConsumer = kafka
         .client_config()
-        .set("group.id", format!("bench-read-{per_s}"))
+        .set("group.id", format!("bench-read-{name}"))
         .set("auto.offset.reset", "earliest")
         .create()?;
     consumer.subscribe(&[&output_topic])?;
     let produced = produced.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+    // Steady state: events produced in the first second (cold model caches) are left out of
+    // the percentiles; the max over every event is reported beside them.
+    let warm_from = produced.values().min().copied().unwrap_or(0) + 1000;
     let mut hist = Histogram::<u64>::new(3)?;
+    let mut max_all = 0u64;
     let mut seen = 0usize;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while seen < summary.stats.scored as usize && Instant::now() < deadline {
+    while seen < scored as usize && Instant::now() < deadline {
         let Some(m) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
         let m = m?;
         let at = m.timestamp().to_millis().unwrap_or(0);
         let v: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-        if let Some(t) = v["event_id"].as_str().and_then(|id| produced.get(id)) {
-            hist.record(u64::try_from(at - t).unwrap_or(0))?;
+        if let Some(&t) = v["event_id"].as_str().and_then(|id| produced.get(id)) {
+            let ms = u64::try_from(at - t).unwrap_or(0);
+            max_all = max_all.max(ms);
+            if t >= warm_from {
+                hist.record(ms)?;
+            }
         }
         seen += 1;
     }
     Ok(json!({
         "target_events_per_s": per_s,
+        "checkpoint_every_epoch": checkpoint,
         "achieved_events_per_s": n as f64 / send_seconds,
         "events": n,
-        "scored": summary.stats.scored,
+        "scored": scored,
+        "dead_letters": summary["stats"]["dead_letters"],
+        "epochs": summary["epochs"],
+        "stream_peak_rss_mib": peak,
         "latency_ms": {
             "samples": hist.len(),
             "p50": hist.value_at_quantile(0.5),
             "p99": hist.value_at_quantile(0.99),
             "p999": hist.value_at_quantile(0.999),
             "max": hist.max(),
+            "max_including_first_second": max_all,
         },
     }))
 }
 
 fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(i) = argv.iter().position(|a| a == "--child") {
+        return child(argv.get(i + 1).context("--child needs its JSON")?);
+    }
     let users: usize = arg("--users", 200)?;
     let rates: String = arg("--rates", "200,1000".to_string())?;
     let seconds: f64 = arg("--seconds", 5.0)?;
-    let epoch: String = arg("--epoch", "250ms".to_string())?;
+    let epoch: String = arg("--epoch", "50ms".to_string())?;
     let epoch_us = dfp_engine::period::parse_duration(&epoch)
         .map_err(anyhow::Error::msg)?
         .num_microseconds()
@@ -254,10 +375,14 @@ fn main() -> Result<()> {
     // Low-latency client settings: fetches return at once, produces are not held back.
     let kafka = KafkaSettings {
         brokers: broker.address.clone(),
-        options: [("fetch.wait.max.ms", "5"), ("linger.ms", "0")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        options: [
+            ("fetch.wait.max.ms", "5"),
+            ("fetch.error.backoff.ms", "5"),
+            ("linger.ms", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
     };
     broker.topic("logs", 2);
     let reader = Reader::new(Arc::new(schema.clone()));
@@ -277,48 +402,72 @@ fn main() -> Result<()> {
     )?;
     sink.flush()?;
     let replay_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let streamed = run(options(
-        &schema,
-        stream_input(
-            &kafka,
-            "logs",
-            86_400_000_000,
-            Tasks {
-                train: true,
-                infer: true,
-                payload: false,
-            },
-            None,
-            true,
-            Arc::default(),
-        ),
-        &root.path().join("stream"),
-        config,
-    ))?;
-    let stream_s = t.elapsed().as_secs_f64();
+    let sustained = |name: &str, state: Option<&Path>| -> Result<(RunSummary, f64)> {
+        let t = Instant::now();
+        let summary = run(options(
+            &schema,
+            stream_input(
+                &kafka,
+                "logs",
+                &format!("bench-{name}"),
+                86_400_000_000,
+                Tasks {
+                    train: true,
+                    infer: true,
+                    payload: false,
+                },
+                None,
+                true,
+                Arc::default(),
+                state,
+            ),
+            &root.path().join(name),
+            config.clone(),
+        ))?;
+        Ok((summary, t.elapsed().as_secs_f64()))
+    };
+    let (streamed, stream_s) = sustained("stream", None)?;
+    let state = root.path().join("stream-ckpt/state");
+    let (checkpointed, ckpt_s) = sustained("stream-ckpt", Some(&state))?;
 
     // 2. Latency at fixed rates, scoring only.
     let templates: Vec<Value> = recs
         .iter()
         .filter_map(|r| serde_json::from_str(&r.text).ok())
         .collect();
+    let rates: Vec<u64> = rates
+        .split(',')
+        .map(|r| r.trim().parse())
+        .collect::<std::result::Result<_, _>>()?;
     let mut fixed = Vec::new();
-    for r in rates.split(',') {
-        let per_s: u64 = r.trim().parse()?;
-        let result = latency(
-            &broker,
-            &kafka,
-            &schema,
-            root.path(),
-            &templates,
-            per_s,
-            seconds,
-            epoch_us,
-        )?;
-        eprintln!("{result}");
-        fixed.push(result);
+    for &per_s in &rates {
+        for checkpoint in [false, true] {
+            let result = latency(
+                &broker,
+                &kafka,
+                root.path(),
+                &templates,
+                per_s,
+                seconds,
+                epoch_us,
+                checkpoint,
+            )?;
+            eprintln!("{result}");
+            fixed.push(result);
+        }
     }
+    let burst_rate = 10 * rates.iter().copied().max().unwrap_or(100);
+    let burst = latency(
+        &broker,
+        &kafka,
+        root.path(),
+        &templates,
+        burst_rate,
+        seconds,
+        epoch_us,
+        true,
+    )?;
+    eprintln!("{burst}");
     let stream_rate = streamed.stats.rows as f64 / stream_s;
     let batch_rate = batch.stats.rows as f64 / batch_s;
     let report = json!({
@@ -328,9 +477,17 @@ fn main() -> Result<()> {
         "stream": rate(&streamed, stream_s),
         "stream_over_batch_rate": stream_rate / batch_rate,
         "same_detections": streamed.stats.detections == batch.stats.detections,
+        "stream_checkpointed": rate(&checkpointed, ckpt_s),
+        "checkpointed_over_stream_rate": stream_s / ckpt_s,
+        "checkpointed_same_detections": checkpointed.stats.detections == batch.stats.detections,
+        "state_dir_bytes_at_end": dir_bytes(&state),
         "latency": {
             "workload": format!("scoring only with the stream's models, epochs of {epoch}, records re-stamped with the wall clock; latency = detection's broker timestamp - produce time"),
             "runs": fixed,
+        },
+        "burst": {
+            "workload": format!("10x the highest fixed rate ({burst_rate}/s) for {seconds} s, checkpointing every epoch; stream_peak_rss_mib beside the steady runs' shows whether memory stays bounded"),
+            "run": burst,
         },
     });
     write_report("stream", &report)
