@@ -280,11 +280,16 @@ fn latency(
         .create()?;
     consumer.subscribe(&[&output_topic])?;
     let produced = produced.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-    // Steady state: events produced in the first second (cold model caches) are left out of
-    // the percentiles; the max over every event is reported beside them.
+    // Steady state: events produced in the first second (cold model caches) and in the last
+    // (their epochs close only when the stream's partitions go idle or it stops, as nothing
+    // newer arrives) are left out of the percentiles; the max over every event is beside them.
     let warm_from = produced.values().min().copied().unwrap_or(0) + 1000;
+    let cool_from = produced.values().max().copied().unwrap_or(0) - 1000;
     let mut hist = Histogram::<u64>::new(3)?;
     let mut max_all = 0u64;
+    // The slowest events, as (latency ms, ms after the first produce), to see when they come.
+    let first = produced.values().min().copied().unwrap_or(0);
+    let mut slowest: Vec<(u64, i64)> = Vec::new();
     let mut seen = 0usize;
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen < scored as usize && Instant::now() < deadline {
@@ -297,12 +302,19 @@ fn latency(
         if let Some(&t) = v["event_id"].as_str().and_then(|id| produced.get(id)) {
             let ms = u64::try_from(at - t).unwrap_or(0);
             max_all = max_all.max(ms);
-            if t >= warm_from {
+            slowest.push((ms, t - first));
+            if slowest.len() > 64 {
+                slowest.sort_unstable_by(|a, b| b.cmp(a));
+                slowest.truncate(8);
+            }
+            if t >= warm_from && t < cool_from {
                 hist.record(ms)?;
             }
         }
         seen += 1;
     }
+    slowest.sort_unstable_by(|a, b| b.cmp(a));
+    slowest.truncate(8);
     Ok(json!({
         "target_events_per_s": per_s,
         "checkpoint_every_epoch": checkpoint,
@@ -318,7 +330,8 @@ fn latency(
             "p99": hist.value_at_quantile(0.99),
             "p999": hist.value_at_quantile(0.999),
             "max": hist.max(),
-            "max_including_first_second": max_all,
+            "max_including_first_and_last_second": max_all,
+            "slowest_ms_and_ms_after_start": slowest,
         },
     }))
 }
