@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use arrow::array::AsArray;
 use clap::{Parser, Subcommand};
+
+mod cluster;
 use dfp_engine::control::{ControlMessage, expand_globs};
 use dfp_engine::generate::{GenSource, GenerateConfig};
 use dfp_engine::ingest::{DeadLetterWriter, InputFormat, Reader};
@@ -21,7 +23,7 @@ use dfp_operators::demo::DemoOptions;
 use dfp_operators::file_batcher::{FileBatcherConfig, batch_files};
 use dfp_operators::kafka_sink::KafkaSink;
 use dfp_operators::kafka_source::{KafkaSettings, parse_kafka_url};
-use dfp_operators::pipeline::{Input, RunOptions, StreamInput};
+use dfp_operators::pipeline::{ClusterSpec, Input, RunOptions, StreamInput};
 use dfp_operators::post_proc::Clock;
 use dfp_operators::replay::Speed;
 use std::io::IsTerminal;
@@ -74,6 +76,11 @@ enum Command {
         #[arg(long)]
         files_root: Option<PathBuf>,
     },
+    /// Run across hosts: start every process of a cluster run.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCommand,
+    },
     /// Inspect the local model registry.
     Models {
         /// The registry directory.
@@ -95,6 +102,28 @@ enum ModelsCommand {
         /// The version (default: the latest).
         #[arg(long)]
         version: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Start every process of the cluster in the hostfile with the same `dfp run` arguments:
+    /// those on this machine as children (their output prefixed with [i]), the others over
+    /// ssh (--ssh) or by printing the command to run there. Exits non-zero, stopping the
+    /// others, when one fails.
+    Launch {
+        /// One HOST:PORT per process, in process order.
+        #[arg(long)]
+        hostfile: PathBuf,
+        /// Worker threads per process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Start processes on other hosts with ssh (same paths there).
+        #[arg(long)]
+        ssh: bool,
+        /// The arguments of `dfp run` (after --).
+        #[arg(last = true, required = true)]
+        run: Vec<String>,
     },
 }
 
@@ -162,9 +191,19 @@ struct RunArgs {
     /// configs/dfp.toml.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Timely workers, each owning a share of the users.
+    /// Timely workers (threads) in this process, each owning a share of the users.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Processes in the cluster this process belongs to (timely's cluster mode; see
+    /// `dfp cluster launch`).
+    #[arg(long, default_value_t = 1, requires = "hostfile")]
+    processes: usize,
+    /// This process's index in the cluster, from 0.
+    #[arg(long, default_value_t = 0, requires = "hostfile")]
+    process_index: usize,
+    /// The cluster's processes, one HOST:PORT per line in process order.
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
     /// Model threads in all, shared out over the workers (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -287,6 +326,16 @@ struct IngestArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    // A panic (in dfp only a failure of timely's network threads when a cluster process goes
+    // away) is one line on stderr; the run then ends with an error saying what happened.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        eprintln!(
+            "dfp: thread {}: {}",
+            thread.name().unwrap_or("?"),
+            info.to_string().replace('\n', " ")
+        );
+    }));
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -325,6 +374,15 @@ fn run(command: Command) -> Result<ExitCode> {
             files_root,
         } => plan(&control_messages, files_root.as_deref()),
         Command::Models { registry, action } => models(&registry, action),
+        Command::Cluster {
+            action:
+                ClusterCommand::Launch {
+                    hostfile,
+                    workers,
+                    ssh,
+                    run,
+                },
+        } => cluster::launch(&hostfile, workers, ssh, &run),
     }
 }
 
@@ -570,6 +628,31 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         (None, None, Some(url)) => (control_topic_input(&args, &schema.name, url)?, url.clone()),
         (None, None, None) => bail!("give --control-messages, --stream or --control-topic"),
     };
+    let cluster = match &args.hostfile {
+        None => None,
+        Some(path) => {
+            let addresses = cluster::read_hostfile(path)?;
+            if addresses.len() != args.processes {
+                bail!(
+                    "--processes {} but {} lists {} processes",
+                    args.processes,
+                    path.display(),
+                    addresses.len()
+                );
+            }
+            if args.process_index >= args.processes {
+                bail!(
+                    "--process-index {} is not below --processes {}",
+                    args.process_index,
+                    args.processes
+                );
+            }
+            Some(ClusterSpec {
+                process: args.process_index,
+                addresses,
+            })
+        }
+    };
     let summary = dfp_operators::pipeline::run(RunOptions {
         schema,
         input,
@@ -580,7 +663,8 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         output: args.output,
         write_scores: args.write_scores,
         clock,
-        progress: std::io::stderr().is_terminal(),
+        progress: std::io::stderr().is_terminal() && cluster.is_none(),
+        cluster,
     })
     .with_context(|| format!("running {what}"))?;
     for p in &summary.unmatched {

@@ -231,7 +231,7 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
                 let (s, e) = execute(
                     opts,
                     Feed::Files(Arc::new(plan)),
-                    files,
+                    Some(files),
                     state.versions.clone(),
                     None,
                     input.state_dir.is_some(),

@@ -132,6 +132,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
         write_scores: true,
         clock: opts.clock.clone(),
         progress: opts.progress,
+        cluster: None,
     })?;
     let evaluation = evaluate(
         &generated.labels,

@@ -142,6 +142,47 @@ pub struct RunOptions {
     pub clock: Clock,
     /// Print progress on stderr.
     pub progress: bool,
+    /// One process of a cluster (`workers` threads in each process), or the whole run here.
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// This process's place in a cluster of processes (timely's cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// This process's index, from 0.
+    pub process: usize,
+    /// Every process's `host:port`, in process order.
+    pub addresses: Vec<String>,
+}
+
+impl RunOptions {
+    /// Whether this process writes the output files (global worker 0 is in process 0).
+    fn writes_outputs(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.process == 0)
+    }
+
+    /// Workers in the whole run, over every process.
+    fn total_workers(&self) -> usize {
+        self.workers.max(1) * self.cluster.as_ref().map_or(1, |c| c.addresses.len())
+    }
+
+    /// The timely configuration: threads in this process, or one process of a cluster.
+    fn timely_config(&self) -> timely::Config {
+        let threads = self.workers.max(1);
+        match &self.cluster {
+            None => timely::Config::process(threads),
+            Some(c) => timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads,
+                    process: c.process,
+                    addresses: c.addresses.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            },
+        }
+    }
 }
 
 /// What a run did.
@@ -293,42 +334,57 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             });
             let plan = plan(&opts, &msg, &base)?;
             let unmatched = plan.unmatched.clone();
-            let outputs =
-                OutputFiles::create(&opts.output, &opts.schema.name, &columns, opts.write_scores)?;
+            let outputs = if opts.writes_outputs() {
+                Some(OutputFiles::create(
+                    &opts.output,
+                    &opts.schema.name,
+                    &columns,
+                    opts.write_scores,
+                )?)
+            } else {
+                None
+            };
             let feed = Feed::Files(Arc::new(plan));
             let (stats, epochs) = execute(&opts, feed, outputs, versions, None, false)?;
             (stats, epochs, unmatched)
         }
         Input::ControlTopic(topic) => {
+            if opts.cluster.is_some() {
+                return Err(Error::stage(
+                    "run",
+                    "--control-topic runs in one process (its messages run one after the other); \
+                     give it --workers instead of a cluster",
+                ));
+            }
             let (stats, epochs) = crate::control_topic::run(&opts, topic)?;
             (stats, epochs, Vec::new())
         }
         Input::Kafka(stream) => {
-            let workers = opts.workers.max(1);
             let ckpt = match &stream.checkpoint {
                 Some(c) => Some(Checkpointing::open(
                     c,
                     &stream.source,
                     &opts.schema.name,
-                    workers,
+                    opts.total_workers(),
                     &versions,
                 )?),
                 None => None,
             };
             let mut outputs = match ckpt.as_ref().and_then(|c| c.cut.as_ref()) {
-                Some(cut) => OutputFiles::resume(
+                _ if !opts.writes_outputs() => None,
+                Some(cut) => Some(OutputFiles::resume(
                     &opts.output,
                     &opts.schema.name,
                     &cut.state(&component("sinks", 0))?,
-                )?,
-                None => OutputFiles::create(
+                )?),
+                None => Some(OutputFiles::create(
                     &opts.output,
                     &opts.schema.name,
                     &columns,
                     opts.write_scores,
-                )?,
+                )?),
             };
-            if let Some(topic) = &stream.detections_topic {
+            if let (Some(topic), Some(files)) = (&stream.detections_topic, outputs.take()) {
                 let mut sink = KafkaSink::new(&stream.source.kafka, topic)?;
                 if let Some(c) = &ckpt {
                     sink = sink.resume(
@@ -337,7 +393,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                         c.existed.then(|| c.from()),
                     )?;
                 }
-                outputs = outputs.with_kafka(sink);
+                outputs = Some(files.with_kafka(sink));
             }
             let once = ckpt.is_some();
             let feed = Feed::Kafka(Box::new(stream.clone()));
@@ -361,6 +417,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         &opts.schema.name,
         OutKind::DeadLetters,
     ));
+    if !opts.writes_outputs() {
+        // Process 0 of the cluster writes them.
+        outputs.clear();
+    }
     Ok(RunSummary {
         epochs,
         stats,
@@ -391,13 +451,14 @@ pub(crate) fn plan(opts: &RunOptions, msg: &ControlMessage, base: &Path) -> Resu
     Ok(plan)
 }
 
-/// Runs `feed` through the dataflow into `outputs`, scoring from the model `versions` (those
+/// Runs `feed` through the dataflow into `outputs` (held by this process when its worker 0
+/// is the run's), scoring from the model `versions` (those
 /// of the checkpoint's cut when resuming) and registering each model `once` (not again when
 /// the same model is there); returns the counters summed over workers and the epochs run.
 pub(crate) fn execute(
     opts: &RunOptions,
     feed: Feed,
-    outputs: OutputFiles,
+    outputs: Option<OutputFiles>,
     versions: HashMap<String, u32>,
     ckpt: Option<Checkpointing>,
     once: bool,
@@ -407,7 +468,8 @@ pub(crate) fn execute(
     let schema = Arc::new(opts.schema.clone());
     let columns = Arc::new(Columns::new(&schema));
     let workers = opts.workers.max(1);
-    let files = Arc::new(Mutex::new(Some(outputs)));
+    let files = Arc::new(Mutex::new(outputs));
+    let timely_config = opts.timely_config();
     let ckpt = Arc::new(ckpt);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (if opts.threads == 0 {
@@ -423,200 +485,220 @@ pub(crate) fn execute(
     let epochs_seen = epochs_run.clone();
     tracing::info!(workers, threads, "starting the dataflow");
 
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let stats: SharedStats = Rc::new(RefCell::new(Stats::default()));
-        let fail = |e: Error| Stats {
-            fatal: vec![e.to_string()],
-            ..Stats::default()
-        };
-        let backend: Rc<dyn Backend> = match CpuBackend::new(threads) {
-            Ok(b) => Rc::new(b),
-            Err(e) => return fail(e),
-        };
-        let mut windows = match RollingWindows::new(
-            &schema,
-            o.config.training_window.clone(),
-            o.config.inference_window.clone(),
-        ) {
-            Ok(w) => w,
-            Err(e) => return fail(e),
-        };
-        let me = worker.index();
-        let stage = |kind: &str| match ckpt.as_ref() {
-            Some(c) => c.stage(kind, me),
-            None => Ok(StageState::default()),
-        };
-        let restored = (|| -> Result<_> {
-            let mut versions = versions.clone();
-            if let Some(c) = ckpt.as_ref() {
-                versions = c.versions(me)?;
-                if let Some(cut) = &c.cut {
-                    windows.restore(cut, &component("windows", me))?;
+    let cluster = opts.cluster.is_some();
+    // A cluster process that goes away makes timely's network threads panic here; that is
+    // turned into an error naming the cause, so the other processes stop instead of hanging.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let guards = timely::execute(timely_config, move |worker| {
+            let stats: SharedStats = Rc::new(RefCell::new(Stats::default()));
+            let fail = |e: Error| Stats {
+                fatal: vec![e.to_string()],
+                ..Stats::default()
+            };
+            let backend: Rc<dyn Backend> = match CpuBackend::new(threads) {
+                Ok(b) => Rc::new(b),
+                Err(e) => return fail(e),
+            };
+            let mut windows = match RollingWindows::new(
+                &schema,
+                o.config.training_window.clone(),
+                o.config.inference_window.clone(),
+            ) {
+                Ok(w) => w,
+                Err(e) => return fail(e),
+            };
+            let me = worker.index();
+            let stage = |kind: &str| match ckpt.as_ref() {
+                Some(c) => c.stage(kind, me),
+                None => Ok(StageState::default()),
+            };
+            let restored = (|| -> Result<_> {
+                let mut versions = versions.clone();
+                if let Some(c) = ckpt.as_ref() {
+                    versions = c.versions(me)?;
+                    if let Some(cut) = &c.cut {
+                        windows.restore(cut, &component("windows", me))?;
+                    }
                 }
-            }
-            let sinks = if me == 0 {
-                stage("sinks")?
-            } else {
-                StageState::default()
+                let sinks = if me == 0 {
+                    stage("sinks")?
+                } else {
+                    StageState::default()
+                };
+                Ok((versions, stage("windows")?, stage("scorer")?, sinks))
+            })();
+            let (versions, window_state, scorer_state, sink_state) = match restored {
+                Ok(r) => r,
+                Err(e) => return fail(e),
             };
-            Ok((versions, stage("windows")?, stage("scorer")?, sinks))
-        })();
-        let (versions, window_state, scorer_state, sink_state) = match restored {
-            Ok(r) => r,
-            Err(e) => return fail(e),
-        };
-        let scorer = Scorer::new(
-            schema.clone(),
-            registry.clone(),
-            versions,
-            &o.config.split.generic_user,
-            &o.config.inference,
-            o.config.model.eval_batch_size,
-        );
-        let my_files = if worker.index() == 0 {
-            files.lock().ok().and_then(|mut f| f.take())
-        } else {
-            None
-        };
-        let mut handles = match feed.as_ref() {
-            Feed::Files(_) => Handles::Files(InputHandleVec::new()),
-            Feed::Kafka(_) => Handles::Kafka {
-                rows: InputHandleVec::new(),
-                dead: InputHandleVec::new(),
-            },
-        };
-        let probe = ProbeHandle::new();
-        let cfg = &o.config;
-        worker.dataflow::<u64, _, _>(|scope| {
-            let (rows, bad_input) = match &mut handles {
-                Handles::Files(input) => input
-                    .to_stream(scope)
-                    .file_to_batch(reader.clone(), stats.clone()),
-                Handles::Kafka { rows, dead } => (rows.to_stream(scope), dead.to_stream(scope)),
-            };
-            let (users, no_user) = rows.split_users(cfg.split.clone(), stats.clone());
-            let (windows, late) = users.rolling_window(windows, window_state, stats.clone());
-            let (train_w, infer_w) = windows.ok_err(|w| if w.train { Ok(w) } else { Err(w) });
-            let (train_p, bad_train) = train_w.data_prep(schema.clone());
-            let (models, failed) = train_p.training(
-                backend.clone(),
+            let scorer = Scorer::new(
                 schema.clone(),
-                cfg.model.clone(),
-                stats.clone(),
+                registry.clone(),
+                versions,
+                &o.config.split.generic_user,
+                &o.config.inference,
+                o.config.model.eval_batch_size,
             );
-            let (notes, unregistered) =
-                models.registry_writer(registry.clone(), once, stats.clone());
-            let (infer_p, bad_infer) = infer_w.data_prep(schema.clone());
-            let (scored, unscored) = infer_p.inference(
-                notes.broadcast(),
-                scorer,
-                backend.clone(),
-                scorer_state,
-                stats.clone(),
-            );
-            let features = Arc::new(columns.features().to_vec());
-            let mut lines = vec![
-                scored
-                    .clone()
-                    .filter_detections(&cfg.detection)
-                    .post_proc(features.clone(), o.clock.clone())
-                    .serialize(
-                        columns.clone(),
-                        vec![OutKind::DetectionsCsv, OutKind::DetectionsJson],
-                    ),
-            ];
-            if o.write_scores {
-                lines.push(
-                    scored
-                        .post_proc(features, o.clock.clone())
-                        .serialize(columns.clone(), vec![OutKind::ScoresCsv]),
+            let my_files = if worker.index() == 0 {
+                files.lock().ok().and_then(|mut f| f.take())
+            } else {
+                None
+            };
+            let mut handles = match feed.as_ref() {
+                Feed::Files(_) => Handles::Files(InputHandleVec::new()),
+                Feed::Kafka(_) => Handles::Kafka {
+                    rows: InputHandleVec::new(),
+                    dead: InputHandleVec::new(),
+                },
+            };
+            let probe = ProbeHandle::new();
+            let cfg = &o.config;
+            worker.dataflow::<u64, _, _>(|scope| {
+                let (rows, bad_input) = match &mut handles {
+                    Handles::Files(input) => input
+                        .to_stream(scope)
+                        .file_to_batch(reader.clone(), stats.clone()),
+                    Handles::Kafka { rows, dead } => (rows.to_stream(scope), dead.to_stream(scope)),
+                };
+                let (users, no_user) = rows.split_users(cfg.split.clone(), stats.clone());
+                let (windows, late) = users.rolling_window(windows, window_state, stats.clone());
+                let (train_w, infer_w) = windows.ok_err(|w| if w.train { Ok(w) } else { Err(w) });
+                let (train_p, bad_train) = train_w.data_prep(schema.clone());
+                let (models, failed) = train_p.training(
+                    backend.clone(),
+                    schema.clone(),
+                    cfg.model.clone(),
+                    stats.clone(),
                 );
-            }
-            lines.push(
+                let (notes, unregistered) =
+                    models.registry_writer(registry.clone(), once, stats.clone());
+                let (infer_p, bad_infer) = infer_w.data_prep(schema.clone());
+                let (scored, unscored) = infer_p.inference(
+                    notes.broadcast(),
+                    scorer,
+                    backend.clone(),
+                    scorer_state,
+                    stats.clone(),
+                );
+                let features = Arc::new(columns.features().to_vec());
+                let mut lines = vec![
+                    scored
+                        .clone()
+                        .filter_detections(&cfg.detection)
+                        .post_proc(features.clone(), o.clock.clone())
+                        .serialize(
+                            columns.clone(),
+                            vec![OutKind::DetectionsCsv, OutKind::DetectionsJson],
+                        ),
+                ];
+                if o.write_scores {
+                    lines.push(
+                        scored
+                            .post_proc(features, o.clock.clone())
+                            .serialize(columns.clone(), vec![OutKind::ScoresCsv]),
+                    );
+                }
+                lines.push(
+                    scope
+                        .concatenate(vec![
+                            bad_input,
+                            no_user,
+                            late,
+                            bad_train,
+                            failed,
+                            unregistered,
+                            bad_infer,
+                            unscored,
+                        ])
+                        .serialize_dead_letters(),
+                );
                 scope
-                    .concatenate(vec![
-                        bad_input,
-                        no_user,
-                        late,
-                        bad_train,
-                        failed,
-                        unregistered,
-                        bad_infer,
-                        unscored,
-                    ])
-                    .serialize_dead_letters(),
-            );
-            scope
-                .concatenate(lines)
-                .sinks(my_files, sink_state, stats.clone())
-                .probe_with(&probe);
-        });
-        match (handles, feed.as_ref()) {
-            (Handles::Files(mut input), Feed::Files(plan)) => {
-                let n = plan.epochs.len();
-                for (t, epoch) in plan.epochs.iter().enumerate() {
-                    if worker.index() == 0 {
-                        for (i, path) in epoch.files.iter().enumerate() {
-                            input.send(FileTask {
-                                epoch: t as u64,
-                                tasks: Tasks {
-                                    train: epoch.train,
-                                    infer: epoch.infer,
-                                    payload: epoch.payload,
-                                },
-                                index: u32::try_from(i).unwrap_or(u32::MAX),
-                                path: path.clone(),
-                                format: epoch.format,
-                            });
+                    .concatenate(lines)
+                    .sinks(my_files, sink_state, stats.clone())
+                    .probe_with(&probe);
+            });
+            match (handles, feed.as_ref()) {
+                (Handles::Files(mut input), Feed::Files(plan)) => {
+                    let n = plan.epochs.len();
+                    for (t, epoch) in plan.epochs.iter().enumerate() {
+                        if worker.index() == 0 {
+                            for (i, path) in epoch.files.iter().enumerate() {
+                                input.send(FileTask {
+                                    epoch: t as u64,
+                                    tasks: Tasks {
+                                        train: epoch.train,
+                                        infer: epoch.infer,
+                                        payload: epoch.payload,
+                                    },
+                                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                                    path: path.clone(),
+                                    format: epoch.format,
+                                });
+                            }
+                        }
+                        input.advance_to(t as u64 + 1);
+                        // At most two epochs in flight: read the next while this one trains.
+                        while probe.less_than(&(t as u64)) {
+                            worker.step();
+                        }
+                        if o.progress && worker.index() == 0 {
+                            progress(t, n, &stats.borrow(), started);
                         }
                     }
-                    input.advance_to(t as u64 + 1);
-                    // At most two epochs in flight: read the next while this one trains.
-                    while probe.less_than(&(t as u64)) {
-                        worker.step();
-                    }
-                    if o.progress && worker.index() == 0 {
-                        progress(t, n, &stats.borrow(), started);
-                    }
-                }
-                if worker.index() == 0 {
                     epochs_run.store(n, Ordering::Relaxed);
+                    drop(input);
+                    while worker.step_or_park(None) {}
                 }
-                drop(input);
-                while worker.step_or_park(None) {}
+                (Handles::Kafka { rows, dead }, Feed::Kafka(stream)) => {
+                    let feed = StreamFeed {
+                        rows,
+                        dead,
+                        snapshots: match stage("source") {
+                            Ok(s) => s,
+                            Err(e) => return fail(e),
+                        },
+                        stats: stats.clone(),
+                    };
+                    let sent = stream_epochs(
+                        worker,
+                        stream,
+                        &reader,
+                        feed,
+                        &probe,
+                        ckpt.as_ref().as_ref(),
+                    );
+                    epochs_run.fetch_max(sent, Ordering::Relaxed);
+                }
+                _ => return fail(Error::stage("dataflow", "input and plan disagree")),
             }
-            (Handles::Kafka { rows, dead }, Feed::Kafka(stream)) => {
-                let feed = StreamFeed {
-                    rows,
-                    dead,
-                    snapshots: match stage("source") {
-                        Ok(s) => s,
-                        Err(e) => return fail(e),
-                    },
-                    stats: stats.clone(),
-                };
-                let sent = stream_epochs(
-                    worker,
-                    stream,
-                    &reader,
-                    feed,
-                    &probe,
-                    ckpt.as_ref().as_ref(),
-                );
-                epochs_run.fetch_max(sent, Ordering::Relaxed);
+            if o.progress && worker.index() == 0 {
+                eprintln!();
             }
-            _ => return fail(Error::stage("dataflow", "input and plan disagree")),
+            stats.borrow().clone()
+        })
+        .map_err(|e| Error::stage("dataflow", e))?;
+        let mut stats = Stats::default();
+        for r in guards.join() {
+            stats.merge(r.map_err(|e| Error::stage("dataflow worker", e))?);
         }
-        if o.progress && worker.index() == 0 {
-            eprintln!();
+        Ok(stats)
+    }));
+    let stats = match ran {
+        Ok(stats) => stats?,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a worker panicked".into());
+            let what = if cluster {
+                "another process of the cluster went away or failed"
+            } else {
+                "a worker failed"
+            };
+            return Err(Error::stage("dataflow", format!("{what}: {why}")));
         }
-        stats.borrow().clone()
-    })
-    .map_err(|e| Error::stage("dataflow", e))?;
-    let mut stats = Stats::default();
-    for r in guards.join() {
-        stats.merge(r.map_err(|e| Error::stage("dataflow worker", e))?);
-    }
+    };
     if !stats.fatal.is_empty() {
         return Err(Error::stage("run", stats.fatal.join("; ")));
     }

@@ -63,6 +63,7 @@ fn child(
         write_scores: true,
         clock: Arc::new(chrono::Utc::now),
         progress: false,
+        cluster: None,
     })?;
     let wall = t.elapsed().as_secs_f64();
     let q = evaluate(

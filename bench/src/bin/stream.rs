@@ -67,6 +67,7 @@ fn options(schema: &SourceSchema, input: Input, root: &Path, config: RunConfig) 
         write_scores: false,
         clock: Arc::new(chrono::Utc::now),
         progress: false,
+        cluster: None,
     }
 }
 

@@ -1,0 +1,350 @@
+//! Cluster mode on 127.0.0.1: the same control message run as 1 process x 1 worker, 1 x 4, and
+//! 3 processes x 2 workers (started by `dfp cluster launch`) writes byte-identical detections,
+//! scores and dead letters and the same model files; when one process of a cluster is killed
+//! the other stops with an error instead of hanging.
+//!
+//! Where the machine allows it (root and `ip netns`), two processes also run in separate
+//! network namespaces joined by a veth pair, each with its own address, as on two hosts;
+//! elsewhere that test says why it cannot and passes.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+
+const CONFIG: &str = r#"
+[training_window]
+min_history = 60
+min_increment = 60
+max_history = "60d"
+cache_mode = "aggregate"
+
+[model]
+encoder_layers = [24, 12]
+decoder_layers = [24]
+epochs = 3
+lr = 0.01
+batch_size = 64
+"#;
+
+const CONTROL: &str = r#"{"inputs": [{"metadata": {"data_type": "streaming", "batching_options": {"period": "D"}},
+  "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}},
+            {"type": "training", "properties": {}}, {"type": "inference", "properties": {}}]}]}"#;
+
+fn dfp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dfp"))
+        .args(args)
+        .env("DFP_LOG", "warn")
+        .output()
+        .expect("run dfp")
+}
+
+/// A hostfile of `n` processes on free ports of 127.0.0.1.
+fn hostfile(path: &Path, n: usize) {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let text: String = listeners
+        .iter()
+        .map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port()))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A small month: 10 users, 8 days, with the control message and config beside it.
+fn data(root: &Path) {
+    let mut cfg = GenerateConfig::new(
+        GenSource::Azure,
+        10,
+        8,
+        NaiveDate::from_ymd_opt(2022, 8, 1).unwrap(),
+        9,
+    );
+    cfg.files_per_day = 4;
+    cfg.anomaly_days = 2;
+    generate(&cfg, &root.join("logs")).unwrap();
+    std::fs::write(root.join("control.json"), CONTROL).unwrap();
+    std::fs::write(root.join("config.toml"), CONFIG).unwrap();
+}
+
+/// `dfp run`'s arguments for outputs and models under `root/name`.
+fn run_args(root: &Path, name: &str) -> Vec<String> {
+    let p = |s: &str| root.join(s).to_string_lossy().into_owned();
+    vec![
+        "--source".into(),
+        "azure".into(),
+        "--control-messages".into(),
+        p("control.json"),
+        "--config".into(),
+        p("config.toml"),
+        "--output".into(),
+        p(&format!("{name}/output")),
+        "--registry".into(),
+        p(&format!("{name}/models")),
+        "--write-scores".into(),
+        "--clock".into(),
+        "2024-01-02T03:04:05Z".into(),
+    ]
+}
+
+/// Every file under `dir` (relative path and bytes).
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn one_process_four_workers_and_three_processes_give_the_same_bytes() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    data(root);
+    let mut args = vec!["run".to_string()];
+    args.extend(run_args(root, "single"));
+    let single = dfp(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(single.status.success(), "{single:?}");
+
+    let mut args = vec!["run".to_string(), "--workers".into(), "4".into()];
+    args.extend(run_args(root, "four"));
+    let four = dfp(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(four.status.success(), "{four:?}");
+
+    let hosts = root.join("hosts.txt");
+    hostfile(&hosts, 3);
+    let hosts_arg = hosts.to_string_lossy().into_owned();
+    let mut args = vec![
+        "cluster".to_string(),
+        "launch".into(),
+        "--hostfile".into(),
+        hosts_arg,
+        "--workers".into(),
+        "2".into(),
+        "--".into(),
+        "run".into(),
+    ];
+    args.extend(run_args(root, "cluster"));
+    let cluster = dfp(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(cluster.status.success(), "{cluster:?}");
+    let out = String::from_utf8_lossy(&cluster.stdout);
+    for i in 0..3 {
+        assert!(
+            out.contains(&format!("[{i}] ")),
+            "process {i} said nothing: {out}"
+        );
+    }
+
+    let want_out = files(&root.join("single/output"));
+    let want_models = files(&root.join("single/models"));
+    assert!(
+        want_out["dfp_detections_azure.csv"].len() > 1000,
+        "the run must detect something"
+    );
+    for name in ["four", "cluster"] {
+        let got = files(&root.join(name).join("output"));
+        assert_eq!(
+            want_out.keys().collect::<Vec<_>>(),
+            got.keys().collect::<Vec<_>>()
+        );
+        for (file, bytes) in &want_out {
+            assert!(got[file] == *bytes, "{name}: {file} differs");
+        }
+        let models = files(&root.join(name).join("models"));
+        assert_eq!(
+            want_models.keys().collect::<Vec<_>>(),
+            models.keys().collect::<Vec<_>>(),
+            "{name}: model versions"
+        );
+        for (file, bytes) in &want_models {
+            if file.ends_with(".dfpmodel") {
+                assert!(models[file] == *bytes, "{name}: {file} differs");
+            }
+        }
+    }
+}
+
+/// Two network namespaces joined by a veth pair, removed on drop.
+struct Namespaces {
+    names: [String; 2],
+    addresses: [String; 2],
+}
+
+impl Namespaces {
+    /// Creates them, or says why it cannot.
+    fn create() -> Result<Self, String> {
+        let id = std::process::id() % 100_000;
+        let ns = Namespaces {
+            names: [format!("dfp{id}a"), format!("dfp{id}b")],
+            addresses: [
+                format!("10.231.{}.1", id % 250),
+                format!("10.231.{}.2", id % 250),
+            ],
+        };
+        let (a, b) = (ns.names[0].as_str(), ns.names[1].as_str());
+        let (va, vb) = (format!("v{id}a"), format!("v{id}b"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", a],
+            vec!["link", "set", &vb, "netns", b],
+        ];
+        let ca = format!("{}/24", ns.addresses[0]);
+        let cb = format!("{}/24", ns.addresses[1]);
+        let more: Vec<Vec<&str>> = vec![
+            vec!["-n", a, "addr", "add", &ca, "dev", &va],
+            vec!["-n", b, "addr", "add", &cb, "dev", &vb],
+            vec!["-n", a, "link", "set", &va, "up"],
+            vec!["-n", b, "link", "set", &vb, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for step in steps.iter().chain(&more) {
+            let out = Command::new("ip")
+                .args(step)
+                .output()
+                .map_err(|e| format!("no ip tool: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {}: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+#[test]
+fn processes_in_separate_network_namespaces_give_the_same_bytes() {
+    let ns = match Namespaces::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipped: cannot make network namespaces here ({why})");
+            return;
+        }
+    };
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    data(root);
+    let mut args = vec!["run".to_string()];
+    args.extend(run_args(root, "single"));
+    let single = dfp(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(single.status.success(), "{single:?}");
+
+    let hosts = root.join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        format!("{}:7101\n{}:7101\n", ns.addresses[0], ns.addresses[1]),
+    )
+    .unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            Command::new("ip")
+                .args(["netns", "exec", &ns.names[i]])
+                .arg(env!("CARGO_BIN_EXE_dfp"))
+                .arg("run")
+                .args(run_args(root, "netns"))
+                .args(["--processes", "2", "--process-index", &i.to_string()])
+                .arg("--hostfile")
+                .arg(&hosts)
+                .env("DFP_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let want = files(&root.join("single/output"));
+    let got = files(&root.join("netns/output"));
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
+    for (file, bytes) in &want {
+        assert!(got[file] == *bytes, "{file} differs across namespaces");
+    }
+}
+
+#[test]
+fn a_killed_process_stops_the_others_with_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let mut cfg = GenerateConfig::new(
+        GenSource::Azure,
+        40,
+        20,
+        NaiveDate::from_ymd_opt(2022, 8, 1).unwrap(),
+        9,
+    );
+    cfg.files_per_day = 4;
+    generate(&cfg, &root.join("logs")).unwrap();
+    std::fs::write(root.join("control.json"), CONTROL).unwrap();
+    let hosts = root.join("hosts.txt");
+    hostfile(&hosts, 2);
+    let start = |i: usize| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dfp"));
+        c.arg("run")
+            .args(["--source", "azure", "--control-messages"])
+            .arg(root.join("control.json"))
+            .arg("--output")
+            .arg(root.join("output"))
+            .arg("--registry")
+            .arg(root.join("models"))
+            .args(["--processes", "2", "--process-index", &i.to_string()])
+            .arg("--hostfile")
+            .arg(&hosts)
+            .env("DFP_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let survivor = start(0);
+    let mut victim = start(1);
+    // Let them connect and start training, then kill one.
+    std::thread::sleep(Duration::from_secs(3));
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let started = Instant::now();
+    let out = survivor.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the survivor took {:?}",
+        started.elapsed()
+    );
+    assert!(!out.status.success(), "the survivor must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another process of the cluster went away"),
+        "{err}"
+    );
+}
