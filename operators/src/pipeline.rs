@@ -384,7 +384,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                     opts.write_scores,
                 )?),
             };
-            if let (Some(topic), Some(files)) = (&stream.detections_topic, outputs.take()) {
+            if let Some(topic) = &stream.detections_topic
+                && let Some(files) = outputs.take()
+            {
                 let mut sink = KafkaSink::new(&stream.source.kafka, topic)?;
                 if let Some(c) = &ckpt {
                     sink = sink.resume(
