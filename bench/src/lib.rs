@@ -4,7 +4,7 @@
 
 pub mod broker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -72,4 +72,47 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// `/proc/self/clear_refs`); false where that is not possible.
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Every file under `dir`, by path relative to it, with its bytes: what the end-to-end tests
+/// compare between runs.
+pub fn file_tree(dir: &Path) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir)?.to_string_lossy().into_owned();
+                out.insert(
+                    rel,
+                    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A control message that loads `logs/*.json` beside it, one epoch a day, each trains and
+/// scores (Morpheus' streaming pipeline over files).
+pub const DAILY_CONTROL: &str = r#"{"inputs": [{"metadata": {"data_type": "streaming", "batching_options": {"period": "D"}},
+  "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}},
+            {"type": "training", "properties": {}}, {"type": "inference", "properties": {}}]}]}"#;
+
+/// Generates `users` x 30 days of Azure AD logs from 2022-08-01, 8 files a day, seed 42, into
+/// `dir`: the month the streaming and cluster benchmarks run.
+pub fn azure_month(users: usize, dir: &Path) -> Result<dfp_engine::generate::GenerateSummary> {
+    let start = chrono::NaiveDate::from_ymd_opt(2022, 8, 1).context("date")?;
+    let mut cfg = dfp_engine::generate::GenerateConfig::new(
+        dfp_engine::generate::GenSource::Azure,
+        users,
+        30,
+        start,
+        42,
+    );
+    cfg.files_per_day = 8;
+    Ok(dfp_engine::generate::generate(&cfg, dir)?)
 }

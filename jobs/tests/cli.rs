@@ -3,16 +3,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn dfp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfp"))
-        .args(args)
-        .env("DFP_LOG", "warn")
-        .output()
-        .expect("run dfp")
-}
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::dfp;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

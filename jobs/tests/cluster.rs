@@ -9,41 +9,17 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use common::{FAST_CONFIG, dfp, dfp_command};
+use dfp_bench::{DAILY_CONTROL, file_tree};
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
-
-const CONFIG: &str = r#"
-[training_window]
-min_history = 60
-min_increment = 60
-max_history = "60d"
-cache_mode = "aggregate"
-
-[model]
-encoder_layers = [24, 12]
-decoder_layers = [24]
-epochs = 3
-lr = 0.01
-batch_size = 64
-"#;
-
-const CONTROL: &str = r#"{"inputs": [{"metadata": {"data_type": "streaming", "batching_options": {"period": "D"}},
-  "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}},
-            {"type": "training", "properties": {}}, {"type": "inference", "properties": {}}]}]}"#;
-
-fn dfp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfp"))
-        .args(args)
-        .env("DFP_LOG", "warn")
-        .output()
-        .expect("run dfp")
-}
 
 /// A hostfile of `n` processes on free ports of 127.0.0.1.
 fn hostfile(path: &Path, n: usize) {
@@ -69,8 +45,8 @@ fn data(root: &Path) {
     cfg.files_per_day = 4;
     cfg.anomaly_days = 2;
     generate(&cfg, &root.join("logs")).unwrap();
-    std::fs::write(root.join("control.json"), CONTROL).unwrap();
-    std::fs::write(root.join("config.toml"), CONFIG).unwrap();
+    std::fs::write(root.join("control.json"), DAILY_CONTROL).unwrap();
+    std::fs::write(root.join("config.toml"), FAST_CONFIG).unwrap();
 }
 
 /// `dfp run`'s arguments for outputs and models under `root/name`.
@@ -94,21 +70,16 @@ fn run_args(root: &Path, name: &str) -> Vec<String> {
 }
 
 /// Every file under `dir` (relative path and bytes).
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    file_tree(dir).unwrap()
+}
+
+/// Runs the data in `root` as one process of one worker into `root/single`.
+fn single(root: &Path) {
+    let mut args = vec!["run".to_string()];
+    args.extend(run_args(root, "single"));
+    let single = dfp(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(single.status.success(), "{single:?}");
 }
 
 #[test]
@@ -116,10 +87,7 @@ fn one_process_four_workers_and_three_processes_give_the_same_bytes() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     data(root);
-    let mut args = vec!["run".to_string()];
-    args.extend(run_args(root, "single"));
-    let single = dfp(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(single.status.success(), "{single:?}");
+    single(root);
 
     let mut args = vec!["run".to_string(), "--workers".into(), "4".into()];
     args.extend(run_args(root, "four"));
@@ -252,10 +220,7 @@ fn processes_in_separate_network_namespaces_give_the_same_bytes() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     data(root);
-    let mut args = vec!["run".to_string()];
-    args.extend(run_args(root, "single"));
-    let single = dfp(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(single.status.success(), "{single:?}");
+    single(root);
 
     let hosts = root.join("hosts.txt");
     std::fs::write(
@@ -308,11 +273,11 @@ fn a_killed_process_stops_the_others_with_an_error() {
     );
     cfg.files_per_day = 4;
     generate(&cfg, &root.join("logs")).unwrap();
-    std::fs::write(root.join("control.json"), CONTROL).unwrap();
+    std::fs::write(root.join("control.json"), DAILY_CONTROL).unwrap();
     let hosts = root.join("hosts.txt");
     hostfile(&hosts, 2);
     let start = |i: usize| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dfp"));
+        let mut c = dfp_command();
         c.arg("run")
             .args(["--source", "azure", "--control-messages"])
             .arg(root.join("control.json"))
@@ -323,7 +288,6 @@ fn a_killed_process_stops_the_others_with_an_error() {
             .args(["--processes", "2", "--process-index", &i.to_string()])
             .arg("--hostfile")
             .arg(&hosts)
-            .env("DFP_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         c.spawn().unwrap()

@@ -5,41 +5,23 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use common::{FAST_CONFIG, dfp_command};
 use dfp_bench::broker::Broker;
+use dfp_bench::file_tree;
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
 use dfp_operators::checkpoint::{components, latest_cut};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-
-/// Small, fast model settings, so that a run takes seconds.
-const CONFIG: &str = r#"
-[training_window]
-min_history = 60
-min_increment = 60
-max_history = "60d"
-cache_mode = "aggregate"
-
-[model]
-encoder_layers = [24, 12]
-decoder_layers = [24]
-epochs = 3
-lr = 0.01
-batch_size = 64
-"#;
-
-fn dfp() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dfp"));
-    c.env("DFP_LOG", "warn");
-    c
-}
 
 /// `dfp run --stream` of the `logs` topic into `root`, bounded, two workers.
 fn run_args(broker: &Broker, root: &Path, group: &str, config: &Path) -> Vec<String> {
@@ -76,22 +58,9 @@ fn run_args(broker: &Broker, root: &Path, group: &str, config: &Path) -> Vec<Str
 
 /// Every model file (name/version) and its bytes.
 fn models(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for user in std::fs::read_dir(dir).unwrap() {
-        let user = user.unwrap().path();
-        for f in std::fs::read_dir(&user).unwrap() {
-            let f = f.unwrap().path();
-            if f.extension().is_some_and(|e| e == "dfpmodel") {
-                let key = format!(
-                    "{}/{}",
-                    user.file_name().unwrap().to_string_lossy(),
-                    f.file_name().unwrap().to_string_lossy()
-                );
-                out.insert(key, std::fs::read(&f).unwrap());
-            }
-        }
-    }
-    out
+    let mut all = file_tree(dir).unwrap();
+    all.retain(|name, _| name.ends_with(".dfpmodel"));
+    all
 }
 
 /// Every message of `topic`, sorted, read to the end of its partition.
@@ -144,8 +113,8 @@ fn five_kill_9_restarts_give_the_uninterrupted_runs_output() {
     cfg.anomaly_days = 4;
     generate(&cfg, &logs).unwrap();
     let config = root.path().join("config.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let replayed = dfp()
+    std::fs::write(&config, FAST_CONFIG).unwrap();
+    let replayed = dfp_command()
         .args(["replay", "--source", "azure", "--speed", "max", "--files"])
         .arg(logs.join("*.json"))
         .arg("--to")
@@ -157,7 +126,7 @@ fn five_kill_9_restarts_give_the_uninterrupted_runs_output() {
     // One uninterrupted run, timed.
     let reference = root.path().join("ref");
     let started = Instant::now();
-    let out = dfp()
+    let out = dfp_command()
         .args(run_args(&broker, &reference, "ref", &config))
         .output()
         .unwrap();
@@ -173,7 +142,7 @@ fn five_kill_9_restarts_give_the_uninterrupted_runs_output() {
     loop {
         starts += 1;
         assert!(starts <= 20, "the run never finished");
-        let mut child = dfp()
+        let mut child = dfp_command()
             .args(run_args(&broker, &crashed, "crash", &config))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, read_state, write_atomic};
 use crate::dead_letter::DeadLetter;
-use crate::kafka_source::KafkaSettings;
+use crate::kafka_source::{KafkaSettings, partition_count};
 use crate::metrics::Stats;
 use crate::pipeline::{Feed, RunOptions, execute, latest_versions, plan};
 use crate::serialize::{Columns, dead_letter_line};
@@ -81,40 +81,8 @@ fn kafka_error(what: &str, e: KafkaError) -> Error {
 /// The consumer, assigned every partition of `input.topic` from `next` (else the group's
 /// committed offsets, else the beginning).
 fn consumer(input: &ControlTopicInput, next: &BTreeMap<i32, i64>) -> Result<(BaseConsumer, usize)> {
-    let consumer: BaseConsumer = input
-        .kafka
-        .client_config()
-        .set("group.id", &input.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .create()
-        .map_err(|e| kafka_error("creating the consumer", e))?;
-    let metadata = consumer
-        .fetch_metadata(Some(&input.topic), Duration::from_secs(10))
-        .map_err(|e| {
-            kafka_error(
-                &format!(
-                    "reading topic {:?} from {}",
-                    input.topic, input.kafka.brokers
-                ),
-                e,
-            )
-        })?;
-    let count = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == input.topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len());
-    if count == 0 {
-        return Err(Error::stage(
-            "control topic",
-            format!(
-                "topic {:?} does not exist on {}",
-                input.topic, input.kafka.brokers
-            ),
-        ));
-    }
+    let consumer = input.kafka.consumer(&input.group)?;
+    let count = partition_count(&consumer, &input.kafka, &input.topic)?;
     let mut wanted = TopicPartitionList::new();
     for p in 0..count as i32 {
         wanted.add_partition(&input.topic, p);

@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 
 use dfp_engine::{Error, Result};
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka_source::KafkaSettings;
+use crate::kafka_source::{KafkaSettings, partition_count};
 
 /// Remembers the first message the broker did not take, so that [`KafkaSink::flush`] can say
 /// so instead of losing it silently.
@@ -192,21 +192,8 @@ fn keys_in_topic(
     let fail = |what: &str, e: KafkaError| {
         Error::stage("kafka", format!("reading {topic:?} back ({what}): {e}"))
     };
-    let consumer: BaseConsumer = settings
-        .client_config()
-        .set("group.id", format!("dfp-sink-{run}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .map_err(|e| fail("creating a consumer", e))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| fail("metadata", e))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len());
+    let consumer = settings.consumer(&format!("dfp-sink-{run}"))?;
+    let partitions = partition_count(&consumer, settings, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         tpl.add_partition_offset(topic, p, Offset::Beginning)

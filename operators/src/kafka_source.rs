@@ -48,6 +48,19 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// A consumer in `group` that commits only when told, starts where the group committed (or
+    /// at the beginning) and reports the end of each partition.
+    pub fn consumer(&self, group: &str) -> Result<BaseConsumer> {
+        self.client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(|e| kafka_error("creating the consumer", e))
+    }
+
     /// A librdkafka configuration with the brokers and the pass-through options.
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
@@ -57,6 +70,36 @@ impl KafkaSettings {
         }
         c
     }
+}
+
+/// The number of partitions of `topic`; an unreachable broker or a missing topic is an error
+/// naming them.
+pub fn partition_count(
+    consumer: &BaseConsumer,
+    kafka: &KafkaSettings,
+    topic: &str,
+) -> Result<usize> {
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| {
+        kafka_error(
+            &format!("reading topic {topic:?} from {}", kafka.brokers),
+            e,
+        )
+    })?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if count == 0 {
+        return Err(Error::stage(
+            "kafka",
+            format!(
+                "topic {topic:?} does not exist on {} (or has no partitions)",
+                kafka.brokers
+            ),
+        ));
+    }
+    Ok(count)
 }
 
 /// Splits `kafka://host:port[,host:port]/topic` into brokers and topic.
@@ -195,41 +238,8 @@ impl KafkaSource {
         workers: usize,
         resume: Option<(SourceState, u64)>,
     ) -> Result<Self> {
-        let consumer: BaseConsumer = settings
-            .kafka
-            .client_config()
-            .set("group.id", &settings.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
-            .create()
-            .map_err(|e| kafka_error("creating the consumer", e))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&settings.topic), TIMEOUT)
-            .map_err(|e| {
-                kafka_error(
-                    &format!(
-                        "reading topic {:?} from {}",
-                        settings.topic, settings.kafka.brokers
-                    ),
-                    e,
-                )
-            })?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == settings.topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        if count == 0 {
-            return Err(Error::stage(
-                "kafka",
-                format!(
-                    "topic {:?} does not exist on {} (or has no partitions)",
-                    settings.topic, settings.kafka.brokers
-                ),
-            ));
-        }
+        let consumer = settings.kafka.consumer(&settings.group)?;
+        let count = partition_count(&consumer, &settings.kafka, &settings.topic)?;
         let mine: Vec<i32> = (0..count as i32)
             .filter(|p| *p as usize % workers.max(1) == worker)
             .collect();

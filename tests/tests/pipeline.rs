@@ -9,6 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{control, date, logs, options};
+use dfp_bench::file_tree;
 use dfp_engine::generate::GenSource;
 use dfp_operators::demo::control_message;
 use dfp_operators::pipeline::{Input, RunSummary, run};
@@ -34,30 +35,6 @@ fn train_and_score(source: GenSource, root: &Path, workers: usize) -> RunSummary
     .unwrap()
 }
 
-/// Files by relative path, with their bytes.
-type Tree = Vec<(PathBuf, Vec<u8>)>;
-
-/// Every file under `dir`, relative path -> bytes.
-fn tree(dir: &Path) -> Tree {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The records of the first log file in `data` whose name holds `day`.
 fn first_file_of(data: &Path, day: &str) -> Vec<serde_json::Value> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data)
@@ -74,6 +51,9 @@ fn read(path: &Path) -> String {
 }
 
 /// The rows of a CSV output as maps column -> value.
+/// Files by relative path, with their bytes.
+type Tree = std::collections::BTreeMap<String, Vec<u8>>;
+
 fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     let mut r = csv::Reader::from_path(path).unwrap();
     let headers = r.headers().unwrap().clone();
@@ -102,8 +82,8 @@ fn one_two_and_four_workers_write_identical_outputs_and_models() {
             let s = train_and_score(source, &root, workers);
             assert!(s.stats.models_trained >= 2, "{source:?}: {}", s.line());
             assert!(s.stats.scored > 100, "{source:?}: {}", s.line());
-            let outputs = tree(&root.join("output"));
-            let models = tree(&root.join("models"));
+            let outputs = file_tree(&root.join("output")).unwrap();
+            let models = file_tree(&root.join("models")).unwrap();
             match &first {
                 None => first = Some((s, outputs, models)),
                 Some((s1, o1, m1)) => {

@@ -24,7 +24,7 @@ use dfp_operators::checkpoint::CheckpointSettings;
 use dfp_operators::control_topic::ControlTopicInput;
 use dfp_operators::kafka_sink::KafkaSink;
 use dfp_operators::kafka_source::KafkaSettings;
-use dfp_operators::pipeline::{Input, StreamInput, run};
+use dfp_operators::pipeline::{Input, RunSummary, StreamInput, run};
 use dfp_operators::replay::{Speed, records, replay};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -75,6 +75,34 @@ fn checkpointed(input: Input, dir: &Path) -> Input {
         every: 1,
     });
     Input::Kafka(s)
+}
+
+/// The batch run of `root/logs` with Morpheus' streaming control message, into `root/batch`.
+fn batch_run(root: &Path) -> RunSummary {
+    let control_file = root.join("control.json");
+    std::fs::write(&control_file, STREAMING).unwrap();
+    run(options(
+        "azure",
+        control(&control_file),
+        &root.join("batch"),
+        2,
+    ))
+    .unwrap()
+}
+
+/// Sets `stop` once the run writing into `out` has scored its first rows (a stream without
+/// `--until-end` would otherwise run forever).
+fn stop_after_first_scores(out: &Path, stop: &AtomicBool) {
+    let scores = out.join("output/dfp_scores_azure.csv");
+    let started = Instant::now();
+    while std::fs::read_to_string(&scores).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing scored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
 }
 
 /// Replays every file of `dir` into `topic`, keyed by user.
@@ -137,15 +165,7 @@ fn a_replayed_stream_gives_the_batch_runs_detections_scores_and_models() {
     broker.topic("detections", 1);
     let root = tempfile::tempdir().unwrap();
     let data = logs(GenSource::Azure, 8, 8, &root.path().join("logs"));
-    let control_file = root.path().join("control.json");
-    std::fs::write(&control_file, STREAMING).unwrap();
-    let batch = run(options(
-        "azure",
-        control(&control_file),
-        &root.path().join("batch"),
-        2,
-    ))
-    .unwrap();
+    let batch = batch_run(root.path());
 
     let sent = replay_dir(&broker, "logs", &data);
     assert_eq!(sent as u64, batch.stats.rows, "every record replayed");
@@ -245,17 +265,7 @@ fn a_stopped_stream_finishes_what_it_read_and_commits_it() {
         let out = out.clone();
         move || run(options("azure", input, &out, 2))
     });
-    // Stop once the stream has written its first epochs (it would otherwise run forever).
-    let scores = out.join("output/dfp_scores_azure.csv");
-    let started = Instant::now();
-    while std::fs::read_to_string(&scores).map_or(0, |t| t.lines().count()) < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "nothing scored"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop.store(true, Ordering::Relaxed);
+    stop_after_first_scores(&out, &stop);
     let first = first.join().unwrap().unwrap();
     assert_eq!(
         first.stats.rows, sent,
@@ -313,16 +323,7 @@ fn a_checkpointed_stream_stopped_and_resumed_writes_what_one_run_writes() {
         let opts = resumed(stop.clone(), false);
         move || run(opts)
     });
-    let scores = out.join("output/dfp_scores_azure.csv");
-    let started = Instant::now();
-    while std::fs::read_to_string(&scores).map_or(0, |t| t.lines().count()) < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "nothing scored"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop.store(true, Ordering::Relaxed);
+    stop_after_first_scores(&out, &stop);
     first.join().unwrap().unwrap();
     run(resumed(Arc::default(), true)).unwrap();
     for file in [
@@ -347,15 +348,7 @@ fn control_messages_from_a_topic_run_as_files_do_and_bad_ones_are_dead_lettered(
     broker.topic("control", 1);
     let root = tempfile::tempdir().unwrap();
     logs(GenSource::Azure, 6, 8, &root.path().join("logs"));
-    let control_file = root.path().join("control.json");
-    std::fs::write(&control_file, STREAMING).unwrap();
-    let batch = run(options(
-        "azure",
-        control(&control_file),
-        &root.path().join("batch"),
-        2,
-    ))
-    .unwrap();
+    let batch = batch_run(root.path());
 
     let sink = KafkaSink::new(&kafka(&broker), "control").unwrap();
     let nothing = STREAMING.replace("logs/*.json", "nowhere/*.json");

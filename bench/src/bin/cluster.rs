@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use chrono::NaiveDate;
-use dfp_bench::{arg, bench_dir, write_report};
-use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+use dfp_bench::{DAILY_CONTROL, arg, azure_month, bench_dir, write_report};
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
 use dfp_operators::pipeline::{ClusterSpec, Input, RunOptions, RunSummary, run};
@@ -91,22 +89,9 @@ fn main() -> Result<()> {
     let users: usize = arg("--users", 100)?;
     let layouts: String = arg("--processes", "1,2,3".to_string())?;
     let root = tempfile::tempdir_in(bench_dir())?;
-    let mut cfg = GenerateConfig::new(
-        GenSource::Azure,
-        users,
-        30,
-        NaiveDate::from_ymd_opt(2022, 8, 1).context("date")?,
-        42,
-    );
-    cfg.files_per_day = 8;
-    let g = generate(&cfg, &root.path().join("logs"))?;
+    let g = azure_month(users, &root.path().join("logs"))?;
     let control = root.path().join("control.json");
-    std::fs::write(
-        &control,
-        r#"{"inputs": [{"metadata": {"data_type": "streaming", "batching_options": {"period": "D"}},
-            "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}},
-                      {"type": "training", "properties": {}}, {"type": "inference", "properties": {}}]}]}"#,
-    )?;
+    std::fs::write(&control, DAILY_CONTROL)?;
     let config = RunConfig::from_toml(DFP_CONFIG, "configs/dfp.toml")?;
     let mut runs = Vec::new();
     let mut base: Option<(f64, Vec<u8>)> = None;

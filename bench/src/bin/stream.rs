@@ -29,10 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use chrono::NaiveDate;
 use dfp_bench::broker::Broker;
-use dfp_bench::{arg, bench_dir, write_report};
-use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+use dfp_bench::{DAILY_CONTROL, arg, azure_month, bench_dir, write_report};
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::checkpoint::CheckpointSettings;
@@ -352,26 +350,13 @@ fn main() -> Result<()> {
         .context("epoch")?;
     let root = tempfile::tempdir_in(bench_dir())?;
     let data = root.path().join("logs");
-    let mut cfg = GenerateConfig::new(
-        GenSource::Azure,
-        users,
-        30,
-        NaiveDate::from_ymd_opt(2022, 8, 1).context("date")?,
-        42,
-    );
-    cfg.files_per_day = 8;
-    let g = generate(&cfg, &data)?;
+    let g = azure_month(users, &data)?;
     let schema = SourceSchema::builtin("azure")?;
     let config = RunConfig::from_toml(DFP_CONFIG, "configs/dfp.toml")?;
 
     // 1. Batch pipeline, one epoch a day, each trains and scores.
     let control = root.path().join("control.json");
-    std::fs::write(
-        &control,
-        r#"{"inputs": [{"metadata": {"data_type": "streaming", "batching_options": {"period": "D"}},
-            "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}},
-                      {"type": "training", "properties": {}}, {"type": "inference", "properties": {}}]}]}"#,
-    )?;
+    std::fs::write(&control, DAILY_CONTROL)?;
     let t = Instant::now();
     let batch = run(options(
         &schema,

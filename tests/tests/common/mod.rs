@@ -12,21 +12,9 @@ use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
 use dfp_operators::pipeline::{Input, RunOptions};
 
-/// Small, fast settings: tiny networks, few epochs, short history.
-pub const CONFIG: &str = r#"
-[training_window]
-min_history = 60
-min_increment = 60
-max_history = "60d"
-cache_mode = "aggregate"
-
-[model]
-encoder_layers = [24, 12]
-decoder_layers = [24]
-epochs = 3
-lr = 0.01
-batch_size = 64
-"#;
+/// Small, fast settings: tiny networks, few epochs, short history (`tests/fast.toml`, which the
+/// command-line tests use too).
+pub const CONFIG: &str = include_str!("../../fast.toml");
 
 pub fn date(d: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(2022, 8, d).unwrap()
