@@ -1,7 +1,9 @@
 //! Exactly-once across crashes: a checkpointed `dfp run --stream` is killed with SIGKILL at
 //! random points, at least five times, and restarted each time; its detections, scores, dead
 //! letters, models and detections topic must then equal those of one uninterrupted run: none
-//! missing, none doubled. Against a real Kafka broker (tansu on 127.0.0.1, started here).
+//! missing, none doubled. The same for a cluster of two processes sharing the state
+//! directory, every process killed at once and the whole cluster relaunched. Against a real
+//! Kafka broker (tansu on 127.0.0.1, started here).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
 
@@ -23,8 +25,15 @@ use rand_chacha::ChaCha8Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 
-/// `dfp run --stream` of the `logs` topic into `root`, bounded, two workers.
-fn run_args(broker: &Broker, root: &Path, group: &str, config: &Path) -> Vec<String> {
+/// `dfp run --stream` of the `logs` topic into `root`, bounded, two workers in all: one
+/// process of two, or each of the processes of `cluster` (hostfile, index) with one.
+fn run_args(
+    broker: &Broker,
+    root: &Path,
+    group: &str,
+    config: &Path,
+    cluster: Option<(&Path, usize)>,
+) -> Vec<String> {
     let s = |p: PathBuf| p.to_string_lossy().into_owned();
     [
         "run",
@@ -35,8 +44,6 @@ fn run_args(broker: &Broker, root: &Path, group: &str, config: &Path) -> Vec<Str
         "--group",
         group,
         "--until-end",
-        "--workers",
-        "2",
         "--threads",
         "2",
         "--write-scores",
@@ -53,6 +60,19 @@ fn run_args(broker: &Broker, root: &Path, group: &str, config: &Path) -> Vec<Str
     ]
     .iter()
     .map(|a| a.to_string())
+    .chain(match cluster {
+        None => vec!["--workers".into(), "2".into()],
+        Some((hosts, i)) => vec![
+            "--workers".into(),
+            "1".into(),
+            "--processes".into(),
+            "2".into(),
+            "--process-index".into(),
+            i.to_string(),
+            "--hostfile".into(),
+            s(hosts.to_path_buf()),
+        ],
+    })
     .collect()
 }
 
@@ -96,6 +116,29 @@ fn topic(broker: &Broker, topic: &str) -> Vec<String> {
 
 #[test]
 fn five_kill_9_restarts_give_the_uninterrupted_runs_output() {
+    crash_and_compare(1, 5);
+}
+
+#[test]
+fn a_cluster_killed_and_relaunched_resumes_from_its_checkpoint() {
+    crash_and_compare(2, 3);
+}
+
+/// A free port on 127.0.0.1 per process, in a hostfile.
+fn hostfile(path: &Path, n: usize) {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let text: String = listeners
+        .iter()
+        .map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port()))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// An uninterrupted run (one process), then the same stream as `processes` processes killed
+/// `kills` times with SIGKILL (every process at once) and relaunched; the outputs must match.
+fn crash_and_compare(processes: usize, kills_wanted: usize) {
     let broker = Broker::start();
     broker.topic("logs", 3);
     broker.topic("ref-detections", 1);
@@ -127,7 +170,7 @@ fn five_kill_9_restarts_give_the_uninterrupted_runs_output() {
     let reference = root.path().join("ref");
     let started = Instant::now();
     let out = dfp_command()
-        .args(run_args(&broker, &reference, "ref", &config))
+        .args(run_args(&broker, &reference, "ref", &config, None))
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -138,23 +181,35 @@ fn five_kill_9_restarts_give_the_uninterrupted_runs_output() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let mut kills = 0;
     let mut cuts = Vec::new();
+    let hosts = root.path().join("hosts.txt");
     let mut starts = 0;
     loop {
         starts += 1;
         assert!(starts <= 20, "the run never finished");
-        let mut child = dfp_command()
-            .args(run_args(&broker, &crashed, "crash", &config))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        if kills < 5 {
-            // Kill at a random point after this process has taken its own next checkpoint,
-            // up to about an epoch later: mid-epoch, mid-training, mid-write.
+        if processes > 1 {
+            hostfile(&hosts, processes);
+        }
+        let mut children: Vec<_> = (0..processes)
+            .map(|i| {
+                let cluster = (processes > 1).then_some((hosts.as_path(), i));
+                dfp_command()
+                    .args(run_args(&broker, &crashed, "crash", &config, cluster))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let running = |c: &mut Vec<std::process::Child>| {
+            c.iter_mut().any(|c| c.try_wait().unwrap().is_none())
+        };
+        if kills < kills_wanted {
+            // Kill at a random point after the run has taken its next checkpoint, up to about
+            // an epoch later: mid-epoch, mid-training, mid-write.
             let state = crashed.join("output/.dfp-state");
             let before = cuts.last().copied().flatten();
             let started = Instant::now();
-            while child.try_wait().unwrap().is_none()
+            while running(&mut children)
                 && latest_cut(&state, &components(2))
                     .ok()
                     .flatten()
@@ -165,25 +220,29 @@ fn five_kill_9_restarts_give_the_uninterrupted_runs_output() {
                 std::thread::sleep(Duration::from_millis(10));
             }
             std::thread::sleep(whole.mul_f64(rng.random_range(0.0..0.06)));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
+            if running(&mut children) {
+                for c in &mut children {
+                    let _ = c.kill(); // SIGKILL
+                    c.wait().unwrap();
+                }
                 kills += 1;
                 let cut = latest_cut(&state, &components(2)).unwrap().map(|c| c.time);
                 eprintln!(
-                    "kill {kills} after {:?} (whole run {whole:?}): latest cut {cut:?}",
+                    "kill {kills} of {processes} processes after {:?} (whole run {whole:?}): latest cut {cut:?}",
                     started.elapsed()
                 );
                 cuts.push(cut);
                 continue;
             }
         }
-        let status = child.wait().unwrap();
-        assert!(status.success(), "restart {starts}: {status}");
+        for c in &mut children {
+            let status = c.wait().unwrap();
+            assert!(status.success(), "restart {starts}: {status}");
+        }
         break;
     }
     assert!(
-        kills >= 5,
+        kills >= kills_wanted,
         "only {kills} kills landed before the run finished"
     );
     assert!(

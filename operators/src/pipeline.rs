@@ -247,13 +247,31 @@ pub(crate) struct Checkpointing {
 
 impl Checkpointing {
     /// Opens (or starts) the state directory of `stream` run by `workers` workers.
+    /// In a cluster only process 0 starts the directory (`first`); the others wait for its
+    /// meta, so that every process has the same run name.
     fn open(
         settings: &CheckpointSettings,
         stream: &SourceSettings,
         source: &str,
         workers: usize,
         versions: &HashMap<String, u32>,
+        first: bool,
     ) -> Result<Self> {
+        let meta_file = settings.dir.join("meta.json");
+        let waiting = Instant::now();
+        while !first && !meta_file.exists() {
+            if waiting.elapsed() > Duration::from_secs(120) {
+                return Err(Error::stage(
+                    "checkpoint",
+                    format!(
+                        "{} did not appear within 120 s: process 0 of the cluster writes it \
+                         (is the state directory shared?)",
+                        meta_file.display()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -367,6 +385,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                     &opts.schema.name,
                     opts.total_workers(),
                     &versions,
+                    opts.writes_outputs(),
                 )?),
                 None => None,
             };
