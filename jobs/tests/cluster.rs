@@ -11,27 +11,14 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use common::{FAST_CONFIG, dfp, dfp_command};
+use common::{FAST_CONFIG, dfp, dfp_command, hostfile};
 use dfp_bench::{DAILY_CONTROL, file_tree};
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
-
-/// A hostfile of `n` processes on free ports of 127.0.0.1.
-fn hostfile(path: &Path, n: usize) {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let text: String = listeners
-        .iter()
-        .map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port()))
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
 
 /// A small month: 10 users, 8 days, with the control message and config beside it.
 fn data(root: &Path) {

@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use common::{FAST_CONFIG, dfp_command};
+use common::{FAST_CONFIG, dfp_command, hostfile};
 use dfp_bench::broker::Broker;
 use dfp_bench::file_tree;
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
@@ -122,18 +122,6 @@ fn five_kill_9_restarts_give_the_uninterrupted_runs_output() {
 #[test]
 fn a_cluster_killed_and_relaunched_resumes_from_its_checkpoint() {
     crash_and_compare(2, 3);
-}
-
-/// A free port on 127.0.0.1 per process, in a hostfile.
-fn hostfile(path: &Path, n: usize) {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let text: String = listeners
-        .iter()
-        .map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port()))
-        .collect();
-    std::fs::write(path, text).unwrap();
 }
 
 /// An uninterrupted run (one process), then the same stream as `processes` processes killed

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses its own share of the helpers
 
+use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// Small, fast settings: tiny networks, few epochs, short history.
@@ -22,4 +24,21 @@ pub fn dfp_command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dfp"));
     c.env("DFP_LOG", "warn");
     c
+}
+
+/// A hostfile of `n` processes on free ports of 127.0.0.1.
+pub fn hostfile(path: &Path, n: usize) {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    let text: String = listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "127.0.0.1:{}\n",
+                l.local_addr().expect("its address").port()
+            )
+        })
+        .collect();
+    std::fs::write(path, text).expect("write the hostfile");
 }
