@@ -207,6 +207,10 @@ struct RunArgs {
     /// Model threads in all, shared out over the workers (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Where models train and score: cpu, cuda, wgpu, or auto (CUDA when a GPU and its
+    /// driver are there, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    device: dfp_engine::model::Device,
     /// The model registry directory.
     #[arg(long, default_value = "models")]
     registry: PathBuf,
@@ -659,6 +663,7 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         config,
         workers: args.workers,
         threads: args.threads,
+        device: args.device,
         registry: args.registry,
         output: args.output,
         write_scores: args.write_scores,

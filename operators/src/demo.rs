@@ -4,6 +4,7 @@
 //! pipeline, and compares the detections with the injected anomalies. State: the demo's own
 //! directory (logs, control message, registry and outputs are replaced on each run).
 
+use dfp_engine::model::Device;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -127,6 +128,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
         config: opts.config.clone(),
         workers: opts.workers,
         threads: 0,
+        device: Device::Cpu,
         registry: registry.clone(),
         output: output.clone(),
         write_scores: true,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use dfp_engine::control::ControlMessage;
 use dfp_engine::ingest::Reader;
-use dfp_engine::model::{Backend, CpuBackend};
+use dfp_engine::model::{Backend, Device, gpu};
 use dfp_engine::period::Period;
 use dfp_engine::registry::Registry;
 use dfp_engine::rows::Row;
@@ -132,6 +132,8 @@ pub struct RunOptions {
     pub workers: usize,
     /// Model threads in all (0: one per core), shared out over the workers.
     pub threads: usize,
+    /// Where the models train and score (CPU, CUDA, wgpu).
+    pub device: Device,
     /// The model registry directory.
     pub registry: PathBuf,
     /// The output directory.
@@ -516,8 +518,8 @@ pub(crate) fn execute(
                 fatal: vec![e.to_string()],
                 ..Stats::default()
             };
-            let backend: Rc<dyn Backend> = match CpuBackend::new(threads) {
-                Ok(b) => Rc::new(b),
+            let backend: Rc<dyn Backend> = match gpu::backend(o.device, threads) {
+                Ok(b) => Rc::from(b),
                 Err(e) => return fail(e),
             };
             let mut windows = match RollingWindows::new(

@@ -10,6 +10,7 @@
 //!
 //! Not part of the test run. Output: stdout and target/bench/cluster.json.
 
+use dfp_engine::model::Device;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
@@ -62,6 +63,7 @@ fn layout(root: &Path, control: &Path, n: usize, config: &RunConfig) -> Result<R
                 config: config.clone(),
                 workers: 1,
                 threads: 1,
+                device: Device::Cpu,
                 registry: out.join("models"),
                 output: out.join("output"),
                 write_scores: false,

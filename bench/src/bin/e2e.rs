@@ -10,6 +10,7 @@
 //!
 //! Not part of the test run. Output: stdout and target/bench/e2e-<source>.json.
 
+use dfp_engine::model::Device;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ fn child(
         config: RunConfig::from_file(config)?,
         workers,
         threads: 0,
+        device: Device::Cpu,
         registry: work.path().join("models"),
         output: output.clone(),
         write_scores: true,

@@ -22,6 +22,7 @@
 //!
 //! Not part of the test run. Output: stdout and target/bench/stream.json.
 
+use dfp_engine::model::Device;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +61,7 @@ fn options(schema: &SourceSchema, input: Input, root: &Path, config: RunConfig) 
         config,
         workers: 1,
         threads: 0,
+        device: Device::Cpu,
         registry: root.join("models"),
         output: root.join("output"),
         write_scores: false,

@@ -23,6 +23,9 @@ pub struct EvalJob<'a> {
     pub network: &'a Network,
     /// Its rows (clean; the targets are the input).
     pub input: &'a Encoded,
+    /// The training loss statistics (per feature mean, std): with them, the evaluation
+    /// carries z-scores.
+    pub stats: Option<(&'a [f64], &'a [f64])>,
 }
 
 /// Trains and evaluates autoencoders for many models at once.
@@ -30,12 +33,13 @@ pub trait Backend: Send + Sync {
     /// A short name for logs and reports ("cpu", "cuda", "wgpu").
     fn name(&self) -> String;
 
-    /// Trains one network per job; results in job order.
-    fn train(&self, jobs: &[TrainJob], config: &ModelConfig) -> Vec<Trained>;
+    /// Trains one network per job; results in job order. An error (a device that failed) fails
+    /// the whole call.
+    fn train(&self, jobs: &[TrainJob], config: &ModelConfig) -> Result<Vec<Trained>>;
 
-    /// Losses and predictions for each job's rows, in batches of `batch_size` rows; results in
-    /// job order.
-    fn evaluate(&self, jobs: &[EvalJob<'_>], batch_size: usize) -> Vec<Evaluation>;
+    /// Losses, predictions and (for jobs with statistics) z-scores of each job's rows, in
+    /// batches of up to `batch_size` rows where the backend batches; results in job order.
+    fn evaluate(&self, jobs: &[EvalJob<'_>], batch_size: usize) -> Result<Vec<Evaluation>>;
 }
 
 /// The CPU backend: GEMMs from the `gemm` crate on a dedicated thread pool.
@@ -76,7 +80,7 @@ impl Backend for CpuBackend {
         format!("cpu x{}", self.threads)
     }
 
-    fn train(&self, jobs: &[TrainJob], config: &ModelConfig) -> Vec<Trained> {
+    fn train(&self, jobs: &[TrainJob], config: &ModelConfig) -> Result<Vec<Trained>> {
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].train.rows));
         let threads = self.gemm_threads(jobs.len());
@@ -88,10 +92,10 @@ impl Backend for CpuBackend {
                 .collect()
         });
         done.sort_by_key(|(i, _)| *i);
-        done.into_iter().map(|(_, t)| t).collect()
+        Ok(done.into_iter().map(|(_, t)| t).collect())
     }
 
-    fn evaluate(&self, jobs: &[EvalJob<'_>], batch_size: usize) -> Vec<Evaluation> {
+    fn evaluate(&self, jobs: &[EvalJob<'_>], batch_size: usize) -> Result<Vec<Evaluation>> {
         let size = batch_size.max(1);
         let tasks: Vec<(usize, usize)> = jobs
             .iter()
@@ -107,7 +111,11 @@ impl Backend for CpuBackend {
                     let job = &jobs[j];
                     let end = (start + size).min(job.input.rows);
                     let rows = job.input.slice(start, end);
-                    (j, job.network.evaluate(&rows, ws, threads))
+                    let mut ev = job.network.evaluate(&rows, ws, threads);
+                    if let Some((mean, std)) = job.stats {
+                        ev.add_zscores(mean, std);
+                    }
+                    (j, ev)
                 })
                 .collect()
         });
@@ -115,6 +123,6 @@ impl Backend for CpuBackend {
         for (j, ev) in parts {
             out[j].extend(ev);
         }
-        out
+        Ok(out)
     }
 }

@@ -17,6 +17,7 @@ pub mod backend;
 pub mod config;
 pub mod encode;
 pub mod file;
+pub mod gpu;
 pub mod linalg;
 pub mod network;
 pub mod preprocess;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use backend::{Backend, CpuBackend, EvalJob};
 pub use config::ModelConfig;
 pub use encode::{Encoded, Preprocessor};
+pub use gpu::Device;
 pub use network::{Network, Shape};
 
 use crate::schema::{FeatureSpec, SourceSchema};
@@ -210,7 +212,24 @@ pub fn train_models(
         .iter()
         .filter_map(|p| p.as_ref().ok().map(|(job, _, _)| job.clone()))
         .collect();
-    let mut trained = backend.train(&jobs, config).into_iter();
+    let trained = if jobs.is_empty() {
+        Ok(Vec::new())
+    } else {
+        backend.train(&jobs, config)
+    };
+    let mut trained = match trained {
+        Ok(t) => t.into_iter(),
+        Err(e) => {
+            let why = e.to_string();
+            return prepared
+                .into_iter()
+                .map(|p| {
+                    let (_, _, header) = p?;
+                    Err(Error::model(&header.name, why.clone()))
+                })
+                .collect();
+        }
+    };
     prepared
         .into_iter()
         .map(|p| {
@@ -253,10 +272,29 @@ pub fn score(
             e.as_ref().ok().map(|input| EvalJob {
                 network: &m.network,
                 input,
+                stats: Some((&m.loss_mean, &m.loss_std)),
             })
         })
         .collect();
-    let mut evals = backend.evaluate(&jobs, batch_size).into_iter();
+    let evals = if jobs.is_empty() {
+        Ok(Vec::new())
+    } else {
+        backend.evaluate(&jobs, batch_size)
+    };
+    let mut evals = match evals {
+        Ok(v) => v.into_iter(),
+        Err(e) => {
+            let why = e.to_string();
+            return requests
+                .iter()
+                .zip(encoded)
+                .map(|((m, _), enc)| {
+                    enc?;
+                    Err(Error::model(&m.header.name, why.clone()))
+                })
+                .collect();
+        }
+    };
     requests
         .iter()
         .zip(encoded)
@@ -276,13 +314,12 @@ impl Model {
     pub fn scores(&self, ev: &network::Evaluation) -> Scores {
         let pre = &self.preprocessor;
         let features: Vec<String> = pre.feature_names().map(str::to_string).collect();
-        let f = features.len();
         let mut s = Scores {
             rows: ev.rows,
             loss: ev.losses.clone(),
-            z_loss: Vec::with_capacity(ev.losses.len()),
-            max_abs_z: Vec::with_capacity(ev.rows),
-            mean_abs_z: Vec::with_capacity(ev.rows),
+            z_loss: Vec::new(),
+            max_abs_z: Vec::new(),
+            mean_abs_z: Vec::new(),
             pred: Vec::with_capacity(ev.losses.len()),
             features,
         };
@@ -291,17 +328,18 @@ impl Model {
             pre.features.binary.len(),
             pre.features.categorical.len(),
         );
+        if ev.max_abs_z.len() == ev.rows {
+            s.z_loss = ev.z_loss.clone();
+            s.max_abs_z = ev.max_abs_z.clone();
+            s.mean_abs_z = ev.mean_abs_z.clone();
+        } else {
+            let mut with_z = ev.clone();
+            with_z.add_zscores(&self.loss_mean, &self.loss_std);
+            s.z_loss = with_z.z_loss;
+            s.max_abs_z = with_z.max_abs_z;
+            s.mean_abs_z = with_z.mean_abs_z;
+        }
         for r in 0..ev.rows {
-            let row = &ev.losses[r * f..(r + 1) * f];
-            let z: Vec<f32> = row
-                .iter()
-                .zip(self.loss_mean.iter().zip(&self.loss_std))
-                .map(|(&l, (m, sd))| ((f64::from(l) - m) / sd).abs() as f32)
-                .collect();
-            s.max_abs_z.push(z.iter().copied().fold(0.0, f32::max));
-            s.mean_abs_z
-                .push(z.iter().map(|&v| f64::from(v)).sum::<f64>() as f32 / f.max(1) as f32);
-            s.z_loss.extend(z);
             for (j, scaler) in pre.scalers.iter().enumerate() {
                 let v = scaler.inverse(f64::from(ev.numeric_pred[r * nn + j]));
                 s.pred.push(v.to_string());

@@ -110,6 +110,13 @@ pub struct Evaluation {
     pub binary_pred: Vec<bool>,
     /// Predicted category index (the largest logit), `rows x n_categorical`.
     pub categorical_pred: Vec<u32>,
+    /// With loss statistics: per row, per feature |(loss - mean) / std|, `rows x n_features`
+    /// (empty without).
+    pub z_loss: Vec<f32>,
+    /// With loss statistics: per row, the largest `z_loss`.
+    pub max_abs_z: Vec<f32>,
+    /// With loss statistics: per row, the mean `z_loss`.
+    pub mean_abs_z: Vec<f32>,
 }
 
 impl Evaluation {
@@ -120,6 +127,29 @@ impl Evaluation {
         self.numeric_pred.extend(other.numeric_pred);
         self.binary_pred.extend(other.binary_pred);
         self.categorical_pred.extend(other.categorical_pred);
+        self.z_loss.extend(other.z_loss);
+        self.max_abs_z.extend(other.max_abs_z);
+        self.mean_abs_z.extend(other.mean_abs_z);
+    }
+
+    /// Fills the z-scores from the training loss statistics (per feature mean and std).
+    pub fn add_zscores(&mut self, mean: &[f64], std: &[f64]) {
+        let f = mean.len();
+        self.z_loss.clear();
+        self.max_abs_z.clear();
+        self.mean_abs_z.clear();
+        for row in self.losses.chunks_exact(f.max(1)) {
+            let start = self.z_loss.len();
+            self.z_loss.extend(
+                row.iter()
+                    .zip(mean.iter().zip(std))
+                    .map(|(&l, (m, sd))| ((f64::from(l) - m) / sd).abs() as f32),
+            );
+            let z = &self.z_loss[start..];
+            self.max_abs_z.push(z.iter().copied().fold(0.0, f32::max));
+            self.mean_abs_z
+                .push(z.iter().map(|&v| f64::from(v)).sum::<f64>() as f32 / f.max(1) as f32);
+        }
     }
 
     /// The net loss of these rows: the mean over features of each feature's mean loss
@@ -385,6 +415,7 @@ impl Network {
             numeric_pred: Vec::with_capacity(rows * s.n_numeric),
             binary_pred: Vec::with_capacity(rows * s.n_binary),
             categorical_pred: Vec::with_capacity(rows * s.categories.len()),
+            ..Evaluation::default()
         };
         for r in 0..rows {
             let y = &mut ws.out[r * out..(r + 1) * out];

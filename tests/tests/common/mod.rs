@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses its own share of the helpers
 
+use dfp_engine::model::Device;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub fn options(source: &str, input: Input, root: &Path, workers: usize) -> RunOp
         config: RunConfig::from_toml(CONFIG, "test config").unwrap(),
         workers,
         threads: 2,
+        device: Device::Cpu,
         registry: root.join("models"),
         output: root.join("output"),
         write_scores: true,
