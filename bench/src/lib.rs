@@ -10,9 +10,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-/// `target/bench/` of the workspace (created if missing).
+/// `target/bench/` of the workspace, or `$DFP_BENCH_DIR` (created if missing).
 pub fn bench_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let dir = std::env::var_os("DFP_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"));
     let _ = std::fs::create_dir_all(&dir);
     dir
 }
@@ -115,4 +117,43 @@ pub fn azure_month(users: usize, dir: &Path) -> Result<dfp_engine::generate::Gen
     );
     cfg.files_per_day = 8;
     Ok(dfp_engine::generate::generate(&cfg, dir)?)
+}
+
+/// Morpheus' network ([512, 500] encoder, [512] decoder) on a typical Azure user's inputs: 3
+/// numerics, 6 categoricals with 6-16 slots.
+pub fn morpheus_shape() -> dfp_engine::model::Shape {
+    dfp_engine::model::Shape {
+        n_numeric: 3,
+        n_binary: 0,
+        categories: vec![16, 8, 10, 8, 6, 6],
+        hidden: vec![512, 500, 512],
+    }
+}
+
+/// `n` random encoded rows for `shape` (numerics in [-2, 2), uniform codes), from `seed`.
+pub fn random_rows(
+    shape: &dfp_engine::model::Shape,
+    n: usize,
+    seed: u64,
+) -> dfp_engine::model::Encoded {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    dfp_engine::model::Encoded {
+        rows: n,
+        numeric: (0..n * shape.n_numeric)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect(),
+        binary: (0..n * shape.n_binary)
+            .map(|_| f32::from(rng.random_bool(0.5)))
+            .collect(),
+        categorical: (0..n)
+            .flat_map(|_| {
+                shape
+                    .categories
+                    .iter()
+                    .map(|&c| rng.random_range(0..c as u32))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    }
 }

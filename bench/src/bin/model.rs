@@ -10,43 +10,14 @@
 //! target/bench/model.json.
 
 use anyhow::Result;
-use dfp_bench::{arg, best_of, write_report};
+use dfp_bench::{arg, best_of, morpheus_shape as shape, random_rows as rows, write_report};
 use dfp_engine::model::backend::{Backend, CpuBackend};
 use dfp_engine::model::network::Workspace;
 use dfp_engine::model::train::{TrainJob, train_one};
-use dfp_engine::model::{Encoded, ModelConfig, Network, Shape};
-use rand::{Rng, SeedableRng};
+use dfp_engine::model::{ModelConfig, Network};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
-
-fn shape() -> Shape {
-    Shape {
-        n_numeric: 3,
-        n_binary: 0,
-        categories: vec![16, 8, 10, 8, 6, 6],
-        hidden: vec![512, 500, 512],
-    }
-}
-
-fn rows(shape: &Shape, n: usize, seed: u64) -> Encoded {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    Encoded {
-        rows: n,
-        numeric: (0..n * shape.n_numeric)
-            .map(|_| rng.random_range(-2.0..2.0))
-            .collect(),
-        binary: vec![],
-        categorical: (0..n)
-            .flat_map(|_| {
-                shape
-                    .categories
-                    .iter()
-                    .map(|&c| rng.random_range(0..c as u32))
-                    .collect::<Vec<_>>()
-            })
-            .collect(),
-    }
-}
 
 /// GFLOP/s of the gemm crate on n x n x n, f32.
 fn gemm_peak(n: usize, threads: usize, reps: usize) -> f64 {

@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Writes bench/RESULTS.md and bench/results/*.json from the JSON reports of one bench/run.sh run.
+
+    python3 bench/report.py REPORT_DIR OUT_DIR
+
+Every table row shows dfp, its peer measured in the same run, and the ratio. Missing reports
+leave their section saying so (the run that should write them failed or was skipped).
+"""
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+
+def load(d, name):
+    path = os.path.join(d, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def cmd(*args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def table(head, rows):
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def machine():
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {mem}, {platform.system()} {platform.release()}"
+
+
+def section_ingest(d):
+    r = load(d, "ingest.json")
+    if not r:
+        return "Not run.\n"
+    rows = []
+    for s in r["results"]:
+        one = next(x for x in s["from_files"] if x["threads"] == 1)
+        two = next((x for x in s["from_files"] if x["threads"] == 2), None)
+        p = s["phases_1_thread_in_memory"]
+        rows.append([
+            s["workload"].removeprefix("ingest-"),
+            p["full_to_arrow_records_per_s"],
+            one["mb_per_s"],
+            p["parse_limit_sonic_skip_records_per_s"],
+            s["ratio_to_parse_limit"],
+            two["records_per_s"] if two else None,
+        ])
+    return (
+        f"{r['users']} users x {r['days']} days of generated logs, JSON arrays to Arrow batches "
+        "with the derived columns. The limit: sonic-rs walking every record of the same bytes "
+        "without building anything (the fastest parse we found), one thread.\n\n"
+        + table(["source", "dfp records/s (1 thread, in memory)", "dfp MB/s (1 thread, files)",
+                 "parse limit records/s", "dfp / limit", "dfp records/s (2 threads, files)"], rows)
+        + "\n"
+    )
+
+
+def section_windows(d):
+    r = load(d, "windows.json")
+    if not r:
+        return "Not run.\n"
+    p = r.get("pathway", {})
+    rows = [[r["workload"], r["records"], r["dfp"]["events_per_s"], p.get("events_per_s"),
+             r.get("ratio"), r.get("tables_equal")]]
+    return (
+        "Per user and UTC day: sign-ins, distinct locations, distinct apps, from the same NDJSON "
+        f"files ({fmt(r['megabytes'])} MB) to the final table, one thread each. dfp: its "
+        "rolling-window state (every row emitted once with its running per-day features); "
+        f"Pathway {p.get('version', '?')}: `groupby(user, day).reduce(count, count_distinct, "
+        "count_distinct)`, static mode. The two (user, day) tables are compared row by row.\n\n"
+        + table(["workload", "events", "dfp events/s", "Pathway events/s", "dfp / Pathway",
+                 "same table"], rows)
+        + "\n"
+    )
+
+
+def section_model(d):
+    out = []
+    m = load(d, "model.json")
+    if m:
+        rows = [[x["threads"], x["gemm_peak_gflops"], x["score_1024_rows_per_s"], x["score_gflops"],
+                 x["score_fraction_of_peak"], x["train_step_512_rows_per_s"], x["train_step_gflops"],
+                 x["train_step_fraction_of_peak"]] for x in m["results"]]
+        out.append(
+            f"Achieved GFLOP/s beside this machine's GEMM peak ({m['gemm']}); {m['workload']}, "
+            f"{fmt(m['forward_mflop_per_row'])} MFLOP per row forward.\n\n"
+            + table(["threads", "GEMM peak GFLOP/s", "scoring rows/s (1024-row batch)", "GFLOP/s",
+                     "of peak", "training rows/s (512-row steps)", "GFLOP/s", "of peak"], rows)
+        )
+    rows = []
+    for src in ("azure", "duo"):
+        p = load(d, f"parity-{src}.json")
+        if not p:
+            continue
+        w, dt, pt = p["workload"], p["dfp"]["timing"], p.get("dfencoder", {}).get("timing", {})
+        dq, pq = p["dfp"]["quality"], p.get("dfencoder", {}).get("quality", {})
+        ratios = p.get("ratios", {})
+        rows.append([f"{src} ({w['users']} users, {w['epochs']} epochs)", dt["train_seconds_per_model"],
+                     pt.get("train_seconds_per_model"), ratios.get("train_speedup_per_model"),
+                     dt["score_rows_per_s"], pt.get("score_rows_per_s"),
+                     ratios.get("score_speedup_rows_per_s"), dq["roc_auc_mean_abs_z"],
+                     pq.get("roc_auc_mean_abs_z")])
+    if rows:
+        out.append(
+            "dfp and dfencoder 0.0.42 (PyTorch on the CPU, the library Morpheus forked) with "
+            "Morpheus' hyperparameters on the same generated logs: one model per user with at "
+            "least 300 training rows plus generic_user, train 25 days, score 5; both on 2 threads.\n\n"
+            + table(["source", "dfp s/model", "dfencoder s/model", "training speed-up", "dfp scoring rows/s",
+                     "dfencoder rows/s", "scoring speed-up", "dfp ROC-AUC", "dfencoder ROC-AUC"], rows)
+        )
+    return "\n\n".join(out) + "\n" if out else "Not run.\n"
+
+
+def section_e2e(d):
+    r = load(d, "e2e-azure.json")
+    if not r:
+        return "Not run.\n"
+    rows = [[x["workers"], x["wall_seconds"], x["events_per_s"], x["peak_rss_mib"], x["models_trained"],
+             x["detections"], x["quality"]["roc_auc_mean_abs_z"]] for x in r["runs"]]
+    return (
+        f"{r['workload']} ({r['records']:,} records, config {r['config']}), each run in its own "
+        "process.\n\n"
+        + table(["workers", "wall s", "events/s", "peak RSS MiB", "models", "detections", "ROC-AUC"], rows)
+        + f"\n\nReference, not measured here: {r['reference']}.\n"
+    )
+
+
+def section_stream(d):
+    r = load(d, "stream.json")
+    if not r:
+        return "Not run.\n"
+    rows = [[name, r[key]["events_per_s"], r[key].get("detections")] for name, key in
+            [("batch (files)", "batch"), ("stream (Kafka)", "stream"),
+             ("stream, checkpoint every epoch", "stream_checkpointed")]]
+    lat = [[x["target_events_per_s"], x["checkpoint_every_epoch"], x["achieved_events_per_s"],
+            x["latency_ms"]["p50"], x["latency_ms"]["p99"], x["latency_ms"]["max"],
+            x["stream_peak_rss_mib"]] for x in r["latency"]["runs"]]
+    b = r["burst"]["run"]
+    return (
+        f"{r['workload']}. Sustained rate, each configuration in its own process; the stream "
+        f"over batch ratio is {fmt(r['stream_over_batch_rate'])}.\n\n"
+        + table(["run", "events/s", "detections"], rows)
+        + f"\n\nLatency ({r['latency']['workload']}):\n\n"
+        + table(["target events/s", "checkpointed", "achieved events/s", "p50 ms", "p99 ms", "max ms",
+                 "peak RSS MiB"], lat)
+        + f"\n\nBurst ({r['burst']['workload']}): peak RSS {fmt(b['stream_peak_rss_mib'])} MiB, "
+        f"p99 {fmt(b['latency_ms']['p99'])} ms.\n"
+    )
+
+
+def section_scaling(d):
+    def run(name):
+        r = load(os.path.join(d, "scaling", name), "e2e-azure.json")
+        return (r, r["runs"][0]) if r else (None, None)
+
+    out = []
+    for label, names in (("users (30 days)", ["users-20", "users-200", "users-600", "users-2000"]),
+                         ("history (200 users)", ["days-15", "users-200", "days-60"])):
+        rows, base = [], None
+        for n in names:
+            r, x = run(n)
+            if not r:
+                continue
+            per_event_ms = 1000 * x["wall_seconds"] / x["events"]
+            base = base or per_event_ms
+            rows.append([r["workload"], x["events"], x["wall_seconds"], x["events_per_s"],
+                         x["peak_rss_mib"], per_event_ms / base])
+        if rows:
+            out.append(f"Growing {label}, 1 worker, train then score:\n\n" + table(
+                ["workload", "events", "wall s", "events/s", "peak RSS MiB",
+                 "cost per event vs the smallest"], rows))
+    return "\n\n".join(out) + "\n" if out else "Not run.\n"
+
+
+def section_gpu(d):
+    r = load(d, "gpu-summary.json")
+    if not r:
+        return ("No GPU was lent to the run that wrote this file. On a machine with an NVIDIA "
+                "GPU, `bash bench/gpu.sh` runs the conformance suite on CUDA, dfp's GPU "
+                "benchmark and the PyTorch peer, and writes target/bench/gpu-summary.json; "
+                "re-run `python3 bench/report.py target/bench bench` to add it here.\n")
+    rows = [["training", r["work"], r["dfp_training_s"], r["torch_one_user_at_a_time_s"],
+             r["training_speedup_vs_one_at_a_time"], r["torch_stacked_s"], r["training_speedup_vs_stacked"]],
+            ["scoring rows/s", "", r["dfp_scoring_rows_per_s"], r["torch_scoring_rows_per_s"],
+             r["scoring_ratio"], None, None]]
+    return (f"{r['device']}; {r['peer']}.\n\n" + table(
+        ["", "work", "dfp", "PyTorch one user at a time", "ratio", "PyTorch stacked (bmm)", "ratio"], rows) + "\n")
+
+
+def main():
+    d, out = sys.argv[1], sys.argv[2]
+    results = os.path.join(out, "results")
+    os.makedirs(results, exist_ok=True)
+    for root, _, files in os.walk(d):
+        for f in files:
+            if f.endswith(".json") and "peers" not in root:
+                rel = os.path.relpath(os.path.join(root, f), d)
+                if rel.count(os.sep) <= 2:
+                    target = os.path.join(results, rel)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.copyfile(os.path.join(root, f), target)
+    commands = open(os.path.join(d, "commands.txt")).read().strip() if os.path.exists(
+        os.path.join(d, "commands.txt")) else "?"
+    pw = cmd(os.path.join("target", "peers", "pathway-venv", "bin", "python"), "-c",
+             "import pathway; print(pathway.__version__)")
+    torch = cmd(os.path.join("target", "peers", "dfencoder-venv", "bin", "python"), "-c",
+                "import torch; print(torch.__version__)")
+    doc = f"""# dfp benchmarks
+
+Written by `bash bench/run.sh` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.
+Each row is dfp beside its peer measured in the same run on this machine; ratios > 1 favour dfp
+unless a column says otherwise. The JSON reports are in `bench/results/`.
+
+- Machine: {machine()}
+- dfp: git {cmd('git', 'rev-parse', '--short', 'HEAD')}, {cmd('rustc', '--version')}
+- Peers: Pathway {pw}; dfencoder 0.0.42 on torch {torch} (CPU); sonic-rs (parse limit)
+
+## 1. Ingest
+
+{section_ingest(d)}
+## 2. Per-user rolling aggregates
+
+{section_windows(d)}
+## 3. Model: training and scoring
+
+{section_model(d)}
+## 4. End to end
+
+{section_e2e(d)}
+## 5. Streaming
+
+{section_stream(d)}
+## 6. Scaling of cost
+
+{section_scaling(d)}
+## GPU
+
+{section_gpu(d)}
+## Commands
+
+```
+{commands}
+```
+"""
+    with open(os.path.join(out, "RESULTS.md"), "w") as f:
+        f.write(doc)
+    print(os.path.join(out, "RESULTS.md"))
+
+
+if __name__ == "__main__":
+    main()
