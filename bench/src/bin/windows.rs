@@ -61,7 +61,12 @@ fn ndjson(users: usize, dir: &Path) -> Result<(Vec<PathBuf>, usize, u64)> {
 /// dfp: read each file, split by user, push through the rolling windows (one epoch per day),
 /// and keep each (user, day)'s last running values.
 fn dfp(files: &[PathBuf]) -> Result<(Table, usize)> {
+    // Only what the aggregates need, as the peer reads only those fields: the user, the time,
+    // the location's parts and the app (the Azure schema less its other columns and features).
     let mut schema = SourceSchema::builtin("azure")?;
+    schema
+        .columns
+        .retain(|c| c.name == "location" || c.name == "appDisplayName");
     schema.derived.retain(|d| {
         matches!(
             d.kind,
@@ -75,11 +80,8 @@ fn dfp(files: &[PathBuf]) -> Result<(Table, usize)> {
         at("appincrement").context("appincrement")?,
     );
     let reader = Reader::new(std::sync::Arc::new(schema.clone()));
-    let mut windows = RollingWindows::new(
-        &schema,
-        WindowConfig::training(),
-        WindowConfig::inference(),
-    )?;
+    let mut windows =
+        RollingWindows::new(&schema, WindowConfig::training(), WindowConfig::inference())?;
     let cfg = SplitConfig {
         include_generic: false,
         ..SplitConfig::default()
