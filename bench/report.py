@@ -227,18 +227,46 @@ def section_gpu(d):
         ["", "work", "dfp", "PyTorch one user at a time", "ratio", "PyTorch stacked (bmm)", "ratio"], rows) + "\n")
 
 
+def section_targets(d):
+    """The issue's targets, each against this run's figure."""
+    rows = []
+    ing = load(d, "ingest.json")
+    if ing:
+        for x in ing["results"]:
+            v = x["ratio_to_parse_limit"]
+            rows.append([f"ingest {x['workload'].removeprefix('ingest-')}: >= 50% of the parse limit", v, v >= 0.5])
+    w = load(d, "windows.json")
+    if w and "ratio" in w:
+        rows.append(["rolling aggregates: >= 5x Pathway", w["ratio"], w["ratio"] >= 5])
+    for src in ("azure", "duo"):
+        p = load(d, f"parity-{src}.json")
+        if not p or "ratios" not in p:
+            continue
+        r = p["ratios"]
+        rows.append([f"model {src}: scoring >= 10x dfencoder", r["score_speedup_rows_per_s"],
+                     r["score_speedup_rows_per_s"] >= 10])
+        rows.append([f"model {src}: training about 3x dfencoder at equal epochs", r["train_speedup_per_model"],
+                     r["train_speedup_per_model"] >= 2.5])
+        rows.append([f"model {src}: ROC-AUC >= dfencoder's (difference)", r["roc_auc_dfp_minus_dfencoder"],
+                     r["roc_auc_dfp_minus_dfencoder"] >= 0])
+    if not rows:
+        return "Nothing measured.\n"
+    return table(["target", "this run", "met"], rows) + "\n"
+
+
 def main():
     d, out = sys.argv[1], sys.argv[2]
     results = os.path.join(out, "results")
     os.makedirs(results, exist_ok=True)
-    for root, _, files in os.walk(d):
-        for f in files:
-            if f.endswith(".json") and "peers" not in root:
-                rel = os.path.relpath(os.path.join(root, f), d)
-                if rel.count(os.sep) <= 2:
-                    target = os.path.join(results, rel)
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    shutil.copyfile(os.path.join(root, f), target)
+    reports = ["ingest.json", "windows.json", "model.json", "parity-azure.json", "parity-duo.json",
+               "e2e-azure.json", "stream.json", "gpu-summary.json", "gpu-dfp.json", "gpu-torch.json"]
+    reports += [os.path.join("scaling", n, "e2e-azure.json") for n in sorted(
+        os.listdir(os.path.join(d, "scaling")))] if os.path.isdir(os.path.join(d, "scaling")) else []
+    for rel in reports:
+        if os.path.exists(os.path.join(d, rel)):
+            target = os.path.join(results, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(os.path.join(d, rel), target)
     commands = open(os.path.join(d, "commands.txt")).read().strip() if os.path.exists(
         os.path.join(d, "commands.txt")) else "?"
     pw = cmd(os.path.join("target", "peers", "pathway-venv", "bin", "python"), "-c",
@@ -255,6 +283,9 @@ unless a column says otherwise. The JSON reports are in `bench/results/`.
 - dfp: git {cmd('git', 'rev-parse', '--short', 'HEAD')}, {cmd('rustc', '--version')}
 - Peers: Pathway {pw}; dfencoder 0.0.42 on torch {torch} (CPU); sonic-rs (parse limit)
 
+## Against the targets
+
+{section_targets(d)}
 ## 1. Ingest
 
 {section_ingest(d)}

@@ -80,6 +80,31 @@ fn rows(shape: &Shape, rows: usize, seed: u64) -> Encoded {
     }
 }
 
+/// One job per shape of `shapes(hidden)`, with `train[i]` training rows and `validation(n)`
+/// validation rows; data and seeds from `seed`.
+fn jobs(
+    hidden: &[usize],
+    train: [usize; 4],
+    validation: impl Fn(usize) -> usize,
+    seed: u64,
+) -> Vec<TrainJob> {
+    shapes(hidden)
+        .into_iter()
+        .zip(train)
+        .enumerate()
+        .map(|(i, (shape, n))| {
+            let s = seed + 2 * i as u64;
+            TrainJob {
+                name: format!("user{i}"),
+                train: rows(&shape, n, s),
+                validation: rows(&shape, validation(n), s + 1),
+                shape,
+                seed: s,
+            }
+        })
+        .collect()
+}
+
 fn close(a: f32, b: f32, rel: f32) -> bool {
     (a - b).abs() <= rel * (1.0 + a.abs().max(b.abs()))
 }
@@ -171,18 +196,7 @@ fn every_backend_trains_to_the_cpu_loss() {
         early_stopping: false,
         ..ModelConfig::default()
     };
-    let jobs: Vec<TrainJob> = shapes(&[48, 40, 48])
-        .into_iter()
-        .zip([400, 150, 64, 230])
-        .enumerate()
-        .map(|(i, (shape, n))| TrainJob {
-            name: format!("user{i}"),
-            train: rows(&shape, n, 10 + i as u64),
-            validation: rows(&shape, n / 9, 20 + i as u64),
-            shape,
-            seed: 100 + i as u64,
-        })
-        .collect();
+    let jobs = jobs(&[48, 40, 48], [400, 150, 64, 230], |n| n / 9, 10);
     let all = backends();
     let want = all[0].train(&jobs, &config).unwrap();
     for b in &all {
@@ -255,18 +269,7 @@ fn without_noise_every_backend_takes_the_cpu_steps() {
         early_stopping: false,
         ..ModelConfig::default()
     };
-    let jobs: Vec<TrainJob> = shapes(&[40, 24, 40])
-        .into_iter()
-        .zip([130, 50, 7, 99])
-        .enumerate()
-        .map(|(i, (shape, n))| TrainJob {
-            name: format!("user{i}"),
-            train: rows(&shape, n, 30 + i as u64),
-            validation: rows(&shape, 20, 40 + i as u64),
-            shape,
-            seed: 7 + i as u64,
-        })
-        .collect();
+    let jobs = jobs(&[40, 24, 40], [130, 50, 7, 99], |_| 20, 30);
     let all = backends();
     let want = all[0].train(&jobs, &config).unwrap();
     for b in &all {

@@ -1065,6 +1065,16 @@ impl<R: Runtime> GpuBackend<R> {
                     (pc.first * n, n)
                 }
             };
+            // dz W^T into `dst`: the gradient of the layer's input.
+            let input_grad = |problems: &[Gemm], dst: &Handle| {
+                self.gemm(
+                    problems,
+                    [&dz, &p.weights, dst, &p.biases],
+                    1.0,
+                    STORE,
+                    false,
+                )
+            };
             let mut below = None;
             if l > 0 {
                 let k = lay.hidden[l - 1];
@@ -1087,13 +1097,7 @@ impl<R: Runtime> GpuBackend<R> {
                         }
                     })
                     .collect();
-                self.gemm(
-                    &problems,
-                    [&dz, &p.weights, &g, &p.biases],
-                    1.0,
-                    STORE,
-                    false,
-                );
+                input_grad(&problems, &g);
                 below = Some(g);
             } else if lay.n_cat > 0 {
                 let problems: Vec<Gemm> = plan
@@ -1115,13 +1119,7 @@ impl<R: Runtime> GpuBackend<R> {
                     .collect();
                 // The input gradient has the input's layout (embedding columns only).
                 let g = self.empty(plan.x_len);
-                self.gemm(
-                    &problems,
-                    [&dz, &p.weights, &g, &p.biases],
-                    1.0,
-                    STORE,
-                    false,
-                );
+                input_grad(&problems, &g);
                 grad_x0 = Some(g);
             }
             // Weights: W -= lr x^T dz (fused step), with x the layer's input.
