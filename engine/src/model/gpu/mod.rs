@@ -364,6 +364,17 @@ impl Layout {
     }
 }
 
+/// Where a piece's input rows to dense layer `l` are: (offset, row stride) in the `x0` buffer
+/// for the first layer, in the previous layer's activations for the others.
+fn layer_input(pc: &Piece, s: &Slot, l: usize) -> (usize, usize) {
+    if l == 0 {
+        (pc.x_off, s.in_w)
+    } else {
+        let k = s.dims()[l];
+        (pc.first * k, k)
+    }
+}
+
 /// Rows of one model in one launch.
 #[derive(Debug, Clone, Copy)]
 struct Piece {
@@ -595,11 +606,7 @@ impl<R: Runtime> GpuBackend<R> {
                     let s = &lay.slots[pc.model];
                     let d = s.dims();
                     let (k, n) = (d[l], d[l + 1]);
-                    let a = if l == 0 {
-                        (pc.x_off, s.in_w, 1)
-                    } else {
-                        (pc.first * k, k, 1)
-                    };
+                    let (x_off, x_rs) = layer_input(pc, s, l);
                     let c = if head {
                         (pc.y_off, n)
                     } else {
@@ -609,7 +616,7 @@ impl<R: Runtime> GpuBackend<R> {
                         m: pc.rows,
                         n,
                         k,
-                        a,
+                        a: (x_off, x_rs, 1),
                         b: (s.w_off[l], n, 1),
                         c,
                         bias: s.b_off[l],
@@ -1130,11 +1137,7 @@ impl<R: Runtime> GpuBackend<R> {
                     let s = &lay.slots[pc.model];
                     let d = s.dims();
                     let (k_in, n) = (d[l], d[l + 1]);
-                    let (x_off, x_rs) = if l == 0 {
-                        (pc.x_off, s.in_w)
-                    } else {
-                        (pc.first * k_in, k_in)
-                    };
+                    let (x_off, x_rs) = layer_input(pc, s, l);
                     let (off, rs) = dz_at(pc, n);
                     Gemm {
                         m: k_in,
