@@ -313,6 +313,10 @@ unless a column says otherwise. The JSON reports are in `bench/results/`.
 {commands}
 ```
 """
+    # Paths inside the repository are written relative to it: the results name no directory of
+    # the machine they ran on.
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+    doc = doc.replace(root + os.sep, "").replace(root, ".")
     with open(os.path.join(out, "RESULTS.md"), "w") as f:
         f.write(doc)
     print(os.path.join(out, "RESULTS.md"))

@@ -19,6 +19,22 @@ pub fn bench_dir() -> PathBuf {
     dir
 }
 
+/// The workspace's root directory.
+pub fn repo_root() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// `path` as reports print it: relative to the workspace's root when it lies inside, so that
+/// committed results name no directory of the machine they ran on.
+pub fn repo_path(path: &Path) -> String {
+    let full = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    full.strip_prefix(repo_root())
+        .map_or(full.as_path(), |p| p)
+        .display()
+        .to_string()
+}
+
 /// The value after `name` on the command line, parsed, or `default`.
 pub fn arg<T: FromStr>(name: &str, default: T) -> Result<T>
 where

@@ -721,6 +721,12 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     for p in &report.run.outputs {
         println!("  output           {}", p.display());
     }
+    println!();
+    println!(
+        "everything the demo wrote is under {}/ (replaced by the next demo; remove it with: rm -rf {})",
+        args.dir.display(),
+        args.dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

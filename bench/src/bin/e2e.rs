@@ -154,7 +154,7 @@ fn main() -> Result<()> {
         "workload": format!("{source}: {users} users x {days} days x 8 files/day, train {train_days} days then score {} days", u64::from(days) - train_days),
         "records": g.records,
         "files": g.files.len(),
-        "config": config.display().to_string(),
+        "config": dfp_bench::repo_path(&config),
         "runs": runs,
         "reference": "Morpheus' published wall times on its example set, Quadro RTX 8000 (their hardware): Azure training 8-28 s, inference 1.5 s",
     });

@@ -106,6 +106,23 @@ pub fn cuda() -> Result<GpuBackend<cubecl::cuda::CudaRuntime>> {
 /// The wgpu backend on the default adapter (`CUBECL_WGPU_DEFAULT_DEVICE` overrides it; with
 /// no GPU, a software Vulkan such as Mesa's lavapipe).
 pub fn wgpu() -> Result<GpuBackend<cubecl::wgpu::WgpuRuntime>> {
+    // cubecl panics on a thread of its own when there is no adapter, which leaves only a
+    // closed channel to report: look for one first, so the error says what is missing.
+    use cubecl::wgpu::GraphicsApi;
+    let api: wgpu::Backends = cubecl::wgpu::AutoGraphicsApi::backend().into();
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: api,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = cubecl::future::block_on(instance.enumerate_adapters(api));
+    if adapters.is_empty() {
+        return Err(Error::model(
+            "wgpu",
+            "no graphics adapter: the Vulkan loader (libvulkan.so.1) or a Vulkan driver is missing \
+             (with a GPU, install its driver; without one, Mesa's software Vulkan: \
+             apt-get install libvulkan1 mesa-vulkan-drivers)",
+        ));
+    }
     GpuBackend::start(&cubecl::wgpu::WgpuDevice::DefaultDevice, "wgpu")
 }
 
