@@ -93,13 +93,20 @@ pub fn reset_peak_rss() -> bool {
 }
 
 /// Every file under `dir`, by path relative to it, with its bytes: what the end-to-end tests
-/// compare between runs.
+/// compare between runs. A run's metadata is left out: the lock file (`.dfp-lock`) and the
+/// run's status file (`dfp_run_{source}.json`), which hold process ids and times.
 pub fn file_tree(dir: &Path) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
             let p = e?.path();
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            if name.as_deref().is_some_and(|n| {
+                n == ".dfp-lock" || (n.starts_with("dfp_run_") && n.ends_with(".json"))
+            }) {
+                continue;
+            }
             if p.is_dir() {
                 stack.push(p);
             } else {

@@ -110,6 +110,19 @@ impl Error {
         }
     }
 
+    /// This error with its causes, `: `-separated (the operating system's error of an I/O
+    /// failure included): what a dead letter or a log line shows.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+
     /// A model error for `context` (a user or model name).
     pub fn model(context: impl Into<String>, problem: impl Into<String>) -> Self {
         Error::Model {

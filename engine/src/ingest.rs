@@ -27,6 +27,7 @@ use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, NaiveDateTime};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use crate::json_scan;
 use crate::schema::{
     ColumnSpec, ColumnType, MISSING_STRING, NULL_STRING, SourceSchema, TimestampFormat,
 };
@@ -181,6 +182,8 @@ impl Reader {
 
     /// Reads the bytes of one file; `path` names it in reports and picks the format for `Auto`.
     pub fn read_bytes(&self, path: &Path, bytes: &[u8], format: InputFormat) -> FileRead {
+        // A UTF-8 byte-order mark (as some Windows tools write) is not part of the data.
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let mut sink = BatchSink::new(self, bytes.len());
         let format = match format {
             InputFormat::Auto => detect_format(path, bytes),
@@ -284,8 +287,12 @@ impl Reader {
         }
     }
 
-    /// Reads a JSON array in one pass: each element is walked for the schema's paths as it is
-    /// parsed. The text of a rejected record is looked up again only when one is rejected.
+    /// Reads a JSON array. The fast way, in one pass: each element is walked for the schema's
+    /// paths as it is parsed, and the text of a rejected record is looked up again only when
+    /// one is rejected. It is taken when the array's records are within the nesting and size
+    /// limits; otherwise, or when the parse fails part way (a number out of range, a lone
+    /// surrogate, a truncated file), the array is cut into its elements and each is read on
+    /// its own, so that a bad record costs only itself.
     fn read_json_array(&self, bytes: &[u8], sink: &mut BatchSink) -> Option<String> {
         let (text, utf8_error) = match std::str::from_utf8(bytes) {
             Ok(t) => (t, None),
@@ -296,9 +303,47 @@ impl Reader {
                 (prefix, Some(format!("invalid UTF-8 at byte {valid}")))
             }
         };
+        let shape = json_scan::measure(text.as_bytes());
+        if shape.depth <= json_scan::MAX_DEPTH + 1
+            && shape.longest_element <= json_scan::MAX_RECORD_BYTES
+        {
+            match self.read_json_array_fast(text, sink) {
+                Ok(()) => return utf8_error,
+                Err(e) if sink.records == 0 && !text.trim_start().starts_with('[') => {
+                    return Some(utf8_error.unwrap_or_else(|| format!("not a JSON array: {e}")));
+                }
+                Err(_) => *sink = BatchSink::new(self, text.len()),
+            }
+        }
+        let (elements, closed) = json_scan::elements(text.as_bytes());
+        for (index, e) in elements.iter().enumerate() {
+            sink.records += 1;
+            let record = &text[e.span.clone()];
+            if let Err(reason) = self.push_record(record, e.depth, sink) {
+                sink.reject(index, reason, kept_raw(record));
+            }
+        }
+        if closed {
+            utf8_error
+        } else {
+            Some(utf8_error.unwrap_or_else(|| {
+                format!(
+                    "the JSON array is not closed: the file ends after record {}",
+                    elements.len().saturating_sub(1)
+                )
+            }))
+        }
+    }
+
+    /// The fast read of a JSON array; an error means the parse broke off.
+    fn read_json_array_fast(
+        &self,
+        text: &str,
+        sink: &mut BatchSink,
+    ) -> std::result::Result<(), sonic_rs::Error> {
         let mut failures = Vec::new();
         let mut de = sonic_rs::Deserializer::from_str(text);
-        let result = serde::Deserializer::deserialize_seq(
+        serde::Deserializer::deserialize_seq(
             &mut de,
             ArrayVisitor {
                 reader: self,
@@ -306,36 +351,42 @@ impl Reader {
                 failures: &mut failures,
             },
         )
-        .and_then(|()| de.end());
+        .and_then(|()| de.end())?;
         if !failures.is_empty() {
-            let mut pending = failures.into_iter().peekable();
-            for (i, element) in sonic_rs::to_array_iter(text).enumerate() {
-                let Some((index, _)) = pending.peek() else {
-                    break;
-                };
-                if *index == i {
-                    let raw = element
-                        .map(|v| v.as_raw_str().to_string())
-                        .unwrap_or_default();
-                    if let Some((index, reason)) = pending.next() {
-                        sink.reject(index, reason, raw);
-                    }
-                }
-            }
-            for (index, reason) in pending {
-                sink.reject(index, reason, String::new());
+            let (elements, _) = json_scan::elements(text.as_bytes());
+            for (index, reason) in failures {
+                let raw = elements
+                    .get(index)
+                    .map_or_else(String::new, |e| text[e.span.clone()].to_string());
+                sink.reject(index, reason, raw);
             }
         }
-        match result {
-            Ok(()) => utf8_error,
-            Err(e) => Some(utf8_error.unwrap_or_else(|| {
-                if sink.records == 0 && !text.trim_start().starts_with('[') {
-                    format!("not a JSON array: {e}")
-                } else {
-                    format!("invalid JSON after record {}: {e}", sink.records)
-                }
-            })),
+        Ok(())
+    }
+
+    /// Reads one record's text of nesting `depth`, within the limits, or says why not.
+    fn push_record(
+        &self,
+        record: &str,
+        depth: usize,
+        sink: &mut BatchSink,
+    ) -> std::result::Result<(), String> {
+        if record.len() > json_scan::MAX_RECORD_BYTES {
+            return Err(format!(
+                "record is {} bytes, over the limit of {} (its first {} bytes are kept)",
+                record.len(),
+                json_scan::MAX_RECORD_BYTES,
+                KEPT_RAW_BYTES
+            ));
         }
+        if depth > json_scan::MAX_DEPTH {
+            return Err(format!(
+                "record nests {depth} levels deep, over the limit of {} (its first {} bytes are kept)",
+                json_scan::MAX_DEPTH,
+                KEPT_RAW_BYTES
+            ));
+        }
+        self.push_json(record, sink)
     }
 
     fn read_json_lines(&self, bytes: &[u8], sink: &mut BatchSink) {
@@ -347,8 +398,9 @@ impl Reader {
             sink.records += 1;
             match std::str::from_utf8(line) {
                 Ok(text) => {
-                    if let Err(reason) = self.push_json(text, sink) {
-                        sink.reject(index, reason, text.to_string());
+                    let depth = json_scan::measure(line).depth;
+                    if let Err(reason) = self.push_record(text, depth, sink) {
+                        sink.reject(index, reason, kept_raw(text));
                     }
                 }
                 Err(e) => sink.reject(
@@ -378,6 +430,19 @@ impl Reader {
         // For each looked-up path, the CSV field that holds it.
         let mut fields: Vec<Option<usize>> = Vec::with_capacity(self.paths.len());
         fields.push(find(&self.paths[0], crate::schema::TIMESTAMP));
+        if fields[0].is_none() {
+            let json = matches!(bytes.trim_ascii_start().first(), Some(b'[' | b'{'));
+            return Some(format!(
+                "the CSV header names no timestamp column (`{}` or `{}`){}",
+                self.paths[0],
+                crate::schema::TIMESTAMP,
+                if json {
+                    "; the file looks like JSON: read it as json or jsonl (or auto)"
+                } else {
+                    ""
+                }
+            ));
+        }
         fields.push(find(&self.paths[1], crate::schema::USERNAME));
         fields.push(find(&self.paths[2], crate::schema::EVENT_ID));
         for (c, range) in self.schema.columns.iter().zip(&self.column_paths) {
@@ -435,6 +500,67 @@ impl Reader {
             index += 1;
         }
     }
+}
+
+/// The text of every record of a file's bytes, numbered as the reader numbers records (the
+/// elements of a JSON array, the lines of JSON lines with blank ones empty, the rows of a CSV
+/// after its header, fields joined by commas): what a dead letter shows as the original
+/// record of a row that a later stage could not use. Records over the limits are cut as the
+/// reader cuts them.
+pub fn record_texts(path: &Path, bytes: &[u8], format: InputFormat) -> Vec<String> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let format = match format {
+        InputFormat::Auto => detect_format(path, bytes).unwrap_or(InputFormat::JsonLines),
+        f => f,
+    };
+    match format {
+        InputFormat::JsonArray => {
+            let text = String::from_utf8_lossy(bytes);
+            json_scan::elements(text.as_bytes())
+                .0
+                .into_iter()
+                .map(|e| kept_raw(&text[e.span]))
+                .collect()
+        }
+        InputFormat::Csv => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(true)
+                .from_reader(bytes);
+            reader
+                .byte_records()
+                .map_while(|r| r.ok())
+                .map(|r| {
+                    r.iter()
+                        .map(String::from_utf8_lossy)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect()
+        }
+        InputFormat::JsonLines | InputFormat::Auto => bytes
+            .split(|b| *b == b'\n')
+            .map(|l| kept_raw(&String::from_utf8_lossy(l.trim_ascii())))
+            .collect(),
+    }
+}
+
+/// How much of an oversized or too deeply nested record the dead-letter output keeps.
+const KEPT_RAW_BYTES: usize = 64 * 1024;
+
+/// A rejected record's text for the dead-letter output: all of it, but for records over the
+/// limits, whose first [`KEPT_RAW_BYTES`] are kept (their reason says so).
+fn kept_raw(record: &str) -> String {
+    if record.len() <= json_scan::MAX_RECORD_BYTES
+        && json_scan::measure(record.as_bytes()).depth <= json_scan::MAX_DEPTH
+    {
+        return record.to_string();
+    }
+    let mut end = KEPT_RAW_BYTES.min(record.len());
+    while !record.is_char_boundary(end) {
+        end -= 1;
+    }
+    record[..end].to_string()
 }
 
 fn detect_format(path: &Path, bytes: &[u8]) -> std::result::Result<InputFormat, String> {
@@ -950,8 +1076,7 @@ impl DeadLetterWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating directory", e))?;
         }
-        let file =
-            File::create(path).map_err(|e| Error::io(path, "creating dead-letter file", e))?;
+        let file = crate::files::create(path, "creating dead-letter file")?;
         Ok(Self {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
@@ -1241,9 +1366,15 @@ mod tests {
         let r =
             reader("azure").read_bytes(Path::new("cut.json"), text.as_bytes(), InputFormat::Auto);
         assert_eq!(r.batch.num_rows(), 2);
+        // The cut record goes to the dead letters with what there is of it.
+        assert_eq!(r.rejected.len(), 1);
+        assert_eq!(r.rejected[0].record, 2);
+        assert_eq!(r.rejected[0].raw, &AZURE_OK[..40]);
         let msg = r.broken.unwrap().to_string();
         assert!(
-            msg.contains("cut.json") && msg.contains("after 2 records"),
+            msg.contains("cut.json")
+                && msg.contains("not closed")
+                && msg.contains("after record 2"),
             "{msg}"
         );
     }
@@ -1356,7 +1487,8 @@ mod tests {
         let mut w = DeadLetterWriter::create(&out).unwrap();
         w.write_read(&r).unwrap();
         w.flush().unwrap();
-        assert_eq!(w.written(), 2);
+        // The record 7, the cut record, and the break.
+        assert_eq!(w.written(), 3);
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
             .unwrap()
             .lines()
@@ -1365,7 +1497,9 @@ mod tests {
         assert_eq!(lines[0]["file"], "dl.json");
         assert_eq!(lines[0]["record"], 1);
         assert_eq!(lines[0]["raw"], "7");
-        assert!(lines[1]["record"].is_null());
-        assert!(lines[1]["reason"].as_str().unwrap().contains("broken file"));
+        assert_eq!(lines[1]["record"], 2);
+        assert_eq!(lines[1]["raw"], &AZURE_OK[..10]);
+        assert!(lines[2]["record"].is_null());
+        assert!(lines[2]["reason"].as_str().unwrap().contains("broken file"));
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Model, ModelHeader};
-use crate::{Error, Result};
+use crate::{Error, Result, files};
 
 /// The model name of `user`'s model for `source`.
 pub fn model_name(source: &str, user: &str) -> String {
@@ -126,6 +126,23 @@ impl Registry {
         self.root.join(escape(name))
     }
 
+    /// The folder of `name`, created if missing, to write into: a symbolic link there is
+    /// refused, so registry writes stay inside the registry.
+    fn model_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir(name);
+        if files::is_link(&dir) {
+            return Err(Error::stage(
+                "registry",
+                format!(
+                    "{} is a symbolic link: dfp keeps registry writes inside the registry (remove it)",
+                    dir.display()
+                ),
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "creating model folder", e))?;
+        Ok(dir)
+    }
+
     /// Version numbers of `name`, ascending (empty when it has none).
     pub fn version_numbers(&self, name: &str) -> Result<Vec<u32>> {
         let dir = self.dir(name);
@@ -149,25 +166,36 @@ impl Registry {
     /// Registers `model` as the next version of its name; returns that version.
     pub fn register(&self, model: &Model) -> Result<ModelVersion> {
         let name = &model.header.name;
-        let dir = self.dir(name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "creating model folder", e))?;
+        let dir = self.model_dir(name)?;
         let tmp = dir.join(format!(
             ".tmp-{}-{:?}",
             std::process::id(),
             std::thread::current().id()
         ));
-        std::fs::write(&tmp, model.to_bytes()?).map_err(|e| Error::io(&tmp, "writing model", e))?;
-        let mut version = self.version_numbers(name)?.last().map_or(1, |v| v + 1);
+        drop(files::write_new(&tmp, &model.to_bytes()?, "writing model")?);
+        let last = self.version_numbers(name)?.last().copied().unwrap_or(0);
+        let mut version = last.checked_add(1);
         let result = loop {
-            let path = version_file(&dir, version, "dfpmodel");
+            let Some(v) = version else {
+                break Err(Error::model(
+                    name,
+                    format!(
+                        "no version number is left after v{last:06} in {} (a stray version file?)",
+                        dir.display()
+                    ),
+                ));
+            };
+            let path = version_file(&dir, v, "dfpmodel");
             match std::fs::hard_link(&tmp, &path) {
-                Ok(()) => break Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => version += 1,
+                Ok(()) => break Ok(v),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    version = v.checked_add(1);
+                }
                 Err(e) => break Err(Error::io(&path, "committing model version", e)),
             }
         };
         let _ = std::fs::remove_file(&tmp);
-        result?;
+        let version = result?;
         let v = ModelVersion {
             name: name.clone(),
             version,
@@ -178,10 +206,7 @@ impl Registry {
             context: format!("writing tags of {}", v.label()),
             source: e,
         })?;
-        let tags_tmp = tags.with_extension("json.tmp");
-        std::fs::write(&tags_tmp, text)
-            .map_err(|e| Error::io(&tags_tmp, "writing model tags", e))?;
-        std::fs::rename(&tags_tmp, &tags).map_err(|e| Error::io(&tags, "writing model tags", e))?;
+        files::replace(&tags, &text, "writing model tags")?;
         Ok(v)
     }
 
@@ -268,14 +293,12 @@ impl Registry {
         }
         let mut aliases = self.aliases(name)?;
         aliases.insert(alias.to_string(), version);
-        let path = self.dir(name).join("aliases.json");
-        let tmp = path.with_extension("json.tmp");
+        let path = self.model_dir(name)?.join("aliases.json");
         let text = serde_json::to_vec_pretty(&aliases).map_err(|e| Error::Json {
             context: "writing aliases".into(),
             source: e,
         })?;
-        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, "writing aliases", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "writing aliases", e))
+        files::replace(&path, &text, "writing aliases")
     }
 
     /// Every model name with its versions, by name.

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -12,7 +13,7 @@ use arrow::array::AsArray;
 use clap::{Parser, Subcommand};
 
 mod cluster;
-use dfp_engine::control::{ControlMessage, expand_globs};
+use dfp_engine::control::{ControlMessage, FileScope, expand_globs};
 use dfp_engine::generate::{GenSource, GenerateConfig};
 use dfp_engine::ingest::{DeadLetterWriter, InputFormat, Reader};
 use dfp_engine::schema::SourceSchema;
@@ -20,10 +21,10 @@ use dfp_operators::checkpoint::CheckpointSettings;
 use dfp_operators::config::RunConfig;
 use dfp_operators::control_topic::ControlTopicInput;
 use dfp_operators::demo::DemoOptions;
-use dfp_operators::file_batcher::{FileBatcherConfig, batch_files};
 use dfp_operators::kafka_sink::KafkaSink;
 use dfp_operators::kafka_source::{KafkaSettings, parse_kafka_url};
 use dfp_operators::pipeline::{ClusterSpec, Input, RunOptions, StreamInput};
+use dfp_operators::plan::Plan;
 use dfp_operators::post_proc::Clock;
 use dfp_operators::replay::Speed;
 use std::io::IsTerminal;
@@ -68,13 +69,17 @@ enum Command {
     /// Read log files into Arrow batches by a source schema and report rows, users and
     /// rejected records (rejections go to a dead-letter NDJSON file).
     Ingest(IngestArgs),
-    /// Show how a control message's inputs resolve: files found, and file batches per period.
+    /// Show how a control message's inputs resolve: files found, and file batches per period
+    /// (the plan `dfp run` makes of it).
     Plan {
         /// The control message.
         control_messages: PathBuf,
         /// Resolve relative globs against this directory instead of the message's directory.
         #[arg(long)]
         files_root: Option<PathBuf>,
+        /// A directory load globs may read under (repeatable).
+        #[arg(long = "allow-root", value_name = "DIR")]
+        allow_roots: Vec<PathBuf>,
     },
     /// Run across hosts: start every process of a cluster run.
     Cluster {
@@ -224,9 +229,15 @@ struct RunArgs {
     #[arg(long)]
     threshold: Option<f64>,
     /// Resolve relative load globs against this directory instead of the message's directory
-    /// (for --control-topic: instead of the working directory).
+    /// (for --control-topic: instead of the working directory, and a topic's messages then
+    /// read only under it unless --allow-root is given).
     #[arg(long)]
     files_root: Option<PathBuf>,
+    /// A directory load globs may read under (repeatable). Given, every file a control
+    /// message reaches must lie under one of them; a --control-topic message always reads only
+    /// under these or, without them, under its --files-root (default: the working directory).
+    #[arg(long = "allow-root", value_name = "DIR")]
+    allow_roots: Vec<PathBuf>,
     /// Stamp detections with this time (RFC 3339) instead of the wall clock, so that runs of
     /// the same logs write the same bytes.
     #[arg(long, value_name = "TIME")]
@@ -360,6 +371,7 @@ fn init_logging(verbose: u8, quiet: u8) {
     let filter = EnvFilter::try_from_env("DFP_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -376,7 +388,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Plan {
             control_messages,
             files_root,
-        } => plan(&control_messages, files_root.as_deref()),
+            allow_roots,
+        } => plan(&control_messages, files_root.as_deref(), &allow_roots),
         Command::Models { registry, action } => models(&registry, action),
         Command::Cluster {
             action:
@@ -407,17 +420,35 @@ fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode> {
                 "{:<48} {:>8} {:>6}  training window",
                 "model", "versions", "rows"
             );
+            let mut unreadable = 0;
             for (name, versions) in registry.list()? {
                 let latest = versions.last().copied().unwrap_or(0);
-                let v = registry.version(&name, latest)?;
-                println!(
-                    "{:<48} {:>8} {:>6}  {} .. {}",
-                    name,
-                    versions.len(),
-                    v.header.rows,
-                    time(v.header.first_timestamp_us),
-                    time(v.header.last_timestamp_us)
-                );
+                // Names are user ids: shown escaped, so no control character reaches the terminal.
+                let shown = name.escape_debug().to_string();
+                match registry.version(&name, latest) {
+                    Ok(v) => println!(
+                        "{:<48} {:>8} {:>6}  {} .. {}",
+                        shown,
+                        versions.len(),
+                        v.header.rows,
+                        time(v.header.first_timestamp_us),
+                        time(v.header.last_timestamp_us)
+                    ),
+                    Err(e) => {
+                        unreadable += 1;
+                        println!(
+                            "{:<48} {:>8} {:>6}  unreadable v{latest:06}: {}",
+                            shown,
+                            versions.len(),
+                            "-",
+                            e.chain().escape_debug()
+                        );
+                    }
+                }
+            }
+            if unreadable > 0 {
+                eprintln!("error: {unreadable} model(s) have an unreadable latest version");
+                return Ok(ExitCode::FAILURE);
             }
         }
         ModelsCommand::Show { name, version } => {
@@ -456,8 +487,8 @@ fn kafka_settings(brokers: String, options: &[String]) -> Result<KafkaSettings> 
     Ok(KafkaSettings { brokers, options })
 }
 
-/// A `--stream` run's input.
-fn stream_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
+/// A `--stream` run's input, stopped by `stop`.
+fn stream_input(args: &RunArgs, source: &str, url: &str, stop: Arc<AtomicBool>) -> Result<Input> {
     let (brokers, topic) = parse_kafka_url(url)?;
     let span = |name: &str, text: &str| -> Result<i64> {
         dfp_engine::period::parse_duration(text)
@@ -494,7 +525,7 @@ fn stream_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
         };
         stream.checkpoint = state_dir(args).map(|dir| CheckpointSettings { dir, every });
     }
-    stream.stop = stop_on_signal()?;
+    stream.stop = stop;
     Ok(Input::Kafka(stream))
 }
 
@@ -508,8 +539,13 @@ fn state_dir(args: &RunArgs) -> Option<PathBuf> {
     })
 }
 
-/// A `--control-topic` run's input.
-fn control_topic_input(args: &RunArgs, source: &str, url: &str) -> Result<Input> {
+/// A `--control-topic` run's input, stopped by `stop`.
+fn control_topic_input(
+    args: &RunArgs,
+    source: &str,
+    url: &str,
+    stop: Arc<AtomicBool>,
+) -> Result<Input> {
     let (brokers, topic) = parse_kafka_url(url)?;
     let poll = dfp_engine::period::parse_duration(&args.poll_interval)
         .map_err(anyhow::Error::msg)
@@ -528,16 +564,18 @@ fn control_topic_input(args: &RunArgs, source: &str, url: &str) -> Result<Input>
             .files_root
             .clone()
             .unwrap_or_else(|| PathBuf::from(".")),
+        allowed_roots: args.allow_roots.clone(),
         stop_at_end: args.until_end,
-        stop: stop_on_signal()?,
+        stop,
         state_dir: state_dir(args),
     }))
 }
 
-/// A flag set by the first SIGINT or SIGTERM (the stream finishes what it read, commits and
-/// exits 0); a second signal exits at once.
-fn stop_on_signal() -> Result<Arc<std::sync::atomic::AtomicBool>> {
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// A flag set by the first SIGINT or SIGTERM (a stream finishes what it read, commits and
+/// exits 0; a batch run finishes the epochs in flight, writes them and exits 130); a second
+/// signal exits at once.
+fn stop_on_signal() -> Result<Arc<AtomicBool>> {
+    use std::sync::atomic::Ordering;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
@@ -545,7 +583,9 @@ fn stop_on_signal() -> Result<Arc<std::sync::atomic::AtomicBool>> {
             eprintln!("dfp: stopping now");
             std::process::exit(130);
         }
-        eprintln!("dfp: stopping: finishing the epochs read, then committing (again to quit now)");
+        eprintln!(
+            "dfp: stopping: finishing and writing the epochs read, then committing (again to quit now)"
+        );
     })
     .context("installing the signal handler")?;
     Ok(stop)
@@ -554,7 +594,7 @@ fn stop_on_signal() -> Result<Arc<std::sync::atomic::AtomicBool>> {
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let schema = Arc::new(SourceSchema::resolve(&args.source)?);
     let speed: Speed = args.speed.parse().map_err(anyhow::Error::msg)?;
-    let (files, _) = expand_globs([args.files.as_str()], Path::new("."))?;
+    let (files, _) = expand_globs([args.files.as_str()], &FileScope::at("."))?;
     if files.is_empty() {
         bail!("--files {:?} matches no file", args.files);
     }
@@ -620,16 +660,24 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         }
         None => wall_clock(),
     };
+    let stop = stop_on_signal()?;
     let (input, what) = match (&args.control_messages, &args.stream, &args.control_topic) {
         (Some(path), _, _) => (
             Input::Control {
                 path: path.clone(),
                 files_root: args.files_root.clone(),
+                allowed_roots: args.allow_roots.clone(),
             },
             path.display().to_string(),
         ),
-        (None, Some(url), _) => (stream_input(&args, &schema.name, url)?, url.clone()),
-        (None, None, Some(url)) => (control_topic_input(&args, &schema.name, url)?, url.clone()),
+        (None, Some(url), _) => (
+            stream_input(&args, &schema.name, url, stop.clone())?,
+            url.clone(),
+        ),
+        (None, None, Some(url)) => (
+            control_topic_input(&args, &schema.name, url, stop.clone())?,
+            url.clone(),
+        ),
         (None, None, None) => bail!("give --control-messages, --stream or --control-topic"),
     };
     let cluster = match &args.hostfile {
@@ -670,6 +718,7 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         clock,
         progress: std::io::stderr().is_terminal() && cluster.is_none(),
         cluster,
+        stop,
     })
     .with_context(|| format!("running {what}"))?;
     for p in &summary.unmatched {
@@ -679,8 +728,36 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
     for p in &summary.outputs {
         println!("  {}", p.display());
     }
-    Ok(ExitCode::SUCCESS)
+    if summary.stopped {
+        eprintln!(
+            "stopped by a signal after {} of {} epochs: the outputs hold those epochs only (their status file says \"stopped\")",
+            summary.epochs,
+            summary.planned.unwrap_or(summary.epochs)
+        );
+        return Ok(ExitCode::from(STOPPED));
+    }
+    Ok(exit_code(&summary.stats))
 }
+
+/// The exit code of a batch run that a signal stopped before its last epoch.
+const STOPPED: u8 = 130;
+
+/// Exit code of a run that finished: 0, or [`SHORTFALL`] (with each reason on stderr) when
+/// it did not do all it was asked (trained no model, lost models, rows it could not score).
+fn exit_code(stats: &dfp_operators::metrics::Stats) -> ExitCode {
+    let shortfalls = stats.shortfalls();
+    for s in &shortfalls {
+        eprintln!("error: {s}");
+    }
+    if shortfalls.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(SHORTFALL)
+    }
+}
+
+/// The exit code of a run that finished without doing all it was asked (README: exit codes).
+const SHORTFALL: u8 = 3;
 
 fn demo(args: DemoArgs) -> Result<ExitCode> {
     let config = run_config(args.config.as_deref())?;
@@ -727,7 +804,7 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         args.dir.display(),
         args.dir.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(&report.run.stats))
 }
 
 /// dfp's settings, kept in configs/dfp.toml so they are documented and tested there.
@@ -766,32 +843,47 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether a TOML file is a source schema (it names the source) rather than a run config.
-fn is_source_schema(path: &Path) -> bool {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .is_none_or(|t| t.contains_key("name"))
+/// The text of a file to validate: a file that is not UTF-8 is an error saying where.
+fn validate_text(path: &Path) -> Result<String, dfp_engine::Error> {
+    let bytes = std::fs::read(path).map_err(|e| dfp_engine::Error::io(path, "reading", e))?;
+    String::from_utf8(bytes).map_err(|e| dfp_engine::Error::Invalid {
+        origin: path.display().to_string(),
+        problems: vec![dfp_engine::config::Problem {
+            path: String::new(),
+            message: format!(
+                "not UTF-8 text: invalid byte at offset {}",
+                e.utf8_error().valid_up_to()
+            ),
+        }],
+    })
 }
 
 /// What a file to validate holds.
 fn validate_one(path: &Path) -> Result<String, dfp_engine::Error> {
+    let text = validate_text(path)?;
+    let origin = path.display().to_string();
     match path.extension().and_then(|e| e.to_str()) {
-        Some("toml") if !is_source_schema(path) => {
-            RunConfig::from_file(path)?;
-            Ok("valid run configuration".to_string())
-        }
         Some("toml") => {
-            let s = SourceSchema::from_file(path)?;
-            Ok(format!(
-                "valid source schema {:?} ({} columns, {} features)",
-                s.name,
-                s.columns.len(),
-                s.features.categorical.len() + s.features.binary.len() + s.features.numeric.len()
-            ))
+            // A source schema names its source; anything else is a run config. A file that is
+            // not TOML at all is reported as such, with the parser's location.
+            let table: toml::Table = dfp_engine::config::parse_toml(&text, &origin)?;
+            if table.contains_key("name") {
+                let s = SourceSchema::from_toml(&text, &origin)?;
+                Ok(format!(
+                    "valid source schema {:?} ({} columns, {} features)",
+                    s.name,
+                    s.columns.len(),
+                    s.features.categorical.len()
+                        + s.features.binary.len()
+                        + s.features.numeric.len()
+                ))
+            } else {
+                RunConfig::from_toml(&text, &origin)?;
+                Ok("valid run configuration".to_string())
+            }
         }
         _ => {
-            let m = ControlMessage::from_file(path)?;
+            let m = ControlMessage::parse(&text, &origin)?;
             let tasks: Vec<String> = m
                 .inputs
                 .iter()
@@ -826,7 +918,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             }
             Err(e) => {
                 ok = false;
-                println!("{}: {e}", f.display());
+                println!("{}: {}", f.display(), e.chain());
             }
         }
     }
@@ -839,12 +931,25 @@ fn validate(files: &[PathBuf]) -> ExitCode {
 
 fn ingest(args: IngestArgs) -> Result<ExitCode> {
     let schema = Arc::new(SourceSchema::resolve(&args.source)?);
-    let (files, unmatched) = expand_globs(args.files.iter().map(String::as_str), Path::new(""))?;
+    let (files, unmatched) =
+        expand_globs(args.files.iter().map(String::as_str), &FileScope::at(""))?;
     for pattern in unmatched {
         tracing::warn!(pattern = %pattern, "pattern matches no file");
     }
     if files.is_empty() {
         bail!("no input file matches {:?}", args.files);
+    }
+    let dead_letter = args.dead_letter.canonicalize().ok();
+    if let Some(input) = files.iter().find(|f| {
+        f.canonicalize()
+            .ok()
+            .is_some_and(|f| Some(f) == dead_letter)
+    }) {
+        bail!(
+            "--dead-letter {} is one of the input files ({}): it would be emptied before it is read",
+            args.dead_letter.display(),
+            input.display()
+        );
     }
     let reader = Reader::new(schema);
     let started = Instant::now();
@@ -882,40 +987,35 @@ fn ingest(args: IngestArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plan(path: &Path, files_root: Option<&Path>) -> Result<ExitCode> {
+fn plan(path: &Path, files_root: Option<&Path>, allow_roots: &[PathBuf]) -> Result<ExitCode> {
     let msg = ControlMessage::from_file(path)?;
-    let base = match files_root {
-        Some(r) => r.to_path_buf(),
-        None => path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(".")),
-    };
+    let scope = FileScope::for_message(&msg, path, files_root, allow_roots);
+    // The plan `dfp run` makes of the same message.
+    let plan = Plan::build(&msg, &scope)?;
+    println!("load globs resolve against {}", scope.base.display());
+    for u in &plan.unmatched {
+        tracing::warn!(pattern = %u, "pattern matches no file");
+    }
     for (i, input) in msg.inputs.iter().enumerate() {
-        let (files, unmatched) = input.resolve_files(&base)?;
-        for u in unmatched {
-            tracing::warn!(input = i, pattern = %u, "pattern matches no file");
-        }
-        let cfg = FileBatcherConfig::new(None).with_options(&input.metadata.batching_options)?;
-        let batches = batch_files(&files, &cfg);
+        let epochs: Vec<_> = plan.epochs.iter().filter(|e| e.input == i).collect();
         println!(
             "input {i}: train={} infer={} data_type={:?}: {} files, {} batches",
             input.trains(),
             input.infers(),
             input.metadata.data_type,
-            files.len(),
-            batches.len()
+            epochs.iter().map(|e| e.files.len()).sum::<usize>(),
+            epochs.len()
         );
-        for b in &batches {
-            let period = b
+        for e in &epochs {
+            let period = e
                 .period_start
                 .map(|s| s.format("%Y-%m-%dT%H:%M:%SZ").to_string())
                 .unwrap_or_else(|| "all".to_string());
             println!(
                 "  batch {}/{} {period}: {} files",
-                b.index + 1,
-                b.count,
-                b.files.len()
+                e.batch + 1,
+                epochs.len(),
+                e.files.len()
             );
         }
     }

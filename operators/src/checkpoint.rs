@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use dfp_engine::hash::checksum64;
@@ -157,12 +156,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], origin: &Path) -> Result<T> {
 
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, "writing state", e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(&tmp, "writing state", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "committing state", e))?;
+    dfp_engine::files::replace(path, bytes, "writing state")?;
     if let Some(dir) = path.parent() {
         File::open(dir)
             .and_then(|d| d.sync_all())

@@ -33,6 +33,43 @@ pub struct RunConfig {
     pub inference: InferenceConfig,
     /// Detections.
     pub detection: DetectionConfig,
+    /// The event-time guard.
+    pub events: EventsConfig,
+}
+
+/// How far an event's time may run ahead (`[events]`): of its file batch's period in a batch
+/// run, of the wall clock in a stream. Later events are outliers (a forged record, a skewed
+/// clock): dead-lettered with the reason and counted, so that one of them cannot make every
+/// other row late.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// A duration ("1d", "6h").
+    pub max_ahead: String,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            max_ahead: "1d".into(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// `max_ahead` in µs.
+    pub fn max_ahead_us(&self) -> std::result::Result<i64, String> {
+        dfp_engine::period::parse_duration(&self.max_ahead)
+            .ok()
+            .and_then(|d| d.num_microseconds())
+            .filter(|&us| us >= 0)
+            .ok_or_else(|| {
+                format!(
+                    "{:?} is not a duration >= 0 like \"1d\" or \"6h\"",
+                    self.max_ahead
+                )
+            })
+    }
 }
 
 /// A window table as written: every key optional.
@@ -77,6 +114,7 @@ impl Default for RunConfig {
             model: ModelConfig::default(),
             inference: InferenceConfig::default(),
             detection: DetectionConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -102,8 +140,14 @@ impl RunConfig {
         self.training_window.check("training_window", &mut p);
         self.inference_window.check("inference_window", &mut p);
         self.model.check("model", &mut p);
-        if !self.detection.threshold.is_finite() {
-            p.push("detection.threshold", "must be a finite number");
+        if !(self.detection.threshold.is_finite() && self.detection.threshold >= 0.0) {
+            p.push(
+                "detection.threshold",
+                "must be a finite number >= 0 (it bounds mean_abs_z, which is never negative)",
+            );
+        }
+        if let Err(e) = self.events.max_ahead_us() {
+            p.push("events.max_ahead", e);
         }
         if self.split.generic_user.is_empty() {
             p.push("split.generic_user", "must not be empty");

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dfp_engine::control::ControlMessage;
+use dfp_engine::control::{ControlMessage, FileScope};
 use dfp_engine::registry::Registry;
 use dfp_engine::{Error, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -55,6 +55,9 @@ pub struct ControlTopicInput {
     pub commit: bool,
     /// Where the messages' relative load globs resolve.
     pub files_root: PathBuf,
+    /// The directories messages may read under (empty: only `files_root`): whoever can
+    /// write to the topic cannot make dfp read other files.
+    pub allowed_roots: Vec<PathBuf>,
     /// Stop once every partition has been read to its end.
     pub stop_at_end: bool,
     /// Set (by a signal handler) to stop after the message being run.
@@ -153,6 +156,12 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
     };
     save(&state)?;
     let (consumer, partitions) = consumer(input, &state.next)?;
+    let roots = if input.allowed_roots.is_empty() {
+        vec![input.files_root.clone()]
+    } else {
+        input.allowed_roots.clone()
+    };
+    let scope = FileScope::confined(&input.files_root, roots);
     let mut at_end = std::collections::HashSet::new();
     let mut stats = Stats::default();
     let mut epochs = 0;
@@ -180,7 +189,7 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
         let text = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
         let label = format!("kafka:{}/{p}@{offset}", input.topic);
         let planned = ControlMessage::parse(&text, &label).and_then(|msg| {
-            let plan = plan(opts, &msg, &input.files_root)?;
+            let plan = plan(&msg, &scope)?;
             if plan.files() == 0 {
                 return Err(Error::stage(
                     "control topic",

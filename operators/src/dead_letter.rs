@@ -2,11 +2,19 @@
 //! nothing is lost silently. Rejected and broken input (from file to batch), rows without a
 //! user (split users), rows too late for their window (rolling window), rows without a usable
 //! model (inference) and models that failed to train or register all become [`DeadLetter`]s,
-//! written as JSON lines to `dfp_dead_letter_{source}.jsonl`. State: none.
+//! written as JSON lines to `dfp_dead_letter_{source}.jsonl`. A row of a file that a later
+//! stage gives up on is written as the reader's dead letters are, with its file, its record's
+//! index and the original record ([`Originals`]); a row from Kafka keeps the row itself. State:
+//! none (the [`Originals`] cache holds the records of the last file looked up).
 
-use dfp_engine::ingest::FileRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dfp_engine::ingest::{FileRead, record_texts};
 use dfp_engine::rows::{Origin, Row};
 use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
 
 /// One thing that could not be processed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -106,6 +114,52 @@ impl DeadLetter {
         DeadLetter {
             user: Some(name.to_string()),
             ..Self::new(stage, reason)
+        }
+    }
+}
+
+/// Finds the file and the original record of dead rows of a control-message run, by the
+/// row's origin (epoch and file index in the plan, record index in the file). The records of
+/// the last file looked up are kept, as dead rows come in runs from one file.
+pub struct Originals {
+    plan: Option<Arc<Plan>>,
+    last: Option<(PathBuf, Vec<String>)>,
+}
+
+impl Originals {
+    /// Looks rows up in `plan`'s files (`None`: a stream, whose rows stay as they are).
+    pub fn new(plan: Option<Arc<Plan>>) -> Self {
+        Self { plan, last: None }
+    }
+
+    /// Gives a dead row its file and original record, where the plan knows them.
+    pub fn fill(&mut self, d: &mut DeadLetter) {
+        let (Some(plan), Some(origin)) = (&self.plan, d.origin) else {
+            return;
+        };
+        let Some(epoch) = usize::try_from(origin.epoch)
+            .ok()
+            .and_then(|e| plan.epochs.get(e))
+        else {
+            return;
+        };
+        let Some(path) = epoch.files.get(origin.file as usize) else {
+            return;
+        };
+        if self.last.as_ref().is_none_or(|(p, _)| p != path) {
+            let records = std::fs::read(path)
+                .map(|bytes| record_texts(path, &bytes, epoch.format))
+                .unwrap_or_default();
+            self.last = Some((path.clone(), records));
+        }
+        d.file = Some(path.display().to_string());
+        d.record = Some(origin.record);
+        if let Some(text) = self
+            .last
+            .as_ref()
+            .and_then(|(_, r)| usize::try_from(origin.record).ok().and_then(|i| r.get(i)))
+        {
+            d.raw = Some(text.clone());
         }
     }
 }

@@ -121,10 +121,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
     let schema = SourceSchema::builtin(opts.source.as_str())?;
     let summary = run(RunOptions {
         schema: schema.clone(),
-        input: Input::Control {
-            path: control.clone(),
-            files_root: None,
-        },
+        input: Input::control(control.clone()),
         config: opts.config.clone(),
         workers: opts.workers,
         threads: 0,
@@ -135,6 +132,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
         clock: opts.clock.clone(),
         progress: opts.progress,
         cluster: None,
+        stop: Default::default(),
     })?;
     let evaluation = evaluate(
         &generated.labels,

@@ -24,6 +24,10 @@ use regex::Regex;
 /// Morpheus' pattern for a time in a file name (`AZUREAD_2022-08-01T00_03_56.207Z.json`).
 pub const ISO_DATE_REGEX: &str = r"(?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})(?:T(?P<hour>\d{1,2})(?::|_|\.)(?P<minute>\d{1,2})(?::|_|\.)(?P<second>\d{1,2})(?:\.(?P<microsecond>\d{0,6}))?)?(?P<zulu>Z)?";
 
+/// The period of an input whose control message names none: a day, for every source
+/// (Morpheus' `period='D'`).
+pub const DEFAULT_PERIOD: Period = Period::Day;
+
 /// Errors of the file batcher.
 #[derive(Debug, thiserror::Error)]
 pub enum BatcherError {

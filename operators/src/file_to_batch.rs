@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dfp_engine::ingest::{InputFormat, Reader};
+use dfp_engine::ingest::{InputFormat, Reader, Rejected};
 use dfp_engine::rows::{Row, rows_from_batch};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -44,6 +44,9 @@ pub struct FileTask {
     pub path: PathBuf,
     /// How to read it.
     pub format: InputFormat,
+    /// Records dated after this (µs: the end of the epoch's period plus `[events] max_ahead`)
+    /// are outliers, dead-lettered; `None`: no bound.
+    pub until_us: Option<i64>,
 }
 
 /// The rows of one file.
@@ -59,17 +62,42 @@ pub struct FileRows {
     pub bytes: u64,
 }
 
-/// Reads one file: its rows and its dead letters.
+/// Reads one file: its rows (each with its record's index in the file) and its dead letters
+/// (rejected records, a break, and records dated after `until_us`).
 pub fn read(reader: &Reader, task: &FileTask) -> (FileRows, Vec<DeadLetter>) {
     let read = reader.read_file(&task.path, task.format);
     let mut dead = DeadLetter::from_read(&read);
-    let rows = match rows_from_batch(&read.batch, task.epoch, task.index) {
+    let mut rows = match rows_from_batch(&read.batch, task.epoch, task.index) {
         Ok(rows) => rows,
         Err(e) => {
             dead.push(DeadLetter::file("file_to_batch", &task.path, e.to_string()));
             Vec::new()
         }
     };
+    number_records(&mut rows, &read.rejected);
+    if let Some(until) = task.until_us {
+        let (kept, ahead): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.ts <= until);
+        if !ahead.is_empty() {
+            tracing::warn!(
+                file = %task.path.display(),
+                records = ahead.len(),
+                "records dated after their file batch's period (plus [events] max_ahead) dead-lettered as outliers"
+            );
+        }
+        let limit = time_text(until);
+        dead.extend(ahead.iter().map(|r| {
+            DeadLetter::row(
+                "file_to_batch",
+                r.user.as_deref(),
+                r,
+                format!(
+                    "event time {} is after {limit}, the end of its file batch's period plus [events] max_ahead: an outlier (a forged record or a skewed clock?)",
+                    time_text(r.ts)
+                ),
+            )
+        }));
+        rows = kept;
+    }
     (
         FileRows {
             epoch: task.epoch,
@@ -78,6 +106,30 @@ pub fn read(reader: &Reader, task: &FileTask) -> (FileRows, Vec<DeadLetter>) {
             bytes: read.bytes,
         },
         dead,
+    )
+}
+
+/// Gives each row its record's index in the file: the good records in file order, counted
+/// past the rejected ones.
+fn number_records(rows: &mut [Row], rejected: &[Rejected]) {
+    let mut bad: Vec<u64> = rejected.iter().map(|r| r.record as u64).collect();
+    bad.sort_unstable();
+    let mut bad = bad.into_iter().peekable();
+    let mut index = 0u64;
+    for row in rows {
+        while bad.next_if_eq(&index).is_some() {
+            index += 1;
+        }
+        row.origin.record = index;
+        index += 1;
+    }
+}
+
+/// An event time as RFC 3339 text.
+pub fn time_text(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us).map_or_else(
+        || format!("{us} µs"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
     )
 }
 

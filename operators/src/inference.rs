@@ -75,6 +75,19 @@ pub struct Scored {
 /// user model, and whether the generic model was picked.
 type Choice = (Option<(String, Arc<Model>)>, Option<DeadLetter>, bool);
 
+/// What scoring an epoch's windows gave.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The scored rows.
+    pub scored: Vec<Scored>,
+    /// Rows no model could score, and user models that could not be used.
+    pub dead: Vec<DeadLetter>,
+    /// Rows scored with the generic model.
+    pub fallbacks: u64,
+    /// Rows no model could score.
+    pub unscored: u64,
+}
+
 /// Picks, loads and caches models, and scores windows.
 pub struct Scorer {
     schema: Arc<SourceSchema>,
@@ -82,6 +95,8 @@ pub struct Scorer {
     versions: HashMap<String, u32>,
     cache: ModelCache,
     batch_size: usize,
+    /// Models already reported as unusable (each is logged once, not once per window).
+    reported: std::collections::HashSet<String>,
 }
 
 impl Scorer {
@@ -100,6 +115,7 @@ impl Scorer {
             versions,
             cache: ModelCache::new(registry, config.cache_models),
             batch_size,
+            reported: std::collections::HashSet::new(),
         }
     }
 
@@ -136,7 +152,9 @@ impl Scorer {
         match self.load(&own) {
             Some(Ok(m)) => return (Some(m), None, false),
             Some(Err(e)) => {
-                tracing::error!(model = %own, error = %e, "model unusable; scoring with the generic model");
+                if self.reported.insert(own.clone()) {
+                    tracing::error!(model = %own, error = %e, "model unusable; its user is scored with the generic model");
+                }
                 problem = Some(DeadLetter::model(
                     "inference",
                     &own,
@@ -148,24 +166,24 @@ impl Scorer {
         let generic = model_name(&self.schema.name, &self.generic_user);
         match self.load(&generic) {
             Some(Ok(m)) => (Some(m), problem, true),
-            Some(Err(e)) => (
-                None,
-                Some(DeadLetter::model("inference", &generic, e)),
-                true,
-            ),
+            Some(Err(e)) => {
+                if self.reported.insert(generic.clone()) {
+                    tracing::error!(model = %generic, error = %e, "the generic model is unusable: rows of users without a model of their own cannot be scored");
+                }
+                (
+                    None,
+                    Some(DeadLetter::model("inference", &generic, e)),
+                    true,
+                )
+            }
             None => (None, problem, true),
         }
     }
 
-    /// Scores `windows`: scored rows, dead letters, and how many rows fell back to the generic
-    /// model.
-    pub fn score(
-        &mut self,
-        backend: &dyn Backend,
-        windows: Vec<Prepared>,
-    ) -> (Vec<Scored>, Vec<DeadLetter>, u64) {
+    /// Scores `windows`.
+    pub fn score(&mut self, backend: &dyn Backend, windows: Vec<Prepared>) -> Outcome {
         let mut dead = Vec::new();
-        let mut fallbacks = 0u64;
+        let (mut fallbacks, mut unscored) = (0u64, 0u64);
         let mut chosen: Vec<(Prepared, String, Arc<Model>)> = Vec::new();
         for w in windows {
             let (model, problem, generic) = self.model_for(&w.window.user);
@@ -183,6 +201,7 @@ impl Scorer {
                         w.window.user,
                         model_name(&self.schema.name, &self.generic_user)
                     );
+                    unscored += w.window.rows.len() as u64;
                     dead.extend(w.window.rows.iter().map(|r| {
                         DeadLetter::row("inference", Some(&w.window.user), r, reason.clone())
                     }));
@@ -199,7 +218,9 @@ impl Scorer {
             let s = match result {
                 Ok(s) => s,
                 Err(e) => {
-                    let reason = format!("scoring with {label} failed: {e}");
+                    let reason = format!("scoring with {label} failed: {}", e.chain());
+                    tracing::error!(model = %label, error = %reason, "scoring failed");
+                    unscored += w.window.rows.len() as u64;
                     dead.extend(w.window.rows.iter().map(|r| {
                         DeadLetter::row("inference", Some(&w.window.user), r, reason.clone())
                     }));
@@ -222,7 +243,12 @@ impl Scorer {
                 });
             }
         }
-        (scored, dead, fallbacks)
+        Outcome {
+            scored,
+            dead,
+            fallbacks,
+            unscored,
+        }
     }
 }
 
@@ -279,14 +305,15 @@ impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
                         let Some((cap, mut ws)) = work else { continue };
                         ws.sort_by(|a, b| a.window.user.cmp(&b.window.user));
                         let started = Instant::now();
-                        let (scored, dead, fallbacks) = scorer.score(backend.as_ref(), ws);
+                        let out = scorer.score(backend.as_ref(), ws);
                         let mut s = stats.borrow_mut();
                         s.score_seconds += started.elapsed().as_secs_f64();
-                        s.scored += scored.len() as u64;
-                        s.generic_fallbacks += fallbacks;
+                        s.scored += out.scored.len() as u64;
+                        s.generic_fallbacks += out.fallbacks;
+                        s.unscored += out.unscored;
                         let mut session = output.session(&cap);
-                        session.give_iterator(scored.into_iter().map(Ok));
-                        session.give_iterator(dead.into_iter().map(Err));
+                        session.give_iterator(out.scored.into_iter().map(Ok));
+                        session.give_iterator(out.dead.into_iter().map(Err));
                     }
                     snapshots.offer(frontier_cut(&[f1, f2]), || scorer.state(), &stats);
                 }

@@ -326,8 +326,10 @@ impl KafkaSource {
     }
 
     /// Reads what is there (up to `max` messages, waiting at most the poll interval for the
-    /// first), places the records and returns the epochs that closed.
-    pub fn poll(&mut self, max: usize) -> Result<Polled> {
+    /// first), places the records and returns the epochs that closed. Records dated after
+    /// `until_us` (the wall clock plus `[events] max_ahead`) are outliers, dead-lettered
+    /// without moving the watermark.
+    pub fn poll(&mut self, max: usize, until_us: i64) -> Result<Polled> {
         let mut polled = Polled::default();
         // Per partition: the payloads read, one line each, and their offsets.
         let mut batches: BTreeMap<i32, (Vec<u8>, Vec<i64>)> = BTreeMap::new();
@@ -377,14 +379,21 @@ impl KafkaSource {
         }
         tracing::trace!(messages = polled.messages, "kafka poll");
         for (p, (lines, offsets)) in batches {
-            self.place(p, &lines, &offsets, &mut polled)?;
+            self.place(p, &lines, &offsets, until_us, &mut polled)?;
         }
         polled.closed = self.close(false);
         Ok(polled)
     }
 
     /// Parses one partition's lines and places their rows in epochs.
-    fn place(&mut self, p: i32, lines: &[u8], offsets: &[i64], polled: &mut Polled) -> Result<()> {
+    fn place(
+        &mut self,
+        p: i32,
+        lines: &[u8],
+        offsets: &[i64],
+        until_us: i64,
+        polled: &mut Polled,
+    ) -> Result<()> {
         let label = format!("kafka:{}/{p}", self.settings.topic);
         let read = self
             .reader
@@ -410,7 +419,23 @@ impl KafkaSource {
             .map(|(o, _)| *o);
         let rows = rows_from_batch(&read.batch, 0, 0)?;
         let (lateness, period) = (self.settings.lateness_us, self.settings.period_us);
+        let mut outliers = 0;
         for (mut row, offset) in rows.into_iter().zip(good) {
+            if row.ts > until_us {
+                outliers += 1;
+                polled.dead.push(DeadLetter::message(
+                    &self.settings.topic,
+                    p,
+                    offset,
+                    format!(
+                        "event time {} is after {}, the wall clock plus [events] max_ahead: an outlier (a forged record or a skewed clock?)",
+                        crate::file_to_batch::time_text(row.ts),
+                        crate::file_to_batch::time_text(until_us)
+                    ),
+                    serde_json::to_string(&row).unwrap_or_default(),
+                ));
+                continue;
+            }
             let epoch = epoch_of(row.ts, period);
             let progress = self.partitions.entry(p).or_default();
             let closed_here = progress
@@ -435,6 +460,14 @@ impl KafkaSource {
                 continue;
             }
             self.open.entry(epoch).or_default().push(row);
+        }
+        if outliers > 0 {
+            tracing::warn!(
+                topic = %self.settings.topic,
+                partition = p,
+                records = outliers,
+                "records dated ahead of the wall clock (plus [events] max_ahead) dead-lettered as outliers"
+            );
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ pub mod post_proc;
 pub mod registry_writer;
 pub mod replay;
 pub mod rolling_window;
+pub mod run_status;
 pub mod serialize;
 pub mod sinks;
 pub mod split_users;

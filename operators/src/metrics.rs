@@ -24,6 +24,15 @@ pub struct Stats {
     pub training_windows: u64,
     /// Models trained and registered.
     pub models_trained: u64,
+    /// Models that failed to train (an error, a diverged training) or to be registered.
+    pub train_failed: u64,
+    /// Epochs sent in that train (of files, counted by worker 0; of a stream, by each worker
+    /// that sent it): whether the run was to train at all.
+    pub train_epochs: u64,
+    /// Epochs sent in that score, counted as `train_epochs`.
+    pub infer_epochs: u64,
+    /// Rows that reached inference but no model could score.
+    pub unscored: u64,
     /// Seconds spent training (summed over workers).
     pub train_seconds: f64,
     /// Rows scored.
@@ -50,6 +59,10 @@ impl Stats {
         self.users.extend(o.users);
         self.training_windows += o.training_windows;
         self.models_trained += o.models_trained;
+        self.train_failed += o.train_failed;
+        self.train_epochs += o.train_epochs;
+        self.infer_epochs += o.infer_epochs;
+        self.unscored += o.unscored;
         self.train_seconds += o.train_seconds;
         self.scored += o.scored;
         self.score_seconds += o.score_seconds;
@@ -57,6 +70,38 @@ impl Stats {
         self.detections += o.detections;
         self.dead_letters += o.dead_letters;
         self.fatal.extend(o.fatal);
+    }
+}
+
+impl Stats {
+    /// What the run was asked to do and did not, one sentence each: it trained no model
+    /// though epochs trained, models failed, it scored no row though epochs scored, or rows
+    /// could not be scored. Empty for a run that did everything.
+    pub fn shortfalls(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.train_epochs > 0 && self.models_trained == 0 {
+            out.push(format!(
+                "trained no model though the run was to train: {} rows were read, {} training window(s) formed, {} model(s) failed",
+                self.rows, self.training_windows, self.train_failed
+            ));
+        } else if self.train_failed > 0 {
+            out.push(format!(
+                "{} model(s) failed to train or to be registered (see the log and the dead letters)",
+                self.train_failed
+            ));
+        }
+        if self.infer_epochs > 0 && self.scored == 0 {
+            out.push(format!(
+                "scored no row though the run was to score: {} rows were read, {} could not be scored",
+                self.rows, self.unscored
+            ));
+        } else if self.unscored > 0 {
+            out.push(format!(
+                "{} row(s) could not be scored: no usable model (see the log and the dead letters)",
+                self.unscored
+            ));
+        }
+        out
     }
 }
 

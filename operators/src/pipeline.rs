@@ -17,16 +17,16 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dfp_engine::control::ControlMessage;
+use dfp_engine::control::{ControlMessage, FileScope};
+use dfp_engine::files::DirLock;
 use dfp_engine::ingest::Reader;
 use dfp_engine::model::{Backend, Device, gpu};
-use dfp_engine::period::Period;
 use dfp_engine::registry::Registry;
 use dfp_engine::rows::Row;
 use dfp_engine::schema::SourceSchema;
@@ -43,7 +43,7 @@ use crate::checkpoint::{
 use crate::config::RunConfig;
 use crate::control_topic::ControlTopicInput;
 use crate::data_prep::DataPrep;
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, Originals};
 use crate::file_to_batch::{FileRows, FileTask, FileToBatch, Tasks};
 use crate::filter_detections::FilterDetections;
 use crate::inference::{Inference, Scorer};
@@ -54,6 +54,7 @@ use crate::plan::Plan;
 use crate::post_proc::{Clock, PostProc};
 use crate::registry_writer::RegistryWriter;
 use crate::rolling_window::{RollingWindowExt, RollingWindows};
+use crate::run_status::{RunStatus, Status};
 use crate::serialize::{Columns, OutKind, SerializeDeadLetters, SerializeDetections};
 use crate::sinks::{OutputFiles, Sinks, output_path};
 use crate::split_users::SplitUsers;
@@ -66,13 +67,27 @@ pub enum Input {
     Control {
         /// The control message file.
         path: PathBuf,
-        /// Where relative load globs resolve (default: the control message's directory).
+        /// Where relative load globs resolve (default: the control message's directory, or
+        /// the working directory when only there they match).
         files_root: Option<PathBuf>,
+        /// Directories the load globs may read under (empty: anywhere).
+        allowed_roots: Vec<PathBuf>,
     },
     /// A Kafka topic of raw log records, cut into epochs by event time.
     Kafka(StreamInput),
     /// A Kafka topic of control messages, each run as a control-message file is.
     ControlTopic(ControlTopicInput),
+}
+
+impl Input {
+    /// A control message file, its relative globs resolved beside it, reading anywhere.
+    pub fn control(path: impl Into<PathBuf>) -> Self {
+        Input::Control {
+            path: path.into(),
+            files_root: None,
+            allowed_roots: Vec::new(),
+        }
+    }
 }
 
 /// A streaming run's input and what its epochs do.
@@ -146,6 +161,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// One process of a cluster (`workers` threads in each process), or the whole run here.
     pub cluster: Option<ClusterSpec>,
+    /// Set (by a signal handler) to stop a batch run after the epochs in flight: what was
+    /// read is finished and written, the rest is not started.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// This process's place in a cluster of processes (timely's cluster mode).
@@ -192,6 +210,10 @@ impl RunOptions {
 pub struct RunSummary {
     /// Epochs run.
     pub epochs: usize,
+    /// Epochs planned (a control message's; `None` for a stream).
+    pub planned: Option<usize>,
+    /// Whether a stop (a signal) ended a batch run before its last epoch.
+    pub stopped: bool,
     /// Counters summed over workers.
     pub stats: Stats,
     /// Wall time.
@@ -337,23 +359,101 @@ impl Checkpointing {
 }
 
 /// Runs the input's tasks to completion: a control message's epochs, or a Kafka topic until
-/// its end offsets (bounded) or a fatal error.
+/// its end offsets (bounded), a stop or a fatal error. The output directory (and a stream's
+/// state directory) is locked for the run, and its status file says `running` until the run
+/// ends, then how it ended.
 pub fn run(opts: RunOptions) -> Result<RunSummary> {
-    let started = Instant::now();
     opts.config.validate("run config")?;
+    check_parallelism(&opts)?;
+    let _locks = lock_dirs(&opts)?;
+    let status = if opts.writes_outputs() {
+        Some(RunStatus::start(&opts.output, &opts.schema.name)?)
+    } else {
+        None
+    };
+    let result = run_locked(&opts);
+    if let Some(status) = &status {
+        let written = match &result {
+            Ok(summary) => status.finish(
+                if summary.stopped {
+                    Status::Stopped
+                } else {
+                    Status::Complete
+                },
+                Some(&summary.stats),
+                Some((summary.epochs, summary.planned)),
+                None,
+            ),
+            Err(e) => status.finish(Status::Failed, None, None, Some(&e.chain())),
+        };
+        if let Err(e) = written {
+            tracing::error!(error = %e.chain(), "writing the run status");
+        }
+    }
+    let mut summary = result?;
+    if let Some(status) = status {
+        summary.outputs.push(status.path().to_path_buf());
+    }
+    Ok(summary)
+}
+
+/// More workers or model threads than this many per core is refused: they only contend, and
+/// thousands of threads exhaust the machine.
+const MAX_THREADS_PER_CORE: usize = 4;
+
+/// Refuses `--workers` and `--threads` beyond what this machine can run.
+fn check_parallelism(opts: &RunOptions) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = cores * MAX_THREADS_PER_CORE;
+    for (flag, n) in [("--workers", opts.workers), ("--threads", opts.threads)] {
+        if n > most {
+            return Err(Error::stage(
+                "run",
+                format!(
+                    "{flag} {n} is more than {MAX_THREADS_PER_CORE} per core: this machine has {cores} core(s), so give at most {most}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Locks the directories this process writes: the output directory, and a stream's or a
+/// control topic's state directory (process 0 of a cluster holds it for every process).
+fn lock_dirs(opts: &RunOptions) -> Result<Vec<DirLock>> {
+    if !opts.writes_outputs() {
+        return Ok(Vec::new());
+    }
+    let mut locks = vec![DirLock::acquire(&opts.output, "output directory")?];
+    let state = match &opts.input {
+        Input::Kafka(s) => s.checkpoint.as_ref().map(|c| c.dir.clone()),
+        Input::ControlTopic(t) => t.state_dir.clone(),
+        Input::Control { .. } => None,
+    };
+    if let Some(dir) = state {
+        locks.push(DirLock::acquire(&dir, "state directory")?);
+    }
+    Ok(locks)
+}
+
+fn run_locked(opts: &RunOptions) -> Result<RunSummary> {
+    let opts = opts.clone();
+    let started = Instant::now();
     let registry = Registry::open(&opts.registry)?;
     let versions = latest_versions(&registry)?;
     let columns = Columns::new(&opts.schema);
+    let mut planned = None;
     let (stats, epochs, unmatched) = match &opts.input {
-        Input::Control { path, files_root } => {
+        Input::Control {
+            path,
+            files_root,
+            allowed_roots,
+        } => {
             let msg = ControlMessage::from_file(path)?;
-            let base = files_root.clone().unwrap_or_else(|| {
-                path.parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("."))
-            });
-            let plan = plan(&opts, &msg, &base)?;
+            let scope = FileScope::for_message(&msg, path, files_root.as_deref(), allowed_roots);
+            let plan = plan(&msg, &scope)?;
             let unmatched = plan.unmatched.clone();
+            planned = Some(plan.epochs.len());
             let outputs = if opts.writes_outputs() {
                 Some(OutputFiles::create(
                     &opts.output,
@@ -446,6 +546,8 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     Ok(RunSummary {
         epochs,
+        planned,
+        stopped: planned.is_some_and(|n| epochs < n),
         stats,
         seconds: started.elapsed().as_secs_f64(),
         outputs,
@@ -462,11 +564,9 @@ pub(crate) fn latest_versions(registry: &Registry) -> Result<HashMap<String, u32
         .collect())
 }
 
-/// The plan of a control message whose relative globs resolve against `base`.
-pub(crate) fn plan(opts: &RunOptions, msg: &ControlMessage, base: &Path) -> Result<Plan> {
-    // Morpheus batches Azure by day and Duo in one batch unless the message says otherwise.
-    let default_period = (opts.schema.name != "duo").then_some(Period::Day);
-    let plan = Plan::build(msg, base, default_period)?;
+/// The plan of a control message whose globs resolve within `scope`.
+pub(crate) fn plan(msg: &ControlMessage, scope: &FileScope) -> Result<Plan> {
+    let plan = Plan::build(msg, scope)?;
     for u in &plan.unmatched {
         tracing::warn!(pattern = %u, "load pattern matches no file");
     }
@@ -633,7 +733,10 @@ pub(crate) fn execute(
                             bad_infer,
                             unscored,
                         ])
-                        .serialize_dead_letters(),
+                        .serialize_dead_letters(Originals::new(match feed.as_ref() {
+                            Feed::Files(plan) => Some(plan.clone()),
+                            Feed::Kafka(_) => None,
+                        })),
                 );
                 scope
                     .concatenate(lines)
@@ -643,8 +746,26 @@ pub(crate) fn execute(
             match (handles, feed.as_ref()) {
                 (Handles::Files(mut input), Feed::Files(plan)) => {
                     let n = plan.epochs.len();
+                    // Validated with the config at the start of the run.
+                    let max_ahead = o.config.events.max_ahead_us().unwrap_or(i64::MAX);
+                    let mut sent = 0;
                     for (t, epoch) in plan.epochs.iter().enumerate() {
+                        if o.stop.load(Ordering::Relaxed) {
+                            if worker.index() == 0 {
+                                tracing::warn!(
+                                    epochs_done = t,
+                                    epochs = n,
+                                    "stopping: the epochs read are finished and written, the rest are not started"
+                                );
+                            }
+                            break;
+                        }
+                        sent = t + 1;
                         if worker.index() == 0 {
+                            let mut s = stats.borrow_mut();
+                            s.train_epochs += u64::from(epoch.train);
+                            s.infer_epochs += u64::from(epoch.infer);
+                            drop(s);
                             for (i, path) in epoch.files.iter().enumerate() {
                                 input.send(FileTask {
                                     epoch: t as u64,
@@ -656,6 +777,9 @@ pub(crate) fn execute(
                                     index: u32::try_from(i).unwrap_or(u32::MAX),
                                     path: path.clone(),
                                     format: epoch.format,
+                                    until_us: epoch
+                                        .period_end
+                                        .map(|e| e.timestamp_micros().saturating_add(max_ahead)),
                                 });
                             }
                         }
@@ -668,7 +792,7 @@ pub(crate) fn execute(
                             progress(t, n, &stats.borrow(), started);
                         }
                     }
-                    epochs_run.store(n, Ordering::Relaxed);
+                    epochs_run.fetch_max(sent, Ordering::Relaxed);
                     drop(input);
                     while worker.step_or_park(None) {}
                 }
@@ -682,6 +806,9 @@ pub(crate) fn execute(
                         },
                         stats: stats.clone(),
                     };
+                    let ahead = o.config.events.max_ahead_us().unwrap_or(i64::MAX);
+                    let clock = o.clock.clone();
+                    let until = move || clock().timestamp_micros().saturating_add(ahead);
                     let sent = stream_epochs(
                         worker,
                         stream,
@@ -689,6 +816,7 @@ pub(crate) fn execute(
                         feed,
                         &probe,
                         ckpt.as_ref().as_ref(),
+                        &until,
                     );
                     epochs_run.fetch_max(sent, Ordering::Relaxed);
                 }
@@ -772,6 +900,7 @@ fn stream_epochs(
     mut feed: StreamFeed,
     probe: &ProbeHandle<u64>,
     ckpt: Option<&Checkpointing>,
+    until: &dyn Fn() -> i64,
 ) -> usize {
     let stats = feed.stats.clone();
     let me = worker.index();
@@ -808,7 +937,7 @@ fn stream_epochs(
             stream.stop.store(true, Ordering::Relaxed);
             break;
         }
-        match source.poll(10_000) {
+        match source.poll(10_000, until()) {
             Ok(polled) => {
                 backoff = Duration::from_millis(100);
                 stats.borrow_mut().bytes += polled.bytes;
@@ -896,7 +1025,11 @@ fn send_epochs(
         let epoch = closed[i].0;
         feed.advance(epoch, source, &closed[i..]);
         let rows = std::mem::take(&mut closed[i].1);
-        feed.stats.borrow_mut().rows += rows.len() as u64;
+        let mut s = feed.stats.borrow_mut();
+        s.rows += rows.len() as u64;
+        s.train_epochs += u64::from(tasks.train);
+        s.infer_epochs += u64::from(tasks.infer);
+        drop(s);
         feed.rows.send(FileRows {
             epoch,
             tasks,

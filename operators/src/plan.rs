@@ -4,15 +4,14 @@
 //! infer, payload or streaming). Every worker builds the same plan, so epochs mean the same
 //! everywhere. State: none.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use dfp_engine::control::{ControlMessage, DataType};
+use dfp_engine::control::{ControlMessage, DataType, FileScope};
 use dfp_engine::ingest::InputFormat;
-use dfp_engine::period::Period;
 use dfp_engine::{Error, Result};
 
-use crate::file_batcher::{FileBatcherConfig, batch_files};
+use crate::file_batcher::{DEFAULT_PERIOD, FileBatcherConfig, batch_files};
 
 /// One epoch: one batch of files of one control-message input.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +22,8 @@ pub struct Epoch {
     pub batch: usize,
     /// Start of the batch's period, if periodised.
     pub period_start: Option<DateTime<Utc>>,
+    /// End of the batch's period (exclusive), if periodised.
+    pub period_end: Option<DateTime<Utc>>,
     /// The files, in time order.
     pub files: Vec<PathBuf>,
     /// How to read them.
@@ -45,18 +46,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan of `msg`, relative globs resolved against `base`; `default_period` applies
-    /// where an input names none (`None`: one batch).
-    pub fn build(
-        msg: &ControlMessage,
-        base: &Path,
-        default_period: Option<Period>,
-    ) -> Result<Self> {
+    /// The plan of `msg`, its globs resolved within `scope`; an input without a period is
+    /// batched by [`DEFAULT_PERIOD`], whatever the source (Morpheus' default).
+    pub fn build(msg: &ControlMessage, scope: &FileScope) -> Result<Self> {
         let mut plan = Plan::default();
         for (i, input) in msg.inputs.iter().enumerate() {
-            let (files, unmatched) = input.resolve_files(base)?;
+            let (files, unmatched) = input.resolve_files(scope)?;
             plan.unmatched.extend(unmatched);
-            let cfg = FileBatcherConfig::new(default_period)
+            let cfg = FileBatcherConfig::new(Some(DEFAULT_PERIOD))
                 .with_options(&input.metadata.batching_options)
                 .map_err(|e| Error::Invalid {
                     origin: "control message".into(),
@@ -70,6 +67,7 @@ impl Plan {
                     input: i,
                     batch: b.index,
                     period_start: b.period_start,
+                    period_end: b.period_end,
                     files: b.files.into_iter().map(|f| f.path).collect(),
                     format: input.metadata.file_to_df_options.format,
                     train: input.trains(),

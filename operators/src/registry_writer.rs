@@ -67,7 +67,12 @@ impl<'s> RegistryWriter<'s> for StreamVec<'s, u64, Arc<Model>> {
                         version: v.version,
                     })
                 }
-                Err(e) => Err(DeadLetter::model("registry_writer", &name, e.to_string())),
+                Err(e) => {
+                    let why = e.chain();
+                    tracing::error!(model = %name, error = %why, "the model could not be registered");
+                    stats.borrow_mut().train_failed += 1;
+                    Err(DeadLetter::model("registry_writer", &name, why))
+                }
             }
         })
     }

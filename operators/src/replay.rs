@@ -8,12 +8,13 @@
 //! previous good record of its file: the stream's reader dead-letters it as the batch reader
 //! would. State: none; the records of all files are held in memory while they are sent.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
 use dfp_engine::derive::timestamps;
 use dfp_engine::ingest::{InputFormat, Reader};
+use dfp_engine::json_scan;
 use dfp_engine::schema::USERNAME;
 use dfp_engine::{Error, Result};
 
@@ -55,19 +56,17 @@ impl std::str::FromStr for Speed {
 
 /// The raw text of each record of one file, indexed as the reader indexes records: the
 /// elements of a JSON array, or the lines of JSON lines (`None` for a blank line).
-fn raw_records(path: &Path, text: &str) -> Result<Vec<Option<String>>> {
+fn raw_records(text: &str) -> Vec<Option<String>> {
     if text.trim_start().starts_with('[') {
-        sonic_rs::to_array_iter(text)
-            .map(|e| {
-                e.map(|v| Some(v.as_raw_str().replace('\n', " ")))
-                    .map_err(|e| Error::stage("replay", format!("{}: {e}", path.display())))
-            })
+        json_scan::elements(text.as_bytes())
+            .0
+            .into_iter()
+            .map(|e| Some(text[e.span].replace('\n', " ")))
             .collect()
     } else {
-        Ok(text
-            .split('\n')
+        text.split('\n')
             .map(|l| (!l.trim().is_empty()).then(|| l.trim_end_matches('\r').to_string()))
-            .collect())
+            .collect()
     }
 }
 
@@ -78,7 +77,7 @@ pub fn records(reader: &Reader, files: &[PathBuf]) -> Result<Vec<ReplayRecord>> 
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, "reading log file", e))?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|e| Error::stage("replay", format!("{}: not UTF-8: {e}", path.display())))?;
-        let raws = raw_records(path, text)?;
+        let raws = raw_records(text.trim_start_matches('\u{feff}'));
         let read = reader.read_bytes(path, &bytes, InputFormat::Auto);
         let ts = timestamps(&read.batch, "replay")?;
         let users = read

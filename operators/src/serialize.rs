@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Map;
 
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, Originals};
 use crate::post_proc::Detection;
 
 /// Which output file a line belongs to.
@@ -239,13 +239,17 @@ impl<'s> SerializeDetections<'s> for StreamVec<'s, u64, Detection> {
 
 /// Dead letters as lines.
 pub trait SerializeDeadLetters<'s> {
-    /// Each dead letter as a JSON line.
-    fn serialize_dead_letters(self) -> StreamVec<'s, u64, Line>;
+    /// Each dead letter as a JSON line, dead rows of files with their file and original
+    /// record.
+    fn serialize_dead_letters(self, originals: Originals) -> StreamVec<'s, u64, Line>;
 }
 
 impl<'s> SerializeDeadLetters<'s> for StreamVec<'s, u64, DeadLetter> {
-    fn serialize_dead_letters(self) -> StreamVec<'s, u64, Line> {
-        self.map(|d| dead_letter_line(&d))
+    fn serialize_dead_letters(self, mut originals: Originals) -> StreamVec<'s, u64, Line> {
+        self.map(move |mut d| {
+            originals.fill(&mut d);
+            dead_letter_line(&d)
+        })
     }
 }
 

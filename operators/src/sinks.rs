@@ -11,7 +11,7 @@
 //! ([`OutputFiles::resume`]), so lines written after the cut are not doubled.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -71,7 +71,7 @@ impl OutputFiles {
         let mut files = HashMap::new();
         for kind in kinds(write_scores) {
             let path = output_path(dir, source, kind);
-            let file = File::create(&path).map_err(|e| Error::io(&path, "creating output", e))?;
+            let file = dfp_engine::files::create(&path, "creating output")?;
             let mut w = BufWriter::new(file);
             if matches!(kind, OutKind::DetectionsCsv | OutKind::ScoresCsv) {
                 writeln!(w, "{}", columns.csv_header())
@@ -105,10 +105,7 @@ impl OutputFiles {
         let mut files = HashMap::new();
         for &(kind, len) in &state.lengths {
             let path = output_path(dir, source, kind);
-            let file = OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, "reopening output", e))?;
+            let file = dfp_engine::files::append(&path, "reopening output")?;
             let now = file
                 .metadata()
                 .map_err(|e| Error::io(&path, "reopening output", e))?

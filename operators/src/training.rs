@@ -47,8 +47,11 @@ pub fn train_windows(
         .into_iter()
         .zip(&names)
         .map(|(m, name)| {
-            m.map(Arc::new)
-                .map_err(|e| DeadLetter::model("training", name, e.to_string()))
+            m.map(Arc::new).map_err(|e| {
+                let why = e.chain();
+                tracing::error!(model = %name, error = %why, "the model could not be trained");
+                DeadLetter::model("training", name, why)
+            })
         })
         .collect()
 }
@@ -87,7 +90,10 @@ impl<'s> Training<'s> for StreamVec<'s, u64, Prepared> {
                     windows.sort_by(|a, b| a.window.user.cmp(&b.window.user));
                     let started = Instant::now();
                     let models = train_windows(backend.as_ref(), &schema, &config, &windows);
-                    stats.borrow_mut().train_seconds += started.elapsed().as_secs_f64();
+                    let mut s = stats.borrow_mut();
+                    s.train_seconds += started.elapsed().as_secs_f64();
+                    s.train_failed += models.iter().filter(|m| m.is_err()).count() as u64;
+                    drop(s);
                     tracing::info!(
                         epoch = *cap.time(),
                         models = models.len(),

@@ -174,6 +174,7 @@ fn every_morpheus_fixture_control_message_runs() {
         opts.input = Input::Control {
             path: fixtures.join(file),
             files_root: Some(root),
+            allowed_roots: Vec::new(),
         };
         let s = run(opts).unwrap();
         assert!(s.unmatched.is_empty(), "{file}: {:?}", s.unmatched);
@@ -212,14 +213,24 @@ fn bad_input_mid_stream_is_dead_lettered_and_the_run_completes() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "{dead}");
-    assert!(lines.iter().any(|l| {
+    // The cut record (with what there is of it), the break, and the malformed record.
+    assert_eq!(lines.len(), 3, "{dead}");
+    let cut_file = |l: &&serde_json::Value| {
         l["file"]
             .as_str()
             .unwrap()
             .ends_with("AZUREAD_2022-08-07T12_00_00.000Z.json")
-    }));
-    let bad = lines.iter().find(|l| l["record"] == 0).unwrap();
+    };
+    assert_eq!(lines.iter().filter(cut_file).count(), 2, "{dead}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| cut_file(&l) && l["raw"] == "{\"time\": \"2022-08-07T12:00:00Z\", \"proper")
+    );
+    let bad = lines
+        .iter()
+        .find(|l| l["record"] == 0 && !cut_file(l))
+        .unwrap();
     assert!(
         bad["file"]
             .as_str()

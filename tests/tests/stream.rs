@@ -364,6 +364,7 @@ fn control_messages_from_a_topic_run_as_files_do_and_bad_ones_are_dead_lettered(
             poll: Duration::from_millis(100),
             commit: true,
             files_root: root.path().to_path_buf(),
+            allowed_roots: Vec::new(),
             stop_at_end,
             stop: Arc::default(),
             state_dir: Some(root.path().join("state")),

@@ -56,10 +56,7 @@ fn layout(root: &Path, control: &Path, n: usize, config: &RunConfig) -> Result<R
         .map(|i| {
             let opts = RunOptions {
                 schema: SourceSchema::builtin("azure")?,
-                input: Input::Control {
-                    path: control.to_path_buf(),
-                    files_root: None,
-                },
+                input: Input::control(control),
                 config: config.clone(),
                 workers: 1,
                 threads: 1,
@@ -73,6 +70,7 @@ fn layout(root: &Path, control: &Path, n: usize, config: &RunConfig) -> Result<R
                     process: i,
                     addresses: addrs.clone(),
                 }),
+                stop: Default::default(),
             };
             Ok(std::thread::spawn(move || run(opts)))
         })

@@ -52,10 +52,7 @@ fn child(
     let t = Instant::now();
     let summary = run(RunOptions {
         schema: schema.clone(),
-        input: Input::Control {
-            path: control,
-            files_root: None,
-        },
+        input: Input::control(control),
         config: RunConfig::from_file(config)?,
         workers,
         threads: 0,
@@ -66,6 +63,7 @@ fn child(
         clock: Arc::new(chrono::Utc::now),
         progress: false,
         cluster: None,
+        stop: Default::default(),
     })?;
     let wall = t.elapsed().as_secs_f64();
     let q = evaluate(

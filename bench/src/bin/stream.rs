@@ -68,6 +68,7 @@ fn options(schema: &SourceSchema, input: Input, root: &Path, config: RunConfig) 
         clock: Arc::new(chrono::Utc::now),
         progress: false,
         cluster: None,
+        stop: Default::default(),
     }
 }
 
@@ -362,10 +363,7 @@ fn main() -> Result<()> {
     let t = Instant::now();
     let batch = run(options(
         &schema,
-        Input::Control {
-            path: control,
-            files_root: None,
-        },
+        Input::control(control),
         &root.path().join("batch"),
         config.clone(),
     ))?;

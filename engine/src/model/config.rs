@@ -82,8 +82,11 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.swap_p) {
             problems.push(key("swap_p"), "must be in [0, 1)");
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            problems.push(key("lr"), "must be a positive number");
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr < 1.0) {
+            problems.push(
+                key("lr"),
+                "must be in (0, 1): SGD steps of 1 or more diverge on these networks",
+            );
         }
         if !(self.lr_decay.is_finite() && self.lr_decay > 0.0 && self.lr_decay <= 1.0) {
             problems.push(key("lr_decay"), "must be in (0, 1]");

@@ -123,10 +123,7 @@ impl Model {
     /// Writes the model to `path` atomically (a temporary file in the same directory, then a
     /// rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes()?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, "writing model", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "renaming model into place", e))
+        crate::files::replace(path, &self.to_bytes()?, "writing model")
     }
 
     /// Reads a model file.

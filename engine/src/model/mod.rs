@@ -237,6 +237,15 @@ pub fn train_models(
             let t = trained
                 .next()
                 .ok_or_else(|| Error::model(&header.name, "the backend returned no model"))?;
+            diverged(&t).map_or(Ok(()), |why| {
+                Err(Error::model(
+                    &header.name,
+                    format!(
+                        "training diverged: {why} (is the learning rate {} too high?); the model is not saved",
+                        config.lr
+                    ),
+                ))
+            })?;
             header.metrics.epochs_run = t.epochs_run;
             header.metrics.train_loss = t.train_loss;
             header.metrics.val_loss = t.val_loss;
@@ -249,6 +258,40 @@ pub fn train_models(
             })
         })
         .collect()
+}
+
+/// Why a trained model cannot be used, if it cannot: a loss or a weight that is not finite
+/// (training that diverged). `None` for a sound model.
+fn diverged(t: &train::Trained) -> Option<String> {
+    if !t.train_loss.is_finite() {
+        return Some(format!(
+            "the training loss is {} after epoch {}",
+            t.train_loss, t.epochs_run
+        ));
+    }
+    if let Some(v) = t.val_loss.filter(|v| !v.is_finite()) {
+        return Some(format!(
+            "the validation loss is {v} after epoch {}",
+            t.epochs_run
+        ));
+    }
+    let weights = t.network.embeddings.iter().flatten().chain(
+        t.network
+            .layers
+            .iter()
+            .flat_map(|l| l.weight.iter().chain(&l.bias)),
+    );
+    if weights.into_iter().any(|w| !w.is_finite()) {
+        return Some("some weights are not finite".into());
+    }
+    if t.loss_mean
+        .iter()
+        .chain(&t.loss_std)
+        .any(|x| !x.is_finite())
+    {
+        return Some("the loss statistics are not finite".into());
+    }
+    None
 }
 
 /// Scores each batch against its model in one backend call; results in request order.

@@ -45,13 +45,11 @@ pub fn options(source: &str, input: Input, root: &Path, workers: usize) -> RunOp
         clock: Arc::new(|| Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap()),
         progress: false,
         cluster: None,
+        stop: Default::default(),
     }
 }
 
 /// A control-message input.
 pub fn control(path: &Path) -> Input {
-    Input::Control {
-        path: path.to_path_buf(),
-        files_root: None,
-    }
+    Input::control(path)
 }
