@@ -695,7 +695,12 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
         Ok(())
     }
     fn visit_f64<E>(self, v: f64) -> std::result::Result<(), E> {
-        self.set(Raw::Num(Cow::Owned(v.to_string())));
+        if v.is_finite() {
+            self.set(Raw::Num(Cow::Owned(v.to_string())));
+        } else {
+            // `1e400`: no value of any column; rejected where a column reads it.
+            self.set(Raw::Composite("a number out of range"));
+        }
         Ok(())
     }
     fn visit_unit<E>(self) -> std::result::Result<(), E> {

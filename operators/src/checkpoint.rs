@@ -166,7 +166,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The bytes of a state file for the cuts `from..=to`.
-pub(crate) fn frame(from: u64, to: u64, payload: &[u8]) -> Vec<u8> {
+pub fn frame(from: u64, to: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PREFIX + payload.len() + 8);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());

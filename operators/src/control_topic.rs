@@ -25,7 +25,7 @@ use std::time::Duration;
 use dfp_engine::control::{ControlMessage, FileScope};
 use dfp_engine::registry::Registry;
 use dfp_engine::{Error, Result};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, read_state, write_atomic};
 use crate::dead_letter::DeadLetter;
-use crate::kafka_source::{KafkaSettings, partition_count};
+use crate::kafka_source::{KafkaConsumer, KafkaSettings, partition_count};
 use crate::metrics::Stats;
 use crate::pipeline::{Feed, RunOptions, execute, latest_versions, plan};
 use crate::serialize::{Columns, dead_letter_line};
@@ -83,7 +83,10 @@ fn kafka_error(what: &str, e: KafkaError) -> Error {
 
 /// The consumer, assigned every partition of `input.topic` from `next` (else the group's
 /// committed offsets, else the beginning).
-fn consumer(input: &ControlTopicInput, next: &BTreeMap<i32, i64>) -> Result<(BaseConsumer, usize)> {
+fn consumer(
+    input: &ControlTopicInput,
+    next: &BTreeMap<i32, i64>,
+) -> Result<(KafkaConsumer, usize)> {
     let consumer = input.kafka.consumer(&input.group)?;
     let count = partition_count(&consumer, &input.kafka, &input.topic)?;
     let mut wanted = TopicPartitionList::new();

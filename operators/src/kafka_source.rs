@@ -37,6 +37,41 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::dead_letter::DeadLetter;
 
+/// librdkafka's log lines and errors, passed on to `tracing` at their level; but the end of
+/// a partition, which a consumer reading to the end meets all the time, is not an error: it
+/// is logged at debug.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaLogs;
+
+impl rdkafka::ClientContext for KafkaLogs {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(facility = fac, "librdkafka: {message}");
+            }
+            L::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
+            L::Notice | L::Info => tracing::info!(facility = fac, "librdkafka: {message}"),
+            L::Debug => tracing::debug!(facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if eof {
+            tracing::debug!("librdkafka: {error}: {reason}");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for KafkaLogs {}
+
+/// A consumer whose librdkafka logs go through [`KafkaLogs`].
+pub type KafkaConsumer = BaseConsumer<KafkaLogs>;
+
 /// How to reach a Kafka cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
@@ -50,14 +85,14 @@ pub struct KafkaSettings {
 impl KafkaSettings {
     /// A consumer in `group` that commits only when told, starts where the group committed (or
     /// at the beginning) and reports the end of each partition.
-    pub fn consumer(&self, group: &str) -> Result<BaseConsumer> {
+    pub fn consumer(&self, group: &str) -> Result<KafkaConsumer> {
         self.client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
-            .create()
+            .create_with_context(KafkaLogs)
             .map_err(|e| kafka_error("creating the consumer", e))
     }
 
@@ -75,7 +110,7 @@ impl KafkaSettings {
 /// The number of partitions of `topic`; an unreachable broker or a missing topic is an error
 /// naming them.
 pub fn partition_count(
-    consumer: &BaseConsumer,
+    consumer: &KafkaConsumer,
     kafka: &KafkaSettings,
     topic: &str,
 ) -> Result<usize> {
@@ -206,7 +241,7 @@ impl Serialize for OpenRef<'_> {
 
 /// One worker's share of a topic, cut into epochs by event time.
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: KafkaConsumer,
     reader: Arc<Reader>,
     settings: SourceSettings,
     partitions: BTreeMap<i32, Progress>,

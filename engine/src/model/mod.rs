@@ -532,6 +532,28 @@ mod tests {
     }
 
     #[test]
+    fn a_diverged_training_is_an_error_naming_the_model_not_a_model() {
+        let (schema, users) = users();
+        let sets = [TrainingSet {
+            name: &users[0].0,
+            rows: &users[0].1,
+        }];
+        // A step far too large (validation refuses it; the engine must still not save it).
+        let wild = ModelConfig {
+            lr: 1.0e6,
+            ..config()
+        };
+        let out = train_models(&CpuBackend::new(1).unwrap(), &schema, &wild, &sets);
+        let err = out[0].as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains(&users[0].0)
+                && err.contains("training diverged")
+                && err.contains("not saved"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_sets_fail_alone() {
         let (schema, users) = users();
         let empty = users[0].1.slice(0, 0);
