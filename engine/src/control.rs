@@ -14,11 +14,11 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use crate::config::{Problems, join};
+use crate::config::{Problem, Problems, join};
 use crate::ingest::InputFormat;
 use crate::period::{Period, parse_date, parse_duration};
 use crate::{Error, Result};
@@ -28,6 +28,27 @@ use crate::{Error, Result};
 pub struct ControlMessage {
     /// Its inputs, run in order.
     pub inputs: Vec<ControlInput>,
+    /// Keys dfp does not know, which it ignored (Morpheus' own messages carry some, such as
+    /// `parser_kwargs` and `schema` in `batching_options`); each is logged as a warning.
+    /// In strict mode they are problems instead.
+    pub ignored: Vec<Problem>,
+}
+
+/// The problems found while parsing, and the keys ignored.
+#[derive(Debug, Default)]
+struct Checks {
+    problems: Problems,
+    ignored: Vec<Problem>,
+}
+
+impl Checks {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(path, message);
+    }
+
+    fn ignore(&mut self, path: String, message: String) {
+        self.ignored.push(Problem { path, message });
+    }
 }
 
 /// One input of a control message: what to load and what to do with it.
@@ -87,13 +108,12 @@ pub struct Metadata {
 pub struct BatchingOptions {
     /// Group files by this period.
     pub period: Option<Period>,
-    /// Drop files before this time (UTC midnight of the date).
+    /// Drop files before this time (any ISO form; without an offset, UTC).
     pub start_time: Option<DateTime<Utc>>,
-    /// Drop files at or after this time (UTC midnight of the date).
+    /// Drop files at or after this time.
     pub end_time: Option<DateTime<Utc>>,
-    /// Keep a file only when it is at least this many seconds after the last one kept.
-    pub sampling_rate_s: Option<u64>,
-    /// Morpheus' `sampling`: a frequency, a fraction or a count of files.
+    /// Morpheus' `sampling`: a frequency, a fraction or a count of files. Morpheus'
+    /// `sampling_rate_s: N` is the frequency of N seconds.
     pub sampling: Option<Sampling>,
     /// The regex that finds a file's time in its name (named groups year, month, day, and
     /// optionally hour, minute, second, microsecond).
@@ -103,8 +123,9 @@ pub struct BatchingOptions {
 /// Morpheus' `sampling` option of the file batcher.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampling {
-    /// The first file of every interval of this length (a frequency string like `"1h"`).
-    Frequency(Duration),
+    /// The first file of every bin of this period (`"30S"`, `"500ms"`, `"1H"`: bins as the
+    /// batcher's, from midnight UTC of the first file's day).
+    Frequency(Period),
     /// This fraction of the files, drawn at random (a number below 1).
     Fraction(f64),
     /// This many files, drawn at random (a whole number of at least 1).
@@ -119,25 +140,53 @@ pub struct FileToDfOptions {
 }
 
 impl ControlMessage {
-    /// Reads and parses a control message file.
-    pub fn from_file(path: &Path) -> Result<Self> {
+    /// Reads and parses a control message file (`strict`: unknown keys are problems).
+    pub fn from_file(path: &Path, strict: bool) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(path, "reading control message", e))?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_with(&text, &path.display().to_string(), strict)
     }
 
-    /// Parses a control message; `origin` names it in errors. Every problem is reported.
+    /// Parses a control message; `origin` names it in errors. Every problem is reported;
+    /// unknown keys are ignored, listed in [`ControlMessage::ignored`].
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let mut p = Problems::new();
+        Self::parse_with(text, origin, false)
+    }
+
+    /// Parses a control message; in `strict` mode an unknown key is a problem too.
+    pub fn parse_with(text: &str, origin: &str, strict: bool) -> Result<Self> {
+        let mut p = Checks::default();
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
                 p.push("", format!("not valid JSON: {e}"));
-                return p.finish(origin, Self { inputs: Vec::new() });
+                return p.problems.finish(
+                    origin,
+                    Self {
+                        inputs: Vec::new(),
+                        ignored: Vec::new(),
+                    },
+                );
             }
         };
-        let msg = parse_message(&value, &mut p);
-        p.finish(origin, msg)
+        let inputs = parse_message(&value, &mut p);
+        let Checks {
+            mut problems,
+            ignored,
+        } = p;
+        if strict {
+            for i in &ignored {
+                problems.push(&i.path, format!("{} (strict mode)", i.message));
+            }
+        }
+        problems.finish(origin, Self { inputs, ignored })
+    }
+
+    /// Logs each ignored key as a warning naming the message and the key.
+    pub fn warn_ignored(&self, origin: &str) {
+        for i in &self.ignored {
+            tracing::warn!(message = origin, key = %i.path, "{}", i.message);
+        }
     }
 }
 
@@ -154,6 +203,13 @@ impl ControlInput {
         self.tasks
             .iter()
             .any(|t| matches!(t, Task::Inference { .. }))
+    }
+
+    /// Whether the input only loads (Morpheus' `*_only_load` messages): its files are read,
+    /// bad records dead-lettered, and (`streaming`) its rows join the users' history, without
+    /// training or scoring.
+    pub fn load_only(&self) -> bool {
+        !self.trains() && !self.infers()
     }
 
     /// The glob patterns of all load tasks.
@@ -360,9 +416,9 @@ pub fn expand_globs<'p>(
     Ok((files, unmatched))
 }
 
-fn parse_message(value: &Value, p: &mut Problems) -> ControlMessage {
+fn parse_message(value: &Value, p: &mut Checks) -> Vec<ControlInput> {
     let Some(obj) = expect_object(value, "", p) else {
-        return ControlMessage { inputs: Vec::new() };
+        return Vec::new();
     };
     unknown_keys(obj, "", &["inputs"], p);
     let mut inputs = Vec::new();
@@ -378,10 +434,10 @@ fn parse_message(value: &Value, p: &mut Problems) -> ControlMessage {
         Some(other) => p.push("inputs", format!("must be an array, found {}", kind(other))),
         None => p.push("inputs", "is missing"),
     }
-    ControlMessage { inputs }
+    inputs
 }
 
-fn parse_input(value: &Value, at: &str, p: &mut Problems) -> Option<ControlInput> {
+fn parse_input(value: &Value, at: &str, p: &mut Checks) -> Option<ControlInput> {
     let obj = expect_object(value, at, p)?;
     unknown_keys(obj, at, &["tasks", "metadata"], p);
     let mut tasks = Vec::new();
@@ -408,16 +464,10 @@ fn parse_input(value: &Value, at: &str, p: &mut Problems) -> Option<ControlInput
     if input.globs().next().is_none() {
         p.push(&tasks_at, "has no `load` task with files");
     }
-    if !input.trains() && !input.infers() {
-        p.push(
-            &tasks_at,
-            "has neither a `training` nor an `inference` task: the loaded data would go nowhere",
-        );
-    }
     Some(input)
 }
 
-fn parse_task(value: &Value, at: &str, p: &mut Problems) -> Option<Task> {
+fn parse_task(value: &Value, at: &str, p: &mut Checks) -> Option<Task> {
     let obj = expect_object(value, at, p)?;
     unknown_keys(obj, at, &["type", "properties"], p);
     let props_at = join(at, "properties");
@@ -488,7 +538,7 @@ fn parse_task(value: &Value, at: &str, p: &mut Problems) -> Option<Task> {
     }
 }
 
-fn parse_metadata(value: &Value, at: &str, p: &mut Problems) -> Metadata {
+fn parse_metadata(value: &Value, at: &str, p: &mut Checks) -> Metadata {
     let mut m = Metadata::default();
     let Some(obj) = expect_object(value, at, p) else {
         return m;
@@ -517,7 +567,7 @@ fn parse_metadata(value: &Value, at: &str, p: &mut Problems) -> Metadata {
     m
 }
 
-fn parse_batching(value: &Value, at: &str, p: &mut Problems) -> BatchingOptions {
+fn parse_batching(value: &Value, at: &str, p: &mut Checks) -> BatchingOptions {
     let mut b = BatchingOptions::default();
     let Some(obj) = expect_object(value, at, p) else {
         return b;
@@ -567,20 +617,10 @@ fn parse_batching(value: &Value, at: &str, p: &mut Problems) -> BatchingOptions 
     {
         p.push(join(at, "end_time"), "must be after start_time");
     }
-    match obj.get("sampling_rate_s") {
-        None | Some(Value::Null) => {}
-        Some(v) => match v.as_u64() {
-            Some(n) => b.sampling_rate_s = Some(n),
-            None => p.push(
-                join(at, "sampling_rate_s"),
-                format!("is {v}, expected a whole number of seconds >= 0"),
-            ),
-        },
-    }
     match obj.get("sampling") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => match parse_frequency(s) {
-            Ok(d) => b.sampling = Some(Sampling::Frequency(d)),
+            Ok(period) => b.sampling = Some(Sampling::Frequency(period)),
             Err(e) => p.push(join(at, "sampling"), e),
         },
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
@@ -599,6 +639,18 @@ fn parse_batching(value: &Value, at: &str, p: &mut Problems) -> BatchingOptions 
             ),
         ),
     }
+    match obj.get("sampling_rate_s") {
+        None | Some(Value::Null) => {}
+        Some(v) => match seconds_period(v) {
+            Ok(None) => {}
+            Ok(Some(_)) if b.sampling.is_some() => p.push(
+                join(at, "sampling_rate_s"),
+                "give `sampling` or `sampling_rate_s`, not both (Morpheus refuses both too)",
+            ),
+            Ok(Some(period)) => b.sampling = Some(Sampling::Frequency(period)),
+            Err(e) => p.push(join(at, "sampling_rate_s"), e),
+        },
+    }
     match obj.get("iso_date_regex_pattern") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => match check_date_regex(s) {
@@ -613,34 +665,47 @@ fn parse_batching(value: &Value, at: &str, p: &mut Problems) -> BatchingOptions 
     b
 }
 
-/// A sampling frequency: our durations (`"1h"`) or pandas offsets (`"1H"`, `"30T"`, `"D"`).
-fn parse_frequency(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: i64 = if num.is_empty() {
-        1
-    } else {
-        num.parse().unwrap_or(0)
-    };
-    let pandas = match unit {
-        "S" => Duration::try_seconds(n),
-        "T" | "min" => Duration::try_minutes(n),
-        "H" => Duration::try_hours(n),
-        "D" => Duration::try_days(n),
-        "W" => Duration::try_weeks(n),
-        _ => None,
-    };
-    match pandas {
-        Some(d) if n > 0 => Ok(d),
-        _ => parse_duration(t).and_then(|d| {
-            if d > Duration::zero() {
-                Ok(d)
-            } else {
-                Err(format!("{text:?} must be a positive frequency"))
-            }
-        }),
+/// A sampling frequency: a pandas offset alias (`"30S"`, `"500ms"`, `"1H"`, `"D"`), or one of
+/// dfp's durations (`"1h"`, `"10s"`).
+fn parse_frequency(text: &str) -> std::result::Result<Period, String> {
+    text.parse::<Period>().or_else(|e| {
+        parse_duration(text)
+            .ok()
+            .and_then(|d| d.num_milliseconds().try_into().ok())
+            .filter(|&ms: &u32| ms > 0)
+            .map(|ms| Period {
+                count: ms,
+                unit: crate::period::Unit::Millisecond,
+            })
+            .ok_or(e)
+    })
+}
+
+/// `sampling_rate_s` (seconds, whole or not; 0: no sampling) as a frequency.
+fn seconds_period(v: &Value) -> std::result::Result<Option<Period>, String> {
+    let secs = v
+        .as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .ok_or_else(|| format!("is {v}, expected a number of seconds >= 0"))?;
+    let ms = (secs * 1000.0).round();
+    if ms == 0.0 {
+        return Ok(None);
     }
+    if ms > f64::from(u32::MAX) {
+        return Err(format!("is {v}: too many seconds"));
+    }
+    let ms = ms as u32;
+    Ok(Some(if ms.is_multiple_of(1000) {
+        Period {
+            count: ms / 1000,
+            unit: crate::period::Unit::Second,
+        }
+    } else {
+        Period {
+            count: ms,
+            unit: crate::period::Unit::Millisecond,
+        }
+    }))
 }
 
 /// Checks that a file-date regex compiles and names the groups the batcher reads.
@@ -658,7 +723,7 @@ pub fn check_date_regex(pattern: &str) -> std::result::Result<(), String> {
     }
 }
 
-fn parse_file_to_df(value: &Value, at: &str, p: &mut Problems) -> FileToDfOptions {
+fn parse_file_to_df(value: &Value, at: &str, p: &mut Checks) -> FileToDfOptions {
     let mut f = FileToDfOptions::default();
     let Some(obj) = expect_object(value, at, p) else {
         return f;
@@ -705,11 +770,7 @@ fn parse_file_to_df(value: &Value, at: &str, p: &mut Problems) -> FileToDfOption
     f
 }
 
-fn expect_object<'v>(
-    value: &'v Value,
-    at: &str,
-    p: &mut Problems,
-) -> Option<&'v Map<String, Value>> {
+fn expect_object<'v>(value: &'v Value, at: &str, p: &mut Checks) -> Option<&'v Map<String, Value>> {
     match value {
         Value::Object(m) => Some(m),
         other => {
@@ -719,11 +780,11 @@ fn expect_object<'v>(
     }
 }
 
-fn unknown_keys(obj: &Map<String, Value>, at: &str, known: &[&str], p: &mut Problems) {
+fn unknown_keys(obj: &Map<String, Value>, at: &str, known: &[&str], p: &mut Checks) {
     for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
-        p.push(
+        p.ignore(
             join(at, key),
-            format!("unknown key (expected one of: {})", known.join(", ")),
+            format!("unknown key, ignored (dfp reads: {})", known.join(", ")),
         );
     }
 }
@@ -743,33 +804,42 @@ fn kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
 
-    fn fixtures() -> Option<Vec<PathBuf>> {
+    /// Morpheus' own control messages (tests/fixtures/morpheus, Apache-2.0: see its NOTICE).
+    fn fixtures() -> Vec<PathBuf> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/morpheus/control_messages");
+            .join("../tests/fixtures/morpheus/control_messages");
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .ok()?
+            .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
-        Some(files)
+        files
     }
 
     #[test]
-    fn every_morpheus_fixture_parses() {
-        let Some(files) = fixtures() else { return };
-        assert_eq!(files.len(), 4);
+    fn every_morpheus_control_message_parses_and_s3_is_named() {
+        let files = fixtures();
+        assert_eq!(files.len(), 25);
         for f in files {
-            let msg = ControlMessage::from_file(&f).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(msg.inputs.len(), 2, "{}", f.display());
-            assert!(msg.inputs[0].trains() && !msg.inputs[0].infers());
-            assert!(msg.inputs[1].infers() && !msg.inputs[1].trains());
-            assert_eq!(msg.inputs[0].globs().count(), 1);
+            let parsed = ControlMessage::from_file(&f, false);
+            if f.to_string_lossy().ends_with("_s3.json") {
+                let e = parsed.unwrap_err().to_string();
+                assert!(e.contains("the s3:// file system is not supported"), "{e}");
+                continue;
+            }
+            let msg = parsed.unwrap_or_else(|e| panic!("{e}"));
+            assert!(!msg.inputs.is_empty(), "{}", f.display());
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains("only_load") {
+                assert!(msg.inputs.iter().all(ControlInput::load_only), "{name}");
+            }
+            assert!(msg.inputs.iter().all(|i| i.globs().count() >= 1), "{name}");
         }
     }
 
     #[test]
     fn azure_streaming_fixture_is_typed() {
-        let Some(files) = fixtures() else { return };
+        let files = fixtures();
         let path = files
             .iter()
             .find(|f| f.ends_with("azure_streaming_lti.json"))
@@ -778,7 +848,7 @@ mod tests {
         let msg = ControlMessage::parse(&text, "azure_streaming_lti.json").unwrap();
         let train = &msg.inputs[0].metadata;
         assert_eq!(train.data_type, DataType::Streaming);
-        assert_eq!(train.batching_options.period, Some(Period::Week));
+        assert_eq!(train.batching_options.period, Some("W".parse().unwrap()));
         assert_eq!(
             train.batching_options.start_time,
             Some(parse_date("2022-08-01").unwrap())
@@ -786,7 +856,7 @@ mod tests {
         assert_eq!(train.file_to_df_options.format, InputFormat::JsonArray);
         assert_eq!(
             msg.inputs[1].metadata.batching_options.period,
-            Some(Period::Hour)
+            Some("H".parse().unwrap())
         );
         assert!(
             matches!(&msg.inputs[0].tasks[0], Task::Load { loader_id, files }
@@ -799,12 +869,13 @@ mod tests {
         let text = r#"{"inputs": [
             {"tasks": [{"type": "lod", "properties": {}}, {"type": "training"}],
              "metadata": {"data_type": "batch", "colour": 1,
-                "batching_options": {"period": "Q", "start_time": "2022-8-1", "sampling": -2,
+                "batching_options": {"period": "Q", "start_time": "2022-13-45", "sampling": -2,
                     "iso_date_regex_pattern": "(?P<year>\\d{4})"},
                 "file_to_df_options": {"parser_kwargs": {"lines": "no", "orient": "split"}}}},
             {"tasks": [{"type": "load", "properties": {"files": []}}]}
         ]}"#;
-        let Err(Error::Invalid { problems, .. }) = ControlMessage::parse(text, "m.json") else {
+        let Err(Error::Invalid { problems, .. }) = ControlMessage::parse_with(text, "m.json", true)
+        else {
             panic!("expected problems")
         };
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
@@ -838,20 +909,81 @@ mod tests {
 
     #[test]
     fn sampling_forms() {
-        let mut p = Problems::new();
-        let b = parse_batching(
-            &serde_json::json!({"sampling": "30T", "sampling_rate_s": 60}),
-            "b",
-            &mut p,
+        let mut p = Checks::default();
+        let b = parse_batching(&serde_json::json!({"sampling": "30T"}), "b", &mut p);
+        assert_eq!(
+            b.sampling,
+            Some(Sampling::Frequency("30min".parse().unwrap()))
         );
-        assert!(p.is_empty());
-        assert_eq!(b.sampling, Some(Sampling::Frequency(Duration::minutes(30))));
-        assert_eq!(b.sampling_rate_s, Some(60));
+        let b = parse_batching(&serde_json::json!({"sampling": "500ms"}), "b", &mut p);
+        assert_eq!(
+            b.sampling,
+            Some(Sampling::Frequency("500ms".parse().unwrap()))
+        );
         let b = parse_batching(&serde_json::json!({"sampling": 0.5}), "b", &mut p);
         assert_eq!(b.sampling, Some(Sampling::Fraction(0.5)));
         let b = parse_batching(&serde_json::json!({"sampling": 3}), "b", &mut p);
         assert_eq!(b.sampling, Some(Sampling::Count(3)));
-        assert!(p.is_empty());
+        // Morpheus' sampling_rate_s: N seconds is the frequency "NS"; 1.0 is one second.
+        let b = parse_batching(&serde_json::json!({"sampling_rate_s": 1.0}), "b", &mut p);
+        assert_eq!(b.sampling, Some(Sampling::Frequency("1S".parse().unwrap())));
+        let b = parse_batching(&serde_json::json!({"sampling_rate_s": 0.25}), "b", &mut p);
+        assert_eq!(
+            b.sampling,
+            Some(Sampling::Frequency("250ms".parse().unwrap()))
+        );
+        let b = parse_batching(&serde_json::json!({"sampling_rate_s": 0}), "b", &mut p);
+        assert_eq!(b.sampling, None);
+        assert!(p.problems.is_empty());
+        parse_batching(
+            &serde_json::json!({"sampling": "1H", "sampling_rate_s": 60}),
+            "b",
+            &mut p,
+        );
+        assert!(!p.problems.is_empty());
+    }
+
+    #[test]
+    fn times_periods_and_unknown_keys_as_morpheus_writes_them() {
+        let text = r#"{"inputs": [{"tasks": [{"type": "load", "properties": {"files": ["*.json"]}},
+            {"type": "inference"}], "metadata": {"batching_options": {
+                "period": "12H", "start_time": "2022-01-30T10:26:00", "end_time": "2022-02-01T00:00:00Z",
+                "parser_kwargs": {"lines": false}, "schema": {"encoding": "latin1"}}}}]}"#;
+        let msg = ControlMessage::parse(text, "m.json").unwrap();
+        let b = &msg.inputs[0].metadata.batching_options;
+        assert_eq!(b.period, Some("12H".parse().unwrap()));
+        assert_eq!(
+            b.start_time,
+            Some(parse_date("2022-01-30T10:26:00Z").unwrap())
+        );
+        assert_eq!(b.end_time, Some(parse_date("2022-02-01").unwrap()));
+        let ignored: Vec<&str> = msg.ignored.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            ignored,
+            [
+                "inputs[0].metadata.batching_options.parser_kwargs",
+                "inputs[0].metadata.batching_options.schema"
+            ]
+        );
+        let strict = ControlMessage::parse_with(text, "m.json", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            strict.contains("schema") && strict.contains("strict mode"),
+            "{strict}"
+        );
+        for period in ["1D", "1d", "12H", "5min", "W-MON", "S"] {
+            let t = text.replace("12H", period);
+            assert!(ControlMessage::parse(&t, "m").is_ok(), "{period}");
+        }
+    }
+
+    #[test]
+    fn a_load_only_input_is_valid() {
+        let text =
+            r#"{"inputs": [{"tasks": [{"type": "load", "properties": {"files": ["*.json"]}}]}]}"#;
+        let msg = ControlMessage::parse(text, "m.json").unwrap();
+        assert!(msg.inputs[0].load_only());
     }
 
     #[test]

@@ -24,13 +24,13 @@ use arrow::array::{
     TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::SchemaRef;
-use chrono::{DateTime, NaiveDateTime};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::json_scan;
 use crate::schema::{
     ColumnSpec, ColumnType, MISSING_STRING, NULL_STRING, SourceSchema, TimestampFormat,
 };
+use crate::timefmt::parse_time;
 use crate::{Error, Result};
 
 /// How an input file is laid out.
@@ -767,20 +767,6 @@ fn describe(raw: &Raw<'_>) -> String {
     }
 }
 
-/// Microseconds since the epoch from ISO-8601 text; naive times are UTC.
-pub fn parse_iso8601(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.timestamp_micros());
-    }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, fmt) {
-            return Some(t.and_utc().timestamp_micros());
-        }
-    }
-    None
-}
-
 /// Microseconds since the epoch from epoch seconds written as a number.
 fn parse_epoch_seconds(text: &str) -> Option<i64> {
     const LIMIT: f64 = 1.0e11; // about year 5138: beyond that it is not epoch seconds
@@ -793,10 +779,10 @@ fn parse_epoch_seconds(text: &str) -> Option<i64> {
 
 fn convert_timestamp(raw: &Raw<'_>, format: TimestampFormat) -> std::result::Result<i64, String> {
     let parsed = match (raw, format) {
-        (Raw::Str(s), TimestampFormat::Iso8601) => parse_iso8601(s),
+        (Raw::Str(s), TimestampFormat::Iso8601) => parse_time(s),
         (Raw::Num(n) | Raw::Str(n), TimestampFormat::EpochSeconds) => parse_epoch_seconds(n),
         (Raw::Num(n), TimestampFormat::Auto) => parse_epoch_seconds(n),
-        (Raw::Str(s), TimestampFormat::Auto) => parse_iso8601(s).or_else(|| parse_epoch_seconds(s)),
+        (Raw::Str(s), TimestampFormat::Auto) => parse_time(s).or_else(|| parse_epoch_seconds(s)),
         _ => None,
     };
     parsed.ok_or_else(|| {
@@ -822,7 +808,29 @@ fn convert_string<'a>(raw: &Raw<'a>) -> std::result::Result<Cow<'a, str>, String
     }
 }
 
-/// The username or event id: null when missing, text otherwise.
+/// The event id of a record that has none: `dfp-` and a 64-bit hash of every value dfp read
+/// from it (time, user and every column's fields, each with its JSON type), so the same record
+/// always gets the same id, in any file or message. The prefix says the id was derived.
+fn derived_event_id(raws: &[Raw<'_>]) -> String {
+    let mut bytes = Vec::with_capacity(256);
+    for raw in raws {
+        let (tag, text): (u8, &str) = match raw {
+            Raw::Missing => (0, ""),
+            Raw::Null => (1, ""),
+            Raw::Str(s) => (2, s),
+            Raw::Num(n) => (3, n),
+            Raw::Bool(true) => (4, ""),
+            Raw::Bool(false) => (5, ""),
+            Raw::Composite(what) => (6, what),
+        };
+        bytes.push(tag);
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.push(0xff);
+    }
+    format!("dfp-{:016x}", crate::hash::fnv1a64(&bytes))
+}
+
+/// The event id: none when missing or null, text otherwise.
 fn convert_key<'a>(raw: &Raw<'a>) -> std::result::Result<Option<Cow<'a, str>>, String> {
     match raw {
         Raw::Missing | Raw::Null => Ok(None),
@@ -983,11 +991,16 @@ impl BatchSink {
         let field = |k: usize| &reader.paths[k];
         let ts = convert_timestamp(&raws[0], schema.timestamp.format)
             .map_err(|e| format!("field `{}` (timestamp) {e}", field(0)))?;
-        let username =
-            convert_key(&raws[1]).map_err(|e| format!("field `{}` (username) {e}", field(1)))?;
-        if username.is_none() && schema.username_required() {
-            return Err(format!("field `{}` (username) is missing", field(1)));
+        // A missing user is Morpheus' user "nan", a null one "None" (as for every string).
+        if schema.username_required() && matches!(raws[1], Raw::Missing | Raw::Null) {
+            return Err(format!(
+                "field `{}` (username) is {}",
+                field(1),
+                describe(&raws[1])
+            ));
         }
+        let username =
+            convert_string(&raws[1]).map_err(|e| format!("field `{}` (username) {e}", field(1)))?;
         let event_id =
             convert_key(&raws[2]).map_err(|e| format!("field `{}` (event_id) {e}", field(2)))?;
         if event_id.is_none() && schema.event_id_required() {
@@ -997,6 +1010,11 @@ impl BatchSink {
                 describe(&raws[2])
             ));
         }
+        let event_id = event_id.unwrap_or_else(|| {
+            Cow::Owned(derived_event_id(
+                &raws[..reader.paths.len().min(raws.len())],
+            ))
+        });
         let mut cells = Vec::with_capacity(schema.columns.len());
         for (c, range) in schema.columns.iter().zip(&reader.column_paths) {
             let values = &raws[range.clone()];
@@ -1012,8 +1030,8 @@ impl BatchSink {
             cells.push(cell);
         }
         self.timestamp.append_value(ts);
-        self.username.append_option(username);
-        self.event_id.append_option(event_id);
+        self.username.append_value(username);
+        self.event_id.append_value(event_id);
         // convert_column makes each cell of its column's type, so the pairs always match;
         // builders are created from the same column list.
         for (builder, cell) in self.columns.iter_mut().zip(cells) {
@@ -1337,13 +1355,16 @@ mod tests {
         let r =
             reader("azure").read_bytes(Path::new("mixed.json"), text.as_bytes(), InputFormat::Auto);
         assert!(r.broken.is_none());
-        assert_eq!(r.batch.num_rows(), 2);
+        // A record without an id is kept, with an id derived from its values (marked dfp-).
+        assert_eq!(r.batch.num_rows(), 3);
+        let ids = strings(&r.batch, "event_id");
+        assert!(ids[1].as_deref().unwrap().starts_with("dfp-"), "{ids:?}");
         let got: Vec<(usize, &str)> = r
             .rejected
             .iter()
             .map(|x| (x.record, x.reason.as_str()))
             .collect();
-        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(got.len(), 4, "{got:?}");
         assert_eq!(got[0].0, 1);
         assert!(
             got[0].1.contains("`time`") && got[0].1.contains("yesterday"),
@@ -1356,11 +1377,10 @@ mod tests {
             got[1].1
         );
         assert!(got[2].1.contains("not a JSON object"), "{}", got[2].1);
-        assert!(got[3].1.contains("`properties.id`"), "{}", got[3].1);
         assert!(
-            got[4].1.contains("appDisplayName") && got[4].1.contains("an object"),
+            got[3].1.contains("appDisplayName") && got[3].1.contains("an object"),
             "{}",
-            got[4].1
+            got[3].1
         );
         assert_eq!(r.rejected[0].raw, bad_time);
     }
@@ -1440,9 +1460,10 @@ mod tests {
         let r = reader("azure").read_bytes(Path::new("l.csv"), text.as_bytes(), InputFormat::Auto);
         assert!(r.broken.is_none(), "{:?}", r.broken);
         assert_eq!(r.batch.num_rows(), 2);
+        // A record without a user is Morpheus' user "nan".
         assert_eq!(
             strings(&r.batch, "username"),
-            [Some("a@x.com".into()), None]
+            [Some("a@x.com".into()), Some("nan".into())]
         );
         assert_eq!(
             strings(&r.batch, "appDisplayName"),

@@ -19,5 +19,6 @@ pub mod period;
 pub mod registry;
 pub mod rows;
 pub mod schema;
+pub mod timefmt;
 
 pub use error::{Error, Result};

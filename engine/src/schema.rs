@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 
-use crate::config::{Problems, join};
+use crate::config::{Problem, Problems, join};
 use crate::{Error, Result};
 
 /// The built-in schemas, by name, as shipped in `configs/`.
@@ -66,6 +66,22 @@ pub struct SourceSchema {
     pub profiles: Vec<ProfileSpec>,
     /// The autoencoder's inputs.
     pub features: FeatureSpec,
+    /// Morpheus' own feature lists and output columns for this source, for runs that ask for
+    /// them (`[morpheus]` in a run config).
+    #[serde(default)]
+    pub morpheus: Option<MorpheusSpec>,
+}
+
+/// Morpheus' feature lists and output columns for a source.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MorpheusSpec {
+    /// The columns of Morpheus' preprocessed frame after `timestamp` and `username`, in its
+    /// order: the first columns of its detections file.
+    pub columns: Vec<String>,
+    /// Morpheus' autoencoder inputs (its `columns_ae_*.txt`), each list in the order its
+    /// training frame has them.
+    pub features: FeatureSpec,
 }
 
 /// How the event time is read.
@@ -98,8 +114,9 @@ pub enum TimestampFormat {
 pub struct FieldSpec {
     /// Dotted path of the field.
     pub path: String,
-    /// Whether a record without it is rejected (dead-lettered). Default: false for the
-    /// username (split users applies its fallback), true for the event id.
+    /// Whether a record without it is rejected (dead-lettered). Default: false: a record
+    /// without a username is Morpheus' user `nan` (missing) or `None` (null), and one without
+    /// an event id gets a derived one (`dfp-` and a hash of the values read).
     #[serde(default)]
     pub required: Option<bool>,
 }
@@ -440,15 +457,33 @@ impl SourceSchema {
             }
         }
 
+        self.check_features(&self.features, "features", &mut p);
+        if let Some(m) = &self.morpheus {
+            self.check_features(&m.features, "morpheus.features", &mut p);
+            for (i, c) in m.columns.iter().enumerate() {
+                let known = self.column(c).is_some() || self.derived.iter().any(|d| &d.name == c);
+                if !known {
+                    p.push(
+                        format!("morpheus.columns[{i}]"),
+                        format!("{c:?} is neither a column nor a derived feature"),
+                    );
+                }
+            }
+        }
+        p.finish(origin, ())
+    }
+
+    /// Checks a feature list: each feature once, of the type its kind needs.
+    fn check_features(&self, features: &FeatureSpec, at: &str, p: &mut Problems) {
         let mut seen = BTreeSet::new();
         let kinds = [
-            ("categorical", &self.features.categorical),
-            ("binary", &self.features.binary),
-            ("numeric", &self.features.numeric),
+            ("categorical", &features.categorical),
+            ("binary", &features.binary),
+            ("numeric", &features.numeric),
         ];
         for (kind, list) in kinds {
             for (i, f) in list.iter().enumerate() {
-                let at = format!("features.{kind}[{i}]");
+                let at = format!("{at}.{kind}[{i}]");
                 if !seen.insert(f.as_str()) {
                     p.push(&at, format!("feature {f:?} is listed twice"));
                     continue;
@@ -474,9 +509,26 @@ impl SourceSchema {
             }
         }
         if seen.is_empty() {
-            p.push("features", "lists no feature");
+            p.push(at, "lists no feature");
         }
-        p.finish(origin, ())
+    }
+
+    /// This schema training and scoring on Morpheus' feature lists instead of its own; an
+    /// error when the schema has no `[morpheus]` section.
+    pub fn with_morpheus_features(&self) -> Result<Self> {
+        let Some(m) = &self.morpheus else {
+            return Err(Error::Invalid {
+                origin: format!("source schema {:?}", self.name),
+                problems: vec![Problem {
+                    path: "morpheus".into(),
+                    message: "is missing: the run asks for Morpheus' features ([morpheus] features = true) and this schema does not list them".into(),
+                }],
+            });
+        };
+        Ok(Self {
+            features: m.features.clone(),
+            ..self.clone()
+        })
     }
 
     /// The profile feature named `name`, if the schema has it.
@@ -512,9 +564,9 @@ impl SourceSchema {
         Arc::new(Schema::new(fields))
     }
 
-    /// Whether a record without an event id is rejected (default: yes).
+    /// Whether a record without an event id is rejected (default: no; it gets a derived id).
     pub fn event_id_required(&self) -> bool {
-        self.event_id.required.unwrap_or(true)
+        self.event_id.required.unwrap_or(false)
     }
 
     /// Whether a record without a username is rejected (default: no).

@@ -65,6 +65,9 @@ enum Command {
         /// Files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Unknown keys in a control message are problems, not warnings.
+        #[arg(long)]
+        strict: bool,
     },
     /// Read log files into Arrow batches by a source schema and report rows, users and
     /// rejected records (rejections go to a dead-letter NDJSON file).
@@ -80,6 +83,9 @@ enum Command {
         /// A directory load globs may read under (repeatable).
         #[arg(long = "allow-root", value_name = "DIR")]
         allow_roots: Vec<PathBuf>,
+        /// Unknown keys in the message are problems, not warnings.
+        #[arg(long)]
+        strict: bool,
     },
     /// Run across hosts: start every process of a cluster run.
     Cluster {
@@ -238,6 +244,9 @@ struct RunArgs {
     /// under these or, without them, under its --files-root (default: the working directory).
     #[arg(long = "allow-root", value_name = "DIR")]
     allow_roots: Vec<PathBuf>,
+    /// Unknown keys in a control message are problems (the message is refused), not warnings.
+    #[arg(long)]
+    strict: bool,
     /// Stamp detections with this time (RFC 3339) instead of the wall clock, so that runs of
     /// the same logs write the same bytes.
     #[arg(long, value_name = "TIME")]
@@ -383,13 +392,19 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Run(args) => run_pipeline(*args),
         Command::Replay(args) => replay(args),
         Command::Generate(args) => generate(args),
-        Command::Validate { files } => Ok(validate(&files)),
+        Command::Validate { files, strict } => Ok(validate(&files, strict)),
         Command::Ingest(args) => ingest(args),
         Command::Plan {
             control_messages,
             files_root,
             allow_roots,
-        } => plan(&control_messages, files_root.as_deref(), &allow_roots),
+            strict,
+        } => plan(
+            &control_messages,
+            files_root.as_deref(),
+            &allow_roots,
+            strict,
+        ),
         Command::Models { registry, action } => models(&registry, action),
         Command::Cluster {
             action:
@@ -565,6 +580,7 @@ fn control_topic_input(
             .clone()
             .unwrap_or_else(|| PathBuf::from(".")),
         allowed_roots: args.allow_roots.clone(),
+        strict: args.strict,
         stop_at_end: args.until_end,
         stop,
         state_dir: state_dir(args),
@@ -667,6 +683,7 @@ fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
                 path: path.clone(),
                 files_root: args.files_root.clone(),
                 allowed_roots: args.allow_roots.clone(),
+                strict: args.strict,
             },
             path.display().to_string(),
         ),
@@ -859,7 +876,7 @@ fn validate_text(path: &Path) -> Result<String, dfp_engine::Error> {
 }
 
 /// What a file to validate holds.
-fn validate_one(path: &Path) -> Result<String, dfp_engine::Error> {
+fn validate_one(path: &Path, strict: bool) -> Result<String, dfp_engine::Error> {
     let text = validate_text(path)?;
     let origin = path.display().to_string();
     match path.extension().and_then(|e| e.to_str()) {
@@ -883,7 +900,8 @@ fn validate_one(path: &Path) -> Result<String, dfp_engine::Error> {
             }
         }
         _ => {
-            let m = ControlMessage::parse(&text, &origin)?;
+            let m = ControlMessage::parse_with(&text, &origin, strict)?;
+            m.warn_ignored(&origin);
             let tasks: Vec<String> = m
                 .inputs
                 .iter()
@@ -891,7 +909,8 @@ fn validate_one(path: &Path) -> Result<String, dfp_engine::Error> {
                     let what = match (i.trains(), i.infers()) {
                         (true, true) => "training+inference",
                         (true, false) => "training",
-                        _ => "inference",
+                        (false, true) => "inference",
+                        (false, false) => "load only",
                     };
                     format!("{what} ({:?})", i.metadata.data_type).to_lowercase()
                 })
@@ -905,10 +924,10 @@ fn validate_one(path: &Path) -> Result<String, dfp_engine::Error> {
     }
 }
 
-fn validate(files: &[PathBuf]) -> ExitCode {
+fn validate(files: &[PathBuf], strict: bool) -> ExitCode {
     let mut ok = true;
     for f in files {
-        match validate_one(f) {
+        match validate_one(f, strict) {
             Ok(summary) => println!("{}: {summary}", f.display()),
             Err(dfp_engine::Error::Invalid { origin, problems }) => {
                 ok = false;
@@ -987,8 +1006,14 @@ fn ingest(args: IngestArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plan(path: &Path, files_root: Option<&Path>, allow_roots: &[PathBuf]) -> Result<ExitCode> {
-    let msg = ControlMessage::from_file(path)?;
+fn plan(
+    path: &Path,
+    files_root: Option<&Path>,
+    allow_roots: &[PathBuf],
+    strict: bool,
+) -> Result<ExitCode> {
+    let msg = ControlMessage::from_file(path, strict)?;
+    msg.warn_ignored(&path.display().to_string());
     let scope = FileScope::for_message(&msg, path, files_root, allow_roots);
     // The plan `dfp run` makes of the same message.
     let plan = Plan::build(&msg, &scope)?;
@@ -1007,15 +1032,14 @@ fn plan(path: &Path, files_root: Option<&Path>, allow_roots: &[PathBuf]) -> Resu
             epochs.len()
         );
         for e in &epochs {
-            let period = e
-                .period_start
-                .map(|s| s.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                .unwrap_or_else(|| "all".to_string());
             println!(
-                "  batch {}/{} {period}: {} files",
+                "  batch {}/{} {} .. {}: {} files (n_groups {})",
                 e.batch + 1,
                 epochs.len(),
-                e.files.len()
+                e.period_start.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                e.period_end.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                e.files.len(),
+                e.n_groups
             );
         }
     }

@@ -133,7 +133,7 @@ fn validate_rejects_a_broken_message_listing_every_problem() {
     let text = stdout(&out);
     for want in [
         "inputs[0].tasks[1].type: unknown task type \"trainig\"",
-        "inputs[0].metadata.batching_options.period: unknown period \"fortnight\"",
+        "inputs[0].metadata.batching_options.period: period \"fortnight\" is not a period dfp knows",
         "inputs[0].metadata.batching_options.end_time:",
         "broken.json",
     ] {
@@ -374,4 +374,67 @@ fn models_list_and_show_read_the_registry() {
         dir.path().join("absent").to_str().unwrap(),
     ]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn unknown_keys_are_warnings_and_strict_mode_makes_them_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.json");
+    std::fs::write(
+        &path,
+        r#"{"inputs":[{"tasks":[{"type":"load","properties":{"files":["*.json"]}},{"type":"training"}],
+            "metadata":{"batching_options":{"period":"1d","parser_kwargs":{"lines":false},"schema":{"encoding":null}}}}]}"#,
+    )
+    .unwrap();
+    let out = dfp(&["validate", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warned.contains("batching_options.parser_kwargs") && warned.contains("ignored"),
+        "{warned}"
+    );
+    let out = dfp(&["validate", "--strict", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("batching_options.schema: unknown key"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn globs_resolve_in_the_working_directory_when_only_there_they_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let out = dfp(&[
+        "generate",
+        "--source",
+        "duo",
+        "--users",
+        "3",
+        "--days",
+        "2",
+        "--out",
+        work.join("logs").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    // The message lives elsewhere; its glob is relative, as Morpheus writes them.
+    let messages = dir.path().join("messages");
+    std::fs::create_dir_all(&messages).unwrap();
+    let message = messages.join("m.json");
+    std::fs::write(
+        &message,
+        r#"{"inputs":[{"tasks":[{"type":"load","properties":{"files":["logs/*.json"]}}]}]}"#,
+    )
+    .unwrap();
+    let out = common::dfp_command()
+        .current_dir(&work)
+        .env("DFP_LOG", "info")
+        .args(["plan", message.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("resolving them there"), "{all}");
+    assert!(all.contains("2 batches"), "{all}");
 }

@@ -35,6 +35,20 @@ pub struct RunConfig {
     pub detection: DetectionConfig,
     /// The event-time guard.
     pub events: EventsConfig,
+    /// Morpheus' features and output columns instead of dfp's.
+    pub morpheus: MorpheusConfig,
+}
+
+/// What of Morpheus' own choices a run takes (`[morpheus]`): its feature lists (the source
+/// schema's `[morpheus.features]`) and its output columns (names and order as its detections
+/// file has them, then dfp's extra columns; `event_time` to the second).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MorpheusConfig {
+    /// Train and score on the schema's Morpheus feature lists.
+    pub features: bool,
+    /// Write Morpheus' output columns first, in its order.
+    pub columns: bool,
 }
 
 /// How far an event's time may run ahead (`[events]`): of its file batch's period in a batch
@@ -115,6 +129,7 @@ impl Default for RunConfig {
             inference: InferenceConfig::default(),
             detection: DetectionConfig::default(),
             events: EventsConfig::default(),
+            morpheus: MorpheusConfig::default(),
         }
     }
 }
@@ -178,10 +193,19 @@ mod tests {
     }
 
     #[test]
-    fn the_morpheus_file_spells_out_the_defaults() {
+    fn the_morpheus_file_spells_out_the_defaults_and_asks_for_morpheus_outputs() {
         let text = include_str!("../../configs/morpheus.toml");
         let c = RunConfig::from_toml(text, "configs/morpheus.toml").unwrap();
-        assert_eq!(c, RunConfig::default());
+        assert_eq!(
+            c,
+            RunConfig {
+                morpheus: MorpheusConfig {
+                    features: true,
+                    columns: true,
+                },
+                ..RunConfig::default()
+            }
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::dead_letter::DeadLetter;
 use crate::kafka_source::{KafkaConsumer, KafkaSettings, partition_count};
 use crate::metrics::Stats;
 use crate::pipeline::{Feed, RunOptions, execute, latest_versions, plan};
-use crate::serialize::{Columns, dead_letter_line};
+use crate::serialize::dead_letter_line;
 use crate::sinks::{OutputFiles, SinkState};
 
 /// Where control messages come from and how they are consumed.
@@ -64,6 +64,8 @@ pub struct ControlTopicInput {
     pub stop: Arc<AtomicBool>,
     /// Record progress here, message by message, and resume from it.
     pub state_dir: Option<PathBuf>,
+    /// Unknown keys in a message are problems (it is dead-lettered), not warnings.
+    pub strict: bool,
 }
 
 /// Progress after the last message done.
@@ -138,12 +140,8 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
             s
         }
         None => {
-            let mut files = OutputFiles::create(
-                &opts.output,
-                source,
-                &Columns::new(&opts.schema),
-                opts.write_scores,
-            )?;
+            let mut files =
+                OutputFiles::create(&opts.output, source, &opts.columns()?, opts.write_scores)?;
             ControlState {
                 next: BTreeMap::new(),
                 sinks: files.lengths()?,
@@ -191,7 +189,8 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
         at_end.remove(&p);
         let text = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
         let label = format!("kafka:{}/{p}@{offset}", input.topic);
-        let planned = ControlMessage::parse(&text, &label).and_then(|msg| {
+        let planned = ControlMessage::parse_with(&text, &label, input.strict).and_then(|msg| {
+            msg.warn_ignored(&label);
             let plan = plan(&msg, &scope)?;
             if plan.files() == 0 {
                 return Err(Error::stage(

@@ -1,22 +1,25 @@
 //! File batcher (Morpheus' `file_batcher` module / `DFPFileBatcherStage`): dates each input
 //! file, drops files outside `[start, end)`, samples, and groups the rest into batches by
-//! calendar period.
+//! period, as Morpheus' `resample(period)` does (bins of fixed-length periods counted from
+//! midnight UTC of the first file's day; weeks, months and years by the calendar).
 //!
-//! Input: file paths. Output: [`FileBatch`]es in time order, each with its files in time order.
-//! State: none; every call is independent.
+//! Input: file paths. Output: [`FileBatch`]es in time order, each with its files in time order
+//! and Morpheus' `n_groups` (every bin from the first file's to the last file's, empty ones
+//! included). State: none; every call is independent.
 //!
 //! A file's time comes from its name (Morpheus' ISO-date pattern, configurable), else from its
-//! modification time; a time without an offset is UTC. Where we differ from Morpheus, on
-//! purpose: the end bound is exclusive (Morpheus keeps files stamped exactly at `end_time`),
-//! `sampling_rate_s` compares whole durations (Morpheus compares `timedelta.seconds`, which
-//! forgets the days), a fractional `.207` in a name means 207 ms, and random sampling is
+//! modification time; a time without an offset is UTC. Sampling by frequency (`sampling: "30S"`,
+//! `sampling_rate_s: 30`) keeps the first file of each bin. Where we differ from Morpheus, on
+//! purpose: the end bound is exclusive (Morpheus keeps files stamped exactly at `end_time`), a
+//! fraction in a name (`.207`, with or without the dot in the regex's microsecond group) means
+//! 207 ms (Morpheus' shipped pattern makes every fraction .999999), and random sampling is
 //! seeded so runs repeat.
 
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use dfp_engine::control::{BatchingOptions, Sampling};
-use dfp_engine::period::Period;
+use dfp_engine::period::{Period, midnight};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use regex::Regex;
@@ -26,7 +29,7 @@ pub const ISO_DATE_REGEX: &str = r"(?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d
 
 /// The period of an input whose control message names none: a day, for every source
 /// (Morpheus' `period='D'`).
-pub const DEFAULT_PERIOD: Period = Period::Day;
+pub const DEFAULT_PERIOD: Period = Period::DAY;
 
 /// Errors of the file batcher.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +47,12 @@ pub enum BatcherError {
 /// The file batcher's settings.
 #[derive(Debug, Clone)]
 pub struct FileBatcherConfig {
-    /// Group files by this period; `None` makes one batch of all files (Morpheus' Duo default).
-    pub period: Option<Period>,
+    /// Group files by this period.
+    pub period: Period,
     /// Drop files before this time.
     pub start: Option<DateTime<Utc>>,
     /// Drop files at or after this time.
     pub end: Option<DateTime<Utc>>,
-    /// Keep a file only if it is at least this many seconds after the last kept; 0 keeps all.
-    pub sampling_rate_s: u64,
     /// Morpheus' `sampling`: a frequency, a fraction or a count.
     pub sampling: Option<Sampling>,
     /// Finds a file's time in its name.
@@ -62,12 +63,11 @@ pub struct FileBatcherConfig {
 
 impl FileBatcherConfig {
     /// Settings with a default period and Morpheus' date pattern, no bounds, no sampling.
-    pub fn new(period: Option<Period>) -> Self {
+    pub fn new(period: Period) -> Self {
         Self {
             period,
             start: None,
             end: None,
-            sampling_rate_s: 0,
             sampling: None,
             date_regex: default_regex(),
             seed: 0,
@@ -77,13 +77,10 @@ impl FileBatcherConfig {
     /// These settings overridden by a control message's batching options.
     pub fn with_options(mut self, o: &BatchingOptions) -> Result<Self, BatcherError> {
         if let Some(p) = o.period {
-            self.period = Some(p);
+            self.period = p;
         }
         self.start = o.start_time.or(self.start);
         self.end = o.end_time.or(self.end);
-        if let Some(s) = o.sampling_rate_s {
-            self.sampling_rate_s = s;
-        }
         if o.sampling.is_some() {
             self.sampling = o.sampling;
         }
@@ -132,15 +129,16 @@ pub struct DatedFile {
 /// One batch of files: the files of one period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileBatch {
-    /// Start of the period (`None` for the single batch of an unperiodised batcher).
-    pub period_start: Option<DateTime<Utc>>,
+    /// Start of the period.
+    pub period_start: DateTime<Utc>,
     /// End of the period, exclusive.
-    pub period_end: Option<DateTime<Utc>>,
+    pub period_end: DateTime<Utc>,
     /// The files, in time order.
     pub files: Vec<DatedFile>,
     /// Index of this batch among all batches.
     pub index: usize,
-    /// Number of batches of this call (Morpheus' `n_groups`).
+    /// Morpheus' `n_groups`: the bins from the first file's to the last file's, empty ones
+    /// included (the batches are the non-empty ones).
     pub count: usize,
 }
 
@@ -157,9 +155,15 @@ pub fn time_from_name(name: &str, re: &Regex) -> Option<DateTime<Utc>> {
     let micros = c
         .name("microsecond")
         .map(|m| {
-            let digits = m.as_str();
-            // ".207" is 207 ms: pad the fraction to six digits.
-            format!("{digits:0<6}").parse::<u32>().unwrap_or(0)
+            // ".207" or "207" is 207 ms (a group with or without the dot): a fraction of a
+            // second, to six digits.
+            let digits = m.as_str().trim_start_matches('.');
+            let six: String = digits
+                .chars()
+                .chain(std::iter::repeat('0'))
+                .take(6)
+                .collect();
+            six.parse::<u32>().unwrap_or(0)
         })
         .unwrap_or(0);
     let t = date.and_hms_micro_opt(
@@ -214,27 +218,17 @@ pub fn batch_files(files: &[PathBuf], cfg: &FileBatcherConfig) -> Vec<FileBatch>
 
 fn sample(dated: Vec<DatedFile>, cfg: &FileBatcherConfig) -> Vec<DatedFile> {
     let mut dated = dated;
-    if cfg.sampling_rate_s > 0 {
-        let rate =
-            chrono::Duration::seconds(i64::try_from(cfg.sampling_rate_s).unwrap_or(i64::MAX));
-        let mut last: Option<DateTime<Utc>> = None;
-        dated.retain(|d| match last {
-            Some(l) if d.time - l < rate => false,
-            _ => {
-                last = Some(d.time);
-                true
-            }
-        });
-    }
     match cfg.sampling {
         None => dated,
         Some(Sampling::Frequency(every)) => {
-            let step = every.num_microseconds().unwrap_or(i64::MAX).max(1);
-            let mut last_bucket = None;
+            let Some(origin) = dated.first().map(|d| midnight(d.time.date_naive())) else {
+                return dated;
+            };
+            let mut last_bin = None;
             dated.retain(|d| {
-                let bucket = d.time.timestamp_micros().div_euclid(step);
-                let keep = last_bucket != Some(bucket);
-                last_bucket = Some(bucket);
+                let bin = every.bin(d.time, origin);
+                let keep = last_bin != Some(bin);
+                last_bin = Some(bin);
                 keep
             });
             dated
@@ -266,26 +260,41 @@ fn pick(dated: Vec<DatedFile>, n: usize, seed: u64) -> Vec<DatedFile> {
         .collect()
 }
 
-fn group(dated: Vec<DatedFile>, period: Option<Period>) -> Vec<FileBatch> {
-    let mut batches: Vec<FileBatch> = Vec::new();
+fn group(dated: Vec<DatedFile>, period: Period) -> Vec<FileBatch> {
+    let Some(origin) = dated.first().map(|d| midnight(d.time.date_naive())) else {
+        return Vec::new();
+    };
+    let mut batches: Vec<(i64, FileBatch)> = Vec::new();
     for d in dated {
-        let start = period.map(|p| p.floor(d.time));
+        let bin = period.bin(d.time, origin);
         match batches.last_mut() {
-            Some(b) if b.period_start == start => b.files.push(d),
-            _ => batches.push(FileBatch {
-                period_start: start,
-                period_end: start.zip(period).map(|(s, p)| p.next(s)),
-                files: vec![d],
-                index: batches.len(),
-                count: 0,
-            }),
+            Some((b, batch)) if *b == bin => batch.files.push(d),
+            _ => batches.push((
+                bin,
+                FileBatch {
+                    period_start: period.bin_start(bin, origin),
+                    period_end: period.bin_end(bin, origin),
+                    files: vec![d],
+                    index: batches.len(),
+                    count: 0,
+                },
+            )),
         }
     }
-    let count = batches.len();
-    for b in &mut batches {
-        b.count = count;
-    }
+    // Morpheus' n_groups counts every bin from the first to the last, empty ones too.
+    let bins = match (batches.first(), batches.last()) {
+        (Some((first, _)), Some((last, _))) => {
+            usize::try_from(last - first + 1).unwrap_or(usize::MAX)
+        }
+        _ => 0,
+    };
     batches
+        .into_iter()
+        .map(|(_, mut b)| {
+            b.count = bins;
+            b
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -361,7 +370,7 @@ mod tests {
             "2022-08-01T12_00_00.000Z",
             "2022-08-03T00_00_00.000Z",
         ]);
-        let mut cfg = FileBatcherConfig::new(Some(Period::Day));
+        let mut cfg = FileBatcherConfig::new(Period::DAY);
         cfg.start = Some(parse_date("2022-08-01").unwrap());
         cfg.end = Some(parse_date("2022-08-03").unwrap());
         let batches = batch_files(&files, &cfg);
@@ -377,13 +386,13 @@ mod tests {
             names(&batches[1]),
             ["AZUREAD_2022-08-02T10_00_00.000Z.json"]
         );
-        assert_eq!(batches[1].period_start, Some(t("2022-08-02T00:00:00Z")));
-        assert_eq!(batches[1].period_end, Some(t("2022-08-03T00:00:00Z")));
+        assert_eq!(batches[1].period_start, t("2022-08-02T00:00:00Z"));
+        assert_eq!(batches[1].period_end, t("2022-08-03T00:00:00Z"));
         assert!(batches.iter().all(|b| b.count == 2));
     }
 
     #[test]
-    fn groups_by_every_period_and_none_is_one_batch() {
+    fn groups_by_every_period_and_counts_empty_bins_as_morpheus() {
         let files = azure_files(&[
             "2022-08-01T00_00_10.000Z",
             "2022-08-01T00_00_50.000Z",
@@ -394,18 +403,30 @@ mod tests {
             "2022-09-08T05_00_00.000Z",
             "2023-01-01T00_00_00.000Z",
         ]);
-        let count = |p| batch_files(&files, &FileBatcherConfig::new(p)).len();
-        assert_eq!(count(Some(Period::Minute)), 7);
-        assert_eq!(count(Some(Period::Hour)), 6);
-        assert_eq!(count(Some(Period::Day)), 5);
-        assert_eq!(count(Some(Period::Week)), 4);
-        assert_eq!(count(Some(Period::Month)), 3);
-        assert_eq!(count(Some(Period::Year)), 2);
-        assert_eq!(count(None), 1);
+        let batches = |p: &str| batch_files(&files, &FileBatcherConfig::new(p.parse().unwrap()));
+        for (period, batches_wanted, n_groups) in [
+            ("min", 7, 220_321),
+            ("H", 6, 3_673),
+            ("12H", 5, 307),
+            ("D", 5, 154),
+            ("W", 4, 22),
+            // Weeks ending on Monday: Sunday the 7th and Monday the 8th are one batch.
+            ("W-MON", 4, 23),
+            ("M", 3, 6),
+            ("Y", 2, 2),
+        ] {
+            let b = batches(period);
+            assert_eq!(b.len(), batches_wanted, "{period}");
+            assert!(
+                b.iter().all(|x| x.count == n_groups),
+                "{period}: {}",
+                b[0].count
+            );
+        }
     }
 
     #[test]
-    fn samples_by_rate_frequency_fraction_and_count() {
+    fn samples_by_frequency_fraction_and_count() {
         let files = azure_files(&[
             "2022-08-01T00_00_00.000Z",
             "2022-08-01T00_10_00.000Z",
@@ -413,41 +434,72 @@ mod tests {
             "2022-08-01T01_05_00.000Z",
             "2022-08-02T01_00_00.000Z",
         ]);
-        let mut cfg = FileBatcherConfig::new(None);
-        cfg.sampling_rate_s = 1800;
-        let kept = names(&batch_files(&files, &cfg)[0]);
-        // 00:10 is within 30 min of 00:00, 01:05 within 30 min of 00:40.
-        assert_eq!(kept.len(), 3, "{kept:?}");
-        cfg.sampling_rate_s = 0;
-        cfg.sampling = Some(Sampling::Frequency(chrono::Duration::hours(1)));
-        assert_eq!(batch_files(&files, &cfg)[0].files.len(), 3);
+        let mut cfg = FileBatcherConfig::new(Period::DAY);
+        // The first file of each 30-minute bin from midnight: 00:00, 00:40, 01:05, next day.
+        cfg.sampling = Some(Sampling::Frequency("30min".parse().unwrap()));
+        let kept: usize = batch_files(&files, &cfg)
+            .iter()
+            .map(|b| b.files.len())
+            .sum();
+        assert_eq!(kept, 4);
+        // Hourly: 00:00 and 01:05 on the first day.
+        cfg.sampling = Some(Sampling::Frequency("1H".parse().unwrap()));
+        assert_eq!(batch_files(&files, &cfg)[0].files.len(), 2);
         cfg.sampling = Some(Sampling::Count(2));
         let a = batch_files(&files, &cfg);
-        assert_eq!(a[0].files.len(), 2);
+        assert_eq!(a.iter().map(|b| b.files.len()).sum::<usize>(), 2);
         assert_eq!(a, batch_files(&files, &cfg), "seeded sampling repeats");
-        assert!(a[0].files[0].time < a[0].files[1].time);
         cfg.sampling = Some(Sampling::Fraction(0.6));
-        assert_eq!(batch_files(&files, &cfg)[0].files.len(), 3);
+        assert_eq!(
+            batch_files(&files, &cfg)
+                .iter()
+                .map(|b| b.files.len())
+                .sum::<usize>(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_fraction_in_a_name_is_a_fraction_of_a_second_with_or_without_the_dot() {
+        // Morpheus' own pattern puts the dot inside the microsecond group.
+        let with_dot = Regex::new(
+            r"(?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})T(?P<hour>\d{1,2})_(?P<minute>\d{1,2})_(?P<second>\d{1,2})(?P<microsecond>\.\d{1,6})?Z",
+        )
+        .unwrap();
+        for re in [&with_dot, &default_regex()] {
+            assert_eq!(
+                time_from_name("AZUREAD_2022-08-01T00_03_56.207Z.json", re),
+                Some(t("2022-08-01T00:03:56.207Z"))
+            );
+        }
+        // So sampling at 500 ms keeps both files of one second, as Morpheus does.
+        let files = azure_files(&["2022-08-01T00_00_00.100Z", "2022-08-01T00_00_00.700Z"]);
+        let mut cfg = FileBatcherConfig::new(Period::DAY);
+        cfg.date_regex = with_dot;
+        cfg.sampling = Some(Sampling::Frequency("500ms".parse().unwrap()));
+        assert_eq!(batch_files(&files, &cfg)[0].files.len(), 2);
     }
 
     #[test]
     fn control_message_options_override_defaults() {
         let opts = BatchingOptions {
-            period: Some(Period::Hour),
+            period: Some("H".parse().unwrap()),
             iso_date_regex_pattern: Some(r"(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})".into()),
             ..Default::default()
         };
-        let cfg = FileBatcherConfig::new(Some(Period::Day))
+        let cfg = FileBatcherConfig::new(Period::DAY)
             .with_options(&opts)
             .unwrap();
-        assert_eq!(cfg.period, Some(Period::Hour));
+        assert_eq!(cfg.period, "H".parse().unwrap());
         let d = date_file(Path::new("/x/log_20220805.json"), &cfg.date_regex).unwrap();
         assert_eq!(d.time, t("2022-08-05T00:00:00Z"));
         let bad = BatchingOptions {
             iso_date_regex_pattern: Some("(?P<year>\\d{4})".into()),
             ..Default::default()
         };
-        let err = FileBatcherConfig::new(None).with_options(&bad).unwrap_err();
+        let err = FileBatcherConfig::new(Period::DAY)
+            .with_options(&bad)
+            .unwrap_err();
         assert!(err.to_string().contains("month"), "{err}");
     }
 }

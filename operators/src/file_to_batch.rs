@@ -45,8 +45,8 @@ pub struct FileTask {
     /// How to read it.
     pub format: InputFormat,
     /// Records dated after this (µs: the end of the epoch's period plus `[events] max_ahead`)
-    /// are outliers, dead-lettered; `None`: no bound.
-    pub until_us: Option<i64>,
+    /// are outliers, dead-lettered.
+    pub until_us: i64,
 }
 
 /// The rows of one file.
@@ -75,7 +75,8 @@ pub fn read(reader: &Reader, task: &FileTask) -> (FileRows, Vec<DeadLetter>) {
         }
     };
     number_records(&mut rows, &read.rejected);
-    if let Some(until) = task.until_us {
+    {
+        let until = task.until_us;
         let (kept, ahead): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.ts <= until);
         if !ahead.is_empty() {
             tracing::warn!(

@@ -72,6 +72,8 @@ pub enum Input {
         files_root: Option<PathBuf>,
         /// Directories the load globs may read under (empty: anywhere).
         allowed_roots: Vec<PathBuf>,
+        /// Unknown keys in the message are problems, not warnings.
+        strict: bool,
     },
     /// A Kafka topic of raw log records, cut into epochs by event time.
     Kafka(StreamInput),
@@ -86,6 +88,7 @@ impl Input {
             path: path.into(),
             files_root: None,
             allowed_roots: Vec::new(),
+            strict: false,
         }
     }
 }
@@ -176,6 +179,15 @@ pub struct ClusterSpec {
 }
 
 impl RunOptions {
+    /// The output columns: dfp's, or Morpheus' layout when the config asks for it.
+    pub(crate) fn columns(&self) -> Result<Columns> {
+        if self.config.morpheus.columns {
+            Columns::morpheus(&self.schema)
+        } else {
+            Ok(Columns::new(&self.schema))
+        }
+    }
+
     /// Whether this process writes the output files (global worker 0 is in process 0).
     fn writes_outputs(&self) -> bool {
         self.cluster.as_ref().is_none_or(|c| c.process == 0)
@@ -362,8 +374,11 @@ impl Checkpointing {
 /// its end offsets (bounded), a stop or a fatal error. The output directory (and a stream's
 /// state directory) is locked for the run, and its status file says `running` until the run
 /// ends, then how it ended.
-pub fn run(opts: RunOptions) -> Result<RunSummary> {
+pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
     opts.config.validate("run config")?;
+    if opts.config.morpheus.features {
+        opts.schema = opts.schema.with_morpheus_features()?;
+    }
     check_parallelism(&opts)?;
     let _locks = lock_dirs(&opts)?;
     let status = if opts.writes_outputs() {
@@ -441,15 +456,17 @@ fn run_locked(opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let registry = Registry::open(&opts.registry)?;
     let versions = latest_versions(&registry)?;
-    let columns = Columns::new(&opts.schema);
+    let columns = opts.columns()?;
     let mut planned = None;
     let (stats, epochs, unmatched) = match &opts.input {
         Input::Control {
             path,
             files_root,
             allowed_roots,
+            strict,
         } => {
-            let msg = ControlMessage::from_file(path)?;
+            let msg = ControlMessage::from_file(path, *strict)?;
+            msg.warn_ignored(&path.display().to_string());
             let scope = FileScope::for_message(&msg, path, files_root.as_deref(), allowed_roots);
             let plan = plan(&msg, &scope)?;
             let unmatched = plan.unmatched.clone();
@@ -589,7 +606,7 @@ pub(crate) fn execute(
     let started = Instant::now();
     let registry = Registry::open(&opts.registry)?;
     let schema = Arc::new(opts.schema.clone());
-    let columns = Arc::new(Columns::new(&schema));
+    let columns = Arc::new(opts.columns()?);
     let workers = opts.workers.max(1);
     let files = Arc::new(Mutex::new(outputs));
     let timely_config = opts.timely_config();
@@ -779,7 +796,8 @@ pub(crate) fn execute(
                                     format: epoch.format,
                                     until_us: epoch
                                         .period_end
-                                        .map(|e| e.timestamp_micros().saturating_add(max_ahead)),
+                                        .timestamp_micros()
+                                        .saturating_add(max_ahead),
                                 });
                             }
                         }

@@ -20,10 +20,12 @@ pub struct Epoch {
     pub input: usize,
     /// Index of the batch within the input.
     pub batch: usize,
-    /// Start of the batch's period, if periodised.
-    pub period_start: Option<DateTime<Utc>>,
-    /// End of the batch's period (exclusive), if periodised.
-    pub period_end: Option<DateTime<Utc>>,
+    /// Start of the batch's period.
+    pub period_start: DateTime<Utc>,
+    /// End of the batch's period (exclusive).
+    pub period_end: DateTime<Utc>,
+    /// Morpheus' `n_groups` of the input: its bins from the first file's to the last file's.
+    pub n_groups: usize,
     /// The files, in time order.
     pub files: Vec<PathBuf>,
     /// How to read them.
@@ -53,7 +55,7 @@ impl Plan {
         for (i, input) in msg.inputs.iter().enumerate() {
             let (files, unmatched) = input.resolve_files(scope)?;
             plan.unmatched.extend(unmatched);
-            let cfg = FileBatcherConfig::new(Some(DEFAULT_PERIOD))
+            let cfg = FileBatcherConfig::new(DEFAULT_PERIOD)
                 .with_options(&input.metadata.batching_options)
                 .map_err(|e| Error::Invalid {
                     origin: "control message".into(),
@@ -68,6 +70,7 @@ impl Plan {
                     batch: b.index,
                     period_start: b.period_start,
                     period_end: b.period_end,
+                    n_groups: b.count,
                     files: b.files.into_iter().map(|f| f.path).collect(),
                     format: input.metadata.file_to_df_options.format,
                     train: input.trains(),

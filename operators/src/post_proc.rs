@@ -1,13 +1,13 @@
 //! Post-processing (Morpheus' `dfp_postprocessing` module / `DFPPostprocessingStage`): stamps
-//! each scored row with `event_time`, the time of the detection (ISO 8601, UTC, from the clock
-//! the run passes in, so tests fix it), and names the three features with the highest z-loss
+//! each scored row with `event_time`, the time of the detection (UTC, from the clock the run
+//! passes in, so tests fix it), and names the three features with the highest z-loss
 //! (`top_features`, the per-alert explanation Morpheus users ask for).
 //!
 //! Input: [`Scored`] rows. Output: [`Detection`]s. State: none.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Map;
@@ -25,8 +25,8 @@ pub const TOP_FEATURES: usize = 3;
 pub struct Detection {
     /// The scored row.
     pub scored: Scored,
-    /// When it was detected (ISO 8601, UTC).
-    pub event_time: String,
+    /// When it was detected, µs since the Unix epoch (UTC).
+    pub event_time_us: i64,
     /// The features with the highest z-loss, highest first.
     pub top_features: Vec<String>,
 }
@@ -47,7 +47,7 @@ pub fn post_process(scored: Scored, features: &[String], now: DateTime<Utc>) -> 
         .collect();
     Detection {
         scored,
-        event_time: now.to_rfc3339_opts(SecondsFormat::Micros, true),
+        event_time_us: now.timestamp_micros(),
         top_features,
     }
 }

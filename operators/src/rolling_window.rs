@@ -475,6 +475,7 @@ impl RollingWindows {
             train,
             infer,
             payload,
+            history_only,
             rows,
             ..
         } = rows;
@@ -504,8 +505,10 @@ impl RollingWindows {
                 out.late
                     .push(DeadLetter::late(&user, row, &cfg.max_history));
             }
-            out.windows
-                .extend(state.emit(&user, epoch, purpose, cfg, &self.plan));
+            if !history_only {
+                out.windows
+                    .extend(state.emit(&user, epoch, purpose, cfg, &self.plan));
+            }
         }
         out
     }

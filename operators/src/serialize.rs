@@ -1,8 +1,12 @@
 //! Serialize (Morpheus' `serialize` module / `SerializeStage`): turns detections and scored
-//! rows into output lines, CSV and JSON, with Morpheus' columns: the input columns (the source
-//! schema's, `event_id` included, then the derived features), `event_time`, `model_version`,
+//! rows into output lines, CSV and JSON. dfp's columns: the input columns (the source schema's,
+//! `event_id` included, then the derived features), `event_time`, `model_version`,
 //! `max_abs_z`, `mean_abs_z`, per feature `<f>_loss`, `<f>_z_loss`, `<f>_pred`, and
-//! `top_features`.
+//! `top_features`. Morpheus' ([`Columns::morpheus`], `[morpheus] columns = true`): its columns
+//! first, named and ordered as its detections file has them (`timestamp`, `username`, the
+//! schema's `[morpheus] columns`, per feature `<f>_pred`, `<f>_loss`, `<f>_z_loss`, then
+//! `max_abs_z`, `mean_abs_z`, `z_loss_scaler_type`, `model_version`, `event_time` to the
+//! second), then dfp's other columns in dfp's order.
 //!
 //! Input: [`Detection`]s (and [`DeadLetter`]s). Output: [`Line`]s, each with the key the sink
 //! sorts by (event time, then origin), so files do not depend on the worker layout. State: none.
@@ -11,13 +15,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat};
 use dfp_engine::rows::Origin;
-use dfp_engine::schema::SourceSchema;
+use dfp_engine::schema::{SourceSchema, TIMESTAMP, USERNAME};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Map;
 
 use crate::dead_letter::{DeadLetter, Originals};
 use crate::post_proc::Detection;
+
+/// Morpheus' column naming how its z-scores were scaled: always `z`.
+const SCALER: &str = "z_loss_scaler_type";
 
 /// Which output file a line belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -51,6 +58,8 @@ pub struct Columns {
     input: Vec<String>,
     derived: Vec<String>,
     features: Vec<String>,
+    /// Morpheus' order: indices into dfp's cells (with `z_loss_scaler_type` after them).
+    morpheus: Option<Vec<usize>>,
 }
 
 impl Columns {
@@ -72,7 +81,46 @@ impl Columns {
                 .chain(&f.categorical)
                 .cloned()
                 .collect(),
+            morpheus: None,
         }
+    }
+
+    /// The columns of `schema` in Morpheus' layout (its columns from the schema's
+    /// `[morpheus] columns`, then dfp's); an error when the schema has no `[morpheus]`.
+    pub fn morpheus(schema: &SourceSchema) -> Result<Self, dfp_engine::Error> {
+        let mut c = Self::new(schema);
+        let Some(m) = &schema.morpheus else {
+            return Err(dfp_engine::Error::stage(
+                "output",
+                format!(
+                    "[morpheus] columns = true, but the source schema {:?} has no [morpheus] section naming its columns",
+                    schema.name
+                ),
+            ));
+        };
+        let dfp = c.dfp_names();
+        let at = |name: &str| dfp.iter().position(|n| n == name);
+        let mut wanted: Vec<String> = vec![TIMESTAMP.into(), USERNAME.into()];
+        wanted.extend(m.columns.iter().cloned());
+        for f in &c.features {
+            wanted.extend([
+                format!("{f}_pred"),
+                format!("{f}_loss"),
+                format!("{f}_z_loss"),
+            ]);
+        }
+        wanted.extend(["max_abs_z", "mean_abs_z"].map(String::from));
+        let mut order: Vec<usize> = wanted.iter().filter_map(|n| at(n)).collect();
+        // z_loss_scaler_type: the cell after dfp's.
+        order.push(dfp.len());
+        order.extend(["model_version", "event_time"].iter().filter_map(|n| at(n)));
+        for i in 0..dfp.len() {
+            if !order.contains(&i) {
+                order.push(i);
+            }
+        }
+        c.morpheus = Some(order);
+        Ok(c)
     }
 
     /// The feature names in per-feature column order.
@@ -82,6 +130,18 @@ impl Columns {
 
     /// Every column name, in order.
     pub fn names(&self) -> Vec<String> {
+        let mut dfp = self.dfp_names();
+        match &self.morpheus {
+            None => dfp,
+            Some(order) => {
+                dfp.push(SCALER.into());
+                order.iter().map(|&i| dfp[i].clone()).collect()
+            }
+        }
+    }
+
+    /// dfp's column names, in dfp's order.
+    fn dfp_names(&self) -> Vec<String> {
         let mut n: Vec<String> = self.input.iter().chain(&self.derived).cloned().collect();
         n.extend(
             ["event_time", "model_version", "max_abs_z", "mean_abs_z"]
@@ -116,7 +176,17 @@ impl Columns {
         ];
         cells.extend(r.values.iter().map(|v| v.to_json()));
         cells.extend(s.derived.iter().map(|&v| serde_json::Value::from(v)));
-        cells.push(d.event_time.clone().into());
+        let event_time = DateTime::from_timestamp_micros(d.event_time_us).map_or_else(
+            || d.event_time_us.to_string(),
+            |t| {
+                if self.morpheus.is_some() {
+                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                } else {
+                    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+                }
+            },
+        );
+        cells.push(event_time.into());
         cells.push(s.model_version.clone().into());
         cells.push(f32_json(s.max_abs_z));
         cells.push(f32_json(s.mean_abs_z));
@@ -141,7 +211,19 @@ impl Columns {
             );
         }
         cells.push(d.top_features.clone().into());
-        self.names().into_iter().zip(cells).collect()
+        match &self.morpheus {
+            None => self.names().into_iter().zip(cells).collect(),
+            Some(order) => {
+                cells.push("z".into());
+                let mut cells: Vec<Option<serde_json::Value>> =
+                    cells.into_iter().map(Some).collect();
+                self.names()
+                    .into_iter()
+                    .zip(order)
+                    .map(|(name, &i)| (name, cells[i].take().unwrap_or(serde_json::Value::Null)))
+                    .collect()
+            }
+        }
     }
 
     /// `d` as a CSV line.

@@ -2,14 +2,18 @@
 //! rows by user and sends each user's rows to the worker that owns the user (timely `Exchange`
 //! by a hash of the user id), so every user's window lives on exactly one worker.
 //!
-//! Input: [`FileRows`]. Output: [`UserRows`] (exchanged) and [`DeadLetter`]s for rows without a
-//! user when no fallback is set. State: none. In a training epoch the generic user gets every
-//! row (when `include_generic`); individual users get their own rows when training with
-//! `include_individual` and always when scoring (a user without a model falls back to the
-//! generic one). `skip_users` / `only_users` filter individual users; skipped rows are counted.
+//! Input: [`FileRows`]. Output: [`UserRows`] (exchanged) and [`DeadLetter`]s for rows of a
+//! user who has the generic model's name. State: none. In a training epoch the generic user
+//! gets every row (when `include_generic`); individual users get their own rows when training
+//! with `include_individual` and always when scoring (a user without a model falls back to the
+//! generic one); a load-only `streaming` epoch routes rows as a training epoch does, marked to
+//! join the training history only. Rows without a user belong to Morpheus' users `nan`
+//! (missing) and `None` (null), or to `fallback_username` when it is set. `skip_users` /
+//! `only_users` filter individual users; skipped rows are counted.
 
 use dfp_engine::hash::fnv1a64;
 use dfp_engine::rows::Row;
+use dfp_engine::schema::{MISSING_STRING, NULL_STRING};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use timely::dataflow::StreamVec;
@@ -33,7 +37,9 @@ pub struct SplitConfig {
     pub skip_users: Vec<String>,
     /// If not empty, the only users kept.
     pub only_users: Vec<String>,
-    /// The user of rows without one; without it such rows are dead-lettered.
+    /// The user of rows without one (the reader names them as Morpheus does: `nan` when the
+    /// field is missing, `None` when it is null); without it they keep those names and get a
+    /// model like any other user, as in Morpheus.
     pub fallback_username: Option<String>,
     /// The generic model's user name.
     pub generic_user: String,
@@ -65,6 +71,9 @@ pub struct UserRows {
     pub infer: bool,
     /// Whether they skip the window state (`payload`).
     pub payload: bool,
+    /// Whether they only join the training history (a load-only `streaming` input): placed in
+    /// the training window, no window emitted.
+    pub history_only: bool,
     /// The rows.
     pub rows: Vec<Row>,
 }
@@ -83,7 +92,7 @@ pub struct Split {
     pub users: Vec<UserRows>,
     /// Rows of skipped users.
     pub skipped: usize,
-    /// Rows without a user.
+    /// Rows of a user named as the generic model.
     pub dead: Vec<DeadLetter>,
 }
 
@@ -91,29 +100,28 @@ fn generic_name_taken(user: &str, cfg: &SplitConfig) -> bool {
     cfg.include_generic && user == cfg.generic_user
 }
 
-/// Splits `rows` by user for an epoch that trains (`train`), scores (`infer`), or both.
+/// Splits `rows` by user for an epoch that trains (`train`), scores (`infer`), both, or
+/// neither (a load-only input: `streaming` rows join the training history, `payload` rows are
+/// only read).
 pub fn split(rows: Vec<Row>, cfg: &SplitConfig, train: bool, infer: bool, payload: bool) -> Split {
     let mut out = Split::default();
-    let generic = train && cfg.include_generic;
-    let individual_train = train && cfg.include_individual;
+    let history_only = !train && !infer && !payload;
+    let generic = (train || history_only) && cfg.include_generic;
+    let individual_train = (train || history_only) && cfg.include_individual;
     let mut all = Vec::new();
     let mut by_user: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     for mut row in rows {
-        if row.user.is_none() {
-            match &cfg.fallback_username {
-                Some(f) => row.user = Some(f.clone()),
-                None => {
-                    out.dead.push(DeadLetter::row(
-                        "split_users",
-                        None,
-                        &row,
-                        "the record has no username and no fallback_username is set".into(),
-                    ));
-                    continue;
-                }
-            }
+        let unnamed = row
+            .user
+            .as_deref()
+            .is_none_or(|u| u == MISSING_STRING || u == NULL_STRING);
+        if unnamed && let Some(f) = &cfg.fallback_username {
+            row.user = Some(f.clone());
         }
-        let user = row.user.clone().unwrap_or_default();
+        let user = row
+            .user
+            .get_or_insert_with(|| MISSING_STRING.to_string())
+            .clone();
         if generic_name_taken(&user, cfg) {
             out.dead.push(DeadLetter::row(
                 "split_users",
@@ -141,6 +149,7 @@ pub fn split(rows: Vec<Row>, cfg: &SplitConfig, train: bool, infer: bool, payloa
             train: individual_train,
             infer,
             payload,
+            history_only,
             rows,
         });
     }
@@ -151,6 +160,7 @@ pub fn split(rows: Vec<Row>, cfg: &SplitConfig, train: bool, infer: bool, payloa
             train: true,
             infer: false,
             payload,
+            history_only,
             rows: all,
         });
     }
@@ -184,5 +194,115 @@ impl<'s> SplitUsers<'s> for StreamVec<'s, u64, FileRows> {
             })
             .ok_err(|r| r);
         (users.exchange(|u: &UserRows| u.route()), dead)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dfp_engine::rows::Origin;
+
+    use super::*;
+
+    fn row(user: Option<&str>, record: u64) -> Row {
+        Row {
+            ts: 0,
+            user: user.map(str::to_string),
+            origin: Origin {
+                epoch: 0,
+                file: 0,
+                record,
+            },
+            values: Vec::new(),
+        }
+    }
+
+    fn rows() -> Vec<Row> {
+        vec![
+            row(Some("bob"), 0),
+            row(Some(MISSING_STRING), 1),
+            row(Some(NULL_STRING), 2),
+            row(Some("alice"), 3),
+            row(Some("bob"), 4),
+        ]
+    }
+
+    fn users(s: &Split) -> Vec<(&str, usize, bool, bool, bool)> {
+        s.users
+            .iter()
+            .map(|u| {
+                (
+                    u.user.as_str(),
+                    u.rows.len(),
+                    u.train,
+                    u.infer,
+                    u.history_only,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn users_without_a_name_are_users_unless_a_fallback_is_set() {
+        let cfg = SplitConfig::default();
+        let s = split(rows(), &cfg, true, false, false);
+        assert_eq!(
+            users(&s),
+            [
+                ("None", 1, true, false, false),
+                ("alice", 1, true, false, false),
+                ("bob", 2, true, false, false),
+                ("nan", 1, true, false, false),
+                ("generic_user", 5, true, false, false),
+            ]
+        );
+        let cfg = SplitConfig {
+            fallback_username: Some("unknown".into()),
+            ..SplitConfig::default()
+        };
+        let s = split(rows(), &cfg, false, true, false);
+        assert_eq!(
+            users(&s),
+            [
+                ("alice", 1, false, true, false),
+                ("bob", 2, false, true, false),
+                ("unknown", 2, false, true, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn filters_skip_and_keep_users_and_guard_the_generic_name() {
+        let cfg = SplitConfig {
+            skip_users: vec!["bob".into()],
+            ..SplitConfig::default()
+        };
+        let mut input = rows();
+        input.push(row(Some("generic_user"), 5));
+        let s = split(input, &cfg, true, true, false);
+        assert_eq!(s.skipped, 2);
+        assert_eq!(s.dead.len(), 1);
+        assert!(s.dead[0].reason.contains("generic model's name"));
+        // The generic model still learns from every row but the impostor's.
+        assert_eq!(s.users.last().map(|u| u.rows.len()), Some(5));
+        let only = SplitConfig {
+            only_users: vec!["alice".into()],
+            include_generic: false,
+            ..SplitConfig::default()
+        };
+        let s = split(rows(), &only, true, false, false);
+        assert_eq!(users(&s), [("alice", 1, true, false, false)]);
+    }
+
+    #[test]
+    fn a_load_only_epoch_feeds_the_training_history_and_a_payload_one_nothing() {
+        let s = split(rows(), &SplitConfig::default(), false, false, false);
+        assert!(
+            s.users
+                .iter()
+                .all(|u| u.train && u.history_only && !u.infer)
+        );
+        assert_eq!(s.users.len(), 5);
+        let s = split(rows(), &SplitConfig::default(), false, false, true);
+        assert!(s.users.is_empty());
     }
 }

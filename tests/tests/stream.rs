@@ -368,6 +368,7 @@ fn control_messages_from_a_topic_run_as_files_do_and_bad_ones_are_dead_lettered(
             stop_at_end,
             stop: Arc::default(),
             state_dir: Some(root.path().join("state")),
+            strict: false,
         })
     };
     let out = root.path().join("topic");

@@ -48,38 +48,11 @@ fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
 }
 
-/// The built-in schema with Morpheus' feature lists (`columns_ae_{source}.txt`), as the peer
-/// uses them: the comparison is of the two implementations, not of dfp's added features.
+/// The built-in schema with Morpheus' feature lists (`columns_ae_{source}.txt`, the schema's
+/// `[morpheus.features]`), as the peer uses them: the comparison is of the two
+/// implementations, not of dfp's added features.
 fn morpheus_schema(source: &str) -> Result<SourceSchema> {
-    let mut schema = SourceSchema::builtin(source)?;
-    let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let f = &mut schema.features;
-    match source {
-        "azure" => {
-            f.categorical = list(&[
-                "appDisplayName",
-                "clientAppUsed",
-                "deviceDetailbrowser",
-                "deviceDetaildisplayName",
-                "deviceDetailoperatingSystem",
-                "statusfailureReason",
-            ]);
-            f.binary = Vec::new();
-            f.numeric = list(&["appincrement", "locincrement", "logcount"]);
-        }
-        _ => {
-            f.categorical = list(&[
-                "accessdevicebrowser",
-                "accessdeviceos",
-                "authdevicename",
-                "reason",
-            ]);
-            f.binary = list(&["result"]);
-            f.numeric = list(&["locincrement", "logcount"]);
-        }
-    }
-    schema.validate(&format!("{source} with Morpheus' features"))?;
-    Ok(schema)
+    Ok(SourceSchema::builtin(source)?.with_morpheus_features()?)
 }
 
 fn run_dfp(
