@@ -121,6 +121,97 @@ pub fn file_tree(dir: &Path) -> Result<std::collections::BTreeMap<String, Vec<u8
     Ok(out)
 }
 
+/// Checks an output file against its golden copy: the same lines, field by field (CSV
+/// fields, or JSON values of a JSON-lines file), numbers within 1e-3 relative (float rounding
+/// differs between CPUs' SIMD kernels), everything else exactly. `UPDATE_GOLDEN=1` rewrites
+/// the golden copy instead. Panics, naming the first difference.
+#[allow(clippy::panic)] // a test helper: a difference is a test failure
+pub fn assert_golden(actual: &Path, golden: &Path) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        if let Some(dir) = golden.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::copy(actual, golden);
+        return;
+    }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", p.display()))
+    };
+    let (want, got) = (read(golden), read(actual));
+    let (want, got): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
+    assert_eq!(
+        want.len(),
+        got.len(),
+        "{}: {} lines, the golden {} has {}",
+        actual.display(),
+        got.len(),
+        golden.display(),
+        want.len()
+    );
+    let json = actual.extension().is_some_and(|e| e == "jsonl");
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let same = if json {
+            match (
+                serde_json::from_str::<serde_json::Value>(w),
+                serde_json::from_str::<serde_json::Value>(g),
+            ) {
+                (Ok(a), Ok(b)) => json_close(&a, &b),
+                _ => w == g,
+            }
+        } else {
+            let fields = |l: &str| -> Vec<String> {
+                csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .from_reader(l.as_bytes())
+                    .records()
+                    .next()
+                    .and_then(|r| r.ok())
+                    .map(|r| r.iter().map(str::to_string).collect())
+                    .unwrap_or_default()
+            };
+            let (a, b) = (fields(w), fields(g));
+            a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| text_close(x, y))
+        };
+        assert!(
+            same,
+            "{} line {} differs from the golden {}:\n  golden: {w}\n  got:    {g}\n(UPDATE_GOLDEN=1 rewrites it)",
+            actual.display(),
+            i + 1,
+            golden.display()
+        );
+    }
+}
+
+/// Two texts equal, or two numbers within 1e-3 relative.
+fn text_close(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-3 * (1.0 + x.abs().max(y.abs())),
+        _ => false,
+    }
+}
+
+fn json_close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as V;
+    match (a, b) {
+        (V::Number(x), V::Number(y)) => text_close(&x.to_string(), &y.to_string()),
+        (V::String(x), V::String(y)) => text_close(x, y),
+        (V::Array(x), V::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_close(p, q))
+        }
+        (V::Object(x), V::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((k1, v1), (k2, v2))| k1 == k2 && json_close(v1, v2))
+        }
+        _ => a == b,
+    }
+}
+
 /// A control message that loads `logs/*.json` beside it, one epoch a day, each trains and
 /// scores (Morpheus' streaming pipeline over files).
 pub const DAILY_CONTROL: &str = r#"{"inputs": [{"metadata": {"data_type": "streaming", "batching_options": {"period": "D"}},

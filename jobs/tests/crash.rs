@@ -262,6 +262,12 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
             diff.unwrap_or_default()
         );
     }
+    // The uninterrupted stream's detections are the ones recorded before the redesign.
+    dfp_bench::assert_golden(
+        &reference.join("output/dfp_detections_azure.csv"),
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/stream/dfp_detections_azure.csv"),
+    );
     let detections = std::fs::read_to_string(reference.join("output/dfp_detections_azure.jsonl"))
         .unwrap()
         .lines()

@@ -105,41 +105,14 @@ fn one_two_and_four_workers_write_identical_outputs_and_models() {
 
 /// Whether two cells agree: equal text, or numbers within a relative 1e-3 (model arithmetic
 /// may differ in the last bits between CPUs).
-fn close(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    match (a.parse::<f64>(), b.parse::<f64>()) {
-        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-3 * (1.0 + x.abs().max(y.abs())),
-        _ => false,
-    }
-}
-
 #[test]
 fn scores_match_the_golden_file() {
     let root = tempfile::tempdir().unwrap();
     train_and_score(GenSource::Azure, root.path(), 2);
-    let actual = root.path().join("output/dfp_scores_azure.csv");
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/dfp_scores_azure.csv");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::copy(&actual, &golden).unwrap();
-    }
-    let (want, got) = (csv_rows(&golden), csv_rows(&actual));
-    assert_eq!(want.len(), got.len(), "row count");
-    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-        assert_eq!(
-            w.keys().collect::<Vec<_>>(),
-            g.keys().collect::<Vec<_>>(),
-            "columns"
-        );
-        for (k, wv) in w {
-            let gv = &g[k];
-            assert!(
-                close(wv, gv),
-                "row {i} column {k}: golden {wv:?}, got {gv:?} (UPDATE_GOLDEN=1 refreshes)"
-            );
-        }
-    }
+    dfp_bench::assert_golden(
+        &root.path().join("output/dfp_scores_azure.csv"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/dfp_scores_azure.csv"),
+    );
 }
 
 #[test]
