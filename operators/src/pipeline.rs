@@ -24,9 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dfp_engine::control::{ControlMessage, FileScope};
+use dfp_engine::device;
 use dfp_engine::files::DirLock;
 use dfp_engine::ingest::Reader;
-use dfp_engine::model::{Backend, Device, gpu};
+use dfp_engine::model::{Backend, Device};
 use dfp_engine::registry::Registry;
 use dfp_engine::rows::Row;
 use dfp_engine::schema::SourceSchema;
@@ -635,7 +636,7 @@ pub(crate) fn execute(
                 fatal: vec![e.to_string()],
                 ..Stats::default()
             };
-            let backend: Rc<dyn Backend> = match gpu::backend(o.device, threads) {
+            let backend: Rc<dyn Backend> = match device::backend(o.device, threads) {
                 Ok(b) => Rc::from(b),
                 Err(e) => return fail(e),
             };

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
-use dfp_engine::derive::timestamps;
+use dfp_engine::batch::timestamps;
 use dfp_engine::ingest::{InputFormat, Reader};
 use dfp_engine::json_scan;
 use dfp_engine::schema::USERNAME;

@@ -31,9 +31,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use dfp_engine::config::{Problems, join};
-use dfp_engine::model::encode::MISSING;
 use dfp_engine::period::parse_duration;
 use dfp_engine::rows::{Row, Value};
+use dfp_engine::schema::MISSING_STRING as MISSING;
 use dfp_engine::schema::{DerivedKind, SourceSchema};
 use dfp_engine::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use dfp_bench::{arg, morpheus_shape, random_rows, write_report};
+use dfp_engine::device::{self, Device};
 use dfp_engine::model::backend::EvalJob;
 use dfp_engine::model::train::TrainJob;
-use dfp_engine::model::{Device, ModelConfig, Network, gpu};
+use dfp_engine::model::{ModelConfig, Network};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -29,7 +30,7 @@ fn main() -> Result<()> {
     let score_users: usize = arg("--score-users", 1000)?;
     let score_rows: usize = arg("--score-rows", 4_000_000)?;
     let reps: usize = arg("--reps", 3)?;
-    let backend = gpu::backend(device, 0).context("starting the backend")?;
+    let backend = device::backend(device, 0).context("starting the backend")?;
     let shape = morpheus_shape();
     let flops = shape.forward_flops_per_row() as f64;
 

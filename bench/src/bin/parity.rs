@@ -32,8 +32,8 @@ use anyhow::{Context, Result, bail};
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::TimestampMicrosecondType;
 use dfp_bench::{arg, bench_dir, roc_auc, write_report};
+use dfp_engine::batch::string_column;
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
-use dfp_engine::model::encode::string_column;
 use dfp_engine::model::{CpuBackend, Model, ModelConfig, TrainingSet, score, train_models};
 use dfp_engine::schema::SourceSchema;
 use serde_json::{Value, json};
@@ -78,9 +78,9 @@ fn run_dfp(
     let cutoff = first.div_euclid(DAY_US) * DAY_US + train_days * DAY_US;
     let (train_idx, score_idx): (Vec<usize>, Vec<usize>) =
         (0..all.num_rows()).partition(|&i| ts.value(i) < cutoff);
-    let train = dfp_engine::frame::take(&all, &train_idx)?;
-    let scored = dfp_engine::frame::take(&all, &score_idx)?;
-    let users = dfp_engine::frame::split_by_user(&train)?;
+    let train = dfp_engine::batch::take(&all, &train_idx)?;
+    let scored = dfp_engine::batch::take(&all, &score_idx)?;
+    let users = dfp_engine::batch::split_by_user(&train)?;
     let mut sets: Vec<TrainingSet<'_>> = users
         .iter()
         .filter(|(_, rows)| rows.num_rows() >= MIN_HISTORY)
@@ -99,7 +99,7 @@ fn run_dfp(
         .collect::<dfp_engine::Result<_>>()?;
     let train_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let to_score = dfp_engine::frame::split_by_user(&scored)?;
+    let to_score = dfp_engine::batch::split_by_user(&scored)?;
     let requests: Vec<(&Model, &RecordBatch)> = to_score
         .iter()
         .map(|(user, rows)| (models.get(user).or_else(|| models.get(GENERIC)), rows))

@@ -26,41 +26,18 @@ use arrow::array::{
 use arrow::datatypes::SchemaRef;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::json_scan;
-use crate::schema::{
+use dfp_core::json_scan;
+use dfp_core::schema::{
     ColumnSpec, ColumnType, MISSING_STRING, NULL_STRING, SourceSchema, TimestampFormat,
 };
-use crate::timefmt::parse_time;
-use crate::{Error, Result};
+use dfp_core::timefmt::parse_time;
+use dfp_core::{Error, Result};
 
-/// How an input file is laid out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum InputFormat {
-    /// By extension (`.csv`, `.jsonl`/`.ndjson`), else by the first byte (`[` or `{`).
-    #[default]
-    Auto,
-    /// One JSON array of record objects (Morpheus' `lines=false, orient=records`).
-    JsonArray,
-    /// One JSON object per line.
-    JsonLines,
-    /// CSV with a header row naming the dotted paths or the column names.
-    Csv,
-}
+pub use dfp_core::format::InputFormat;
 
-impl std::str::FromStr for InputFormat {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "json" | "json_array" => Ok(Self::JsonArray),
-            "jsonl" | "ndjson" | "json_lines" => Ok(Self::JsonLines),
-            "csv" => Ok(Self::Csv),
-            other => Err(format!(
-                "unknown input format {other:?} (expected auto, json, jsonl or csv)"
-            )),
-        }
-    }
-}
+pub mod derive;
+pub mod frame;
+pub mod rows;
 
 /// A record that could not be ingested.
 #[derive(Debug, Clone, PartialEq)]
@@ -429,13 +406,13 @@ impl Reader {
         };
         // For each looked-up path, the CSV field that holds it.
         let mut fields: Vec<Option<usize>> = Vec::with_capacity(self.paths.len());
-        fields.push(find(&self.paths[0], crate::schema::TIMESTAMP));
+        fields.push(find(&self.paths[0], dfp_core::schema::TIMESTAMP));
         if fields[0].is_none() {
             let json = matches!(bytes.trim_ascii_start().first(), Some(b'[' | b'{'));
             return Some(format!(
                 "the CSV header names no timestamp column (`{}` or `{}`){}",
                 self.paths[0],
-                crate::schema::TIMESTAMP,
+                dfp_core::schema::TIMESTAMP,
                 if json {
                     "; the file looks like JSON: read it as json or jsonl (or auto)"
                 } else {
@@ -443,8 +420,8 @@ impl Reader {
                 }
             ));
         }
-        fields.push(find(&self.paths[1], crate::schema::USERNAME));
-        fields.push(find(&self.paths[2], crate::schema::EVENT_ID));
+        fields.push(find(&self.paths[1], dfp_core::schema::USERNAME));
+        fields.push(find(&self.paths[2], dfp_core::schema::EVENT_ID));
         for (c, range) in self.schema.columns.iter().zip(&self.column_paths) {
             let single = range.len() == 1;
             for p in &self.paths[range.clone()] {
@@ -827,7 +804,7 @@ fn derived_event_id(raws: &[Raw<'_>]) -> String {
         bytes.extend_from_slice(text.as_bytes());
         bytes.push(0xff);
     }
-    format!("dfp-{:016x}", crate::hash::fnv1a64(&bytes))
+    format!("dfp-{:016x}", dfp_core::hash::fnv1a64(&bytes))
 }
 
 /// The event id: none when missing or null, text otherwise.
@@ -1099,7 +1076,7 @@ impl DeadLetterWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating directory", e))?;
         }
-        let file = crate::files::create(path, "creating dead-letter file")?;
+        let file = dfp_core::files::create(path, "creating dead-letter file")?;
         Ok(Self {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
@@ -1191,7 +1168,7 @@ mod tests {
     #[test]
     fn azure_fixture_record_reads_with_derived_columns() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/morpheus/records/azure_ad_example_record.json");
+            .join("../../../shared/fixtures/morpheus/records/azure_ad_example_record.json");
         let Ok(bytes) = std::fs::read(&path) else {
             return;
         };
@@ -1221,7 +1198,7 @@ mod tests {
     #[test]
     fn duo_fixture_record_maps_result_and_epoch_time() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/morpheus/records/duo_auth_example_record.json");
+            .join("../../../shared/fixtures/morpheus/records/duo_auth_example_record.json");
         let Ok(bytes) = std::fs::read(&path) else {
             return;
         };

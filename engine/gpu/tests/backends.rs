@@ -9,12 +9,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
 
-use dfp_engine::model::backend::{Backend, CpuBackend, EvalJob};
-use dfp_engine::model::config::ModelConfig;
-use dfp_engine::model::encode::Encoded;
-use dfp_engine::model::gpu;
-use dfp_engine::model::network::{Evaluation, Network, Shape};
-use dfp_engine::model::train::TrainJob;
+use dfp_gpu as gpu;
+use dfp_model::backend::{Backend, CpuBackend, EvalJob};
+use dfp_model::config::ModelConfig;
+use dfp_model::encode::Encoded;
+use dfp_model::network::{Evaluation, Network, Shape};
+use dfp_model::train::TrainJob;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -350,21 +350,4 @@ fn early_stopping_and_empty_validation_behave_alike() {
         assert_eq!(got[1].epochs_run, config.epochs, "{name}");
         assert_eq!(got[1].val_loss, None, "{name}");
     }
-}
-
-#[test]
-fn device_names_are_checked() {
-    assert_eq!("auto".parse::<gpu::Device>().unwrap(), gpu::Device::Auto);
-    let err = "tpu".parse::<gpu::Device>().unwrap_err().to_string();
-    assert!(
-        err.contains("tpu") && err.contains("cpu, cuda, wgpu, auto"),
-        "{err}"
-    );
-    // Auto never fails for want of a GPU: it falls back to the CPU.
-    let b = gpu::backend(gpu::Device::Auto, 1).unwrap();
-    assert!(
-        ["cuda", "cpu x1"].contains(&b.name().as_str()),
-        "{}",
-        b.name()
-    );
 }

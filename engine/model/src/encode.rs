@@ -9,20 +9,15 @@
 //! `"nan"`, as the readers write a missing value). A missing column or another type is an error
 //! naming the column.
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{
-    DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type,
-    UInt16Type, UInt32Type, UInt64Type,
-};
+use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-use super::preprocess::{StandardScaler, Vocabulary};
-use super::profile::Profile;
-use crate::schema::{FeatureSpec, ProfileSpec};
-use crate::{Error, Result};
+use dfp_core::Result;
+use dfp_core::batch::{bool_column, numeric_column, string_column};
+use dfp_core::schema::{FeatureSpec, MISSING_STRING as MISSING, ProfileSpec};
 
-/// The category a null string becomes.
-pub const MISSING: &str = "nan";
+use crate::preprocess::{StandardScaler, Vocabulary};
+use crate::profile::Profile;
 
 /// Preprocessing fitted on training rows; saved with the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,74 +168,12 @@ impl Encoded {
     }
 }
 
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::model("input", format!("feature column {name:?} is missing")))
-}
-
-fn wrong_type(name: &str, want: &str, got: &DataType) -> Error {
-    Error::model(
-        "input",
-        format!("feature column {name:?} must be {want}, not {got}"),
-    )
-}
-
-/// A numeric feature column as f64, nulls as NaN.
-pub fn numeric_column(batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
-    let col = column(batch, name)?;
-    macro_rules! read {
-        ($t:ty) => {
-            col.as_primitive::<$t>()
-                .iter()
-                .map(|v| v.map_or(f64::NAN, |v| v as f64))
-                .collect()
-        };
-    }
-    Ok(match col.data_type() {
-        DataType::Float64 => read!(Float64Type),
-        DataType::Float32 => read!(Float32Type),
-        DataType::Int64 => read!(Int64Type),
-        DataType::Int32 => read!(Int32Type),
-        DataType::Int16 => read!(Int16Type),
-        DataType::Int8 => read!(Int8Type),
-        DataType::UInt64 => read!(UInt64Type),
-        DataType::UInt32 => read!(UInt32Type),
-        DataType::UInt16 => read!(UInt16Type),
-        DataType::UInt8 => read!(UInt8Type),
-        other => return Err(wrong_type(name, "a number", other)),
-    })
-}
-
-/// A bool feature column, nulls as false.
-pub fn bool_column(batch: &RecordBatch, name: &str) -> Result<Vec<bool>> {
-    let col = column(batch, name)?;
-    match col.as_boolean_opt() {
-        Some(b) => Ok(b.iter().map(|v| v.unwrap_or(false)).collect()),
-        None => Err(wrong_type(name, "a boolean", col.data_type())),
-    }
-}
-
-/// A string feature column, nulls as `None`.
-pub fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<Vec<Option<&'a str>>> {
-    let col = column(batch, name)?;
-    if let Some(s) = col.as_string_opt::<i32>() {
-        Ok(s.iter().collect())
-    } else if let Some(s) = col.as_string_opt::<i64>() {
-        Ok(s.iter().collect())
-    } else if let Some(s) = col.as_string_view_opt() {
-        Ok(s.iter().collect())
-    } else {
-        Err(wrong_type(name, "a string", col.data_type()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
 

@@ -15,13 +15,14 @@
 
 pub mod backend;
 pub mod config;
+pub mod device;
 pub mod encode;
 pub mod file;
-pub mod gpu;
 pub mod linalg;
 pub mod network;
 pub mod preprocess;
 pub mod profile;
+pub mod registry;
 pub mod train;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -30,12 +31,12 @@ use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, CpuBackend, EvalJob};
 pub use config::ModelConfig;
+pub use device::Device;
 pub use encode::{Encoded, Preprocessor};
-pub use gpu::Device;
 pub use network::{Network, Shape};
 
-use crate::schema::{FeatureSpec, SourceSchema};
-use crate::{Error, Result};
+use dfp_core::schema::{FeatureSpec, SourceSchema};
+use dfp_core::{Error, Result};
 
 /// What training measured, saved with the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,7 +151,7 @@ fn prepare(
         0
     };
     let (train_idx, val_idx) = order.split_at(n - n_val);
-    let train_rows = crate::frame::take(set.rows, train_idx)?;
+    let train_rows = dfp_core::batch::take(set.rows, train_idx)?;
     let pre = Preprocessor::fit(
         &train_rows,
         &schema.features,
@@ -177,7 +178,7 @@ fn prepare(
         shape,
         train: all.select(train_idx),
         validation: all.select(val_idx),
-        seed: config.seed ^ crate::hash::fnv1a64(set.name.as_bytes()),
+        seed: config.seed ^ dfp_core::hash::fnv1a64(set.name.as_bytes()),
     };
     let header = ModelHeader {
         name: set.name.to_string(),
@@ -403,7 +404,7 @@ impl Model {
 #[cfg(test)]
 pub(crate) mod testutil {
     use super::*;
-    use crate::generate::{GenSource, GenerateConfig, generate};
+    use dfp_generate::{GenSource, GenerateConfig, generate};
 
     /// Generated Azure rows (4 users x 5 days) with derived features, one batch per user.
     pub fn users() -> (SourceSchema, Vec<(String, RecordBatch)>) {
@@ -415,8 +416,8 @@ pub(crate) mod testutil {
         )
         .unwrap();
         let schema = SourceSchema::builtin("azure").unwrap();
-        let all = crate::frame::read_log_dir(dir.path(), &schema, 1).unwrap();
-        (schema, crate::frame::split_by_user(&all).unwrap())
+        let all = dfp_ingest::frame::read_log_dir(dir.path(), &schema, 1).unwrap();
+        (schema, dfp_core::batch::split_by_user(&all).unwrap())
     }
 
     /// A small, quick configuration.
@@ -502,7 +503,7 @@ mod tests {
         // Scoring the model's own training rows: per feature, the z of the losses has mean ~0
         // before the absolute value, i.e. mean(loss) equals the saved mean.
         let (order, _, _) = time_order(rows);
-        let train = crate::frame::take(rows, &order[..m.header.metrics.train_rows]).unwrap();
+        let train = dfp_core::batch::take(rows, &order[..m.header.metrics.train_rows]).unwrap();
         let backend = CpuBackend::new(1).unwrap();
         let s = score(&backend, &[(m, &train)], 1024).remove(0).unwrap();
         let f = s.features.len();

@@ -19,8 +19,9 @@
 //! starts from the same weights and reaches the same loss within the conformance suite's
 //! tolerance. Scores of the same weights agree with the CPU's within float rounding.
 //!
-//! Device selection ([`Device`], `--device cpu|cuda|wgpu|auto`): CUDA only where the driver
-//! library loads and a device answers; any failure to start a runtime is an error, not a panic.
+//! Start-up ([`cuda`], [`wgpu`]; `dfp_engine::device` picks by `--device`): CUDA only where the
+//! driver library loads and a device answers, wgpu only where an adapter is found; any
+//! failure to start a runtime is an error, not a panic.
 
 mod kernels;
 
@@ -36,58 +37,12 @@ use self::kernels::{
     ACCUMULATE, CAT_FIELDS, GEMM_FIELDS, ROW_FIELDS, STORE, STORE_BIAS, TILE, model_fields,
     score_fields,
 };
-use super::backend::{Backend, CpuBackend, EvalJob};
-use super::config::ModelConfig;
-use super::encode::Encoded;
-use super::network::{Dense, Evaluation, Network, Shape};
-use super::train::{EarlyStopping, TrainJob, Trained, loss_stats};
-use crate::{Error, Result};
-
-/// Where the models run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    /// The CPU backend.
-    Cpu,
-    /// cubecl on CUDA (NVIDIA driver needed; no toolkit).
-    Cuda,
-    /// cubecl on wgpu: the best adapter (Vulkan, Metal, DX12), or a software one.
-    Wgpu,
-    /// CUDA when a GPU and its driver are there, else the CPU.
-    Auto,
-}
-
-impl std::str::FromStr for Device {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda),
-            "wgpu" => Ok(Device::Wgpu),
-            "auto" => Ok(Device::Auto),
-            other => Err(Error::model(
-                "--device",
-                format!("{other:?} is not one of cpu, cuda, wgpu, auto"),
-            )),
-        }
-    }
-}
-
-/// The backend for `device`; `threads` sizes the CPU backend (0: one per core).
-pub fn backend(device: Device, threads: usize) -> Result<Box<dyn Backend>> {
-    match device {
-        Device::Cpu => Ok(Box::new(CpuBackend::new(threads)?)),
-        Device::Cuda => Ok(Box::new(cuda()?)),
-        Device::Wgpu => Ok(Box::new(wgpu()?)),
-        Device::Auto => match cuda() {
-            Ok(b) => Ok(Box::new(b)),
-            Err(e) => {
-                tracing::info!("no CUDA device ({e}); models run on the CPU");
-                Ok(Box::new(CpuBackend::new(threads)?))
-            }
-        },
-    }
-}
+use dfp_core::{Error, Result};
+use dfp_model::backend::{Backend, EvalJob};
+use dfp_model::config::ModelConfig;
+use dfp_model::encode::Encoded;
+use dfp_model::network::{Dense, Evaluation, Network, Shape};
+use dfp_model::train::{EarlyStopping, TrainJob, Trained, loss_stats};
 
 /// The CUDA backend on device 0.
 pub fn cuda() -> Result<GpuBackend<cubecl::cuda::CudaRuntime>> {

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Problems;
+use dfp_core::config::Problems;
 
 /// Hyperparameters of one autoencoder (a `[model]` table in a job config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ impl Default for ModelConfig {
 impl ModelConfig {
     /// Every problem with these values, each named by its key under `at` (e.g. `model`).
     pub fn check(&self, at: &str, problems: &mut Problems) {
-        let key = |k: &str| crate::config::join(at, k);
+        let key = |k: &str| dfp_core::config::join(at, k);
         if self.encoder_layers.is_empty() {
             problems.push(key("encoder_layers"), "needs at least one layer");
         }
@@ -109,7 +109,7 @@ impl ModelConfig {
     }
 
     /// Checks the values, naming `origin` in the error.
-    pub fn validate(&self, origin: &str) -> crate::Result<()> {
+    pub fn validate(&self, origin: &str) -> dfp_core::Result<()> {
         let mut problems = Problems::new();
         self.check("model", &mut problems);
         problems.finish(origin, ())

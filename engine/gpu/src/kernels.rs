@@ -6,7 +6,7 @@
 //! ragged; the GEMM is grouped: one launch multiplies one problem per (model, row range), each
 //! with its own sizes, offsets and strides ([`GEMM_FIELDS`] u32 per problem).
 //!
-//! Numbers follow the CPU backend ([`crate::model::network`]): the same losses (MSE, BCE with
+//! Numbers follow the CPU backend ([`dfp_model::network`]): the same losses (MSE, BCE with
 //! torch's clamp of each log at -100, softmax cross-entropy) and the same gradient scaling, in
 //! `f32` throughout.
 

@@ -24,8 +24,8 @@ use crate::{Error, Result};
 
 /// The built-in schemas, by name, as shipped in `configs/`.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("azure", include_str!("../../configs/azure.toml")),
-    ("duo", include_str!("../../configs/duo.toml")),
+    ("azure", include_str!("../../../configs/azure.toml")),
+    ("duo", include_str!("../../../configs/duo.toml")),
 ];
 
 /// The category a missing string field becomes (pandas' `astype(str)` of NaN).
@@ -205,7 +205,7 @@ impl DerivedKind {
     }
 }
 
-/// A derived feature computed by the rolling windows (and by [`crate::derive`] over a batch).
+/// A derived feature computed by the rolling windows (and by `dfp_ingest::derive` over a batch).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DerivedSpec {
@@ -613,7 +613,8 @@ mod tests {
 
     #[test]
     fn builtin_features_include_morpheus_lists() {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/morpheus");
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/morpheus");
         for (name, file) in [
             ("azure", "columns_ae_azure.txt"),
             ("duo", "columns_ae_duo.txt"),

@@ -14,10 +14,9 @@ use std::collections::BTreeMap;
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-use super::encode::{MISSING, string_column};
-use crate::Result;
-use crate::derive::timestamps;
-use crate::schema::{ProfileKind, ProfileSpec, USERNAME};
+use dfp_core::Result;
+use dfp_core::batch::{string_column, timestamps};
+use dfp_core::schema::{MISSING_STRING as MISSING, ProfileKind, ProfileSpec, USERNAME};
 
 const HOUR_US: i64 = 3_600_000_000;
 
@@ -120,7 +119,7 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
     use super::*;
-    use crate::schema::TIMESTAMP;
+    use dfp_core::schema::TIMESTAMP;
 
     fn batch(rows: &[(&str, i64, &str)]) -> RecordBatch {
         let schema = Schema::new(vec![

@@ -34,8 +34,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Serialize, Serializer};
 
-use crate::config::Problems;
-use crate::{Error, Result};
+use dfp_core::config::Problems;
+use dfp_core::{Error, Result};
 
 pub use anomaly::AnomalyKind;
 
@@ -435,7 +435,7 @@ impl<W: Write> Write for Counting<W> {
 // The world: users and catalogs, shared by the normal and anomalous event draws.
 
 /// Everything fixed for a run: the users with their habits, and the catalogs.
-pub(super) struct World {
+pub(crate) struct World {
     source: GenSource,
     /// Microseconds since the epoch at the start of the first day.
     start_micros: i64,

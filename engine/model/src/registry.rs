@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Model, ModelHeader};
-use crate::{Error, Result, files};
+use dfp_core::{Error, Result, files};
+
+use crate::{Model, ModelHeader};
 
 /// The model name of `user`'s model for `source`.
 pub fn model_name(source: &str, user: &str) -> String {
@@ -52,7 +53,7 @@ pub fn escape(name: &str) -> String {
         out = format!(
             "{}~{:016x}",
             &out[..cut],
-            crate::hash::fnv1a64(name.as_bytes())
+            dfp_core::hash::fnv1a64(name.as_bytes())
         );
     }
     out
@@ -416,7 +417,7 @@ impl ModelCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testutil::models;
+    use crate::testutil::models;
 
     #[test]
     fn names_escape_reversibly_and_never_leave_the_root() {

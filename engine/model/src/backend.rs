@@ -14,7 +14,7 @@ use super::config::ModelConfig;
 use super::encode::Encoded;
 use super::network::{Evaluation, Network, Workspace};
 use super::train::{TrainJob, Trained, train_one};
-use crate::{Error, Result};
+use dfp_core::{Error, Result};
 
 /// Rows of one model to evaluate.
 #[derive(Debug, Clone, Copy)]

@@ -14,30 +14,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
 
-use crate::model::encode::{MISSING, bool_column, string_column};
-use crate::schema::{DerivedKind, SourceSchema, TIMESTAMP, USERNAME};
-use crate::{Error, Result};
+use dfp_core::batch::{bool_column, string_column, timestamps};
+use dfp_core::schema::{DerivedKind, MISSING_STRING as MISSING, SourceSchema, USERNAME};
+use dfp_core::{Error, Result};
 
 const DAY_US: i64 = 86_400_000_000;
-
-/// The `timestamp` column of `batch` (µs, UTC); an error names `context` when it is missing.
-pub fn timestamps<'a>(
-    batch: &'a RecordBatch,
-    context: &str,
-) -> Result<&'a arrow::array::TimestampMicrosecondArray> {
-    batch
-        .column_by_name(TIMESTAMP)
-        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-        .ok_or_else(|| {
-            Error::model(
-                context,
-                format!("the batch has no {TIMESTAMP} column of microseconds"),
-            )
-        })
-}
 
 /// What one derived feature reads from each row.
 enum Input<'a> {
@@ -147,8 +131,10 @@ pub fn with_derived_columns(
 
 #[cfg(test)]
 mod tests {
+    use arrow::array::AsArray;
+
     use super::*;
-    use crate::ingest::Reader;
+    use crate::Reader;
 
     #[test]
     fn counts_and_distincts_per_user_and_day_in_time_order() {
@@ -174,7 +160,7 @@ mod tests {
         let read = Reader::new(schema.clone()).read_bytes(
             std::path::Path::new("t.json"),
             text.as_bytes(),
-            crate::ingest::InputFormat::JsonArray,
+            crate::InputFormat::JsonArray,
         );
         assert!(read.rejected.is_empty(), "{:?}", read.rejected);
         let out = add_derived(&read.batch, &schema).unwrap();

@@ -19,7 +19,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::config::{Problem, Problems, join};
-use crate::ingest::InputFormat;
+use crate::format::InputFormat;
 use crate::period::{Period, parse_date, parse_duration};
 use crate::{Error, Result};
 
@@ -807,7 +807,7 @@ mod tests {
     /// Morpheus' own control messages (tests/fixtures/morpheus, Apache-2.0: see its NOTICE).
     fn fixtures() -> Vec<PathBuf> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/morpheus/control_messages");
+            .join("../../tests/fixtures/morpheus/control_messages");
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())

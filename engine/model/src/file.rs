@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::encode::Preprocessor;
 use super::network::Network;
 use super::{Model, ModelHeader};
-use crate::hash::fnv1a64;
-use crate::schema::SourceSchema;
-use crate::{Error, Result};
+use dfp_core::hash::fnv1a64;
+use dfp_core::schema::SourceSchema;
+use dfp_core::{Error, Result};
 
 /// The first bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"DFPMODEL";
@@ -123,7 +123,7 @@ impl Model {
     /// Writes the model to `path` atomically (a temporary file in the same directory, then a
     /// rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::files::replace(path, &self.to_bytes()?, "writing model")
+        dfp_core::files::replace(path, &self.to_bytes()?, "writing model")
     }
 
     /// Reads a model file.

@@ -16,8 +16,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{TIMESTAMP, USERNAME};
-use crate::{Error, Result};
+use dfp_core::schema::{TIMESTAMP, USERNAME};
+use dfp_core::{Error, Result};
 
 /// One value of a column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,12 +94,12 @@ impl Row {
     }
 }
 
-/// The rows of an ingested batch (schema: [`crate::schema::SourceSchema::arrow_schema`]),
+/// The rows of an ingested batch (schema: [`dfp_core::schema::SourceSchema::arrow_schema`]),
 /// tagged with `epoch` and `file`.
 pub fn rows_from_batch(batch: &RecordBatch, epoch: u64, file: u32) -> Result<Vec<Row>> {
     let err = |problem: String| Error::model("rows", problem);
     let schema = batch.schema();
-    let ts = crate::derive::timestamps(batch, "rows")?;
+    let ts = dfp_core::batch::timestamps(batch, "rows")?;
     let users = batch
         .column_by_name(USERNAME)
         .and_then(|c| c.as_string_opt::<i32>())
@@ -249,8 +249,8 @@ fn build_column<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::{InputFormat, Reader};
-    use crate::schema::SourceSchema;
+    use crate::{InputFormat, Reader};
+    use dfp_core::schema::SourceSchema;
 
     #[test]
     fn batch_to_rows_and_back_is_lossless_for_both_sources() {
@@ -260,7 +260,7 @@ mod tests {
         ] {
             let schema = Arc::new(SourceSchema::builtin(source).unwrap());
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/fixtures/morpheus/records")
+                .join("../../../shared/fixtures/morpheus/records")
                 .join(record);
             let text = std::fs::read_to_string(&path).unwrap();
             let one = text.trim().trim_start_matches('[').trim_end_matches(']');
