@@ -64,6 +64,10 @@ fn run_names_a_missing_control_message_and_a_bad_config() {
         "azure",
         "--control-messages",
         missing.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+        "--registry",
+        dir.path().join("models").to_str().unwrap(),
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.json"));

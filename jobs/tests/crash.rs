@@ -19,7 +19,7 @@ use common::{FAST_CONFIG, dfp_command, hostfile};
 use dfp_bench::broker::Broker;
 use dfp_bench::file_tree;
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
-use dfp_operators::checkpoint::{components, latest_cut};
+use dfp_operators::checkpoint::latest_cut;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -198,11 +198,7 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
             let before = cuts.last().copied().flatten();
             let started = Instant::now();
             while running(&mut children)
-                && latest_cut(&state, &components(2))
-                    .ok()
-                    .flatten()
-                    .map(|c| c.time)
-                    <= before
+                && latest_cut(&state, 2).ok().flatten().map(|c| c.time) <= before
             {
                 assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
                 std::thread::sleep(Duration::from_millis(10));
@@ -214,7 +210,7 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
                     c.wait().unwrap();
                 }
                 kills += 1;
-                let cut = latest_cut(&state, &components(2)).unwrap().map(|c| c.time);
+                let cut = latest_cut(&state, 2).unwrap().map(|c| c.time);
                 eprintln!(
                     "kill {kills} of {processes} processes after {:?} (whole run {whole:?}): latest cut {cut:?}",
                     started.elapsed()

@@ -1,22 +1,27 @@
 //! Checkpoints of a streaming run, taken at frontier epochs without stopping the dataflow.
 //!
 //! A *cut* at epoch `T` is the state of the whole run after every epoch before `T` and none
-//! from `T` on. Each stateful component (per worker: the Kafka source, the rolling windows, the
-//! scorer's model versions; on worker 0: the sinks) writes its own state through a
-//! [`Snapshotter`] whenever the epochs it has finished cross a cut, as a file valid for a range
-//! of cuts: `{dir}/{component}/{from}-{to}.state` holds the state after every epoch before
-//! `from` and for every cut up to `to` (the component had nothing between). An operator offers
-//! its state before it applies an epoch and when its input frontier moves; the source offers
-//! its state when its input moves on. No barrier or coordinator is needed, because a
-//! component's frontier tells it exactly which cuts its state belongs to; the latest cut is
-//! *complete* once every component has a file whose range holds it ([`latest_cut`]).
+//! from `T` on. Each stateful component (a stage registers itself while the graph is built:
+//! `crate::state`; today per worker the source, the rolling windows and the scorer's model
+//! versions, on worker 0 the sinks) writes its own state through a [`Snapshotter`] whenever
+//! the epochs it has finished cross a cut, as a file valid for a range of cuts:
+//! `{dir}/{component}/{from}-{to}.state` holds the state after every epoch before `from` and
+//! for every cut up to `to` (the component had nothing between). An operator offers its state
+//! before it applies an epoch and when its input frontier moves; the source offers its state
+//! when its input moves on. No barrier or coordinator is needed, because a component's
+//! frontier tells it exactly which cuts its state belongs to; the latest cut is *complete* once
+//! every worker has recorded its components (`components/{worker}.json`) and every component
+//! has a file whose range holds it ([`latest_cut`]).
 //!
 //! Files are written atomically (a temporary file, fsync, rename, fsync of the folder) with
 //! `DFPSTATE` magic, a format version, the range, the length and a checksum, so a crash leaves
 //! either the old file or the new one, and a damaged file is refused with its path. Cuts come
 //! every `every` epochs (1: every epoch). Files wholly before the latest complete cut are
-//! pruned. [`StateMeta`] ties a state directory to one stream; a restart with another topic,
-//! group, schema, epoch length or worker count is refused.
+//! pruned. [`StateMeta`] ties a state directory to one stream (its schema, the source's opaque
+//! fingerprint, the worker count); a restart with another is refused. State is keyed (windows by
+//! user, the source's by partition, the scorer's by model name), so it could be repartitioned
+//! over another worker count; that merge is not written yet, so a restart with another worker
+//! count is refused with that reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -27,8 +32,6 @@ use dfp_engine::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use timely::progress::frontier::MutableAntichain;
-
-use crate::metrics::SharedStats;
 
 /// The first bytes of every state file.
 pub const MAGIC: &[u8; 8] = b"DFPSTATE";
@@ -53,14 +56,11 @@ pub struct StateMeta {
     /// topic, so a restart can tell its own.
     pub run: String,
     /// The source schema.
+    pub schema: String,
+    /// What the input is, opaque: the source's fingerprint (a Kafka topic, group and epoch
+    /// length; a watched directory and epoch length).
     pub source: String,
-    /// The Kafka topic read.
-    pub topic: String,
-    /// The consumer group.
-    pub group: String,
-    /// Event time per epoch, µs.
-    pub period_us: i64,
-    /// Timely workers: each owns a share of the partitions and users.
+    /// Timely workers over every process: each owns a share of the input and of the users.
     pub workers: usize,
     /// The latest version of every model in the registry when the run first started: what
     /// scoring starts from when no cut is complete yet.
@@ -80,10 +80,8 @@ impl StateMeta {
                     source: e,
                 })?;
                 let fields = [
-                    ("source", old.source != self.source),
-                    ("topic", old.topic != self.topic),
-                    ("group", old.group != self.group),
-                    ("epoch length", old.period_us != self.period_us),
+                    ("schema", old.schema != self.schema),
+                    ("input", old.source != self.source),
                     ("workers", old.workers != self.workers),
                 ];
                 let differ: Vec<&str> = fields.iter().filter(|f| f.1).map(|f| f.0).collect();
@@ -92,14 +90,12 @@ impl StateMeta {
                         "checkpoint",
                         format!(
                             "the state in {} belongs to another stream (its {} differ: it has \
-                             source {:?}, topic {:?}, group {:?}, {} µs epochs, {} workers); \
-                             use another --state-dir, or remove it to start over",
+                             schema {:?}, input {:?}, {} workers); use another --state-dir, or \
+                             remove it to start over",
                             dir.display(),
                             differ.join(", "),
+                            old.schema,
                             old.source,
-                            old.topic,
-                            old.group,
-                            old.period_us,
                             old.workers
                         ),
                     ));
@@ -124,15 +120,32 @@ pub fn component(kind: &str, worker: usize) -> String {
     format!("{kind}-{worker}")
 }
 
-/// Every component of a run with `workers` workers.
-pub fn components(workers: usize) -> Vec<String> {
-    let mut all = vec![component("sinks", 0)];
+/// The components each worker registered (`components/{worker}.json`, written while its
+/// graph was built): every one of them, once all `workers` have registered; `None` before.
+pub fn registered(dir: &Path, workers: usize) -> Result<Option<Vec<String>>> {
+    let mut all = Vec::new();
     for w in 0..workers {
-        for kind in ["source", "windows", "scorer"] {
-            all.push(component(kind, w));
+        let path = registration_path(dir, w);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let kinds: Vec<String> =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Json {
+                        context: format!("reading {}", path.display()),
+                        source: e,
+                    })?;
+                all.extend(kinds);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, "reading a worker's components", e)),
         }
     }
-    all
+    all.sort();
+    Ok(Some(all))
+}
+
+/// Where worker `worker` records the components it registered.
+pub(crate) fn registration_path(dir: &Path, worker: usize) -> PathBuf {
+    dir.join("components").join(format!("{worker}.json"))
 }
 
 /// Encodes a state value (bincode 2).
@@ -314,35 +327,6 @@ impl Snapshotter {
     }
 }
 
-/// A stage's [`Snapshotter`] when the run checkpoints (nothing otherwise); a state that cannot
-/// be written becomes one of the run's fatal errors, which stops the stream.
-#[derive(Debug, Default)]
-pub struct StageState(Option<Snapshotter>);
-
-impl StageState {
-    /// Checkpoints through `snapshotter`, if any.
-    pub fn new(snapshotter: Option<Snapshotter>) -> Self {
-        Self(snapshotter)
-    }
-
-    /// [`Snapshotter::offer`], with a failure recorded in `stats`.
-    pub fn offer(&mut self, to: u64, state: impl FnOnce() -> Result<Vec<u8>>, stats: &SharedStats) {
-        if let Some(s) = self.0.as_mut()
-            && let Err(e) = s.offer(to, state)
-        {
-            tracing::error!(error = %e, "cannot checkpoint");
-            stats.borrow_mut().fatal.push(e.to_string());
-        }
-    }
-
-    /// [`Snapshotter::applied`].
-    pub fn applied(&mut self, t: u64) {
-        if let Some(s) = self.0.as_mut() {
-            s.applied(t);
-        }
-    }
-}
-
 /// The cut a stage's state is final for when its input frontiers are `frontiers`: their
 /// earliest time (`u64::MAX` once every input has ended).
 pub fn frontier_cut(frontiers: &[&MutableAntichain<u64>]) -> u64 {
@@ -373,6 +357,14 @@ impl Cut {
         read_state(path)
     }
 
+    /// The file of `component`'s state at this cut (for messages).
+    pub fn path(&self, component: &str) -> PathBuf {
+        self.files
+            .get(component)
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(component))
+    }
+
     /// `component`'s state at this cut, decoded.
     pub fn state<T: DeserializeOwned>(&self, component: &str) -> Result<T> {
         let bytes = self.read(component)?;
@@ -380,8 +372,12 @@ impl Cut {
     }
 }
 
-/// The latest cut every one of `components` has a state file for, if any.
-pub fn latest_cut(dir: &Path, components: &[String]) -> Result<Option<Cut>> {
+/// The latest cut every component registered by the `workers` workers has a state file for,
+/// if any (none before every worker has registered its components).
+pub fn latest_cut(dir: &Path, workers: usize) -> Result<Option<Cut>> {
+    let Some(components) = registered(dir, workers)? else {
+        return Ok(None);
+    };
     let all: Vec<(String, Ranges)> = components
         .iter()
         .map(|c| Ok((c.clone(), ranges(&dir.join(c))?)))
@@ -411,8 +407,8 @@ pub fn latest_cut(dir: &Path, components: &[String]) -> Result<Option<Cut>> {
 }
 
 /// Removes the state files no cut from `cut` on can use (those wholly before it).
-pub fn prune(dir: &Path, components: &[String], cut: u64) -> Result<()> {
-    for c in components {
+pub fn prune(dir: &Path, workers: usize, cut: u64) -> Result<()> {
+    for c in registered(dir, workers)?.unwrap_or_default() {
         for (_, to, path) in ranges(&dir.join(c))? {
             if to < cut {
                 let _ = std::fs::remove_file(path);
@@ -437,11 +433,17 @@ mod tests {
         move || encode(&n)
     }
 
+    /// Worker 0 registered these components.
+    fn register(dir: &Path, names: &[&str]) {
+        let path = registration_path(dir, 0);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_vec(names).unwrap()).unwrap();
+    }
+
     #[test]
     fn a_cut_is_complete_once_every_component_holds_it() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path(), 1);
-        let names = vec!["a".to_string(), "b".to_string()];
         let mut a = Snapshotter::new(&s, "a", 0).unwrap();
         let mut b = Snapshotter::new(&s, "b", 0).unwrap();
         // a applies epochs 3 and 7; b applies 5, then its frontier reaches 6.
@@ -451,21 +453,24 @@ mod tests {
         a.applied(7);
         b.offer(5, state(0)).unwrap();
         b.applied(5);
+        // No cut before every worker has registered its components.
+        assert!(latest_cut(dir.path(), 1).unwrap().is_none());
+        register(dir.path(), &["a", "b"]);
         // Cut 4: a after epoch 3, b before its epoch 5.
-        assert_eq!(latest_cut(dir.path(), &names).unwrap().unwrap().time, 4);
+        assert_eq!(latest_cut(dir.path(), 1).unwrap().unwrap().time, 4);
         b.offer(6, state(5)).unwrap();
-        let cut = latest_cut(dir.path(), &names).unwrap().unwrap();
+        let cut = latest_cut(dir.path(), 1).unwrap().unwrap();
         // a's state after 3 holds for 4..=7, b's after 5 for 6..=6.
         assert_eq!(cut.time, 6);
         assert_eq!(cut.state::<u64>("a").unwrap(), 3);
         assert_eq!(cut.state::<u64>("b").unwrap(), 5);
         // b's frontier moves on with nothing applied: the same state, a wider range.
         b.offer(9, state(5)).unwrap();
-        assert_eq!(latest_cut(dir.path(), &names).unwrap().unwrap().time, 6);
+        assert_eq!(latest_cut(dir.path(), 1).unwrap().unwrap().time, 6);
         assert_eq!(ranges(&dir.path().join("b")).unwrap().len(), 2);
-        prune(dir.path(), &names, 6).unwrap();
+        prune(dir.path(), 1, 6).unwrap();
         assert_eq!(ranges(&dir.path().join("a")).unwrap().len(), 1);
-        assert_eq!(latest_cut(dir.path(), &names).unwrap().unwrap().time, 6);
+        assert_eq!(latest_cut(dir.path(), 1).unwrap().unwrap().time, 6);
     }
 
     #[test]
@@ -481,7 +486,8 @@ mod tests {
         a.offer(15, state(2)).unwrap();
         assert_eq!(ranges(&dir.path().join("a")).unwrap().len(), 1);
         a.offer(u64::MAX, state(2)).unwrap();
-        let cut = latest_cut(dir.path(), &["a".to_string()]).unwrap().unwrap();
+        register(dir.path(), &["a"]);
+        let cut = latest_cut(dir.path(), 1).unwrap().unwrap();
         assert_eq!((cut.time, cut.state::<u64>("a").unwrap()), (11, 2));
     }
 
@@ -521,10 +527,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = StateMeta {
             run: "r1".into(),
-            source: "azure".into(),
-            topic: "logs".into(),
-            group: "g".into(),
-            period_us: 1,
+            schema: "azure".into(),
+            source: "kafka://b/logs group g epoch 1us".into(),
             workers: 2,
             versions: BTreeMap::new(),
         };
@@ -538,10 +542,10 @@ mod tests {
         assert!(existed && m.run == "r1", "the first run's name is kept");
         let other = StateMeta {
             workers: 3,
-            topic: "x".into(),
+            source: "watch:x".into(),
             ..meta
         };
         let e = other.open_or_create(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("topic, workers differ"), "{e}");
+        assert!(e.contains("input, workers differ"), "{e}");
     }
 }

@@ -66,3 +66,39 @@ impl<'s> DataPrep<'s> for StreamVec<'s, u64, Window> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fixture, both, fast_config, run_stage};
+
+    #[test]
+    fn each_window_becomes_a_batch_of_its_rows_with_the_derived_features() {
+        let f = Fixture::duo(3, 2);
+        let prepared = f.prepared(&fast_config());
+        let epochs: Vec<(u64, Vec<Window>)> = prepared
+            .iter()
+            .map(|(t, ps)| (*t, ps.iter().map(|p| p.window.clone()).collect()))
+            .collect();
+        let want: Vec<(u64, usize)> = prepared
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(|p| (*t, p.batch.num_rows())))
+            .collect();
+        let schema = f.schema.clone();
+        let (out, _) = run_stage(epochs, move |s, _| both(s.data_prep(schema)));
+        let got: Vec<(u64, usize)> = out
+            .iter()
+            .map(|(t, p)| (*t, p.as_ref().map(|p| p.batch.num_rows()).unwrap_or(0)))
+            .collect();
+        assert_eq!(got, want);
+        let p = out[0].1.as_ref().unwrap();
+        for d in &f.schema.derived {
+            assert!(
+                p.batch.column_by_name(&d.name).is_some(),
+                "{} missing",
+                d.name
+            );
+        }
+        assert_eq!(p.batch.num_rows(), p.window.rows.len());
+    }
+}

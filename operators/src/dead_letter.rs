@@ -8,9 +8,9 @@
 //! none (the [`Originals`] cache holds the records of the last file looked up).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use dfp_engine::ingest::{FileRead, record_texts};
+use dfp_engine::ingest::{FileRead, InputFormat, record_texts};
 use dfp_engine::rows::{Origin, Row};
 use serde::{Deserialize, Serialize};
 
@@ -118,37 +118,65 @@ impl DeadLetter {
     }
 }
 
-/// Finds the file and the original record of dead rows of a control-message run, by the
-/// row's origin (epoch and file index in the plan, record index in the file). The records of
-/// the last file looked up are kept, as dead rows come in runs from one file.
+/// Where a row's file is, by the row's origin, and how to read it.
+pub type Lookup = Arc<dyn Fn(&Origin) -> Option<(PathBuf, InputFormat)> + Send + Sync>;
+
+/// The paths of the files a watched directory has read, by their index in the rows' origin,
+/// shared with the dead-letter writer so a dead row shows its file and original record.
+pub type FileIndex = Arc<Mutex<Vec<PathBuf>>>;
+
+/// Finds the file and the original record of dead rows read from files, by the row's origin
+/// (a plan: epoch and file index; a watched directory: file index), and the record index in
+/// the file. The records of the last file looked up are kept, as dead rows come in runs from
+/// one file.
 pub struct Originals {
-    plan: Option<Arc<Plan>>,
+    lookup: Option<Lookup>,
     last: Option<(PathBuf, Vec<String>)>,
 }
 
 impl Originals {
-    /// Looks rows up in `plan`'s files (`None`: a stream, whose rows stay as they are).
-    pub fn new(plan: Option<Arc<Plan>>) -> Self {
-        Self { plan, last: None }
+    /// Rows stay as they are (a Kafka stream: the row itself is the record).
+    pub fn none() -> Self {
+        Self {
+            lookup: None,
+            last: None,
+        }
     }
 
-    /// Gives a dead row its file and original record, where the plan knows them.
+    /// Rows of `plan`'s files: epoch `e`, file `f` is `plan.epochs[e].files[f]`.
+    pub fn of_plan(plan: Arc<Plan>) -> Self {
+        Self::with(Arc::new(move |o: &Origin| {
+            let epoch = plan.epochs.get(usize::try_from(o.epoch).ok()?)?;
+            Some((epoch.files.get(o.file as usize)?.clone(), epoch.format))
+        }))
+    }
+
+    /// Rows of the files of `index` (a watched directory's, by the order read).
+    pub fn of_files(index: FileIndex) -> Self {
+        Self::with(Arc::new(move |o: &Origin| {
+            let files = index.lock().ok()?;
+            Some((files.get(o.file as usize)?.clone(), InputFormat::Auto))
+        }))
+    }
+
+    fn with(lookup: Lookup) -> Self {
+        Self {
+            lookup: Some(lookup),
+            last: None,
+        }
+    }
+
+    /// Gives a dead row its file and original record, where they are known.
     pub fn fill(&mut self, d: &mut DeadLetter) {
-        let (Some(plan), Some(origin)) = (&self.plan, d.origin) else {
+        let (Some(lookup), Some(origin)) = (&self.lookup, d.origin) else {
             return;
         };
-        let Some(epoch) = usize::try_from(origin.epoch)
-            .ok()
-            .and_then(|e| plan.epochs.get(e))
-        else {
+        let Some((path, format)) = lookup(&origin) else {
             return;
         };
-        let Some(path) = epoch.files.get(origin.file as usize) else {
-            return;
-        };
-        if self.last.as_ref().is_none_or(|(p, _)| p != path) {
-            let records = std::fs::read(path)
-                .map(|bytes| record_texts(path, &bytes, epoch.format))
+        if self.last.as_ref().is_none_or(|(p, _)| p != &path) {
+            let records = std::fs::read(&path)
+                .map(|bytes| record_texts(&path, &bytes, format))
                 .unwrap_or_default();
             self.last = Some((path.clone(), records));
         }

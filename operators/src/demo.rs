@@ -19,7 +19,7 @@ use crate::evaluate::{Evaluation, evaluate};
 use crate::pipeline::{Input, RunOptions, RunSummary, run};
 use crate::post_proc::Clock;
 use crate::serialize::OutKind;
-use crate::sinks::output_path;
+use crate::sink::files::output_path;
 
 /// What the demo does.
 #[derive(Clone)]

@@ -112,7 +112,7 @@ pub fn read(reader: &Reader, task: &FileTask) -> (FileRows, Vec<DeadLetter>) {
 
 /// Gives each row its record's index in the file: the good records in file order, counted
 /// past the rejected ones.
-fn number_records(rows: &mut [Row], rejected: &[Rejected]) {
+pub(crate) fn number_records(rows: &mut [Row], rejected: &[Rejected]) {
     let mut bad: Vec<u64> = rejected.iter().map(|r| r.record as u64).collect();
     bad.sort_unstable();
     let mut bad = bad.into_iter().peekable();
@@ -160,5 +160,80 @@ impl<'s> FileToBatch<'s> for StreamVec<'s, u64, FileTask> {
                 std::iter::once(Ok(rows)).chain(dead.into_iter().map(Err))
             })
             .ok_err(|r| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fixture, both, run_stage};
+
+    #[test]
+    fn each_file_is_read_in_its_epoch_and_what_cannot_be_read_is_a_dead_letter() {
+        let f = Fixture::duo(3, 2);
+        let tasks = Tasks {
+            train: true,
+            infer: true,
+            payload: false,
+        };
+        let whole = read(&f.reader, &f.task(1, 1, tasks)).0.rows;
+        let missing = FileTask {
+            path: f.files[0].with_file_name("gone.json"),
+            index: 7,
+            ..f.task(0, 0, tasks)
+        };
+        // Epoch 1's file, with its period ending at its first record: the rest are outliers.
+        let mut cut = f.task(1, 1, tasks);
+        cut.until_us = whole.iter().map(|r| r.ts).min().unwrap();
+        let reader = f.reader.clone();
+        let (out, stats) = run_stage(
+            vec![(0, vec![f.task(0, 0, tasks), missing]), (1, vec![cut])],
+            move |s, stats| both(s.file_to_batch(reader, stats)),
+        );
+        let rows: Vec<(u64, usize)> = out
+            .iter()
+            .filter_map(|(t, r)| r.as_ref().ok().map(|r| (*t, r.rows.len())))
+            .collect();
+        assert_eq!(rows.len(), 3, "one FileRows a file, the missing one empty");
+        assert!(rows.iter().all(|&(t, _)| t <= 1));
+        let dead: Vec<&DeadLetter> = out.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+        assert!(
+            dead.iter()
+                .any(|d| d.file.as_deref().is_some_and(|p| p.ends_with("gone.json"))),
+            "{dead:?}"
+        );
+        let outliers = dead.iter().filter(|d| d.reason.contains("outlier")).count();
+        let kept: usize = rows.iter().filter(|r| r.0 == 1).map(|r| r.1).sum();
+        assert_eq!(
+            kept + outliers,
+            whole.len(),
+            "every record of the cut file kept or dead"
+        );
+        assert!(outliers > 0 && kept > 0);
+        assert_eq!(stats.files, 3);
+        assert_eq!(stats.rows, rows.iter().map(|r| r.1 as u64).sum::<u64>());
+    }
+
+    #[test]
+    fn records_are_numbered_past_the_rejected_ones() {
+        let row = Row {
+            ts: 0,
+            user: None,
+            origin: dfp_engine::rows::Origin {
+                epoch: 0,
+                file: 0,
+                record: 0,
+            },
+            values: Vec::new(),
+        };
+        let mut rows = vec![row.clone(), row.clone(), row];
+        let rejected = [1usize, 3].map(|record| Rejected {
+            record,
+            raw: String::new(),
+            reason: String::new(),
+        });
+        number_records(&mut rows, &rejected);
+        let numbers: Vec<u64> = rows.iter().map(|r| r.origin.record).collect();
+        assert_eq!(numbers, [0, 2, 4]);
     }
 }

@@ -40,3 +40,30 @@ impl<'s> FilterDetections<'s> for StreamVec<'s, u64, Scored> {
         self.filter(move |s| is_detection(s, threshold))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fixture, fast_config, run_stage};
+
+    #[test]
+    fn only_rows_strictly_above_the_threshold_pass() {
+        let f = Fixture::duo(3, 3);
+        let mut scored = f.scored(&fast_config());
+        assert!(scored.len() >= 3);
+        scored[0].mean_abs_z = 2.0;
+        scored[1].mean_abs_z = 2.5;
+        scored[2].mean_abs_z = 1.0;
+        let want: Vec<f32> = scored
+            .iter()
+            .map(|s| s.mean_abs_z)
+            .filter(|&z| f64::from(z) > 2.0)
+            .collect();
+        let (out, _) = run_stage(vec![(0, scored)], |s, _| {
+            s.filter_detections(&DetectionConfig::default())
+        });
+        let got: Vec<f32> = out.iter().map(|(_, s)| s.mean_abs_z).collect();
+        assert_eq!(got, want);
+        assert!(got.contains(&2.5) && !got.contains(&2.0));
+    }
+}

@@ -27,12 +27,13 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::core::OkErr;
 
-use crate::checkpoint::{StageState, frontier_cut};
+use crate::checkpoint::frontier_cut;
 use crate::data_prep::Prepared;
 use crate::dead_letter::DeadLetter;
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
 use crate::registry_writer::ModelNote;
+use crate::state::{StageState, Stateful};
 
 /// Inference settings (`[inference]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +75,13 @@ pub struct Scored {
 /// A model pick: the model (`name:version` and weights) if any, the dead letter of an unusable
 /// user model, and whether the generic model was picked.
 type Choice = (Option<(String, Arc<Model>)>, Option<DeadLetter>, bool);
+
+impl Stateful for Scorer {
+    /// The model versions known (by model name).
+    fn snapshot(&mut self) -> dfp_engine::Result<Vec<u8>> {
+        crate::checkpoint::encode(&self.versions)
+    }
+}
 
 /// What scoring an epoch's windows gave.
 #[derive(Debug, Default)]
@@ -117,11 +125,6 @@ impl Scorer {
             batch_size,
             reported: std::collections::HashSet::new(),
         }
-    }
-
-    /// The model versions known, for a checkpoint.
-    pub fn state(&self) -> Result<Vec<u8>, dfp_engine::Error> {
-        crate::checkpoint::encode(&self.versions)
     }
 
     /// Makes a new model version known.
@@ -288,38 +291,119 @@ impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
                     let mut ready: Vec<_> = news
                         .ready(&[f1, f2])
                         .into_iter()
-                        .map(|(cap, n)| (*cap.time(), None, n))
+                        .map(|(cap, n)| (*cap.time(), (None, n)))
                         .chain(
                             windows
                                 .ready(&[f1, f2])
                                 .into_iter()
-                                .map(|(cap, w)| (*cap.time(), Some((cap, w)), Vec::new())),
+                                .map(|(cap, w)| (*cap.time(), (Some((cap, w)), Vec::new()))),
                         )
                         .collect();
                     // Notes of an epoch before its windows: a model trained at t scores at t.
-                    ready.sort_by_key(|(t, w, _)| (*t, w.is_some()));
-                    for (t, work, notes) in ready {
-                        snapshots.offer(t, || scorer.state(), &stats);
-                        snapshots.applied(t);
-                        notes.into_iter().for_each(|n| scorer.apply(n));
-                        let Some((cap, mut ws)) = work else { continue };
-                        ws.sort_by(|a, b| a.window.user.cmp(&b.window.user));
-                        let started = Instant::now();
-                        let out = scorer.score(backend.as_ref(), ws);
-                        let mut s = stats.borrow_mut();
-                        s.score_seconds += started.elapsed().as_secs_f64();
-                        s.scored += out.scored.len() as u64;
-                        s.generic_fallbacks += out.fallbacks;
-                        s.unscored += out.unscored;
-                        let mut session = output.session(&cap);
-                        session.give_iterator(out.scored.into_iter().map(Ok));
-                        session.give_iterator(out.dead.into_iter().map(Err));
-                    }
-                    snapshots.offer(frontier_cut(&[f1, f2]), || scorer.state(), &stats);
+                    ready.sort_by_key(|(t, (w, _))| (*t, w.is_some()));
+                    let cut = frontier_cut(&[f1, f2]);
+                    snapshots.epochs(
+                        &mut scorer,
+                        ready,
+                        cut,
+                        &stats,
+                        |scorer, _t, (work, notes)| {
+                            notes.into_iter().for_each(|n| scorer.apply(n));
+                            let Some((cap, mut ws)) = work else { return };
+                            ws.sort_by(|a, b| a.window.user.cmp(&b.window.user));
+                            let started = Instant::now();
+                            let out = scorer.score(backend.as_ref(), ws);
+                            let mut s = stats.borrow_mut();
+                            s.score_seconds += started.elapsed().as_secs_f64();
+                            s.scored += out.scored.len() as u64;
+                            s.generic_fallbacks += out.fallbacks;
+                            s.unscored += out.unscored;
+                            let mut session = output.session(&cap);
+                            session.give_iterator(out.scored.into_iter().map(Ok));
+                            session.give_iterator(out.dead.into_iter().map(Err));
+                        },
+                    );
                 }
             },
         )
         .container::<Vec<Result<Scored, DeadLetter>>>()
         .ok_err(|r| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fixture, both, cpu, fast_config, run_stage};
+
+    #[test]
+    fn an_epoch_scores_with_the_models_noted_up_to_it_else_the_generic_model() {
+        let f = Fixture::duo(3, 3);
+        let cfg = fast_config();
+        let prepared = f.prepared(&cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        // Each epoch's models registered and noted at their epoch, its scoring windows beside
+        // them; what each (epoch, user) must be scored with.
+        let mut input: Vec<(u64, Vec<Result<Prepared, ModelNote>>)> = Vec::new();
+        let mut expected: HashMap<(u64, String), String> = HashMap::new();
+        let mut known: HashMap<String, u32> = HashMap::new();
+        let mut rows = 0;
+        for (epoch, models) in f.models(&cfg, &prepared) {
+            let mut items = Vec::new();
+            for m in models {
+                let v = registry.register(&m).unwrap();
+                known.insert(m.header.name.clone(), v.version);
+                items.push(Err(ModelNote {
+                    name: m.header.name.clone(),
+                    version: v.version,
+                }));
+            }
+            for w in prepared[epoch as usize]
+                .1
+                .iter()
+                .filter(|w| !w.window.train)
+            {
+                let own = model_name("duo", &w.window.user);
+                let name = if known.contains_key(&own) {
+                    own
+                } else {
+                    model_name("duo", "generic_user")
+                };
+                let label = format!("{name}:{}", known[&name]);
+                expected.insert((epoch, w.window.user.clone()), label);
+                rows += w.window.rows.len();
+                items.push(Ok(w.clone()));
+            }
+            input.push((epoch, items));
+        }
+        assert!(
+            known.values().any(|&v| v > 1),
+            "a model retrained: versions move on"
+        );
+        let schema = f.schema.clone();
+        let (out, stats) = run_stage(input, move |s, stats| {
+            let (windows, notes) = s.ok_err(|x| x);
+            let scorer = Scorer::new(
+                schema,
+                registry,
+                HashMap::new(),
+                "generic_user",
+                &InferenceConfig::default(),
+                256,
+            );
+            both(windows.inference(notes, scorer, cpu(), StageState::default(), stats))
+        });
+        assert_eq!(out.len(), rows, "every scoring row once");
+        assert_eq!(stats.scored as usize, rows);
+        for (t, s) in &out {
+            let s = s.as_ref().unwrap();
+            assert_eq!(
+                s.model_version,
+                expected[&(*t, s.user.clone())],
+                "epoch {t}"
+            );
+            assert!(s.mean_abs_z.is_finite());
+        }
     }
 }

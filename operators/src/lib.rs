@@ -1,10 +1,13 @@
-//! dfp's pipeline stages, one file per Morpheus module they replace.
+//! dfp's pipeline stages, one file per Morpheus module they replace, and the traits a run is
+//! put together from.
 //!
 //! Each stage is a serde config, a pure state machine or function with no timely types (so it
 //! is unit-tested on its own), and, where it runs inside the dataflow, a thin timely operator.
-//! [`pipeline::run`] wires them into Morpheus' integrated training and inference pipeline:
+//! Inputs are [`source::Source`]s, outputs [`sink::Sink`]s, stage state [`state::Stateful`]
+//! (checkpointed at a cut through [`state::StateRegistry`]). [`pipeline::run`] wires them into
+//! Morpheus' integrated training and inference pipeline:
 //!
-//! file batcher (plan) -> file to batch -> split users -> rolling window -> data prep ->
+//! source -> file to batch -> split users -> rolling window -> data prep ->
 //! { training -> registry writer | inference -> filter detections -> post-processing ->
 //! serialize -> sinks }
 
@@ -14,7 +17,6 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod control_topic;
 pub mod data_prep;
 pub mod dead_letter;
 pub mod demo;
@@ -24,8 +26,7 @@ pub mod file_to_batch;
 pub mod filter_detections;
 pub mod frontier;
 pub mod inference;
-pub mod kafka_sink;
-pub mod kafka_source;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
@@ -35,6 +36,11 @@ pub mod replay;
 pub mod rolling_window;
 pub mod run_status;
 pub mod serialize;
-pub mod sinks;
+pub mod sink;
+pub mod source;
 pub mod split_users;
+pub mod state;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+mod testing;
 pub mod training;

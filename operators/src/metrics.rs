@@ -3,8 +3,12 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
+use dfp_engine::Error;
 use serde::Serialize;
 
 /// Counters of one worker, or of a whole run once merged.
@@ -45,11 +49,42 @@ pub struct Stats {
     pub detections: u64,
     /// Dead letters written.
     pub dead_letters: u64,
-    /// Errors that make the run fail (an output that cannot be written).
-    pub fatal: Vec<String>,
+    /// Errors that make the run fail (an output that cannot be written), each with its
+    /// chain.
+    pub fatal: Vec<Failure>,
+}
+
+/// An error that stops the run, kept whole (its source chain) to be returned by the worker.
+#[derive(Debug, Clone)]
+pub struct Failure(pub Arc<Error>);
+
+impl PartialEq for Failure {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.chain() == other.0.chain()
+    }
+}
+
+impl Serialize for Failure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.chain())
+    }
 }
 
 impl Stats {
+    /// Records an error that stops the run (logged now, returned by the worker at its end).
+    pub fn fail(&mut self, e: Error) {
+        tracing::error!(error = %e.chain(), "the run stops");
+        self.fatal.push(Failure(Arc::new(e)));
+    }
+
+    /// The first failure as the run's error, if any.
+    pub fn failed(&self) -> Option<Error> {
+        self.fatal.first().map(|f| Error::Failed {
+            source: f.0.clone(),
+            others: self.fatal.len() - 1,
+        })
+    }
+
     /// Adds another worker's counters.
     pub fn merge(&mut self, o: Stats) {
         self.files += o.files;
@@ -107,3 +142,19 @@ impl Stats {
 
 /// One worker's counters, shared by its operators.
 pub type SharedStats = Rc<RefCell<Stats>>;
+
+/// A progress bar on stderr: epochs done of all, rows, seconds.
+pub(crate) fn progress_bar(done: usize, total: usize, s: &Stats, started: Instant) {
+    let width = 30;
+    let filled = (done * width).checked_div(total).unwrap_or(width);
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "\r[{}{}] epoch {done}/{total}  {} rows  {:.0} s",
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+        s.rows,
+        started.elapsed().as_secs_f64()
+    );
+    let _ = err.flush();
+}

@@ -73,4 +73,32 @@ mod tests {
         assert_eq!(top_indices(&[0.5, 3.0, 1.0, 3.0, 2.0], 3), [1, 3, 4]);
         assert_eq!(top_indices(&[1.0], 3), [0]);
     }
+
+    #[test]
+    fn each_row_is_stamped_by_the_clock_and_names_its_top_features() {
+        let f = crate::testing::Fixture::duo(3, 3);
+        let mut scored = f.scored(&crate::testing::fast_config());
+        let n = scored[0].z_loss.len();
+        let features: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
+        for z in &mut scored[0].z_loss {
+            *z = 0.0;
+        }
+        scored[0].z_loss[n - 1] = 9.0;
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let clock: Clock = Arc::new(move || now);
+        let count = scored.len();
+        let (out, _) = crate::testing::run_stage(vec![(3, scored)], move |s, _| {
+            s.post_proc(Arc::new(features), clock)
+        });
+        assert_eq!(out.len(), count);
+        assert!(
+            out.iter()
+                .all(|(t, d)| *t == 3 && d.event_time_us == now.timestamp_micros())
+        );
+        assert_eq!(out[0].1.top_features[0], format!("f{}", n - 1));
+        assert!(
+            out.iter()
+                .all(|(_, d)| d.top_features.len() == TOP_FEATURES.min(n))
+        );
+    }
 }

@@ -77,3 +77,51 @@ impl<'s> RegistryWriter<'s> for StreamVec<'s, u64, Arc<Model>> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fixture, both, fast_config, run_stage};
+
+    #[test]
+    fn models_are_registered_once_and_noted_with_their_versions() {
+        let f = Fixture::duo(2, 2);
+        let cfg = fast_config();
+        let models = f.models(&cfg, &f.prepared(&cfg));
+        let names: Vec<String> = models
+            .iter()
+            .flat_map(|(_, ms)| ms.iter().map(|m| m.header.name.clone()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        let run = |once: bool| {
+            let (registry, models) = (registry.clone(), models.clone());
+            run_stage(models, move |s, stats| {
+                both(s.registry_writer(registry, once, stats))
+            })
+        };
+        let (first, stats) = run(true);
+        let notes: Vec<(String, u32)> = first
+            .iter()
+            .map(|(_, n)| n.as_ref().map(|n| (n.name.clone(), n.version)).unwrap())
+            .collect();
+        // A model trained at both epochs has versions 1 and 2.
+        for (i, (name, version)) in notes.iter().enumerate() {
+            let before = names[..i].iter().filter(|n| *n == name).count() as u32;
+            assert_eq!(*version, before + 1, "{name}");
+        }
+        assert_eq!(stats.models_trained as usize, names.len());
+        // The same models again (a restarted stream): found, not registered twice.
+        let (again, _) = run(true);
+        assert_eq!(
+            again
+                .iter()
+                .map(|(_, n)| n.as_ref().unwrap().version)
+                .collect::<Vec<_>>(),
+            notes.iter().map(|n| n.1).collect::<Vec<_>>()
+        );
+        // Registered without `once`: new versions.
+        let (twice, _) = run(false);
+        assert!(twice.iter().all(|(_, n)| n.as_ref().unwrap().version > 1));
+    }
+}

@@ -42,11 +42,12 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::core::OkErr;
 
-use crate::checkpoint::{self, StageState, frontier_cut};
+use crate::checkpoint::{self, frontier_cut};
 use crate::dead_letter::DeadLetter;
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
 use crate::split_users::UserRows;
+use crate::state::{StageState, Stateful, timed};
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -422,7 +423,17 @@ pub struct RollingWindows {
     training_us: i64,
     inference_us: i64,
     plan: DerivedPlan,
-    users: HashMap<(String, bool), UserWindow>,
+    users: WindowState,
+}
+
+/// Every user's windows, by user and purpose (training: `true`): the state a checkpoint keeps,
+/// keyed by user so it could be repartitioned over another worker count.
+pub type WindowState = HashMap<(String, bool), UserWindow>;
+
+impl Stateful for RollingWindows {
+    fn snapshot(&mut self) -> Result<Vec<u8>> {
+        checkpoint::encode(&self.users)
+    }
 }
 
 /// What one epoch of one user gave.
@@ -455,15 +466,9 @@ impl RollingWindows {
         })
     }
 
-    /// Every user's window, for a checkpoint.
-    pub fn state(&self) -> Result<Vec<u8>> {
-        checkpoint::encode(&self.users)
-    }
-
-    /// Replaces every user's window with `component`'s at a checkpoint's cut.
-    pub fn restore(&mut self, cut: &checkpoint::Cut, component: &str) -> Result<()> {
-        self.users = cut.state(component)?;
-        Ok(())
+    /// Replaces every user's window with a checkpoint's (its state at a cut).
+    pub fn restore(&mut self, users: WindowState) {
+        self.users = users;
     }
 
     /// Pushes one user's rows of `epoch` and returns what that emits: a training window if the
@@ -537,35 +542,39 @@ impl<'s> RollingWindowExt<'s> for StreamVec<'s, u64, UserRows> {
             let mut pending = Pending::<UserRows>::default();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
-                for (cap, pieces) in pending.ready(&[frontier]) {
-                    let epoch = *cap.time();
-                    snapshots.offer(epoch, || windows.state(), &stats);
-                    snapshots.applied(epoch);
-                    // A user's rows come in pieces (one per file); windows see them at once.
-                    let mut users: BTreeMap<(String, bool), UserRows> = BTreeMap::new();
-                    for piece in pieces {
-                        match users.entry((piece.user.clone(), piece.generic)) {
-                            std::collections::btree_map::Entry::Vacant(v) => {
-                                v.insert(piece);
-                            }
-                            std::collections::btree_map::Entry::Occupied(mut o) => {
-                                o.get_mut().rows.extend(piece.rows);
+                let ready = timed(pending.ready(&[frontier]));
+                snapshots.epochs(
+                    &mut windows,
+                    ready,
+                    frontier_cut(&[frontier]),
+                    &stats,
+                    |windows, epoch, (cap, pieces)| {
+                        // A user's rows come in pieces (one per file); windows see them at once.
+                        let mut users: BTreeMap<(String, bool), UserRows> = BTreeMap::new();
+                        for piece in pieces {
+                            match users.entry((piece.user.clone(), piece.generic)) {
+                                std::collections::btree_map::Entry::Vacant(v) => {
+                                    v.insert(piece);
+                                }
+                                std::collections::btree_map::Entry::Occupied(mut o) => {
+                                    o.get_mut().rows.extend(piece.rows);
+                                }
                             }
                         }
-                    }
-                    let mut session = output.session(&cap);
-                    let mut s = stats.borrow_mut();
-                    for ((user, generic), rows) in users {
-                        if !generic {
-                            s.users.insert(user);
+                        let mut session = output.session(&cap);
+                        let mut s = stats.borrow_mut();
+                        for ((user, generic), rows) in users {
+                            if !generic {
+                                s.users.insert(user);
+                            }
+                            let e = windows.push(rows, epoch);
+                            s.training_windows +=
+                                e.windows.iter().filter(|w| w.train).count() as u64;
+                            session.give_iterator(e.windows.into_iter().map(Ok));
+                            session.give_iterator(e.late.into_iter().map(Err));
                         }
-                        let e = windows.push(rows, epoch);
-                        s.training_windows += e.windows.iter().filter(|w| w.train).count() as u64;
-                        session.give_iterator(e.windows.into_iter().map(Ok));
-                        session.give_iterator(e.late.into_iter().map(Err));
-                    }
-                }
-                snapshots.offer(frontier_cut(&[frontier]), || windows.state(), &stats);
+                    },
+                );
             }
         })
         .container::<Vec<std::result::Result<Window, DeadLetter>>>()
@@ -808,5 +817,76 @@ mod tests {
         let second = w.emit("u", 2, false, &infer, &plan).unwrap();
         assert_eq!(second.rows.len(), 2, "only the new rows are scored");
         assert_eq!(second.derived, vec![vec![3, 3, 2], vec![2, 1, 2]]);
+    }
+
+    #[test]
+    fn the_operator_emits_each_epoch_once_and_scores_every_row_once() {
+        use crate::testing::{Fixture, both, fast_config, run_stage};
+        let f = Fixture::duo(4, 3);
+        let cfg = fast_config();
+        let epochs: Vec<(u64, Vec<UserRows>)> = f
+            .days()
+            .into_iter()
+            .map(|(t, files)| {
+                let users = files
+                    .into_iter()
+                    .flat_map(|r| {
+                        crate::split_users::split(r.rows, &cfg.split, true, true, false).users
+                    })
+                    .collect();
+                (t, users)
+            })
+            .collect();
+        let day_rows: Vec<usize> = epochs
+            .iter()
+            .map(|(_, us)| us.iter().filter(|u| !u.generic).map(|u| u.rows.len()).sum())
+            .collect();
+        let schema = f.schema.clone();
+        let (out, stats) = run_stage(epochs, move |s, stats| {
+            let windows =
+                RollingWindows::new(&schema, cfg.training_window, cfg.inference_window).unwrap();
+            both(s.rolling_window(windows, StageState::default(), stats))
+        });
+        let windows: Vec<(u64, &Window)> = out
+            .iter()
+            .filter_map(|(t, w)| w.as_ref().ok().map(|w| (*t, w)))
+            .collect();
+        assert_eq!(windows.len(), out.len(), "no late rows");
+        for (t, w) in &windows {
+            assert_eq!(w.epoch, *t);
+            assert_eq!(w.derived.len(), w.rows.len());
+            assert!(
+                w.rows.iter().all(|r| r.origin.epoch <= *t),
+                "no row from a later epoch"
+            );
+        }
+        // Each day's rows are scored once, in their epoch.
+        for (day, rows) in day_rows.iter().enumerate() {
+            let scored: usize = windows
+                .iter()
+                .filter(|(t, w)| *t == day as u64 && !w.train)
+                .map(|(_, w)| w.rows.len())
+                .sum();
+            assert_eq!(scored, *rows, "day {day}");
+        }
+        // The generic user's training window grows with every day (whole days, aggregate).
+        let generic: Vec<usize> = windows
+            .iter()
+            .filter(|(_, w)| w.train && w.user == "generic_user")
+            .map(|(_, w)| w.rows.len())
+            .collect();
+        let so_far: Vec<usize> = day_rows
+            .iter()
+            .scan(0, |a, r| {
+                *a += r;
+                Some(*a)
+            })
+            .collect();
+        assert_eq!(generic, so_far);
+        assert_eq!(
+            stats.training_windows as usize,
+            windows.iter().filter(|(_, w)| w.train).count()
+        );
+        assert_eq!(stats.users.len(), 4);
     }
 }

@@ -349,4 +349,51 @@ mod tests {
         ];
         assert_eq!(csv_line(&cells), "a,\"b,c\",\"say \"\"hi\"\"\",");
     }
+
+    #[test]
+    fn detections_become_one_line_per_file_and_dead_letters_their_json() {
+        use crate::dead_letter::{DeadLetter, Originals};
+        use crate::testing::{Fixture, fast_config, run_stage};
+        use timely::dataflow::operators::Concat as _;
+        use timely::dataflow::operators::core::OkErr as _;
+
+        let f = Fixture::duo(3, 3);
+        let scored = f.scored(&fast_config());
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let columns = Arc::new(Columns::new(&f.schema));
+        let detections: Vec<Result<Detection, DeadLetter>> = scored
+            .into_iter()
+            .take(4)
+            .map(|s| Ok(crate::post_proc::post_process(s, columns.features(), now)))
+            .chain(std::iter::once(Err(DeadLetter::model(
+                "test",
+                "m",
+                "why".into(),
+            ))))
+            .collect();
+        let (out, _) = run_stage(vec![(2, detections)], move |s, _| {
+            let (d, dead) = s.ok_err(|x| x);
+            d.serialize(
+                columns,
+                vec![OutKind::DetectionsCsv, OutKind::DetectionsJson],
+            )
+            .concat(dead.serialize_dead_letters(Originals::none()))
+        });
+        let kinds = |k: OutKind| out.iter().filter(|(_, l)| l.kind == k).count();
+        assert_eq!(kinds(OutKind::DetectionsCsv), 4);
+        assert_eq!(kinds(OutKind::DetectionsJson), 4);
+        assert_eq!(kinds(OutKind::DeadLetters), 1);
+        for (t, l) in &out {
+            assert_eq!(*t, 2);
+            if l.kind != OutKind::DetectionsCsv {
+                let v: serde_json::Value = serde_json::from_str(&l.text).unwrap();
+                assert!(v.is_object(), "{}", l.text);
+            }
+        }
+        let dead = out
+            .iter()
+            .find(|(_, l)| l.kind == OutKind::DeadLetters)
+            .unwrap();
+        assert!(dead.1.text.contains("why"));
+    }
 }

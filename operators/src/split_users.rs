@@ -305,4 +305,65 @@ mod tests {
         let s = split(rows(), &SplitConfig::default(), false, false, true);
         assert!(s.users.is_empty());
     }
+
+    #[test]
+    fn each_epoch_is_split_per_user_with_the_generic_user_getting_every_training_row() {
+        let f = crate::testing::Fixture::duo(3, 2);
+        let mut days = f.days();
+        // Day 1 only scores: no generic rows.
+        for rows in &mut days[1].1 {
+            rows.tasks.train = false;
+        }
+        // One user is skipped: counted, in the generic rows, not its own.
+        let skipped = days[0].1[0].rows[0].user.clone().unwrap();
+        let of_skipped = |d: &[FileRows]| {
+            d[0].rows
+                .iter()
+                .filter(|r| r.user.as_deref() == Some(skipped.as_str()))
+                .count()
+        };
+        let counts: Vec<(usize, usize)> = days
+            .iter()
+            .map(|(_, d)| (d[0].rows.len(), of_skipped(d)))
+            .collect();
+        let cfg = SplitConfig {
+            skip_users: vec![skipped.clone()],
+            ..SplitConfig::default()
+        };
+        let (out, stats) = crate::testing::run_stage(days, move |s, stats| {
+            crate::testing::both(s.split_users(cfg, stats))
+        });
+        assert_eq!(
+            stats.skipped,
+            counts.iter().map(|c| c.1 as u64).sum::<u64>()
+        );
+        for (epoch, (rows, skipped_rows)) in counts.iter().enumerate() {
+            let users: Vec<&UserRows> = out
+                .iter()
+                .filter(|(t, _)| *t == epoch as u64)
+                .filter_map(|(_, u)| u.as_ref().ok())
+                .collect();
+            let generic: Vec<&&UserRows> = users.iter().filter(|u| u.generic).collect();
+            let own: usize = users
+                .iter()
+                .filter(|u| !u.generic)
+                .map(|u| u.rows.len())
+                .sum();
+            assert_eq!(
+                own,
+                rows - skipped_rows,
+                "epoch {epoch}: every row to its user once"
+            );
+            assert!(users.iter().all(|u| u.user != skipped || u.generic));
+            if epoch == 0 {
+                assert_eq!(generic.len(), 1);
+                assert_eq!(generic[0].rows.len(), *rows);
+                assert!(users.iter().all(|u| u.train && u.infer != u.generic));
+            } else {
+                assert!(generic.is_empty(), "a scoring epoch has no generic rows");
+                assert!(users.iter().all(|u| u.infer && !u.train));
+            }
+        }
+        assert!(out.iter().all(|(_, u)| u.is_ok()), "no dead letters");
+    }
 }

@@ -108,3 +108,49 @@ impl<'s> Training<'s> for StreamVec<'s, u64, Prepared> {
         .ok_err(|r| r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fixture, both, cpu, fast_config, run_stage};
+
+    #[test]
+    fn every_training_window_of_an_epoch_trains_one_model_of_its_rows() {
+        let f = Fixture::duo(3, 2);
+        let cfg = fast_config();
+        let epochs: Vec<(u64, Vec<Prepared>)> = f
+            .prepared(&cfg)
+            .into_iter()
+            .map(|(t, ps)| (t, ps.into_iter().filter(|p| p.window.train).collect()))
+            .collect();
+        let want: Vec<(u64, String, usize)> = epochs
+            .iter()
+            .flat_map(|(t, ps)| {
+                let mut ws: Vec<(u64, String, usize)> = ps
+                    .iter()
+                    .map(|p| (*t, model_name("duo", &p.window.user), p.window.rows.len()))
+                    .collect();
+                ws.sort();
+                ws
+            })
+            .collect();
+        assert!(!want.is_empty());
+        let (schema, model) = (f.schema.clone(), cfg.model.clone());
+        let (out, stats) = run_stage(epochs, move |s, stats| {
+            both(s.training(cpu(), schema, model, stats))
+        });
+        let got: Vec<(u64, String, usize)> = out
+            .iter()
+            .map(|(t, m)| {
+                let m = m.as_ref().unwrap();
+                (*t, m.header.name.clone(), m.header.rows)
+            })
+            .collect();
+        assert_eq!(
+            got, want,
+            "one model per window, in user order, of the window's rows"
+        );
+        assert_eq!(stats.train_failed, 0);
+        assert!(stats.train_seconds > 0.0);
+    }
+}

@@ -15,29 +15,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{control, logs, options};
+use common::{DAY_US, STREAMING, batch_run, lines, logs, options};
 use dfp_bench::broker::Broker;
 use dfp_engine::generate::GenSource;
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::checkpoint::CheckpointSettings;
-use dfp_operators::control_topic::ControlTopicInput;
-use dfp_operators::kafka_sink::KafkaSink;
-use dfp_operators::kafka_source::KafkaSettings;
-use dfp_operators::pipeline::{Input, RunSummary, StreamInput, run};
+use dfp_operators::config::SinkConfig;
+use dfp_operators::kafka::KafkaSettings;
+use dfp_operators::pipeline::{
+    ControlTopicInput, Input, RunOptions, StreamInput, StreamSource, run,
+};
 use dfp_operators::replay::{Speed, records, replay};
+use dfp_operators::sink::kafka::KafkaSink;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-
-const DAY_US: i64 = 86_400_000_000;
-
-/// Morpheus' streaming pipeline over the files: one epoch a day, each trains and scores.
-const STREAMING: &str = r#"{"inputs": [{
-  "metadata": {"data_type": "streaming",
-               "batching_options": {"period": "D", "start_time": "2022-08-01", "end_time": "2022-08-09"}},
-  "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}},
-            {"type": "training", "properties": {}},
-            {"type": "inference", "properties": {}}]}]}"#;
 
 fn kafka(broker: &Broker) -> KafkaSettings {
     KafkaSettings {
@@ -46,48 +38,39 @@ fn kafka(broker: &Broker) -> KafkaSettings {
     }
 }
 
-fn stream(broker: &Broker, topic: &str, detections: Option<&str>) -> Input {
-    live(broker, topic, detections, true, Arc::default())
+fn stream(broker: &Broker, topic: &str) -> Input {
+    live(broker, topic, true, Arc::default())
 }
 
 /// A stream input; `bounded`: stop once every partition has been read to its end.
-fn live(
-    broker: &Broker,
-    topic: &str,
-    detections: Option<&str>,
-    bounded: bool,
-    stop: Arc<AtomicBool>,
-) -> Input {
-    let mut s = StreamInput::new(kafka(broker), topic, &format!("test-{topic}"), DAY_US);
-    s.source.stop_at_end = bounded;
-    s.detections_topic = detections.map(str::to_string);
+fn live(broker: &Broker, topic: &str, bounded: bool, stop: Arc<AtomicBool>) -> Input {
+    let mut s = StreamInput::kafka(kafka(broker), topic, &format!("test-{topic}"), DAY_US);
+    if let StreamSource::Kafka(k) = &mut s.source {
+        k.stop_at_end = bounded;
+    }
     s.stop = stop;
-    Input::Kafka(s)
+    Input::Stream(s)
+}
+
+/// `opts`, also producing the detections to `topic` on `broker`.
+fn with_detections(mut opts: RunOptions, broker: &Broker, topic: &str) -> RunOptions {
+    opts.config.sinks.push(SinkConfig::Kafka {
+        url: format!("kafka://{}/{topic}", broker.address),
+        options: Default::default(),
+    });
+    opts
 }
 
 /// `input`, checkpointing to `dir` at every epoch.
 fn checkpointed(input: Input, dir: &Path) -> Input {
-    let Input::Kafka(mut s) = input else {
+    let Input::Stream(mut s) = input else {
         panic!("not a stream")
     };
     s.checkpoint = Some(CheckpointSettings {
         dir: dir.to_path_buf(),
         every: 1,
     });
-    Input::Kafka(s)
-}
-
-/// The batch run of `root/logs` with Morpheus' streaming control message, into `root/batch`.
-fn batch_run(root: &Path) -> RunSummary {
-    let control_file = root.join("control.json");
-    std::fs::write(&control_file, STREAMING).unwrap();
-    run(options(
-        "azure",
-        control(&control_file),
-        &root.join("batch"),
-        2,
-    ))
-    .unwrap()
+    Input::Stream(s)
 }
 
 /// Sets `stop` once the run writing into `out` has scored its first rows (a stream without
@@ -127,16 +110,6 @@ fn replay_dir(broker: &Broker, topic: &str, dir: &Path) -> usize {
     recs.len()
 }
 
-/// The lines of an output file, header first, the rest sorted.
-fn lines(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    if let Some((_, rest)) = lines.split_first_mut() {
-        rest.sort();
-    }
-    lines
-}
-
 /// Everything in `topic`, waiting up to 30 s for `want` messages.
 fn consume(broker: &Broker, topic: &str, want: usize) -> Vec<String> {
     let consumer: BaseConsumer = kafka(broker)
@@ -169,14 +142,15 @@ fn a_replayed_stream_gives_the_batch_runs_detections_scores_and_models() {
 
     let sent = replay_dir(&broker, "logs", &data);
     assert_eq!(sent as u64, batch.stats.rows, "every record replayed");
-    let streamed = run(options(
-        "azure",
-        checkpointed(
-            stream(&broker, "logs", Some("detections")),
-            &root.path().join("state"),
+    let streamed = run(with_detections(
+        options(
+            "azure",
+            checkpointed(stream(&broker, "logs"), &root.path().join("state")),
+            &root.path().join("stream"),
+            2,
         ),
-        &root.path().join("stream"),
-        2,
+        &broker,
+        "detections",
     ))
     .unwrap();
     assert_eq!(streamed.stats.rows, batch.stats.rows);
@@ -232,13 +206,7 @@ fn malformed_messages_are_dead_lettered_with_partition_and_offset() {
     }
     sink.flush().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let s = run(options(
-        "azure",
-        stream(&broker, "raw", None),
-        root.path(),
-        1,
-    ))
-    .unwrap();
+    let s = run(options("azure", stream(&broker, "raw"), root.path(), 1)).unwrap();
     assert_eq!(s.stats.rows, 2, "{}", s.line());
     let dead =
         std::fs::read_to_string(root.path().join("output/dfp_dead_letter_azure.jsonl")).unwrap();
@@ -259,7 +227,7 @@ fn a_stopped_stream_finishes_what_it_read_and_commits_it() {
     let data = logs(GenSource::Azure, 6, 4, &root.path().join("logs"));
     let sent = replay_dir(&broker, "live", &data) as u64;
     let stop = Arc::new(AtomicBool::new(false));
-    let input = live(&broker, "live", None, false, stop.clone());
+    let input = live(&broker, "live", false, stop.clone());
     let out = root.path().join("first");
     let first = std::thread::spawn({
         let out = out.clone();
@@ -274,7 +242,7 @@ fn a_stopped_stream_finishes_what_it_read_and_commits_it() {
     // Everything was committed: the group's next run has nothing left to read.
     let again = run(options(
         "azure",
-        live(&broker, "live", None, true, Arc::default()),
+        live(&broker, "live", true, Arc::default()),
         &root.path().join("second"),
         1,
     ))
@@ -297,7 +265,7 @@ fn a_checkpointed_stream_stopped_and_resumed_writes_what_one_run_writes() {
     let sent = replay_dir(&broker, "logs", &data) as u64;
     let once = run(options(
         "azure",
-        stream(&broker, "logs", None),
+        stream(&broker, "logs"),
         &root.path().join("once"),
         2,
     ))
@@ -309,14 +277,13 @@ fn a_checkpointed_stream_stopped_and_resumed_writes_what_one_run_writes() {
     let state = root.path().join("state");
     let out = root.path().join("twice");
     let resumed = |stop: Arc<AtomicBool>, bounded: bool| {
-        let mut input = checkpointed(
-            live(&broker, "logs", Some("detections"), bounded, stop),
-            &state,
-        );
-        if let Input::Kafka(s) = &mut input {
-            s.source.group = "resumed".into();
+        let mut input = checkpointed(live(&broker, "logs", bounded, stop), &state);
+        if let Input::Stream(s) = &mut input
+            && let StreamSource::Kafka(k) = &mut s.source
+        {
+            k.group = "resumed".into();
         }
-        options("azure", input, &out, 2)
+        with_detections(options("azure", input, &out, 2), &broker, "detections")
     };
     let stop = Arc::new(AtomicBool::new(false));
     let first = std::thread::spawn({
@@ -414,9 +381,11 @@ fn an_unreachable_broker_is_a_clear_error() {
         brokers: "127.0.0.1:1".into(),
         options: Vec::new(),
     };
-    let mut stream = StreamInput::new(settings, "logs", "g", DAY_US);
-    stream.source.stop_at_end = true;
-    let input = Input::Kafka(stream);
+    let mut stream = StreamInput::kafka(settings, "logs", "g", DAY_US);
+    if let StreamSource::Kafka(k) = &mut stream.source {
+        k.stop_at_end = true;
+    }
+    let input = Input::Stream(stream);
     let root = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let err = run(options("azure", input, root.path(), 1))

@@ -26,7 +26,7 @@ use dfp_operators::demo::control_message;
 use dfp_operators::evaluate::evaluate;
 use dfp_operators::pipeline::{Input, RunOptions, run};
 use dfp_operators::serialize::OutKind;
-use dfp_operators::sinks::output_path;
+use dfp_operators::sink::files::output_path;
 use serde_json::{Value, json};
 
 /// One run, in this (child) process.

@@ -34,13 +34,12 @@ use dfp_bench::broker::Broker;
 use dfp_bench::{DAILY_CONTROL, arg, azure_month, bench_dir, write_report};
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;
-use dfp_operators::checkpoint::CheckpointSettings;
-use dfp_operators::config::RunConfig;
+use dfp_operators::config::{RunConfig, SinkConfig};
 use dfp_operators::file_to_batch::Tasks;
-use dfp_operators::kafka_sink::KafkaSink;
-use dfp_operators::kafka_source::KafkaSettings;
-use dfp_operators::pipeline::{Input, RunOptions, RunSummary, StreamInput, run};
+use dfp_operators::kafka::KafkaSettings;
+use dfp_operators::pipeline::{Input, RunOptions, RunSummary, StreamInput, StreamSource, run};
 use dfp_operators::replay::{Speed, records, replay};
+use dfp_operators::sink::kafka::KafkaSink;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -81,22 +80,21 @@ fn stream_input(
     group: &str,
     period_us: i64,
     tasks: Tasks,
-    detections: Option<&str>,
     bounded: bool,
     stop: Arc<AtomicBool>,
     state: Option<&Path>,
 ) -> Input {
-    let mut s = StreamInput::new(kafka.clone(), topic, group, period_us);
-    s.source.poll = Duration::from_millis(5);
-    s.source.stop_at_end = bounded;
+    let mut s = StreamInput::kafka(kafka.clone(), topic, group, period_us);
+    if let StreamSource::Kafka(k) = &mut s.source {
+        k.poll = Duration::from_millis(5);
+        k.stop_at_end = bounded;
+    }
     s.tasks = tasks;
-    s.detections_topic = detections.map(str::to_string);
     s.stop = stop;
-    s.checkpoint = state.map(|dir| CheckpointSettings {
-        dir: dir.to_path_buf(),
-        every: 1,
-    });
-    Input::Kafka(s)
+    Input::Stream(match state {
+        Some(dir) => s.checkpoint_to(dir, 1),
+        None => s,
+    })
 }
 
 /// Bytes under `dir`.
@@ -140,6 +138,10 @@ fn child(spec: &str) -> Result<()> {
     let mut config = RunConfig::from_toml(DFP_CONFIG, "configs/dfp.toml")?;
     config.detection.threshold = -1.0;
     config.inference_window.max_history = "1h".into();
+    config.sinks.push(SinkConfig::Kafka {
+        url: format!("kafka://{}/{}", c.brokers, c.detections),
+        options: c.options.iter().cloned().collect(),
+    });
     let kafka = KafkaSettings {
         brokers: c.brokers.clone(),
         options: c.options.clone(),
@@ -155,7 +157,6 @@ fn child(spec: &str) -> Result<()> {
             infer: true,
             payload: false,
         },
-        Some(&c.detections),
         false,
         stop.clone(),
         c.state.as_deref(),
@@ -415,7 +416,6 @@ fn main() -> Result<()> {
                     infer: true,
                     payload: false,
                 },
-                None,
                 true,
                 Arc::default(),
                 state,

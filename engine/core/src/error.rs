@@ -5,6 +5,7 @@
 //! can print the whole chain.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Errors raised by the engine.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,15 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with it.
         problem: String,
+    },
+    /// A stage of a run failed, which stopped the run.
+    #[error("the run stopped{}", if *others > 0 { format!(" ({others} more failure(s) logged)") } else { String::new() })]
+    Failed {
+        /// The first failure, with its own chain.
+        #[source]
+        source: Arc<Error>,
+        /// More failures of the same run, logged.
+        others: usize,
     },
     /// Serializing or deserializing JSON failed.
     #[error("{context}")]

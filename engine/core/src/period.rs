@@ -244,6 +244,66 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// A duration >= 0 as a config writes it (`"1d"`, `"100ms"`; see [`parse_duration`]), parsed
+/// when the config is read: a bad one is refused with the key's path then, not when used.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Span {
+    text: String,
+    us: i64,
+}
+
+impl Span {
+    /// The duration in µs.
+    pub fn us(&self) -> i64 {
+        self.us
+    }
+
+    /// The duration as a std one.
+    pub fn std(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.us.unsigned_abs())
+    }
+
+    /// As written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl TryFrom<String> for Span {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let us = parse_duration(&text)?
+            .num_microseconds()
+            .ok_or_else(|| format!("{text:?} is too long"))?;
+        if us < 0 {
+            return Err(format!("{text:?} must not be negative"));
+        }
+        Ok(Span { text, us })
+    }
+}
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Span::try_from(text.to_string())
+    }
+}
+
+impl From<Span> for String {
+    fn from(s: Span) -> String {
+        s.text
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Parses a control message's `start_time` / `end_time`: any ISO-8601 form (`2022-08-01`,
 /// `2022-01-30T10:26:00`, `2021-01-01T00:00:00Z`, with an offset), or any other form dfp reads
 /// event times in ([`crate::timefmt`]); a time without an offset is UTC.

@@ -11,7 +11,7 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
-use dfp_operators::pipeline::{Input, RunOptions};
+use dfp_operators::pipeline::{Input, RunOptions, RunSummary, run};
 
 /// Small, fast settings: tiny networks, few epochs, short history (`tests/fast.toml`, which the
 /// command-line tests use too).
@@ -52,4 +52,38 @@ pub fn options(source: &str, input: Input, root: &Path, workers: usize) -> RunOp
 /// A control-message input.
 pub fn control(path: &Path) -> Input {
     Input::control(path)
+}
+
+/// A day in µs: a stream's epoch.
+pub const DAY_US: i64 = 86_400_000_000;
+
+/// Morpheus' streaming pipeline over the files: one epoch a day, each trains and scores.
+pub const STREAMING: &str = r#"{"inputs": [{
+  "metadata": {"data_type": "streaming",
+               "batching_options": {"period": "D", "start_time": "2022-08-01", "end_time": "2022-08-09"}},
+  "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}},
+            {"type": "training", "properties": {}},
+            {"type": "inference", "properties": {}}]}]}"#;
+
+/// The batch run of `root/logs` with Morpheus' streaming control message, into `root/batch`.
+pub fn batch_run(root: &Path) -> RunSummary {
+    let control_file = root.join("control.json");
+    std::fs::write(&control_file, STREAMING).unwrap();
+    run(options(
+        "azure",
+        control(&control_file),
+        &root.join("batch"),
+        2,
+    ))
+    .unwrap()
+}
+
+/// The lines of an output file, header first, the rest sorted.
+pub fn lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if let Some((_, rest)) = lines.split_first_mut() {
+        rest.sort();
+    }
+    lines
 }

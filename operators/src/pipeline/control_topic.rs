@@ -31,13 +31,15 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::worker::{Feed, execute_once, other_sinks};
+use super::{RunOptions, latest_versions, plan};
 use crate::checkpoint::{self, read_state, write_atomic};
 use crate::dead_letter::DeadLetter;
-use crate::kafka_source::{KafkaConsumer, KafkaSettings, partition_count};
+use crate::kafka::{KafkaConsumer, KafkaSettings, TIMEOUT, kafka_error, partition_count};
 use crate::metrics::Stats;
-use crate::pipeline::{Feed, RunOptions, execute, latest_versions, plan};
 use crate::serialize::dead_letter_line;
-use crate::sinks::{OutputFiles, SinkState};
+use crate::sink::SinkSet;
+use crate::sink::files::{OutputFiles, SinkState};
 
 /// Where control messages come from and how they are consumed.
 #[derive(Debug, Clone)]
@@ -79,10 +81,6 @@ struct ControlState {
     versions: HashMap<String, u32>,
 }
 
-fn kafka_error(what: &str, e: KafkaError) -> Error {
-    Error::stage("control topic", format!("{what}: {e}"))
-}
-
 /// The consumer, assigned every partition of `input.topic` from `next` (else the group's
 /// committed offsets, else the beginning).
 fn consumer(
@@ -96,7 +94,7 @@ fn consumer(
         wanted.add_partition(&input.topic, p);
     }
     let committed = consumer
-        .committed_offsets(wanted, Duration::from_secs(10))
+        .committed_offsets(wanted, TIMEOUT)
         .map_err(|e| kafka_error("reading committed offsets", e))?;
     let mut assign = TopicPartitionList::new();
     for p in 0..count as i32 {
@@ -207,12 +205,12 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
         match planned {
             Ok(plan) => {
                 tracing::info!(message = %label, epochs = plan.epochs.len(), files = plan.files(), "running a control message");
-                let (s, e) = execute(
+                let sinks = SinkSet::new(files, other_sinks(opts, None)?);
+                let (s, e) = execute_once(
                     opts,
-                    Feed::Files(Arc::new(plan)),
-                    Some(files),
+                    Feed::Plan(Arc::new(plan)),
+                    Some(sinks),
                     state.versions.clone(),
-                    None,
                     input.state_dir.is_some(),
                 )?;
                 stats.merge(s);
@@ -223,7 +221,7 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
                 tracing::warn!(message = %label, error = %e, "control message dead-lettered");
                 let mut d = DeadLetter::message(&input.topic, p, offset, e.to_string(), text);
                 d.stage = "control_topic".into();
-                files.write(0, vec![dead_letter_line(&d)])?;
+                files.write(&[dead_letter_line(&d)])?;
                 stats.dead_letters += 1;
             }
         }

@@ -2,8 +2,8 @@
 //! `dfp_detections_{source}.jsonl`, to a topic, beside the file sinks; `dfp replay` produces
 //! log records through it too.
 //!
-//! The sink stage calls [`KafkaSink::send`] once per epoch, after the epoch's lines are in the
-//! files, in the files' order; it returns once the broker has acknowledged every message
+//! The sink stage writes each epoch to it after the files, in the files' order
+//! ([`Sink::write_epoch`]); it returns once the broker has acknowledged every message
 //! (`acks=all`), so an epoch counts as written only when it is in the topic too.
 //!
 //! Idempotence across crashes: in a checkpointed run each message is keyed
@@ -27,7 +27,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka_source::{KafkaSettings, partition_count};
+use super::Sink;
+use crate::kafka::{KafkaSettings, partition_count};
+use crate::serialize::{Line, OutKind};
 
 /// Remembers the first message the broker did not take, so that [`KafkaSink::flush`] can say
 /// so instead of losing it silently.
@@ -178,6 +180,27 @@ impl KafkaSink {
             )),
             None => Ok(()),
         }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn describe(&self) -> String {
+        format!("the topic {:?}", self.topic)
+    }
+
+    fn write_epoch(&mut self, epoch: u64, lines: &[Line]) -> Result<()> {
+        self.send(
+            epoch,
+            lines
+                .iter()
+                .filter(|l| l.kind == OutKind::DetectionsJson)
+                .map(|l| l.text.as_str()),
+        )
+    }
+
+    /// Nothing: its messages are keyed, and a restart skips those already in the topic.
+    fn state(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
     }
 }
 

@@ -1,14 +1,10 @@
-//! Sinks (Morpheus' `write_to_file` stage): write the output lines to files in the output
+//! The files sink (Morpheus' `write_to_file` stage): the output lines go to files in the output
 //! directory: `dfp_detections_{source}.csv` and `.jsonl`, `dfp_scores_{source}.csv` (with
-//! `--write-scores`) and `dfp_dead_letter_{source}.jsonl`; in streaming runs also the
-//! detections topic ([`crate::kafka_sink`]).
-//!
-//! Input: [`Line`]s, all exchanged to worker 0, which owns the files. State: the lines of epochs
-//! the frontier has not passed; when it passes an epoch its lines are sorted (by file, event
-//! time, origin) and appended, and the files are flushed. So each line is written once, in an
-//! order that does not depend on the number of workers. A checkpoint holds each file's length
-//! (synced to disk); a restart from it cuts the files back to those lengths
-//! ([`OutputFiles::resume`]), so lines written after the cut are not doubled.
+//! `--write-scores`) and `dfp_dead_letter_{source}.jsonl`, each epoch's lines appended in the
+//! order they come (sorted by the sink stage) and flushed. State: each file's length, synced to
+//! disk for a checkpoint; a restart from it cuts the files back to those lengths
+//! ([`OutputFiles::resume`]), so lines written after the cut are not doubled. Files are
+//! created and opened without following links.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,22 +13,14 @@ use std::path::{Path, PathBuf};
 
 use dfp_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Operator;
-use timely::dataflow::operators::generic::OutputBuilderSession;
 
-use crate::checkpoint::{self, StageState, frontier_cut};
-use crate::frontier::Pending;
-use crate::kafka_sink::KafkaSink;
-use crate::metrics::SharedStats;
+use super::Sink;
+use crate::checkpoint;
 use crate::serialize::{Columns, Line, OutKind};
 
-/// The output files of a run, and the detections topic if there is one.
+/// The output files of a run.
 pub struct OutputFiles {
     files: HashMap<OutKind, (PathBuf, BufWriter<File>)>,
-    kafka: Option<KafkaSink>,
 }
 
 /// The path of one output file.
@@ -81,13 +69,7 @@ impl OutputFiles {
                 .map_err(|e| Error::io(&path, "writing output", e))?;
             files.insert(kind, (path, w));
         }
-        Ok(Self { files, kafka: None })
-    }
-
-    /// Also produces the detections to a Kafka topic.
-    pub fn with_kafka(mut self, sink: KafkaSink) -> Self {
-        self.kafka = Some(sink);
-        self
+        Ok(Self { files })
     }
 
     /// Reopens the files in `dir` as they were at a cut: each is cut back to its length then,
@@ -126,7 +108,7 @@ impl OutputFiles {
             }
             files.insert(kind, (path, BufWriter::new(file)));
         }
-        Ok(Self { files, kafka: None })
+        Ok(Self { files })
     }
 
     /// Each file's length, synced to disk.
@@ -148,15 +130,9 @@ impl OutputFiles {
         Ok(SinkState { lengths })
     }
 
-    /// [`Self::lengths`], encoded for a checkpoint.
-    pub fn state(&mut self) -> Result<Vec<u8>> {
-        checkpoint::encode(&self.lengths()?)
-    }
-
-    /// Writes one epoch's lines, sorted, and flushes (the detections topic included).
-    pub fn write(&mut self, epoch: u64, mut lines: Vec<Line>) -> Result<()> {
-        lines.sort();
-        for line in &lines {
+    /// Writes one epoch's lines, in order, and flushes.
+    pub fn write(&mut self, lines: &[Line]) -> Result<()> {
+        for line in lines {
             if let Some((path, w)) = self.files.get_mut(&line.kind) {
                 writeln!(w, "{}", line.text)
                     .map_err(|e| Error::io(path.as_path(), "writing output", e))?;
@@ -166,75 +142,20 @@ impl OutputFiles {
             w.flush()
                 .map_err(|e| Error::io(path.as_path(), "flushing output", e))?;
         }
-        if let Some(k) = &mut self.kafka {
-            k.send(
-                epoch,
-                lines
-                    .iter()
-                    .filter(|l| l.kind == OutKind::DetectionsJson)
-                    .map(|l| l.text.as_str()),
-            )?;
-        }
         Ok(())
     }
 }
 
-/// The sink stage as a timely operator.
-pub trait Sinks<'s> {
-    /// Writes every epoch's lines once the frontier has passed it (`files` on worker 0 only,
-    /// checkpointed through `snapshots`). The returned stream carries nothing; its frontier
-    /// tells what has been written.
-    fn sinks(
-        self,
-        files: Option<OutputFiles>,
-        snapshots: StageState,
-        stats: SharedStats,
-    ) -> StreamVec<'s, u64, ()>;
-}
+impl Sink for OutputFiles {
+    fn describe(&self) -> String {
+        "files".into()
+    }
 
-/// The files' state for a checkpoint (none on workers without them).
-fn sink_state(files: &mut Option<OutputFiles>) -> Result<Vec<u8>> {
-    files
-        .as_mut()
-        .ok_or_else(|| {
-            Error::stage(
-                "checkpoint",
-                "the sinks' state asked of a worker without the files",
-            )
-        })?
-        .state()
-}
+    fn write_epoch(&mut self, _epoch: u64, lines: &[Line]) -> Result<()> {
+        self.write(lines)
+    }
 
-impl<'s> Sinks<'s> for StreamVec<'s, u64, Line> {
-    fn sinks(
-        self,
-        mut files: Option<OutputFiles>,
-        mut snapshots: StageState,
-        stats: SharedStats,
-    ) -> StreamVec<'s, u64, ()> {
-        self.unary_frontier(Exchange::new(|_: &Line| 0), "Sinks", move |_cap, _info| {
-            let mut pending = Pending::<Line>::default();
-            move |(input, frontier), _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
-                input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
-                for (cap, lines) in pending.ready(&[frontier]) {
-                    let epoch = *cap.time();
-                    snapshots.offer(epoch, || sink_state(&mut files), &stats);
-                    snapshots.applied(epoch);
-                    let mut s = stats.borrow_mut();
-                    s.detections += lines.iter().filter(|l| l.kind == OutKind::DetectionsCsv).count() as u64;
-                    s.dead_letters += lines.iter().filter(|l| l.kind == OutKind::DeadLetters).count() as u64;
-                    let Some(f) = files.as_mut() else {
-                        s.fatal.push("output lines reached a worker without the output files".into());
-                        continue;
-                    };
-                    if let Err(e) = f.write(epoch, lines) {
-                        tracing::error!(error = %e, "cannot write outputs");
-                        s.fatal.push(e.to_string());
-                    }
-                }
-                snapshots.offer(frontier_cut(&[frontier]), || sink_state(&mut files), &stats);
-            }
-        })
-        .container::<Vec<()>>()
+    fn state(&mut self) -> Result<Option<Vec<u8>>> {
+        checkpoint::encode(&self.lengths()?).map(Some)
     }
 }

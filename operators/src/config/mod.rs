@@ -1,11 +1,15 @@
-//! The run configuration (`dfp run --config FILE`): one TOML table per stage, every key
-//! optional with Morpheus' default beside it, unknown keys rejected, and every bad value
-//! reported with its dotted path. Documented key by key in configs/README.md.
+//! The run configuration (`dfp run --config FILE`): one TOML table per stage, and a stream's
+//! input, checkpoints and sinks (`streams`), every key optional with Morpheus' default beside
+//! it, unknown keys rejected, and every bad value reported with its dotted path. Documented
+//! key by key in configs/README.md.
+
+mod streams;
 
 use std::path::Path;
 
 use dfp_engine::config::Problems;
 use dfp_engine::model::ModelConfig;
+use dfp_engine::period::Span;
 use dfp_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +17,8 @@ use crate::filter_detections::DetectionConfig;
 use crate::inference::InferenceConfig;
 use crate::rolling_window::WindowConfig;
 use crate::split_users::SplitConfig;
+
+pub use streams::{CheckpointConfig, SinkConfig, SourceConfig, SourceKind};
 
 /// Every stage's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +43,12 @@ pub struct RunConfig {
     pub events: EventsConfig,
     /// Morpheus' features and output columns instead of dfp's.
     pub morpheus: MorpheusConfig,
+    /// A stream's input.
+    pub source: SourceConfig,
+    /// A stream's checkpoints.
+    pub checkpoint: CheckpointConfig,
+    /// Sinks beside the output files.
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// What of Morpheus' own choices a run takes (`[morpheus]`): its feature lists (the source
@@ -59,30 +71,16 @@ pub struct MorpheusConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     /// A duration ("1d", "6h").
-    pub max_ahead: String,
+    pub max_ahead: Span,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
-            max_ahead: "1d".into(),
+            max_ahead: "1d"
+                .parse()
+                .unwrap_or_else(|_| unreachable!("a valid duration")),
         }
-    }
-}
-
-impl EventsConfig {
-    /// `max_ahead` in µs.
-    pub fn max_ahead_us(&self) -> std::result::Result<i64, String> {
-        dfp_engine::period::parse_duration(&self.max_ahead)
-            .ok()
-            .and_then(|d| d.num_microseconds())
-            .filter(|&us| us >= 0)
-            .ok_or_else(|| {
-                format!(
-                    "{:?} is not a duration >= 0 like \"1d\" or \"6h\"",
-                    self.max_ahead
-                )
-            })
     }
 }
 
@@ -130,6 +128,9 @@ impl Default for RunConfig {
             detection: DetectionConfig::default(),
             events: EventsConfig::default(),
             morpheus: MorpheusConfig::default(),
+            source: SourceConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+            sinks: Vec::new(),
         }
     }
 }
@@ -161,8 +162,11 @@ impl RunConfig {
                 "must be a finite number >= 0 (it bounds mean_abs_z, which is never negative)",
             );
         }
-        if let Err(e) = self.events.max_ahead_us() {
-            p.push("events.max_ahead", e);
+        self.source.check("source", &mut p);
+        self.checkpoint
+            .check("checkpoint", &self.source.epoch, &mut p);
+        for (i, sink) in self.sinks.iter().enumerate() {
+            sink.check(&format!("sinks[{i}]"), &mut p);
         }
         if self.split.generic_user.is_empty() {
             p.push("split.generic_user", "must not be empty");
@@ -188,13 +192,13 @@ mod tests {
 
     #[test]
     fn the_shipped_dfp_config_is_valid() {
-        let text = include_str!("../../configs/dfp.toml");
+        let text = include_str!("../../../configs/dfp.toml");
         RunConfig::from_toml(text, "configs/dfp.toml").unwrap();
     }
 
     #[test]
     fn the_morpheus_file_spells_out_the_defaults_and_asks_for_morpheus_outputs() {
-        let text = include_str!("../../configs/morpheus.toml");
+        let text = include_str!("../../../configs/morpheus.toml");
         let c = RunConfig::from_toml(text, "configs/morpheus.toml").unwrap();
         assert_eq!(
             c,

@@ -1,0 +1,145 @@
+//! The DFP dataflow, built in one place from a worker's [`Stages`]:
+//!
+//! ```text
+//! files ─ file to batch ─┐
+//! rows ──────────────────┴─ split users ─ rolling window ─┬─ data prep ─ training ─ registry writer ─┐ (model notes, broadcast)
+//!                                                          └─ data prep ─ inference ◄────────────────┘
+//!                                                                         ├─ filter detections ─ post-processing ─ serialize ─┐
+//!                                                                         └─ (scores) post-processing ─ serialize ────────────┤
+//! dead letters of every stage ─ serialize ─────────────────────────────────────────────────────────────────────────────────────┴─ sinks
+//! ```
+//!
+//! Input: a worker's three inputs (files to read, rows read by the source, the source's dead
+//! letters). Output: the probe of the sinks, whose frontier tells what has been written. State:
+//! the stages' (windows, scorer, sinks), handed in with their checkpoint writers.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use dfp_engine::ingest::Reader;
+use dfp_engine::model::Backend;
+use dfp_engine::registry::Registry;
+use dfp_engine::schema::SourceSchema;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Concatenate, OkErr, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle, Scope};
+
+use crate::config::RunConfig;
+use crate::data_prep::DataPrep;
+use crate::dead_letter::{DeadLetter, Originals};
+use crate::file_to_batch::{FileRows, FileTask, FileToBatch};
+use crate::filter_detections::FilterDetections;
+use crate::inference::{Inference, Scorer};
+use crate::metrics::SharedStats;
+use crate::post_proc::{Clock, PostProc};
+use crate::registry_writer::RegistryWriter;
+use crate::rolling_window::{RollingWindowExt, RollingWindows};
+use crate::serialize::{Columns, OutKind, SerializeDeadLetters, SerializeDetections};
+use crate::sink::{SinkSet, WriteSinks};
+use crate::split_users::SplitUsers;
+use crate::state::StageState;
+use crate::training::Training;
+
+/// Everything one worker's graph is built from: the settings, and each stateful stage with
+/// its checkpoint writer.
+pub(crate) struct Stages {
+    pub schema: Arc<SourceSchema>,
+    pub columns: Arc<Columns>,
+    pub reader: Arc<Reader>,
+    pub config: RunConfig,
+    pub backend: Rc<dyn Backend>,
+    pub registry: Registry,
+    /// Register each model unless the same model is there (a restarted stream).
+    pub once: bool,
+    pub clock: Clock,
+    pub write_scores: bool,
+    pub stats: SharedStats,
+    pub windows: (RollingWindows, StageState),
+    pub scorer: (Scorer, StageState),
+    /// The sinks (worker 0 only) and their checkpoint writer.
+    pub sinks: (Option<SinkSet>, StageState),
+    pub originals: Originals,
+}
+
+/// A worker's inputs and the probe of what has been written.
+pub(crate) struct Graph {
+    pub files: InputHandleVec<u64, FileTask>,
+    pub rows: InputHandleVec<u64, FileRows>,
+    pub dead: InputHandleVec<u64, DeadLetter>,
+    pub probe: ProbeHandle<u64>,
+}
+
+/// Builds the DFP dataflow in `scope` (see the module's doc).
+pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
+    let mut files = InputHandleVec::new();
+    let mut rows_in = InputHandleVec::new();
+    let mut dead_in = InputHandleVec::new();
+    let probe = ProbeHandle::new();
+    let cfg = &s.config;
+    let (read, bad_files) = files
+        .to_stream(scope)
+        .file_to_batch(s.reader.clone(), s.stats.clone());
+    let rows = scope.concatenate(vec![read, rows_in.to_stream(scope)]);
+    let (users, no_user) = rows.split_users(cfg.split.clone(), s.stats.clone());
+    let (windows, late) = users.rolling_window(s.windows.0, s.windows.1, s.stats.clone());
+    let (train_w, infer_w) = windows.ok_err(|w| if w.train { Ok(w) } else { Err(w) });
+    let (train_p, bad_train) = train_w.data_prep(s.schema.clone());
+    let (models, failed) = train_p.training(
+        s.backend.clone(),
+        s.schema.clone(),
+        cfg.model.clone(),
+        s.stats.clone(),
+    );
+    let (notes, unregistered) = models.registry_writer(s.registry.clone(), s.once, s.stats.clone());
+    let (infer_p, bad_infer) = infer_w.data_prep(s.schema.clone());
+    let (scored, unscored) = infer_p.inference(
+        notes.broadcast(),
+        s.scorer.0,
+        s.backend.clone(),
+        s.scorer.1,
+        s.stats.clone(),
+    );
+    let features = Arc::new(s.columns.features().to_vec());
+    let mut lines = vec![
+        scored
+            .clone()
+            .filter_detections(&cfg.detection)
+            .post_proc(features.clone(), s.clock.clone())
+            .serialize(
+                s.columns.clone(),
+                vec![OutKind::DetectionsCsv, OutKind::DetectionsJson],
+            ),
+    ];
+    if s.write_scores {
+        lines.push(
+            scored
+                .post_proc(features, s.clock.clone())
+                .serialize(s.columns.clone(), vec![OutKind::ScoresCsv]),
+        );
+    }
+    lines.push(
+        scope
+            .concatenate(vec![
+                dead_in.to_stream(scope),
+                bad_files,
+                no_user,
+                late,
+                bad_train,
+                failed,
+                unregistered,
+                bad_infer,
+                unscored,
+            ])
+            .serialize_dead_letters(s.originals),
+    );
+    scope
+        .concatenate(lines)
+        .sinks(s.sinks.0, s.sinks.1, s.stats.clone())
+        .probe_with(&probe);
+    Graph {
+        files,
+        rows: rows_in,
+        dead: dead_in,
+        probe,
+    }
+}

@@ -1,0 +1,186 @@
+//! A watched directory (`dfp run --watch DIR`) against the batch run of the same files: the
+//! same detections, scores and models whether the files are all there at the start, arrive
+//! while the run is going, or are split over two runs resumed from the state directory.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{DAY_US, batch_run, lines, logs, options};
+use dfp_engine::generate::GenSource;
+use dfp_operators::pipeline::{Input, RunSummary, StreamInput, StreamSource, run};
+
+/// The outputs compared with the batch run's.
+const OUTPUTS: [&str; 3] = [
+    "dfp_detections_azure.csv",
+    "dfp_detections_azure.jsonl",
+    "dfp_scores_azure.csv",
+];
+
+/// The log files of `dir` (not the generator's labels), in name (and so time) order.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Moves `file` into `dir` as a writer that renames finished files into place does.
+fn deliver(file: &Path, dir: &Path) {
+    let name = file.file_name().unwrap();
+    let tmp = dir.join(format!(".{}.part", name.to_string_lossy()));
+    std::fs::copy(file, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// A watch of `dir`, one epoch a day, polled fast; `bounded`: it reads what is there and
+/// ends; checkpointed to `state` when given.
+fn watch(dir: &Path, bounded: bool, stop: Arc<AtomicBool>, state: Option<&Path>) -> Input {
+    let mut s = StreamInput::watch(dir, DAY_US);
+    if let StreamSource::Watch(w) = &mut s.source {
+        w.poll = Duration::from_millis(20);
+        w.idle_after = Duration::from_millis(100);
+        w.stop_at_end = bounded;
+    }
+    s.stop = stop;
+    Input::Stream(match state {
+        Some(dir) => s.checkpoint_to(dir, 1),
+        None => s,
+    })
+}
+
+/// The outputs of the run into `root/{name}` are the batch run's.
+fn same_as_batch(root: &Path, name: &str, summary: &RunSummary, batch: &RunSummary) {
+    assert_eq!(summary.stats.rows, batch.stats.rows, "{}", summary.line());
+    assert_eq!(summary.stats.dead_letters, 0, "{}", summary.line());
+    assert!(summary.stats.detections > 0, "{}", summary.line());
+    for file in OUTPUTS {
+        let b = lines(&root.join("batch/output").join(file));
+        let w = lines(&root.join(name).join("output").join(file));
+        assert_eq!(b.len(), w.len(), "{name}: {file}");
+        assert!(b == w, "{name}: {file} differs from the batch run's");
+    }
+    let models = |dir: &str| {
+        let mut names: Vec<_> = std::fs::read_dir(root.join(dir).join("models"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(models("batch"), models(name));
+}
+
+#[test]
+fn a_watched_directory_detects_what_the_batch_run_of_its_files_detects() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let data = logs(GenSource::Azure, 8, 8, &root.join("logs"));
+    let batch = batch_run(root);
+
+    // Every file there at the start, read to the end.
+    let files = files(&data);
+    let there = root.join("there");
+    std::fs::create_dir(&there).unwrap();
+    for file in &files {
+        deliver(file, &there);
+    }
+    let all = run(options(
+        "azure",
+        watch(&there, true, Arc::default(), None),
+        &root.join("all"),
+        2,
+    ))
+    .unwrap();
+    assert_eq!(all.epochs, batch.epochs, "one epoch a day in both");
+    same_as_batch(root, "all", &all, &batch);
+
+    // Files arriving while the run goes on; stopped once the last day's file is read.
+    let incoming = root.join("incoming");
+    std::fs::create_dir(&incoming).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let live = std::thread::spawn({
+        let opts = options(
+            "azure",
+            watch(&incoming, false, stop.clone(), None),
+            &root.join("live"),
+            2,
+        );
+        move || run(opts)
+    });
+    for file in &files {
+        deliver(file, &incoming);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // The last day closes only at the stop: wait until every earlier day is scored.
+    let scores = root.join("live/output/dfp_scores_azure.csv");
+    let batch_scores = lines(&root.join("batch/output/dfp_scores_azure.csv")).len();
+    let last_day = "2022-08-08";
+    let before_last = std::fs::read_to_string(root.join("batch/output/dfp_scores_azure.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| !l.contains(last_day))
+        .count();
+    let started = Instant::now();
+    while std::fs::read_to_string(&scores).map_or(0, |t| t.lines().count()) < before_last + 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the first days were not scored"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let live = live.join().unwrap().unwrap();
+    assert_eq!(lines(&scores).len(), batch_scores);
+    same_as_batch(root, "live", &live, &batch);
+
+    // The first four days, a bounded run that ends (closing its epochs: a record for them
+    // that came later would be late); the rest, a second run resumed from its state.
+    let split = root.join("split-in");
+    std::fs::create_dir(&split).unwrap();
+    let state = root.join("split-state");
+    let (first, second): (Vec<&PathBuf>, Vec<&PathBuf>) = files
+        .iter()
+        .partition(|f| f.file_name().unwrap().to_str().unwrap() < "AZUREAD_2022-08-05");
+    assert!(!first.is_empty() && !second.is_empty());
+    for file in first {
+        deliver(file, &split);
+    }
+    let one = run(options(
+        "azure",
+        watch(&split, true, Arc::default(), Some(&state)),
+        &root.join("split"),
+        2,
+    ))
+    .unwrap();
+    for file in second {
+        deliver(file, &split);
+    }
+    let two = run(options(
+        "azure",
+        watch(&split, true, Arc::default(), Some(&state)),
+        &root.join("split"),
+        2,
+    ))
+    .unwrap();
+    assert_eq!(
+        one.stats.rows + two.stats.rows,
+        batch.stats.rows,
+        "every row once: {} then {}",
+        one.line(),
+        two.line()
+    );
+    let mut both = two.clone();
+    both.stats.rows += one.stats.rows;
+    both.stats.detections += one.stats.detections;
+    same_as_batch(root, "split", &both, &batch);
+}
