@@ -10,9 +10,11 @@
 //! range, each with its own sizes). Training runs every model's batch `s` of an epoch in one
 //! step: batch assembly and swap noise, forward, losses and their gradient, backward with the
 //! SGD update fused into the weight-gradient GEMM; the weights stay on the device for all
-//! epochs and are read back once. The host only shuffles each model's rows per epoch (as the
-//! CPU backend does, from the model's seed) and applies early stopping from the validation
-//! losses it reads once per epoch.
+//! epochs and are read back once. The epoch loop itself (learning-rate decay, validation,
+//! early stopping per model, bookkeeping) is `dfp_model`'s, shared with the CPU
+//! ([`dfp_model::train::train_models`]); a pack is one [`dfp_model::train::TrainSteps`]. The
+//! host only shuffles each model's rows per epoch (as the CPU backend does, from the model's
+//! seed) and reads the losses once per epoch.
 //!
 //! The swap noise is drawn on the device from a hash of (model seed, step, row, column), not
 //! from the CPU's ChaCha stream, so a model trained here is not bit-equal to the CPU's: it
@@ -31,7 +33,7 @@
 //! - `plans`: the rows of one launch (pieces of models, the per-row table), GEMM problems,
 //!   grids, and how jobs are cut into packs.
 //! - `forward`: the forward pass, the row losses, and evaluation (scores, validation losses).
-//! - `train`: a pack in training (the epoch loop), batch assembly, one SGD step.
+//! - `train`: a pack in training (the shared loop's steps), batch assembly, one SGD step.
 //! - `backward`: backpropagation with the fused SGD updates.
 //! - `kernels`: the cubecl kernels themselves.
 
@@ -49,7 +51,7 @@ use dfp_core::{Error, Result};
 use dfp_model::backend::{Backend, EvalJob};
 use dfp_model::config::ModelConfig;
 use dfp_model::network::Evaluation;
-use dfp_model::train::{TrainJob, Trained};
+use dfp_model::train::{TrainJob, Trained, train_models};
 
 pub use device::{cuda, wgpu};
 
@@ -77,7 +79,9 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         for group in plans::groups(jobs.iter().map(|j| &j.shape)) {
             for pack in plans::packs(jobs, &group, config.batch_size) {
                 let members: Vec<&TrainJob> = pack.iter().map(|&i| &jobs[i]).collect();
-                let trained = self.guard(|| self.train_pack(&members, config))?;
+                let trained = self.guard(|| {
+                    train_models(train::PackSteps::new(self, &members, config), config)
+                })?;
                 for (i, t) in pack.into_iter().zip(trained) {
                     out[i] = Some(t);
                 }

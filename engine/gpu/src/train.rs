@@ -1,11 +1,17 @@
-//! A pack of models in training on the device, for every epoch: per epoch the host shuffles
-//! each model's rows (from its seeded stream, as the CPU does) and runs step `s` of every
-//! live model in one launch sequence ([`GpuBackend::train_step`]: batch assembly with swap
-//! noise, forward, losses and their gradient, backward with the fused SGD update), then reads
-//! the epoch's losses and validation losses once and applies early stopping. Inputs: the
-//! pack's jobs (one group, so one [`Layout`]) and the config; outputs: one [`Trained`] per job.
-//! State, for the training's length: the weights and training rows on the device, the random
-//! streams and row orders on the host.
+//! A pack of models in training: the GPU's side of `dfp_model`'s shared training loop
+//! ([`dfp_model::train::train_models`]), which owns the epochs, the learning-rate decay, the
+//! validation and early stopping per model.
+//!
+//! Inputs: the pack's jobs (one group, so one [`Layout`]) and the config. State, for the
+//! training's length: every model's weights ([`Params`]) and training rows on the device, and
+//! on the host each model's ChaCha8 stream (its initial weights, then its shuffles, as on the
+//! CPU) and row order, and the step counter that salts the device's swap noise. One epoch
+//! ([`TrainSteps::epoch`]) runs step `s` of every active model in one launch sequence
+//! ([`GpuBackend::train_step`]: batch assembly with swap noise, forward, losses and their
+//! gradient, backward with the fused SGD update), accumulating each model's batch losses on the
+//! device, read once per epoch. Outputs: per epoch the models' mean batch losses and validation
+//! losses; at the end the weights, read back once, and the evaluation of the clean training
+//! rows.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -20,8 +26,8 @@ use crate::layout::{Layout, Params};
 use crate::plans::{Plan, grid_1d, inputs};
 use dfp_model::config::ModelConfig;
 use dfp_model::encode::Encoded;
-use dfp_model::network::{Network, Shape};
-use dfp_model::train::{EarlyStopping, TrainJob, Trained, loss_stats};
+use dfp_model::network::{Evaluation, Network, Shape};
+use dfp_model::train::{TrainJob, TrainSteps};
 
 /// The device buffers of one training batch: clean (the targets) and noisy (the input) dense
 /// values and codes, `rows x n_dense` and `rows x n_cat`.
@@ -32,9 +38,31 @@ pub(crate) struct Batch {
     pub(crate) noisy_cats: Handle,
 }
 
-impl<R: Runtime> GpuBackend<R> {
-    /// Trains one pack of models (same layout) for every epoch on the device.
-    pub(crate) fn train_pack(&self, jobs: &[&TrainJob], config: &ModelConfig) -> Vec<Trained> {
+/// One pack of models (one layout) in training on the device.
+pub(crate) struct PackSteps<'a, R: Runtime> {
+    gpu: &'a GpuBackend<R>,
+    jobs: &'a [&'a TrainJob],
+    config: &'a ModelConfig,
+    lay: Layout,
+    params: Params,
+    rngs: Vec<ChaCha8Rng>,
+    orders: Vec<Vec<usize>>,
+    /// Each model's first row in the resident training rows.
+    base: Vec<usize>,
+    /// The training rows of every model: dense values and codes.
+    train: [Handle; 2],
+    /// Steps taken so far: the swap noise's salt.
+    salt: u32,
+}
+
+impl<'a, R: Runtime> PackSteps<'a, R> {
+    /// Uploads the pack: initial weights drawn from each job's seed (as the CPU draws them),
+    /// and every model's training rows.
+    pub(crate) fn new(
+        gpu: &'a GpuBackend<R>,
+        jobs: &'a [&'a TrainJob],
+        config: &'a ModelConfig,
+    ) -> Self {
         let shapes: Vec<&Shape> = jobs.iter().map(|j| &j.shape).collect();
         let seeds: Vec<u64> = jobs.iter().map(|j| j.seed).collect();
         let lay = Layout::new(&shapes, &seeds);
@@ -47,8 +75,7 @@ impl<R: Runtime> GpuBackend<R> {
             .zip(&mut rngs)
             .map(|(j, rng)| Network::new(j.shape.clone(), rng))
             .collect();
-        let p = self.params(&lay, &nets.iter().collect::<Vec<_>>());
-        // The training rows stay on the device; each model's rows start at `base[m]`.
+        let params = gpu.params(&lay, &nets.iter().collect::<Vec<_>>());
         let mut base = Vec::with_capacity(jobs.len());
         let mut total = 0;
         for j in jobs {
@@ -58,96 +85,110 @@ impl<R: Runtime> GpuBackend<R> {
         let all: Vec<(&Encoded, usize, usize)> =
             jobs.iter().map(|j| (&j.train, 0, j.train.rows)).collect();
         let (dense, cats) = inputs(&all);
-        let (train_dense, train_cats) = (self.upload_f32(&dense), self.upload_u32(&cats));
-        let n = jobs.len();
-        let mut epoch_loss = self.upload_f32(&vec![0.0; n]);
-        let mut orders: Vec<Vec<usize>> =
-            jobs.iter().map(|j| (0..j.train.rows).collect()).collect();
-        let mut stopping: Vec<EarlyStopping> = jobs
-            .iter()
-            .map(|_| EarlyStopping::new(config.patience))
-            .collect();
-        let mut live = vec![true; n];
-        let mut epochs_run = vec![0usize; n];
-        let mut train_loss = vec![0.0f64; n];
-        let mut val_loss: Vec<Option<f64>> = vec![None; n];
-        let bs = config.batch_size.max(1);
-        let mut salt = 0u32;
-        let vals: Vec<&Encoded> = jobs.iter().map(|j| &j.validation).collect();
-        for epoch in 0..config.epochs {
-            if !live.contains(&true) {
-                break;
-            }
-            let lr = config.lr_at(epoch) as f32;
-            for m in (0..n).filter(|&m| live[m]) {
-                orders[m].shuffle(&mut rngs[m]);
-            }
-            let steps = (0..n)
-                .filter(|&m| live[m])
-                .map(|m| jobs[m].train.rows.div_ceil(bs))
-                .max()
-                .unwrap_or(0);
-            for s in 0..steps {
-                let mut plan = Plan::default();
-                for m in (0..n).filter(|&m| live[m]) {
-                    let chunk = orders[m].chunks(bs).nth(s).unwrap_or(&[]);
-                    if !chunk.is_empty() {
-                        let sources: Vec<u32> =
-                            chunk.iter().map(|&r| (base[m] + r) as u32).collect();
-                        plan.push(&lay, m, &sources);
-                    }
-                }
-                salt = salt.wrapping_add(1);
-                self.train_step(
-                    &lay,
-                    &p,
-                    &plan,
-                    [&train_dense, &train_cats],
-                    &epoch_loss,
-                    (lr, salt, config.swap_p as f32),
-                );
-            }
-            let losses = self.read_f32(epoch_loss);
-            epoch_loss = self.upload_f32(&vec![0.0; n]);
-            let (vl, _) = self.loss_by_model(&lay, &p, &vals, config.eval_batch_size, false);
-            let running: Vec<usize> = (0..n).filter(|&m| live[m]).collect();
-            for m in running {
-                epochs_run[m] += 1;
-                let batches = jobs[m].train.rows.div_ceil(bs).max(1);
-                train_loss[m] = f64::from(losses[m]) / batches as f64;
-                if let Some(loss) = vl[m] {
-                    val_loss[m] = Some(loss);
-                    if config.early_stopping && stopping[m].observe(loss) {
-                        live[m] = false;
-                    }
-                }
+        PackSteps {
+            gpu,
+            jobs,
+            config,
+            lay,
+            params,
+            rngs,
+            orders: jobs.iter().map(|j| (0..j.train.rows).collect()).collect(),
+            base,
+            train: [gpu.upload_f32(&dense), gpu.upload_u32(&cats)],
+            salt: 0,
+        }
+    }
+
+    /// The plan of step `s`: batch `s` of every active model's shuffled rows.
+    fn step_plan(&self, active: &[bool], s: usize) -> Plan {
+        let bs = self.config.batch_size.max(1);
+        let mut plan = Plan::default();
+        for m in (0..self.jobs.len()).filter(|&m| active[m]) {
+            let chunk = self.orders[m].chunks(bs).nth(s).unwrap_or(&[]);
+            if !chunk.is_empty() {
+                let sources: Vec<u32> = chunk.iter().map(|&r| (self.base[m] + r) as u32).collect();
+                plan.push(&self.lay, m, &sources);
             }
         }
-        let trains: Vec<&Encoded> = jobs.iter().map(|j| &j.train).collect();
-        let (_, evals) = self.loss_by_model(&lay, &p, &trains, config.eval_batch_size, true);
-        let (w, b, e) = (
-            self.read_f32(p.weights),
-            self.read_f32(p.biases),
-            self.read_f32(p.embeddings),
-        );
-        lay.unflatten(&w, &b, &e)
-            .into_iter()
-            .zip(evals)
-            .enumerate()
-            .map(|(m, (network, ev))| {
-                let (loss_mean, loss_std) = loss_stats(&ev);
-                Trained {
-                    network,
-                    epochs_run: epochs_run[m],
-                    train_loss: train_loss[m],
-                    val_loss: val_loss[m],
-                    loss_mean,
-                    loss_std,
-                }
-            })
+        plan
+    }
+}
+
+impl<R: Runtime> TrainSteps for PackSteps<'_, R> {
+    fn models(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn epoch(&mut self, active: &[bool], lr: f32) -> Vec<f64> {
+        let n = self.jobs.len();
+        let bs = self.config.batch_size.max(1);
+        let epoch_loss = self.gpu.upload_f32(&vec![0.0; n]);
+        for m in (0..n).filter(|&m| active[m]) {
+            self.orders[m].shuffle(&mut self.rngs[m]);
+        }
+        let steps = (0..n)
+            .filter(|&m| active[m])
+            .map(|m| self.jobs[m].train.rows.div_ceil(bs))
+            .max()
+            .unwrap_or(0);
+        for s in 0..steps {
+            let plan = self.step_plan(active, s);
+            self.salt = self.salt.wrapping_add(1);
+            let swap_p = self.config.swap_p as f32;
+            let [dense, cats] = &self.train;
+            self.gpu.train_step(
+                &self.lay,
+                &self.params,
+                &plan,
+                [dense, cats],
+                &epoch_loss,
+                (lr, self.salt, swap_p),
+            );
+        }
+        let losses = self.gpu.read_f32(epoch_loss);
+        self.jobs
+            .iter()
+            .zip(losses)
+            .map(|(j, loss)| f64::from(loss) / j.train.rows.div_ceil(bs).max(1) as f64)
             .collect()
     }
 
+    fn validation(&mut self, active: &[bool]) -> Vec<Option<f64>> {
+        let none = Encoded::default();
+        let sets: Vec<&Encoded> = self
+            .jobs
+            .iter()
+            .zip(active)
+            .map(|(j, &a)| if a { &j.validation } else { &none })
+            .collect();
+        let size = self.config.eval_batch_size;
+        let (losses, _) = self
+            .gpu
+            .loss_by_model(&self.lay, &self.params, &sets, size, false);
+        losses
+    }
+
+    fn finish(self) -> Vec<(Network, Evaluation)> {
+        let trains: Vec<&Encoded> = self.jobs.iter().map(|j| &j.train).collect();
+        let size = self.config.eval_batch_size;
+        let (_, evals) = self
+            .gpu
+            .loss_by_model(&self.lay, &self.params, &trains, size, true);
+        let p = self.params;
+        let (w, b, e) = (
+            self.gpu.read_f32(p.weights),
+            self.gpu.read_f32(p.biases),
+            self.gpu.read_f32(p.embeddings),
+        );
+        self.lay
+            .unflatten(&w, &b, &e)
+            .into_iter()
+            .zip(evals)
+            .collect()
+    }
+}
+
+impl<R: Runtime> GpuBackend<R> {
     /// Copies a step's rows out of the resident training rows (`train`: dense values, codes)
     /// into a clean batch, and a noisy one with dfencoder's swap noise: each value replaced with
     /// probability `swap_p` by the same column of a random row of the model's batch, drawn from
