@@ -106,6 +106,12 @@ impl<R: Runtime> GpuBackend<R> {
     pub(crate) fn read_f32(&self, h: Handle) -> Vec<f32> {
         f32::from_bytes(&self.client.read_one_unchecked(h)).to_vec()
     }
+
+    /// A buffer's values as u32 (the tests read codes back).
+    #[cfg(test)]
+    pub(crate) fn read_u32(&self, h: Handle) -> Vec<u32> {
+        u32::from_bytes(&self.client.read_one_unchecked(h)).to_vec()
+    }
 }
 
 /// An array argument over a whole handle (its byte size / 4 elements).

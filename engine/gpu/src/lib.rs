@@ -35,7 +35,8 @@
 //! - `forward`: the forward pass, the row losses, and evaluation (scores, validation losses).
 //! - `train`: a pack in training (the shared loop's steps), batch assembly, one SGD step.
 //! - `backward`: backpropagation with the fused SGD updates.
-//! - `kernels`: the cubecl kernels themselves.
+//! - `kernels`: the cubecl kernels themselves; `kernel_tests` checks each one alone against a
+//!   CPU reference on every runtime present.
 
 mod backward;
 mod device;
@@ -44,6 +45,9 @@ mod kernels;
 mod layout;
 mod plans;
 mod train;
+
+#[cfg(test)]
+mod kernel_tests;
 
 use cubecl::prelude::*;
 
