@@ -455,7 +455,8 @@ pub fn embedding_step(
 }
 
 /// Net loss of each piece of rows (the mean over its rows and features), added to
-/// `out[target]`: `pieces` per piece: target, first row, rows.
+/// `out[target]`: `pieces` per piece: target, first row, rows. No atomics: the targets of one
+/// launch must be distinct (a piece each, or a model each in a training step).
 #[cube(launch)]
 pub fn piece_loss(
     scores: &Array<f32>,

@@ -3,7 +3,9 @@
 //! leaves its hardware idle. The CPU backend (the default) runs on its own thread pool: with at
 //! least as many models as threads, each thread trains or scores whole models (largest first,
 //! so one big model does not finish last alone); with fewer, every GEMM is split across the
-//! threads. The cubecl GPU backend implements the same trait.
+//! threads. Each model trains through the shared loop ([`crate::train::train_models`] over
+//! the CPU's steps, [`crate::train::CpuModels`]). The cubecl GPU backend implements the same
+//! trait, and trains through the same loop.
 //!
 //! Results never depend on the thread count: each model draws from its own seeded stream, and
 //! the GEMM splits its output, not its sums.

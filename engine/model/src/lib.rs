@@ -5,8 +5,9 @@
 //!   the training rows, and Arrow batches encoded as network inputs.
 //! - [`network`]: the weights and the CPU math (forward, losses, backward + SGD), on GEMMs from
 //!   the `gemm` crate through [`linalg`].
-//! - [`train`]: the training loop shared by every backend (swap noise, lr decay, chronological
-//!   validation, early stopping, loss statistics).
+//! - [`train`]: the training loop written once for every backend ([`train::train_models`]
+//!   over a backend's [`train::TrainSteps`]: lr decay, validation, early stopping per model,
+//!   loss statistics), swap noise, and the CPU's steps.
 //! - [`backend`]: the [`Backend`] trait that trains and scores many models per call, and the
 //!   CPU backend.
 //! - [`file`]: the model file (header, bincode body, checksum).
