@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 6 in one command, on a machine with an NVIDIA GPU and its driver:
-#   1. the backend conformance suite (engine/tests/backends.rs) with CUDA required;
+#   1. the backend conformance suite (engine/gpu/tests/backends.rs) and the per-kernel tests
+#      (engine/gpu/src/kernel_tests.rs) with CUDA required;
 #   2. dfp's GPU benchmark (bench/src/bin/gpu.rs) on CUDA: scoring rows/s, training
 #      user-models/s (1,000 users x 1,000 rows x 30 epochs by default);
 #   3. the PyTorch peer (bench/peers/torch_gpu.py) on the same GPU: one user at a time as
@@ -22,16 +23,19 @@ mkdir -p "$out"
 
 if command -v cargo >/dev/null; then
   cargo build --release -p dfp-bench --bin gpu
-  test_bin=$(cargo test --release -p dfp-engine --test backends --no-run --message-format=json 2>/dev/null |
+  # The test executables of dfp-gpu: the conformance suite and the crate's own tests (the
+  # per-kernel tests among them).
+  tests=$(cargo test --release -p dfp-gpu --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "backends" and m.get("executable"):
-        print(m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"], m["executable"])')
   mkdir -p "$kit"
   # Stripped: ~14 MB each instead of ~130 MB with line tables (small enough to carry).
   strip -o "$kit/gpu" target/release/gpu
-  strip -o "$kit/backends" "$test_bin"
+  strip -o "$kit/backends" "$(awk '$1 == "backends" {print $2}' <<<"$tests")"
+  strip -o "$kit/kernels" "$(awk '$1 == "dfp_gpu" {print $2}' <<<"$tests")"
   if [ "${1:-}" = "--kit" ]; then
     ls -la "$kit"
     exit 0
@@ -43,6 +47,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 
 echo "==> conformance suite on every backend present, CUDA required"
 DFP_REQUIRE_CUDA=1 "$kit/backends" --test-threads 1 2>&1 | tee "$out/gpu-conformance.txt"
+echo "==> each kernel alone on CUDA against an f64 reference"
+DFP_REQUIRE_CUDA=1 "$kit/kernels" --test-threads 1 kernel_tests::on_cuda 2>&1 | tee "$out/gpu-kernels.txt"
 
 USERS=${USERS:-1000} ROWS=${ROWS:-1000} EPOCHS=${EPOCHS:-30} SCORE_ROWS=${SCORE_ROWS:-4000000}
 ONE_USERS=${ONE_USERS:-50}
