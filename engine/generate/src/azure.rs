@@ -10,11 +10,10 @@ use std::io::Write;
 
 use serde::{Serialize, Serializer};
 
-use super::habits::city_at;
-use super::{
-    EmptyList, EmptyObject, Event, FailKind, Ip, Iso, MaybeUuid, Uuid, World, derived_uuid, mix,
-    name_uuid, splitmix,
-};
+use crate::cities::{asn, city_at};
+use crate::json::{EmptyList, EmptyObject, Ip, Iso, MaybeUuid, Uuid};
+use crate::random::{derived_uuid, mix, name_uuid, splitmix};
+use crate::world::{Event, FailKind, World};
 
 /// An app of the tenant.
 pub(super) struct App {
@@ -341,7 +340,7 @@ pub(super) fn write_record<W: Write>(
                 "singleFactorAuthentication"
             },
             authentication_requirement_policies: EmptyList,
-            autonomous_system_number: super::habits::asn(e.ip),
+            autonomous_system_number: asn(e.ip),
             client_app_used: if e.browser_client {
                 "Browser"
             } else {

@@ -9,8 +9,10 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::habits::city_at;
-use super::{EmptyList, Event, Factor, FailKind, Ip, Iso, Uuid, World, duo_key};
+use crate::cities::city_at;
+use crate::json::{EmptyList, Ip, Iso, Uuid};
+use crate::random::duo_key;
+use crate::world::{Event, Factor, FailKind, World};
 
 /// A Duo-protected application.
 pub(super) struct App {
