@@ -148,7 +148,9 @@ fn unseen_device(world: &World, user: &User, rng: &mut ChaCha8Rng) -> u8 {
         .iter()
         .enumerate()
         .filter(|(_, d)| {
-            !seen(&|o| o.azure_os == d.azure_os || o.duo_os == d.duo_os || o.browser == d.browser)
+            !seen(&|o| {
+                o.azure_os[0] == d.azure_os[0] || o.duo_os == d.duo_os || o.browser == d.browser
+            })
         })
         .map(|(i, _)| i)
         .collect();
@@ -222,7 +224,7 @@ pub(super) fn inject(
             for i in 0..n {
                 let mut e = base_event(world, user, uid, day_start + t, rng);
                 e.device = DevRef::Foreign(device);
-                e.upgraded = false;
+                e.era = 0;
                 e.city = city;
                 e.ip = ip;
                 e.phone = phone;
@@ -256,10 +258,7 @@ pub(super) fn inject(
             for i in 0..n {
                 let mut e = base_event(world, user, uid, day_start + t, rng);
                 e.device = DevRef::Own(0);
-                e.upgraded = user
-                    .devices
-                    .first()
-                    .is_some_and(|d| ep.day >= d.upgrade_day);
+                e.era = user.devices.first().map_or(0, |d| d.era(ep.day));
                 e.ip = ip;
                 e.interactive = true;
                 e.browser_client = true;

@@ -304,7 +304,7 @@ pub(super) fn write_record<W: Write>(
         .zip(world.azure_apps.get(usize::from(e.app)))
         .ok_or_else(|| serde_json::Error::custom("event of an unknown app"))?;
     let city = city_at(e.city);
-    let era = usize::from(e.upgraded);
+    let era = usize::from(e.era);
     let (code, code_text, reason) = match e.fail {
         Some(kind) => failure(kind),
         None => (0, "0", "Other."),
@@ -359,7 +359,7 @@ pub(super) fn write_record<W: Write>(
                 browser: &device.azure_browser[era],
                 device_id: MaybeUuid(device.device_id),
                 display_name: &device.display_name,
-                operating_system: device.azure_os,
+                operating_system: device.azure_os[era],
                 trust_type: device.trust_type,
             },
             flagged_for_review: false,

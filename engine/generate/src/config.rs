@@ -62,7 +62,7 @@ impl FromStr for GenSource {
 }
 
 /// What to generate. Build it with [`GenerateConfig::new`] (which sets the defaults), change
-/// fields as needed, and [`generate`] validates it.
+/// fields as needed, and [`crate::generate`] validates it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateConfig {
     /// Which log shape to write.
@@ -83,13 +83,114 @@ pub struct GenerateConfig {
     pub anomaly_days: u32,
     /// Share of users who get anomaly episodes, in [0, 1]. Default 0.3.
     pub anomaly_users_fraction: f64,
+    /// Normal behaviour beyond stable habits (unlabelled). Default [`Novelty::default`].
+    pub novelty: Novelty,
 }
 
-/// The most users [`generate`] accepts.
+/// How often users do something new but normal (see the `novelty` module). Rates are per month
+/// (30 days): each is the mean of a Poisson count over the run, scaled by `days / 30`; all
+/// between 0 and 30. Shares are in [0, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Novelty {
+    /// Business trips per user per month. Default 0.25.
+    pub travel_rate: f64,
+    /// Device changes (a system and browser update, or a new device replacing one) per user
+    /// per month. Default 0.2.
+    pub upgrade_rate: f64,
+    /// Apps a team starts using, per team per month. Default 0.5.
+    pub team_app_rate: f64,
+    /// Moves to another working-hours shift for a while, per user per month. Default 0.05.
+    pub shift_rate: f64,
+    /// Share of users who sometimes work weekends. Default 0.1.
+    pub weekend_worker_fraction: f64,
+    /// Periods behind the corporate VPN, per user per month. Default 0.15.
+    pub vpn_rate: f64,
+    /// Changes of the company's office egress addresses, per month. Default 0.3.
+    pub egress_change_rate: f64,
+    /// Share of users with only a handful of sign-ins a week. Default 0.05.
+    pub sparse_user_fraction: f64,
+    /// Burst days (many times the usual volume), per user per month. Default 0.3.
+    pub burst_rate: f64,
+    /// Share of accounts that are service accounts (machine-like). Default 0.02.
+    pub service_account_fraction: f64,
+}
+
+impl Default for Novelty {
+    fn default() -> Self {
+        Novelty {
+            travel_rate: 0.25,
+            upgrade_rate: 0.2,
+            team_app_rate: 0.5,
+            shift_rate: 0.05,
+            weekend_worker_fraction: 0.1,
+            vpn_rate: 0.15,
+            egress_change_rate: 0.3,
+            sparse_user_fraction: 0.05,
+            burst_rate: 0.3,
+            service_account_fraction: 0.02,
+        }
+    }
+}
+
+/// The most a novelty rate may be, per month.
+const MAX_RATE: f64 = 30.0;
+
+impl Novelty {
+    /// No novelty at all: users keep their stable habits.
+    pub fn none() -> Self {
+        Novelty {
+            travel_rate: 0.0,
+            upgrade_rate: 0.0,
+            team_app_rate: 0.0,
+            shift_rate: 0.0,
+            weekend_worker_fraction: 0.0,
+            vpn_rate: 0.0,
+            egress_change_rate: 0.0,
+            sparse_user_fraction: 0.0,
+            burst_rate: 0.0,
+            service_account_fraction: 0.0,
+        }
+    }
+
+    fn check(&self, p: &mut Problems) {
+        let rates = [
+            ("travel_rate", self.travel_rate),
+            ("upgrade_rate", self.upgrade_rate),
+            ("team_app_rate", self.team_app_rate),
+            ("shift_rate", self.shift_rate),
+            ("vpn_rate", self.vpn_rate),
+            ("egress_change_rate", self.egress_change_rate),
+            ("burst_rate", self.burst_rate),
+        ];
+        for (name, r) in rates {
+            if !r.is_finite() || !(0.0..=MAX_RATE).contains(&r) {
+                p.push(
+                    format!("novelty.{name}"),
+                    format!("must be between 0 and {MAX_RATE} per month, got {r}"),
+                );
+            }
+        }
+        let shares = [
+            ("weekend_worker_fraction", self.weekend_worker_fraction),
+            ("sparse_user_fraction", self.sparse_user_fraction),
+            ("service_account_fraction", self.service_account_fraction),
+        ];
+        for (name, f) in shares {
+            if !f.is_finite() || !(0.0..=1.0).contains(&f) {
+                p.push(
+                    format!("novelty.{name}"),
+                    format!("must be between 0 and 1, got {f}"),
+                );
+            }
+        }
+    }
+}
+
+/// The most users [`crate::generate`] accepts.
 pub(crate) const MAX_USERS: usize = 10_000_000;
-/// The most days [`generate`] accepts.
+/// The most days [`crate::generate`] accepts.
 pub(crate) const MAX_DAYS: u32 = 36_600;
-/// The most files per day [`generate`] accepts (one a minute).
+/// The most files per day [`crate::generate`] accepts (one a minute).
 pub(crate) const MAX_FILES_PER_DAY: u32 = 1440;
 
 impl GenerateConfig {
@@ -105,10 +206,11 @@ impl GenerateConfig {
             files_per_day: 8,
             anomaly_days: days.div_ceil(6),
             anomaly_users_fraction: 0.3,
+            novelty: Novelty::default(),
         }
     }
 
-    /// Checks every field and reports all problems at once as [`Error::Invalid`].
+    /// Checks every field and reports all problems at once as [`dfp_core::Error::Invalid`].
     pub fn validate(&self) -> Result<()> {
         let mut p = Problems::new();
         if self.users == 0 || self.users > MAX_USERS {
@@ -156,6 +258,7 @@ impl GenerateConfig {
                 format!("must be between 0 and 1, got {f}"),
             );
         }
+        self.novelty.check(&mut p);
         p.finish("generate config", ())
     }
 

@@ -73,26 +73,31 @@ pub(crate) enum Kind {
     Android,
 }
 
-/// A device: how Azure and Duo describe it. Versions come in two eras, before and after the
-/// device's browser (and, on iOS, system) upgrade.
+/// A device: how Azure and Duo describe it. Versions come in three eras: before and after the
+/// device's routine browser (and, on iOS, system) upgrade, and after a system and browser
+/// update the novelty plan may give it (era 2; its strings stay empty until then).
 pub(crate) struct Device {
+    pub kind: Kind,
+    spec: &'static BrowserSpec,
     pub mobile: bool,
-    /// Azure `deviceDetail.operatingSystem`.
-    pub azure_os: &'static str,
+    /// Azure `deviceDetail.operatingSystem`, per era.
+    pub azure_os: [&'static str; 3],
     /// Duo `access_device.os`.
     pub duo_os: &'static str,
     /// Duo `access_device.os_version`, per era.
-    pub os_version: [String; 2],
+    pub os_version: [String; 3],
     /// Duo `access_device.browser`.
     pub browser: &'static str,
     /// Duo `access_device.browser_version`, per era.
-    pub browser_version: [String; 2],
+    pub browser_version: [String; 3],
     /// Azure `deviceDetail.browser`, per era.
-    pub azure_browser: [String; 2],
+    pub azure_browser: [String; 3],
     /// Azure `userAgent`, per era.
-    pub user_agent: [String; 2],
-    /// The day (from the first) the upgrade happens.
+    pub user_agent: [String; 3],
+    /// The day (from the first) the routine upgrade happens.
     pub upgrade_day: u32,
+    /// The day the novelty update happens (`u32::MAX`: never).
+    pub update_day: u32,
     /// Azure `deviceDetail.displayName`.
     pub display_name: String,
     /// Azure `deviceDetail.deviceId` (none: unregistered).
@@ -103,6 +108,41 @@ pub(crate) struct Device {
     pub trusted: &'static str,
     /// Duo `is_encryption_enabled`, `is_firewall_enabled`, `is_password_set`.
     pub posture: [&'static str; 3],
+}
+
+impl Device {
+    /// The era the device is in on `day`: 0 before its routine upgrade, 1 after, 2 after its
+    /// novelty update.
+    pub fn era(&self, day: u32) -> u8 {
+        if day >= self.update_day {
+            2
+        } else {
+            u8::from(day >= self.upgrade_day)
+        }
+    }
+
+    /// Plans a system and browser update on `day`: the newest browser version of its family,
+    /// and the next system release (Windows 10 to 11, macOS 14, Android one up, iOS with its
+    /// Safari); Linux keeps its system. Fills era 2's strings.
+    pub fn update_on(&mut self, day: u32) {
+        let browser = self.spec.versions.last().copied().unwrap_or("");
+        let (azure_os, os_version) = match self.kind {
+            Kind::WinLaptop | Kind::WinDesktop => ("Windows 11", "11".to_string()),
+            Kind::Mac => (self.azure_os[1], "14.2".to_string()),
+            Kind::IPhone | Kind::IPad => (self.azure_os[1], browser.to_string()),
+            Kind::Android => {
+                let next = self.os_version[1].parse::<u32>().map_or(14, |v| v + 1);
+                (self.azure_os[1], next.to_string())
+            }
+            Kind::Linux => (self.azure_os[1], self.os_version[1].clone()),
+        };
+        self.azure_os[2] = azure_os;
+        self.browser_version[2] = browser.to_string();
+        self.azure_browser[2] = azure_browser(self.spec, browser);
+        self.user_agent[2] = user_agent(self.kind, self.spec.family, browser, &os_version);
+        self.os_version[2] = os_version;
+        self.update_day = self.update_day.min(day);
+    }
 }
 
 /// The Azure browser string: family and the first `parts` parts of the version.
@@ -282,16 +322,28 @@ pub(crate) fn device(
             ["true", "unknown", "true"],
         ),
     };
+    let [os0, os1] = os_version;
     Device {
+        kind,
+        spec,
         mobile: matches!(kind, Kind::IPhone | Kind::IPad | Kind::Android),
-        azure_os,
+        azure_os: [azure_os; 3],
         duo_os,
         browser: spec.family,
-        browser_version: versions.map(String::from),
-        azure_browser: versions.map(|v| azure_browser(spec, v)),
-        user_agent: [0, 1].map(|e| user_agent(kind, spec.family, versions[e], &os_version[e])),
-        os_version,
+        browser_version: [versions[0].into(), versions[1].into(), String::new()],
+        azure_browser: [
+            azure_browser(spec, versions[0]),
+            azure_browser(spec, versions[1]),
+            String::new(),
+        ],
+        user_agent: [
+            user_agent(kind, spec.family, versions[0], &os0),
+            user_agent(kind, spec.family, versions[1], &os1),
+            String::new(),
+        ],
+        os_version: [os0, os1, String::new()],
         upgrade_day,
+        update_day: u32::MAX,
         display_name,
         device_id,
         trust_type,
@@ -377,15 +429,18 @@ pub(crate) fn foreign_devices() -> Vec<Device> {
         .iter()
         .map(
             |&(azure_os, duo_os, os_v, family, version, az, ua)| Device {
+                kind: Kind::Linux,
+                spec: &FIREFOX,
                 mobile: duo_os == "Android",
-                azure_os,
+                azure_os: [azure_os; 3],
                 duo_os,
-                os_version: [os_v.into(), os_v.into()],
+                os_version: [os_v.into(), os_v.into(), os_v.into()],
                 browser: family,
-                browser_version: [version.into(), version.into()],
-                azure_browser: [az.into(), az.into()],
-                user_agent: [ua.into(), ua.into()],
+                browser_version: [version.into(), version.into(), version.into()],
+                azure_browser: [az.into(), az.into(), az.into()],
+                user_agent: [ua.into(), ua.into(), ua.into()],
                 upgrade_day: u32::MAX,
+                update_day: u32::MAX,
                 display_name: String::new(),
                 device_id: None,
                 trust_type: "",

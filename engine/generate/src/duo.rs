@@ -169,7 +169,7 @@ pub(super) fn write_record<W: Write>(
         .get(usize::from(e.app))
         .zip(world.duo_app_keys.get(usize::from(e.app)))
         .ok_or_else(|| serde_json::Error::custom("event of an unknown application"))?;
-    let era = usize::from(e.upgraded);
+    let era = usize::from(e.era);
     let (result, reason) = outcome(e.fail, e.factor);
     // A phone call reaches a number: Duo knows neither the phone's address nor where it is.
     let call = e.factor == Factor::PhoneCall;

@@ -29,6 +29,7 @@ mod devices;
 mod duo;
 mod json;
 mod normal;
+mod novelty;
 mod random;
 mod users;
 mod world;
@@ -44,7 +45,7 @@ use serde::Serialize;
 use dfp_core::{Error, Result};
 
 pub use anomaly::AnomalyKind;
-pub use config::{GenSource, GenerateConfig, UnknownGenSource};
+pub use config::{GenSource, GenerateConfig, Novelty, UnknownGenSource};
 
 use config::day_start_micros;
 use json::{Iso, Uuid};
@@ -97,49 +98,11 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> Result<GenerateSummary>
     let mut events: Vec<Event> = Vec::new();
 
     for day in 0..cfg.days {
-        let (date, day_start) = match (
-            cfg.start
-                .checked_add_days(chrono::Days::new(u64::from(day))),
-            day_start_micros(cfg.start, day),
-        ) {
-            (Some(d), Some(s)) => (d, s),
-            // validate() checked the last day, so every earlier day exists too.
-            _ => break,
-        };
-        let weekend = date.weekday().number_from_monday() >= 6;
         events.clear();
-        for (u, user) in world.users.iter().enumerate() {
-            let uid = u as u32;
-            let first = events.len();
-            let mut rng = stream_rng(cfg.seed, Stream::Normal, &[u64::from(uid), u64::from(day)]);
-            normal::normal_day(
-                &world,
-                user,
-                uid,
-                day,
-                day_start,
-                weekend,
-                &mut rng,
-                &mut events,
-            );
-            for ep in plan[u].iter().filter(|e| e.day == day) {
-                let mut rng = stream_rng(
-                    cfg.seed,
-                    Stream::Anomaly,
-                    &[u64::from(uid), u64::from(day), u64::from(ep.seq)],
-                );
-                anomaly::inject(
-                    &world,
-                    user,
-                    uid,
-                    ep,
-                    day_start,
-                    first,
-                    &mut rng,
-                    &mut events,
-                );
-            }
-        }
+        // validate() checked the last day, so every earlier day exists too.
+        let Some(day_start) = day_events(cfg, &world, &plan, day, &mut events) else {
+            break;
+        };
         events.sort_unstable_by_key(|e| (e.micros, e.id));
         labels.extend(
             events
@@ -176,6 +139,45 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> Result<GenerateSummary>
         "Generated logs."
     );
     Ok(summary)
+}
+
+/// Appends every user's events of day `day` (ordinary with their novelty, then the anomalous
+/// ones), unsorted, to `events`; returns the day's start (none past the supported dates).
+fn day_events(
+    cfg: &GenerateConfig,
+    world: &World,
+    plan: &[Vec<anomaly::Episode>],
+    day: u32,
+    events: &mut Vec<Event>,
+) -> Option<i64> {
+    let date = cfg
+        .start
+        .checked_add_days(chrono::Days::new(u64::from(day)))?;
+    let day_start = day_start_micros(cfg.start, day)?;
+    let weekend = date.weekday().number_from_monday() >= 6;
+    for (u, user) in world.users.iter().enumerate() {
+        let uid = u as u32;
+        let first = events.len();
+        let parts = [u64::from(uid), u64::from(day)];
+        let mut rng = stream_rng(cfg.seed, Stream::Normal, &parts);
+        let mut nov = stream_rng(cfg.seed, Stream::NoveltyDay, &parts);
+        let today = novelty::Today {
+            uid,
+            day,
+            day_start,
+            weekend,
+        };
+        novelty::user_day(world, user, &today, &mut rng, &mut nov, events);
+        for ep in plan.get(u).into_iter().flatten().filter(|e| e.day == day) {
+            let mut rng = stream_rng(
+                cfg.seed,
+                Stream::Anomaly,
+                &[u64::from(uid), u64::from(day), u64::from(ep.seq)],
+            );
+            anomaly::inject(world, user, uid, ep, day_start, first, &mut rng, events);
+        }
+    }
+    Some(day_start)
 }
 
 /// `AZUREAD_2022-08-01T00_03_56.207Z.json`: the prefix and the time in milliseconds.

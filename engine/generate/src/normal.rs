@@ -71,17 +71,17 @@ pub(crate) fn base_event(
 ) -> Event {
     let device = weighted(rng, &user.device_weights) as u8;
     let day = ((micros - world.start_micros).div_euclid(DAY_MICROS)).max(0) as u32;
-    let upgraded = user
+    let era = user
         .devices
         .get(usize::from(device))
-        .is_some_and(|d| day >= d.upgrade_day);
+        .map_or(0, |d| d.era(day));
     let factor = pick_factor(user, rng);
     Event {
         micros,
         id: random_uuid(rng),
         user: uid,
         device: DevRef::Own(device),
-        upgraded,
+        era,
         city: user.home,
         ip: user.home_ip,
         app: usual_app(user, rng),
@@ -123,7 +123,8 @@ pub(crate) fn local_to_utc(user: &User, local: i64) -> i64 {
     (local - user.tz_micros()).rem_euclid(DAY_MICROS)
 }
 
-/// The user's ordinary events of one UTC day, appended to `out`.
+/// The user's ordinary events of one UTC day, appended to `out`; `volume` scales their mean
+/// (1: the user's usual volume).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn normal_day(
     world: &World,
@@ -132,12 +133,13 @@ pub(crate) fn normal_day(
     day: u32,
     day_start: i64,
     weekend: bool,
+    volume: f64,
     rng: &mut ChaCha8Rng,
     out: &mut Vec<Event>,
 ) {
     let factor = if weekend { WEEKEND } else { WEEKDAY };
     let jitter = (0.1 * normal(rng)).exp();
-    let n = poisson(rng, user.mean_per_day * factor * jitter);
+    let n = poisson(rng, user.mean_per_day * factor * jitter * volume);
     let mut made = 0;
     while made < n {
         let mut size = 1;
@@ -149,7 +151,7 @@ pub(crate) fn normal_day(
         let device = weighted(rng, &user.device_weights) as u8;
         let dev = user.devices.get(usize::from(device));
         let mobile = dev.is_some_and(|d| d.mobile);
-        let upgraded = dev.is_some_and(|d| day >= d.upgrade_day);
+        let era = dev.map_or(0, |d| d.era(day));
         let away = unit(rng) < 0.03;
         let city = if away { user.near } else { user.home };
         let at_work = !weekend
@@ -190,7 +192,7 @@ pub(crate) fn normal_day(
                 id: random_uuid(rng),
                 user: uid,
                 device: DevRef::Own(device),
-                upgraded,
+                era,
                 city,
                 ip,
                 app,

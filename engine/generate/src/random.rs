@@ -13,6 +13,10 @@ pub(crate) enum Stream {
     Normal = 3,
     Anomaly = 4,
     Plan = 5,
+    Novelty = 6,
+    NoveltyDay = 7,
+    Teams = 8,
+    Company = 9,
 }
 
 /// SplitMix64's finalizer.

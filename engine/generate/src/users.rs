@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::cities::{CITIES, city_at, city_ip};
 use crate::config::{GenSource, GenerateConfig};
 use crate::devices::{Device, Kind, Phone, device, phone};
+use crate::novelty::Plan;
 use crate::random::{
     Stream, between, duo_key, index, normal, random_uuid, shuffle, stream_rng, unit, weighted,
 };
@@ -72,6 +73,8 @@ pub(crate) struct User {
     pub duo_key: String,
     /// Duo `user.groups`.
     pub groups: Vec<&'static str>,
+    /// The user's team (index into [`GROUPS`], also one of the groups).
+    pub team: u8,
     /// Home city and the nearby one (indices into [`CITIES`]).
     pub home: u16,
     pub near: u16,
@@ -94,6 +97,8 @@ pub(crate) struct User {
     pub home_ip: u32,
     /// Preferred Duo second factor.
     pub factor: Factor,
+    /// What the user does that is new but normal.
+    pub novelty: Plan,
 }
 
 impl User {
@@ -261,13 +266,15 @@ pub(crate) fn users(cfg: &GenerateConfig, app_popularity: &[u32]) -> Vec<User> {
             2 => Factor::Passcode,
             _ => Factor::SmsPasscode,
         };
-        let groups = vec!["Duo Users", GROUPS[index(&mut rng, GROUPS.len())]];
+        let team = index(&mut rng, GROUPS.len());
+        let groups = vec!["Duo Users", GROUPS[team]];
         out.push(User {
             name,
             display: format!("{first} {last}"),
             id: random_uuid(&mut rng),
             duo_key: duo_key("DU", cfg.seed, u as u64),
             groups,
+            team: team as u8,
             home,
             near,
             devices,
@@ -283,6 +290,7 @@ pub(crate) fn users(cfg: &GenerateConfig, app_popularity: &[u32]) -> Vec<User> {
             office_ip,
             home_ip,
             factor,
+            novelty: Plan::default(),
         });
     }
     out

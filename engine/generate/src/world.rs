@@ -6,7 +6,7 @@ use crate::devices::{self, Device, Phone};
 use crate::json::Uuid;
 use crate::random::{mix, uuid_from};
 use crate::users::{self, User};
-use crate::{AnomalyKind, azure, duo};
+use crate::{AnomalyKind, azure, duo, novelty};
 
 pub(crate) const MINUTE_MICROS: i64 = 60_000_000;
 pub(crate) const DAY_MICROS: i64 = 86_400_000_000;
@@ -29,6 +29,8 @@ pub(crate) struct World {
     pub(crate) app_popularity: Vec<u32>,
     pub(crate) azure_apps: Vec<azure::AppIds>,
     pub(crate) duo_app_keys: Vec<String>,
+    /// The company-wide novelty: egress changes, the VPN, the teams' new apps.
+    pub(crate) company: novelty::Company,
 }
 
 impl World {
@@ -47,10 +49,11 @@ impl World {
 
     pub(crate) fn new(cfg: &GenerateConfig) -> Self {
         let tenant = uuid_from(mix(&[cfg.seed, 0x7e4a_0047]), mix(&[cfg.seed, 0x7e4a_0048]));
-        let app_popularity = match cfg.source {
+        let app_popularity: Vec<u32> = match cfg.source {
             GenSource::Azure => azure::APPS.iter().map(|a| a.popularity).collect(),
             GenSource::Duo => duo::APPS.iter().map(|a| a.popularity).collect(),
         };
+        let company = novelty::company(cfg, &app_popularity);
         let mut world = World {
             source: cfg.source,
             start_micros: day_start_micros(cfg.start, 0).unwrap_or(0),
@@ -62,8 +65,10 @@ impl World {
             app_popularity,
             azure_apps: azure::app_ids(),
             duo_app_keys: duo::app_keys(),
+            company,
         };
         world.users = users::users(cfg, &world.app_popularity);
+        novelty::plan_users(cfg, &world.company, &mut world.users);
         world
     }
 }
@@ -144,8 +149,8 @@ pub(crate) struct Event {
     /// Index of the user.
     pub(crate) user: u32,
     pub(crate) device: DevRef,
-    /// The device runs its upgraded browser version.
-    pub(crate) upgraded: bool,
+    /// The device's era (see [`Device::era`]): which versions it runs.
+    pub(crate) era: u8,
     /// Index into [`crate::cities::CITIES`] of where the access came from.
     pub(crate) city: u16,
     pub(crate) ip: u32,
