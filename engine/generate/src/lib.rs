@@ -1,25 +1,28 @@
-//! The log generator behind `dfp generate`: realistic Azure AD sign-in or Duo authentication
-//! logs for a population of users with stable habits, with labelled anomaly episodes injected
-//! into the last days.
+//! The log generator behind `dfp generate`: realistic Azure AD sign-in or Duo authentication logs
+//! for a population of users with stable habits and the benign novelty real users show (business
+//! trips, device changes, teams adopting apps, shift changes and weekend work, VPN and egress
+//! changes, sparse and bursty users, service accounts; see `novelty`), with labelled anomaly
+//! episodes injected into the last days. Only the anomalies are labelled.
 //!
 //! Inputs: a [`GenerateConfig`] (source, users, days, first day, seed, files per day, anomaly
-//! window and share of anomalous users). Outputs, in `out_dir`: JSON-array files named like
-//! Morpheus' (`AZUREAD_2022-08-01T00_03_56.207Z.json`, `DUO_...json`: the time of the file's
-//! first record, milliseconds, `:` as `_`), each UTC day split into `files_per_day` consecutive
-//! time-of-day slots (empty slots write no file), records sorted by time; and `labels.jsonl`,
-//! one line per injected anomalous record (`event_id`, `user`, `timestamp`, `kind`), sorted by
-//! timestamp then event id.
+//! window, share of anomalous users, and the novelty rates of [`Novelty`]). Outputs, in `out_dir`:
+//! JSON-array files named like Morpheus' (`AZUREAD_2022-08-01T00_03_56.207Z.json`, `DUO_...json`:
+//! the time of the file's first record, milliseconds, `:` as `_`), each UTC day split into
+//! `files_per_day` consecutive time-of-day slots (empty slots write no file), records sorted by
+//! time; and `labels.jsonl`, one line per injected anomalous record (`event_id`, `user`,
+//! `timestamp`, `kind`), sorted by timestamp then event id.
 //!
-//! How: `users` draws every user's habits (name, home city, `devices`, apps, working hours,
-//! failure rate, volume) from the seed, places from the `cities` table; for each UTC day and
-//! user, a ChaCha8 stream seeded from (seed, user, day) draws that user-day's ordinary events
-//! (`normal`), and a second stream seeded the same way draws the anomaly episodes `anomaly`
-//! planned for that day (`random` holds the streams). `world` holds what is fixed for a run
-//! and the source-neutral event, which `azure` and `duo` render (with `json`'s compact
-//! serializers); `config` checks what to generate. Nothing depends on hash-map order or on the
-//! order users are visited, so the same config gives the same bytes. State: one day of events
-//! at a time (written, then dropped) and the labels (small), so memory stays
-//! bounded by the busiest day.
+//! How: `users` draws every user's habits (name, home city, `devices`, apps, working hours, failure
+//! rate, volume) from the seed, places from the `cities` table; for each UTC day and user, a
+//! ChaCha8 stream seeded from (seed, user, day) draws that user-day's ordinary events (`normal`), a
+//! second one the novelty `novelty` planned for that user (each user's plan is drawn once from a
+//! (seed, user) stream, so no day depends on another), and a third the anomaly episodes `anomaly`
+//! planned for that day (`random` holds the streams). With [`Novelty::none`] the output is the
+//! stable habits alone, byte for byte as before novelty. `world` holds what is fixed for a run and
+//! the source-neutral event, which `azure` and `duo` render (with `json`'s compact serializers);
+//! `config` checks what to generate. Nothing depends on hash-map order or on the order users are
+//! visited, so the same config gives the same bytes. State: one day of events at a time (written,
+//! then dropped) and the labels (small), so memory stays bounded by the busiest day.
 
 mod anomaly;
 mod azure;
@@ -675,9 +678,18 @@ mod tests {
         let mut c = cfg(GenSource::Azure, 0, 0);
         c.files_per_day = 0;
         c.anomaly_users_fraction = f64::NAN;
+        c.novelty.travel_rate = -1.0;
+        c.novelty.service_account_fraction = 2.0;
         let err = generate(&c, dir.path()).expect_err("invalid");
         let text = err.to_string();
-        for field in ["users", "days", "files_per_day", "anomaly_users_fraction"] {
+        for field in [
+            "users",
+            "days",
+            "files_per_day",
+            "anomaly_users_fraction",
+            "novelty.travel_rate",
+            "novelty.service_account_fraction",
+        ] {
             assert!(text.contains(field), "{field} missing from {text}");
         }
         let mut c = cfg(GenSource::Duo, 5, 3);
