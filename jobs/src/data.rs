@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use dfp_engine::control::{FileScope, expand_globs};
-use dfp_engine::generate::{GenSource, GenerateConfig};
+use dfp_engine::generate::{GenSource, GenerateConfig, Novelty};
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::demo::DemoOptions;
@@ -70,6 +70,39 @@ pub struct GenerateArgs {
     /// Inject anomalies only into the last N days (default: a sixth of the days, at least 1).
     #[arg(long)]
     anomaly_days: Option<u32>,
+    /// No benign novelty: users keep stable habits (the rate flags below still apply).
+    #[arg(long)]
+    no_novelty: bool,
+    /// Business trips per user per month (default 0.25).
+    #[arg(long)]
+    travel_rate: Option<f64>,
+    /// Device updates or replacements per user per month (default 0.2).
+    #[arg(long)]
+    upgrade_rate: Option<f64>,
+    /// New apps a team adopts, per team per month (default 0.5).
+    #[arg(long)]
+    team_app_rate: Option<f64>,
+    /// Working-hours shift changes per user per month (default 0.05).
+    #[arg(long)]
+    shift_rate: Option<f64>,
+    /// Share of users who sometimes work weekends (default 0.1).
+    #[arg(long)]
+    weekend_worker_fraction: Option<f64>,
+    /// Periods behind the corporate VPN per user per month (default 0.15).
+    #[arg(long)]
+    vpn_rate: Option<f64>,
+    /// Company egress address changes per month (default 0.3).
+    #[arg(long)]
+    egress_change_rate: Option<f64>,
+    /// Share of users with a handful of sign-ins a week (default 0.05).
+    #[arg(long)]
+    sparse_user_fraction: Option<f64>,
+    /// Burst days per user per month (default 0.3).
+    #[arg(long)]
+    burst_rate: Option<f64>,
+    /// Share of accounts that are service accounts (default 0.02).
+    #[arg(long)]
+    service_account_fraction: Option<f64>,
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
@@ -152,6 +185,29 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
     cfg.files_per_day = args.files_per_day;
     if let Some(n) = args.anomaly_days {
         cfg.anomaly_days = n;
+    }
+    if args.no_novelty {
+        cfg.novelty = Novelty::none();
+    }
+    let n = &mut cfg.novelty;
+    for (flag, field) in [
+        (args.travel_rate, &mut n.travel_rate),
+        (args.upgrade_rate, &mut n.upgrade_rate),
+        (args.team_app_rate, &mut n.team_app_rate),
+        (args.shift_rate, &mut n.shift_rate),
+        (args.weekend_worker_fraction, &mut n.weekend_worker_fraction),
+        (args.vpn_rate, &mut n.vpn_rate),
+        (args.egress_change_rate, &mut n.egress_change_rate),
+        (args.sparse_user_fraction, &mut n.sparse_user_fraction),
+        (args.burst_rate, &mut n.burst_rate),
+        (
+            args.service_account_fraction,
+            &mut n.service_account_fraction,
+        ),
+    ] {
+        if let Some(v) = flag {
+            *field = v;
+        }
     }
     let started = Instant::now();
     let summary = dfp_engine::generate::generate(&cfg, &args.out).with_context(|| {

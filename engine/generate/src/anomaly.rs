@@ -22,11 +22,13 @@ use std::fmt;
 
 use rand_chacha::ChaCha8Rng;
 
-use super::habits::{self, CITIES, User, base_event, city_at, city_ip, local_to_utc};
-use super::{
-    DAY_MICROS, DevRef, Event, Factor, FailKind, GenSource, GenerateConfig, MINUTE_MICROS,
-    PhoneRef, Stream, World, between, index, shuffle, stream_rng, unit,
-};
+use crate::cities::{CITIES, city_at, city_ip, distance_km};
+use crate::config::{GenSource, GenerateConfig};
+use crate::devices::Device;
+use crate::normal::{base_event, local_to_utc};
+use crate::random::{Stream, between, index, shuffle, stream_rng, unit};
+use crate::users::User;
+use crate::world::{DAY_MICROS, DevRef, Event, Factor, FailKind, MINUTE_MICROS, PhoneRef, World};
 
 /// The kinds of injected anomaly, as written in `labels.jsonl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -140,13 +142,15 @@ fn working_time(user: &User, rng: &mut ChaCha8Rng) -> i64 {
 
 /// A device the user has never used: its system and browser unseen where possible.
 fn unseen_device(world: &World, user: &User, rng: &mut ChaCha8Rng) -> u8 {
-    let seen = |f: &dyn Fn(&habits::Device) -> bool| user.devices.iter().any(f);
+    let seen = |f: &dyn Fn(&Device) -> bool| user.devices.iter().any(f);
     let fresh: Vec<usize> = world
         .foreign_devices
         .iter()
         .enumerate()
         .filter(|(_, d)| {
-            !seen(&|o| o.azure_os == d.azure_os || o.duo_os == d.duo_os || o.browser == d.browser)
+            !seen(&|o| {
+                o.azure_os[0] == d.azure_os[0] || o.duo_os == d.duo_os || o.browser == d.browser
+            })
         })
         .map(|(i, _)| i)
         .collect();
@@ -166,15 +170,13 @@ fn far_city(user: &User, rng: &mut ChaCha8Rng) -> u16 {
     let home = city_at(user.home);
     let foreign = || CITIES.iter().enumerate().filter(|(_, c)| c.metro == 0);
     let far: Vec<usize> = foreign()
-        .filter(|(_, c)| habits::distance_km(home, c) > 5000.0)
+        .filter(|(_, c)| distance_km(home, c) > 5000.0)
         .map(|(i, _)| i)
         .collect();
     match far.get(index(rng, far.len())) {
         Some(&i) => i as u16,
         None => foreign()
-            .max_by(|a, b| {
-                habits::distance_km(home, a.1).total_cmp(&habits::distance_km(home, b.1))
-            })
+            .max_by(|a, b| distance_km(home, a.1).total_cmp(&distance_km(home, b.1)))
             .map_or(0, |(i, _)| i as u16),
     }
 }
@@ -222,7 +224,7 @@ pub(super) fn inject(
             for i in 0..n {
                 let mut e = base_event(world, user, uid, day_start + t, rng);
                 e.device = DevRef::Foreign(device);
-                e.upgraded = false;
+                e.era = 0;
                 e.city = city;
                 e.ip = ip;
                 e.phone = phone;
@@ -256,10 +258,7 @@ pub(super) fn inject(
             for i in 0..n {
                 let mut e = base_event(world, user, uid, day_start + t, rng);
                 e.device = DevRef::Own(0);
-                e.upgraded = user
-                    .devices
-                    .first()
-                    .is_some_and(|d| ep.day >= d.upgrade_day);
+                e.era = user.devices.first().map_or(0, |d| d.era(ep.day));
                 e.ip = ip;
                 e.interactive = true;
                 e.browser_client = true;

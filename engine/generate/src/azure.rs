@@ -10,11 +10,10 @@ use std::io::Write;
 
 use serde::{Serialize, Serializer};
 
-use super::habits::city_at;
-use super::{
-    EmptyList, EmptyObject, Event, FailKind, Ip, Iso, MaybeUuid, Uuid, World, derived_uuid, mix,
-    name_uuid, splitmix,
-};
+use crate::cities::{asn, city_at};
+use crate::json::{EmptyList, EmptyObject, Ip, Iso, MaybeUuid, Uuid};
+use crate::random::{derived_uuid, mix, name_uuid, splitmix};
+use crate::world::{Event, FailKind, World};
 
 /// An app of the tenant.
 pub(super) struct App {
@@ -305,7 +304,7 @@ pub(super) fn write_record<W: Write>(
         .zip(world.azure_apps.get(usize::from(e.app)))
         .ok_or_else(|| serde_json::Error::custom("event of an unknown app"))?;
     let city = city_at(e.city);
-    let era = usize::from(e.upgraded);
+    let era = usize::from(e.era);
     let (code, code_text, reason) = match e.fail {
         Some(kind) => failure(kind),
         None => (0, "0", "Other."),
@@ -341,7 +340,7 @@ pub(super) fn write_record<W: Write>(
                 "singleFactorAuthentication"
             },
             authentication_requirement_policies: EmptyList,
-            autonomous_system_number: super::habits::asn(e.ip),
+            autonomous_system_number: asn(e.ip),
             client_app_used: if e.browser_client {
                 "Browser"
             } else {
@@ -360,7 +359,7 @@ pub(super) fn write_record<W: Write>(
                 browser: &device.azure_browser[era],
                 device_id: MaybeUuid(device.device_id),
                 display_name: &device.display_name,
-                operating_system: device.azure_os,
+                operating_system: device.azure_os[era],
                 trust_type: device.trust_type,
             },
             flagged_for_review: false,

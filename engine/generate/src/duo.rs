@@ -9,8 +9,10 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::habits::city_at;
-use super::{EmptyList, Event, Factor, FailKind, Ip, Iso, Uuid, World, duo_key};
+use crate::cities::city_at;
+use crate::json::{EmptyList, Ip, Iso, Uuid};
+use crate::random::duo_key;
+use crate::world::{Event, Factor, FailKind, World};
 
 /// A Duo-protected application.
 pub(super) struct App {
@@ -167,7 +169,7 @@ pub(super) fn write_record<W: Write>(
         .get(usize::from(e.app))
         .zip(world.duo_app_keys.get(usize::from(e.app)))
         .ok_or_else(|| serde_json::Error::custom("event of an unknown application"))?;
-    let era = usize::from(e.upgraded);
+    let era = usize::from(e.era);
     let (result, reason) = outcome(e.fail, e.factor);
     // A phone call reaches a number: Duo knows neither the phone's address nor where it is.
     let call = e.factor == Factor::PhoneCall;

@@ -1,197 +1,59 @@
-//! The log generator behind `dfp generate`: realistic Azure AD sign-in or Duo authentication
-//! logs for a population of users with stable habits, with labelled anomaly episodes injected
-//! into the last days.
+//! The log generator behind `dfp generate`: realistic Azure AD sign-in or Duo authentication logs
+//! for a population of users with stable habits and the benign novelty real users show (business
+//! trips, device changes, teams adopting apps, shift changes and weekend work, VPN and egress
+//! changes, sparse and bursty users, service accounts; see `novelty`), with labelled anomaly
+//! episodes injected into the last days. Only the anomalies are labelled.
 //!
 //! Inputs: a [`GenerateConfig`] (source, users, days, first day, seed, files per day, anomaly
-//! window and share of anomalous users). Outputs, in `out_dir`: JSON-array files named like
-//! Morpheus' (`AZUREAD_2022-08-01T00_03_56.207Z.json`, `DUO_...json`: the time of the file's
-//! first record, milliseconds, `:` as `_`), each UTC day split into `files_per_day` consecutive
-//! time-of-day slots (empty slots write no file), records sorted by time; and `labels.jsonl`,
-//! one line per injected anomalous record (`event_id`, `user`, `timestamp`, `kind`), sorted by
-//! timestamp then event id.
+//! window, share of anomalous users, and the novelty rates of [`Novelty`]). Outputs, in `out_dir`:
+//! JSON-array files named like Morpheus' (`AZUREAD_2022-08-01T00_03_56.207Z.json`, `DUO_...json`:
+//! the time of the file's first record, milliseconds, `:` as `_`), each UTC day split into
+//! `files_per_day` consecutive time-of-day slots (empty slots write no file), records sorted by
+//! time; and `labels.jsonl`, one line per injected anomalous record (`event_id`, `user`,
+//! `timestamp`, `kind`), sorted by timestamp then event id.
 //!
-//! How: `habits` draws every user's habits (name, home city, devices, apps, working hours,
-//! failure rate, volume) from the seed; for each UTC day and user, a ChaCha8 stream seeded from
-//! (seed, user, day) draws that user-day's ordinary events, and a second stream seeded the same
-//! way draws the anomaly episodes `anomaly` planned for that day. Nothing depends on hash-map
-//! order or on the order users are visited, so the same config gives the same bytes. State: one
-//! day of events at a time (written, then dropped) and the labels (small), so memory stays
-//! bounded by the busiest day.
+//! How: `users` draws every user's habits (name, home city, `devices`, apps, working hours, failure
+//! rate, volume) from the seed, places from the `cities` table; for each UTC day and user, a
+//! ChaCha8 stream seeded from (seed, user, day) draws that user-day's ordinary events (`normal`), a
+//! second one the novelty `novelty` planned for that user (each user's plan is drawn once from a
+//! (seed, user) stream, so no day depends on another), and a third the anomaly episodes `anomaly`
+//! planned for that day (`random` holds the streams). With [`Novelty::none`] the output is the
+//! stable habits alone, byte for byte as before novelty. `world` holds what is fixed for a run and
+//! the source-neutral event, which `azure` and `duo` render (with `json`'s compact serializers);
+//! `config` checks what to generate. Nothing depends on hash-map order or on the order users are
+//! visited, so the same config gives the same bytes. State: one day of events at a time (written,
+//! then dropped) and the labels (small), so memory stays bounded by the busiest day.
 
 mod anomaly;
 mod azure;
+mod cities;
+mod config;
+mod devices;
 mod duo;
-mod habits;
+mod json;
+mod normal;
+mod novelty;
+mod random;
+mod users;
+mod world;
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use chrono::{Datelike, NaiveDate, Timelike};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use serde::{Serialize, Serializer};
+use chrono::{Datelike, Timelike};
+use serde::Serialize;
 
-use dfp_core::config::Problems;
 use dfp_core::{Error, Result};
 
 pub use anomaly::AnomalyKind;
+pub use config::{GenSource, GenerateConfig, Novelty, UnknownGenSource};
 
-/// Which source's log shape to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GenSource {
-    /// Azure AD sign-in logs (`AZUREAD_*.json`), the shape of Azure's diagnostic export.
-    Azure,
-    /// Duo Admin API v2 authentication logs (`DUO_*.json`).
-    Duo,
-}
-
-impl GenSource {
-    /// The name used on the command line: `azure` or `duo`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GenSource::Azure => "azure",
-            GenSource::Duo => "duo",
-        }
-    }
-
-    /// The prefix of this source's file names, as Morpheus names them.
-    pub fn file_prefix(self) -> &'static str {
-        match self {
-            GenSource::Azure => "AZUREAD",
-            GenSource::Duo => "DUO",
-        }
-    }
-}
-
-impl fmt::Display for GenSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A source name that is neither `azure` nor `duo`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown log source {0:?}: expected \"azure\" or \"duo\"")]
-pub struct UnknownGenSource(pub String);
-
-impl FromStr for GenSource {
-    type Err = UnknownGenSource;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "azure" => Ok(GenSource::Azure),
-            "duo" => Ok(GenSource::Duo),
-            _ => Err(UnknownGenSource(s.to_string())),
-        }
-    }
-}
-
-/// What to generate. Build it with [`GenerateConfig::new`] (which sets the defaults), change
-/// fields as needed, and [`generate`] validates it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerateConfig {
-    /// Which log shape to write.
-    pub source: GenSource,
-    /// Number of users (1 to 10,000,000).
-    pub users: usize,
-    /// Number of days (1 to 36,600).
-    pub days: u32,
-    /// The first day (UTC).
-    pub start: NaiveDate,
-    /// Random seed: the same config and seed give the same bytes.
-    pub seed: u64,
-    /// Files per UTC day (1 to 1440): the day is split into this many equal time-of-day slots,
-    /// one file per non-empty slot. Default 8 (3-hour slots).
-    pub files_per_day: u32,
-    /// Anomalies are injected only into the last `anomaly_days` days (0: none). Default
-    /// `days.div_ceil(6)` (30 days: 5).
-    pub anomaly_days: u32,
-    /// Share of users who get anomaly episodes, in [0, 1]. Default 0.3.
-    pub anomaly_users_fraction: f64,
-}
-
-/// The most users [`generate`] accepts.
-const MAX_USERS: usize = 10_000_000;
-/// The most days [`generate`] accepts.
-const MAX_DAYS: u32 = 36_600;
-/// The most files per day [`generate`] accepts (one a minute).
-const MAX_FILES_PER_DAY: u32 = 1440;
-
-impl GenerateConfig {
-    /// A config with the default files per day (8), anomaly window (`days.div_ceil(6)`) and
-    /// share of anomalous users (0.3).
-    pub fn new(source: GenSource, users: usize, days: u32, start: NaiveDate, seed: u64) -> Self {
-        GenerateConfig {
-            source,
-            users,
-            days,
-            start,
-            seed,
-            files_per_day: 8,
-            anomaly_days: days.div_ceil(6),
-            anomaly_users_fraction: 0.3,
-        }
-    }
-
-    /// Checks every field and reports all problems at once as [`Error::Invalid`].
-    pub fn validate(&self) -> Result<()> {
-        let mut p = Problems::new();
-        if self.users == 0 || self.users > MAX_USERS {
-            p.push(
-                "users",
-                format!("must be 1 to {MAX_USERS}, got {}", self.users),
-            );
-        }
-        if self.days == 0 || self.days > MAX_DAYS {
-            p.push(
-                "days",
-                format!("must be 1 to {MAX_DAYS}, got {}", self.days),
-            );
-        } else if day_start_micros(self.start, self.days).is_none() {
-            p.push(
-                "start",
-                format!(
-                    "{} plus {} days is outside the supported dates",
-                    self.start, self.days
-                ),
-            );
-        }
-        if self.files_per_day == 0 || self.files_per_day > MAX_FILES_PER_DAY {
-            p.push(
-                "files_per_day",
-                format!(
-                    "must be 1 to {MAX_FILES_PER_DAY}, got {}",
-                    self.files_per_day
-                ),
-            );
-        }
-        if self.anomaly_days > self.days {
-            p.push(
-                "anomaly_days",
-                format!(
-                    "must be at most days ({}), got {}",
-                    self.days, self.anomaly_days
-                ),
-            );
-        }
-        let f = self.anomaly_users_fraction;
-        if !f.is_finite() || !(0.0..=1.0).contains(&f) {
-            p.push(
-                "anomaly_users_fraction",
-                format!("must be between 0 and 1, got {f}"),
-            );
-        }
-        p.finish("generate config", ())
-    }
-
-    /// The first day that may hold anomalies (index from 0).
-    fn first_anomaly_day(&self) -> u32 {
-        self.days.saturating_sub(self.anomaly_days)
-    }
-}
+use config::day_start_micros;
+use json::{Iso, Uuid};
+use random::{Stream, stream_rng};
+use world::{Event, World};
 
 /// What [`generate`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,49 +101,11 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> Result<GenerateSummary>
     let mut events: Vec<Event> = Vec::new();
 
     for day in 0..cfg.days {
-        let (date, day_start) = match (
-            cfg.start
-                .checked_add_days(chrono::Days::new(u64::from(day))),
-            day_start_micros(cfg.start, day),
-        ) {
-            (Some(d), Some(s)) => (d, s),
-            // validate() checked the last day, so every earlier day exists too.
-            _ => break,
-        };
-        let weekend = date.weekday().number_from_monday() >= 6;
         events.clear();
-        for (u, user) in world.users.iter().enumerate() {
-            let uid = u as u32;
-            let first = events.len();
-            let mut rng = stream_rng(cfg.seed, Stream::Normal, &[u64::from(uid), u64::from(day)]);
-            habits::normal_day(
-                &world,
-                user,
-                uid,
-                day,
-                day_start,
-                weekend,
-                &mut rng,
-                &mut events,
-            );
-            for ep in plan[u].iter().filter(|e| e.day == day) {
-                let mut rng = stream_rng(
-                    cfg.seed,
-                    Stream::Anomaly,
-                    &[u64::from(uid), u64::from(day), u64::from(ep.seq)],
-                );
-                anomaly::inject(
-                    &world,
-                    user,
-                    uid,
-                    ep,
-                    day_start,
-                    first,
-                    &mut rng,
-                    &mut events,
-                );
-            }
-        }
+        // validate() checked the last day, so every earlier day exists too.
+        let Some(day_start) = day_events(cfg, &world, &plan, day, &mut events) else {
+            break;
+        };
         events.sort_unstable_by_key(|e| (e.micros, e.id));
         labels.extend(
             events
@@ -320,13 +144,43 @@ pub fn generate(cfg: &GenerateConfig, out_dir: &Path) -> Result<GenerateSummary>
     Ok(summary)
 }
 
-/// Microseconds since the epoch at the start of day `day` after `start` (UTC), if representable.
-fn day_start_micros(start: NaiveDate, day: u32) -> Option<i64> {
-    let date = start.checked_add_days(chrono::Days::new(u64::from(day)))?;
-    let t = date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
-    // Leave room for a whole day of events after it.
-    t.checked_add(DAY_MICROS)?;
-    Some(t)
+/// Appends every user's events of day `day` (ordinary with their novelty, then the anomalous
+/// ones), unsorted, to `events`; returns the day's start (none past the supported dates).
+fn day_events(
+    cfg: &GenerateConfig,
+    world: &World,
+    plan: &[Vec<anomaly::Episode>],
+    day: u32,
+    events: &mut Vec<Event>,
+) -> Option<i64> {
+    let date = cfg
+        .start
+        .checked_add_days(chrono::Days::new(u64::from(day)))?;
+    let day_start = day_start_micros(cfg.start, day)?;
+    let weekend = date.weekday().number_from_monday() >= 6;
+    for (u, user) in world.users.iter().enumerate() {
+        let uid = u as u32;
+        let first = events.len();
+        let parts = [u64::from(uid), u64::from(day)];
+        let mut rng = stream_rng(cfg.seed, Stream::Normal, &parts);
+        let mut nov = stream_rng(cfg.seed, Stream::NoveltyDay, &parts);
+        let today = novelty::Today {
+            uid,
+            day,
+            day_start,
+            weekend,
+        };
+        novelty::user_day(world, user, &today, &mut rng, &mut nov, events);
+        for ep in plan.get(u).into_iter().flatten().filter(|e| e.day == day) {
+            let mut rng = stream_rng(
+                cfg.seed,
+                Stream::Anomaly,
+                &[u64::from(uid), u64::from(day), u64::from(ep.seq)],
+            );
+            anomaly::inject(world, user, uid, ep, day_start, first, &mut rng, events);
+        }
+    }
+    Some(day_start)
 }
 
 /// `AZUREAD_2022-08-01T00_03_56.207Z.json`: the prefix and the time in milliseconds.
@@ -430,482 +284,12 @@ impl<W: Write> Write for Counting<W> {
         self.inner.flush()
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// The world: users and catalogs, shared by the normal and anomalous event draws.
-
-/// Everything fixed for a run: the users with their habits, and the catalogs.
-pub(crate) struct World {
-    source: GenSource,
-    /// Microseconds since the epoch at the start of the first day.
-    start_micros: i64,
-    /// The Azure tenant.
-    tenant: u128,
-    /// Azure's top-level `resourceId` (`/tenants/{tenant}/providers/Microsoft.aadiam`).
-    tenant_path: String,
-    users: Vec<habits::User>,
-    /// Devices no user owns, for the unseen-device anomalies.
-    foreign_devices: Vec<habits::Device>,
-    /// Phones no user owns (Duo authentication devices), for the unseen-device anomalies.
-    foreign_phones: Vec<habits::Phone>,
-    /// Popularity of each app of this source's catalog (index = app id).
-    app_popularity: Vec<u32>,
-    azure_apps: Vec<azure::AppIds>,
-    duo_app_keys: Vec<String>,
-}
-
-impl World {
-    /// The user and device of an event; an error (never a panic) if the event names neither.
-    fn user_and_device(&self, e: &Event) -> serde_json::Result<(&habits::User, &habits::Device)> {
-        use serde::ser::Error as _;
-        let user = self
-            .users
-            .get(e.user as usize)
-            .ok_or_else(|| serde_json::Error::custom("event of an unknown user"))?;
-        let device = user
-            .device(self, e.device)
-            .ok_or_else(|| serde_json::Error::custom("event of an unknown device"))?;
-        Ok((user, device))
-    }
-
-    fn new(cfg: &GenerateConfig) -> Self {
-        let tenant = uuid_from(mix(&[cfg.seed, 0x7e4a_0047]), mix(&[cfg.seed, 0x7e4a_0048]));
-        let app_popularity = match cfg.source {
-            GenSource::Azure => azure::APPS.iter().map(|a| a.popularity).collect(),
-            GenSource::Duo => duo::APPS.iter().map(|a| a.popularity).collect(),
-        };
-        let mut world = World {
-            source: cfg.source,
-            start_micros: day_start_micros(cfg.start, 0).unwrap_or(0),
-            tenant,
-            tenant_path: format!("/tenants/{}/providers/Microsoft.aadiam", Uuid(tenant)),
-            users: Vec::new(),
-            foreign_devices: habits::foreign_devices(),
-            foreign_phones: habits::foreign_phones(cfg.seed),
-            app_popularity,
-            azure_apps: azure::app_ids(),
-            duo_app_keys: duo::app_keys(),
-        };
-        world.users = habits::users(cfg, &world.app_popularity);
-        world
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Events, source-neutral; azure.rs and duo.rs render them.
-
-/// Which device an event comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DevRef {
-    /// One of the user's own devices (index into `User::devices`).
-    Own(u8),
-    /// A device no user owns (index into `World::foreign_devices`).
-    Foreign(u8),
-}
-
-/// Which phone approves a Duo authentication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PhoneRef {
-    /// The user's own phone.
-    Own,
-    /// A phone no user owns (index into `World::foreign_phones`).
-    Foreign(u8),
-}
-
-/// Why a sign-in failed, source-neutral; each source maps it to its own codes and reasons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FailKind {
-    /// Wrong password or passcode.
-    BadSecret,
-    /// A second factor is required (Azure's interrupt asking for MFA).
-    MfaRequired,
-    /// The second-factor request timed out.
-    MfaTimeout,
-    /// The user declined or cancelled the second-factor request.
-    MfaDenied,
-    /// Azure's "keep me signed in" interrupt.
-    Interrupt,
-    /// The session or request expired.
-    SessionExpired,
-    /// The account is locked after too many failures.
-    Locked,
-    /// Blocked by a conditional-access or Duo policy.
-    Blocked,
-    /// The user is not allowed to use this application.
-    NotPermitted,
-    /// The user reported the request as fraud.
-    Fraud,
-}
-
-/// The second factor of a Duo authentication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Factor {
-    DuoPush,
-    PhoneCall,
-    Passcode,
-    SmsPasscode,
-}
-
-impl Factor {
-    fn as_str(self) -> &'static str {
-        match self {
-            Factor::DuoPush => "duo_push",
-            Factor::PhoneCall => "phone_call",
-            Factor::Passcode => "passcode",
-            Factor::SmsPasscode => "sms_passcode",
-        }
-    }
-}
-
-/// One sign-in or authentication, before it is rendered in a source's shape.
-#[derive(Debug, Clone, Copy)]
-struct Event {
-    /// Event time, microseconds since the epoch (UTC).
-    micros: i64,
-    /// The event id (Azure `properties.id`, Duo `txid`); the other ids derive from it.
-    id: u128,
-    /// Index of the user.
-    user: u32,
-    device: DevRef,
-    /// The device runs its upgraded browser version.
-    upgraded: bool,
-    /// Index into [`habits::CITIES`] of where the access came from.
-    city: u16,
-    ip: u32,
-    /// Index into the source's app catalog.
-    app: u16,
-    fail: Option<FailKind>,
-    /// Azure: an interactive sign-in (`SignInLogs`) or not.
-    interactive: bool,
-    /// Azure: signed in through a browser (`clientAppUsed` "Browser").
-    browser_client: bool,
-    /// Duo: the second factor.
-    factor: Factor,
-    /// Duo: the phone that approved it, where it was and its address.
-    phone: PhoneRef,
-    phone_city: u16,
-    phone_ip: u32,
-    /// Set on injected anomalous events.
-    anomaly: Option<AnomalyKind>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Deterministic randomness.
-
-/// Independent random streams drawn from one seed.
-#[derive(Debug, Clone, Copy)]
-enum Stream {
-    Users = 1,
-    Classes = 2,
-    Normal = 3,
-    Anomaly = 4,
-    Plan = 5,
-}
-
-/// SplitMix64's finalizer.
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Mixes several words into one well-spread word.
-fn mix(words: &[u64]) -> u64 {
-    words
-        .iter()
-        .fold(0x243f_6a88_85a3_08d3, |h, &w| splitmix(h ^ splitmix(w)))
-}
-
-/// The random stream for (seed, stream, parts): the same inputs always give the same stream.
-fn stream_rng(seed: u64, stream: Stream, parts: &[u64]) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(mix(&[seed, stream as u64, mix(parts)]))
-}
-
-/// A version-4 UUID from two random words.
-fn uuid_from(hi: u64, lo: u64) -> u128 {
-    let v = (u128::from(hi) << 64) | u128::from(lo);
-    (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62)
-}
-
-/// A random version-4 UUID.
-fn random_uuid(rng: &mut ChaCha8Rng) -> u128 {
-    uuid_from(rng.random(), rng.random())
-}
-
-/// A UUID derived from another one and a purpose, for the ids that need no randomness of
-/// their own (correlation ids, request ids).
-fn derived_uuid(id: u128, purpose: u64) -> u128 {
-    let a = mix(&[id as u64, (id >> 64) as u64, purpose]);
-    uuid_from(a, splitmix(a ^ purpose))
-}
-
-/// A stable UUID from a name (FNV-1a mixed), for catalog ids.
-fn name_uuid(name: &str, purpose: u64) -> u128 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    uuid_from(mix(&[h, purpose]), mix(&[h, purpose, 1]))
-}
-
-/// A Duo-style key: `prefix` then upper-case letters and digits, 20 characters in all.
-fn duo_key(prefix: &str, a: u64, b: u64) -> String {
-    const ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut s = String::with_capacity(20);
-    s.push_str(prefix);
-    let p = prefix.bytes().fold(0u64, |h, c| (h << 8) | u64::from(c));
-    let mut x = mix(&[p, a, b]);
-    let mut y = mix(&[p, b, a, 7]);
-    while s.len() < 20 {
-        s.push(char::from(ALPHABET[(x % 36) as usize]));
-        x /= 36;
-        if x < 36 {
-            x = y;
-            y = splitmix(y);
-        }
-    }
-    s
-}
-
-/// Uniform in [0, 1).
-fn unit(rng: &mut ChaCha8Rng) -> f64 {
-    rng.random::<f64>()
-}
-
-/// Uniform integer in [lo, hi] (lo when the range is empty).
-fn between(rng: &mut ChaCha8Rng, lo: u64, hi: u64) -> u64 {
-    if hi <= lo {
-        lo
-    } else {
-        lo + rng.random_range(0..=hi - lo)
-    }
-}
-
-/// Uniform index below `n` (0 when `n` is 0).
-fn index(rng: &mut ChaCha8Rng, n: usize) -> usize {
-    if n == 0 { 0 } else { rng.random_range(0..n) }
-}
-
-/// A standard normal draw (Box-Muller).
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1 = 1.0 - unit(rng);
-    let u2 = unit(rng);
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
-/// A Poisson draw with mean `lambda` (Knuth below 30, a rounded normal above).
-fn poisson(rng: &mut ChaCha8Rng, lambda: f64) -> u32 {
-    if !lambda.is_finite() || lambda <= 0.0 {
-        return 0;
-    }
-    if lambda < 30.0 {
-        let limit = (-lambda).exp();
-        let mut k = 0u32;
-        let mut p = unit(rng);
-        while p > limit && k < 1000 {
-            k += 1;
-            p *= unit(rng);
-        }
-        k
-    } else {
-        let x = lambda + lambda.sqrt() * normal(rng);
-        x.round().clamp(0.0, 1_000_000.0) as u32
-    }
-}
-
-/// Picks an index by weights.
-fn weighted(rng: &mut ChaCha8Rng, weights: &[u32]) -> usize {
-    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-    if total == 0 {
-        return index(rng, weights.len());
-    }
-    let mut r = rng.random_range(0..total);
-    for (i, &w) in weights.iter().enumerate() {
-        if r < u64::from(w) {
-            return i;
-        }
-        r -= u64::from(w);
-    }
-    weights.len().saturating_sub(1)
-}
-
-/// Shuffles in place (Fisher-Yates), deterministically for a given stream.
-fn shuffle<T>(rng: &mut ChaCha8Rng, v: &mut [T]) {
-    for i in (1..v.len()).rev() {
-        let j = rng.random_range(0..=i);
-        v.swap(i, j);
-    }
-}
-
-const MINUTE_MICROS: i64 = 60_000_000;
-const DAY_MICROS: i64 = 86_400_000_000;
-
-// ---------------------------------------------------------------------------------------------
-// Serializers for values kept compact in memory and written without allocation.
-
-/// A short string built on the stack.
-struct StackStr<const N: usize> {
-    buf: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> StackStr<N> {
-    fn new() -> Self {
-        StackStr {
-            buf: [0; N],
-            len: 0,
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl<const N: usize> fmt::Write for StackStr<N> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        if end > N {
-            return Err(fmt::Error);
-        }
-        self.buf[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-/// A UUID, written `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Uuid(u128);
-
-impl Uuid {
-    fn text(self) -> [u8; 36] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [b'-'; 36];
-        let mut nibble = 0;
-        for (i, slot) in out.iter_mut().enumerate() {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                continue;
-            }
-            *slot = HEX[((self.0 >> (124 - 4 * nibble)) & 0xf) as usize];
-            nibble += 1;
-        }
-        out
-    }
-}
-
-impl fmt::Display for Uuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(std::str::from_utf8(&self.text()).unwrap_or(""))
-    }
-}
-
-impl Serialize for Uuid {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(std::str::from_utf8(&self.text()).unwrap_or(""))
-    }
-}
-
-/// An empty UUID field (`""`) or a UUID.
-struct MaybeUuid(Option<u128>);
-
-impl Serialize for MaybeUuid {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self.0 {
-            Some(v) => Uuid(v).serialize(s),
-            None => s.serialize_str(""),
-        }
-    }
-}
-
-/// An ISO-8601 UTC time with microseconds: `2022-08-01T00:03:56.207532Z` (Azure) or
-/// `2022-08-01T00:03:56.207532+00:00` (Duo).
-struct Iso {
-    micros: i64,
-    zulu: bool,
-}
-
-impl Iso {
-    fn zulu(micros: i64) -> Self {
-        Iso { micros, zulu: true }
-    }
-
-    fn offset(micros: i64) -> Self {
-        Iso {
-            micros,
-            zulu: false,
-        }
-    }
-
-    fn text(&self) -> Option<StackStr<40>> {
-        let t = chrono::DateTime::from_timestamp_micros(self.micros)?;
-        let mut s = StackStr::<40>::new();
-        write!(
-            s,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}{}",
-            t.year(),
-            t.month(),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.timestamp_subsec_micros(),
-            if self.zulu { "Z" } else { "+00:00" }
-        )
-        .ok()?;
-        Some(s)
-    }
-}
-
-impl Serialize for Iso {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self.text() {
-            Some(t) => s.serialize_str(t.as_str()),
-            None => Err(serde::ser::Error::custom(format!(
-                "time {} µs is out of range",
-                self.micros
-            ))),
-        }
-    }
-}
-
-/// An IPv4 address.
-#[derive(Debug, Clone, Copy)]
-struct Ip(u32);
-
-impl Serialize for Ip {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut t = StackStr::<16>::new();
-        let [a, b, c, d] = self.0.to_be_bytes();
-        write!(t, "{a}.{b}.{c}.{d}").map_err(serde::ser::Error::custom)?;
-        s.serialize_str(t.as_str())
-    }
-}
-
-/// An empty JSON array.
-struct EmptyList;
-
-impl Serialize for EmptyList {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        s.serialize_seq(Some(0))?.end()
-    }
-}
-
-/// An empty JSON object.
-struct EmptyObject;
-
-impl Serialize for EmptyObject {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        s.serialize_map(Some(0))?.end()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::Ip;
+    use crate::random::duo_key;
+    use chrono::NaiveDate;
     use serde_json::Value;
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -1294,9 +678,18 @@ mod tests {
         let mut c = cfg(GenSource::Azure, 0, 0);
         c.files_per_day = 0;
         c.anomaly_users_fraction = f64::NAN;
+        c.novelty.travel_rate = -1.0;
+        c.novelty.service_account_fraction = 2.0;
         let err = generate(&c, dir.path()).expect_err("invalid");
         let text = err.to_string();
-        for field in ["users", "days", "files_per_day", "anomaly_users_fraction"] {
+        for field in [
+            "users",
+            "days",
+            "files_per_day",
+            "anomaly_users_fraction",
+            "novelty.travel_rate",
+            "novelty.service_account_fraction",
+        ] {
             assert!(text.contains(field), "{field} missing from {text}");
         }
         let mut c = cfg(GenSource::Duo, 5, 3);
