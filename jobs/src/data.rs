@@ -36,6 +36,10 @@ pub struct DemoArgs {
     /// Random seed of the generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Users with stable habits only (no travel, upgrades, new apps, shifts, VPN, sparse or
+    /// bursty users, service accounts).
+    #[arg(long)]
+    no_novelty: bool,
     /// The demo's directory (logs, control message, registry, outputs; replaced each run).
     #[arg(long, default_value = "dfp-demo")]
     dir: PathBuf,
@@ -141,6 +145,11 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         days: args.days,
         train_days: args.train_days,
         seed: args.seed,
+        novelty: if args.no_novelty {
+            Novelty::none()
+        } else {
+            Novelty::default()
+        },
         dir: args.dir.clone(),
         config,
         workers: args.workers,

@@ -85,7 +85,7 @@ fn demo_trains_scores_and_prints_the_detection_table() {
     let out = dfp(&[
         "demo",
         "--users",
-        "6",
+        "8",
         "--days",
         "6",
         "--train-days",
@@ -104,7 +104,10 @@ fn demo_trains_scores_and_prints_the_detection_table() {
         "recall",
         "precision",
         "ROC-AUC",
+        "scored by",
+        "alerts after suppression",
         "dfp_detections_azure.csv",
+        "dfp_alerts_azure.jsonl",
     ] {
         assert!(text.contains(needle), "{needle} missing from {text}");
     }

@@ -258,7 +258,7 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
             diff.unwrap_or_default()
         );
     }
-    // The uninterrupted stream's detections are the ones recorded before the redesign.
+    // The uninterrupted stream's detections are the recorded golden (UPDATE_GOLDEN=1 re-records).
     dfp_bench::assert_golden(
         &reference.join("output/dfp_detections_azure.csv"),
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

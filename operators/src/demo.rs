@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{Days, NaiveDate};
-use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+use dfp_engine::generate::{GenSource, GenerateConfig, Novelty, generate};
 use dfp_engine::schema::SourceSchema;
 use dfp_engine::{Error, Result};
 use serde::Serialize;
@@ -34,6 +34,8 @@ pub struct DemoOptions {
     pub train_days: u32,
     /// Generator seed.
     pub seed: u64,
+    /// The generator's benign novelty (on by default: [`Novelty::default`]).
+    pub novelty: Novelty,
     /// The demo's directory.
     pub dir: PathBuf,
     /// Stage settings.
@@ -112,6 +114,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
     }
     let mut gen_cfg = GenerateConfig::new(opts.source, opts.users, opts.days, start, opts.seed);
     gen_cfg.anomaly_days = opts.days.saturating_sub(opts.train_days).max(1);
+    gen_cfg.novelty = opts.novelty.clone();
     let t = Instant::now();
     let generated = generate(&gen_cfg, &logs)?;
     let generate_seconds = t.elapsed().as_secs_f64();
@@ -138,6 +141,11 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
         &generated.labels,
         &output_path(&output, &schema.name, OutKind::DetectionsCsv),
         Some(&output_path(&output, &schema.name, OutKind::ScoresCsv)),
+        opts.config
+            .alerts
+            .enabled
+            .then(|| output_path(&output, &schema.name, OutKind::Alerts))
+            .as_deref(),
     )?;
     Ok(DemoReport {
         records: generated.records,

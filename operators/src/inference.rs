@@ -70,6 +70,12 @@ pub struct Scored {
     pub max_abs_z: f32,
     /// Mean |z|.
     pub mean_abs_z: f32,
+    /// `mean_abs_z` against what the model's scores of ordinary rows look like (for the
+    /// generic model: this user's own rows, where it has them): a z-score of its logarithm mapped
+    /// through the model's measured tail (`dfp_engine::model::calibration`).
+    pub calibrated_z: f32,
+    /// Whether the generic model scored the row (the user had no usable model of their own).
+    pub generic: bool,
 }
 
 /// A model pick: the model (`name:version` and weights) if any, the dead letter of an unusable
@@ -187,7 +193,7 @@ impl Scorer {
     pub fn score(&mut self, backend: &dyn Backend, windows: Vec<Prepared>) -> Outcome {
         let mut dead = Vec::new();
         let (mut fallbacks, mut unscored) = (0u64, 0u64);
-        let mut chosen: Vec<(Prepared, String, Arc<Model>)> = Vec::new();
+        let mut chosen: Vec<(Prepared, String, Arc<Model>, bool)> = Vec::new();
         for w in windows {
             let (model, problem, generic) = self.model_for(&w.window.user);
             dead.extend(problem);
@@ -196,7 +202,7 @@ impl Scorer {
                     if generic {
                         fallbacks += w.window.rows.len() as u64;
                     }
-                    chosen.push((w, label, m));
+                    chosen.push((w, label, m, generic));
                 }
                 None => {
                     let reason = format!(
@@ -213,11 +219,11 @@ impl Scorer {
         }
         let requests: Vec<(&Model, &arrow::array::RecordBatch)> = chosen
             .iter()
-            .map(|(w, _, m)| (m.as_ref(), &w.batch))
+            .map(|(w, _, m, _)| (m.as_ref(), &w.batch))
             .collect();
         let results = score(backend, &requests, self.batch_size);
         let mut scored = Vec::new();
-        for ((w, label, _), result) in chosen.into_iter().zip(results) {
+        for ((w, label, model, generic), result) in chosen.into_iter().zip(results) {
             let s = match result {
                 Ok(s) => s,
                 Err(e) => {
@@ -243,6 +249,8 @@ impl Scorer {
                     pred: s.pred[i * f..(i + 1) * f].to_vec(),
                     max_abs_z: s.max_abs_z[i],
                     mean_abs_z: s.mean_abs_z[i],
+                    calibrated_z: model.calibration.z(s.mean_abs_z[i], &user, generic),
+                    generic,
                 });
             }
         }

@@ -8,13 +8,15 @@
 //! Morpheus' integrated training and inference pipeline:
 //!
 //! source -> file to batch -> split users -> rolling window -> data prep ->
-//! { training -> registry writer | inference -> filter detections -> post-processing ->
-//! serialize -> sinks }
+//! { training -> registry writer | inference -> filter detections -> alert budget ->
+//! post-processing -> { serialize | alert suppression } -> sinks }
 
 // `Result` here mostly routes records between two streams (`ok_err`): a dead letter on the
 // `Err` side is data, as large as the rows it carries, not an error to keep small.
 #![allow(clippy::result_large_err)]
 
+pub mod alerts;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod data_prep;

@@ -47,6 +47,10 @@ pub struct Stats {
     pub generic_fallbacks: u64,
     /// Detections written.
     pub detections: u64,
+    /// Detections over the alert budget (in the scores, not in the detections).
+    pub over_budget: u64,
+    /// Alerts opened (detections suppressed into alerts: `detections` less this).
+    pub alerts: u64,
     /// Dead letters written.
     pub dead_letters: u64,
     /// Errors that make the run fail (an output that cannot be written), each with its
@@ -103,6 +107,8 @@ impl Stats {
         self.score_seconds += o.score_seconds;
         self.generic_fallbacks += o.generic_fallbacks;
         self.detections += o.detections;
+        self.over_budget += o.over_budget;
+        self.alerts += o.alerts;
         self.dead_letters += o.dead_letters;
         self.fatal.extend(o.fatal);
     }

@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat};
-use dfp_engine::rows::Origin;
-use dfp_engine::schema::{SourceSchema, TIMESTAMP, USERNAME};
+use dfp_engine::rows::{Origin, Row};
+use dfp_engine::schema::{EVENT_ID, SourceSchema, TIMESTAMP, USERNAME};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Map;
@@ -37,6 +37,8 @@ pub enum OutKind {
     ScoresCsv,
     /// `dfp_dead_letter_{source}.jsonl`.
     DeadLetters,
+    /// `dfp_alerts_{source}.jsonl`.
+    Alerts,
 }
 
 /// One output line (without its newline).
@@ -123,6 +125,16 @@ impl Columns {
         Ok(c)
     }
 
+    /// The event id of `row` (the schema's `event_id` column), if it has one.
+    pub fn event_id(&self, row: &Row) -> Option<String> {
+        let at = self
+            .input
+            .iter()
+            .position(|n| n == EVENT_ID)?
+            .checked_sub(2)?;
+        row.values.get(at).map(|v| v.to_text())
+    }
+
     /// The feature names in per-feature column order.
     pub fn features(&self) -> &[String] {
         &self.features
@@ -144,9 +156,15 @@ impl Columns {
     fn dfp_names(&self) -> Vec<String> {
         let mut n: Vec<String> = self.input.iter().chain(&self.derived).cloned().collect();
         n.extend(
-            ["event_time", "model_version", "max_abs_z", "mean_abs_z"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "event_time",
+                "model_version",
+                "max_abs_z",
+                "mean_abs_z",
+                "calibrated_z",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
         for f in &self.features {
             n.extend([
@@ -190,6 +208,7 @@ impl Columns {
         cells.push(s.model_version.clone().into());
         cells.push(f32_json(s.max_abs_z));
         cells.push(f32_json(s.mean_abs_z));
+        cells.push(f32_json(s.calibrated_z));
         for i in 0..self.features.len() {
             cells.push(
                 s.loss
@@ -272,7 +291,7 @@ impl Columns {
     }
 }
 
-fn f32_json(v: f32) -> serde_json::Value {
+pub(crate) fn f32_json(v: f32) -> serde_json::Value {
     // Through the shortest f32 text, so JSON shows what CSV shows.
     v.to_string()
         .parse::<f64>()

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, TimeZone, Utc};
-use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+use dfp_engine::generate::{GenSource, GenerateConfig, Novelty, generate};
 use dfp_engine::model::Device;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
@@ -39,6 +39,7 @@ fn the_demo_writes_its_golden_detections() {
         days: 30,
         train_days: 25,
         seed: 42,
+        novelty: Novelty::default(),
         dir: dir.path().join("demo"),
         config: RunConfig::from_toml(DFP_CONFIG, "configs/dfp.toml").unwrap(),
         workers: 1,
@@ -46,7 +47,7 @@ fn the_demo_writes_its_golden_detections() {
         progress: false,
     })
     .unwrap();
-    assert_eq!(report.run.stats.detections, 308, "{}", report.run.line());
+    assert_eq!(report.run.stats.detections, 692, "{}", report.run.line());
     let out = dir.path().join("demo/output");
     for file in ["dfp_detections_azure.csv", "dfp_dead_letter_azure.jsonl"] {
         dfp_bench::assert_golden(&out.join(file), &golden(&format!("demo/{file}")));
@@ -90,7 +91,7 @@ fn the_end_to_end_month_writes_its_golden_detections() {
         stop: Default::default(),
     })
     .unwrap();
-    assert_eq!(summary.stats.rows, 80_613, "{}", summary.line());
+    assert_eq!(summary.stats.rows, 84_999, "{}", summary.line());
     for file in ["dfp_detections_azure.csv", "dfp_dead_letter_azure.jsonl"] {
         dfp_bench::assert_golden(
             &dir.path().join("output").join(file),

@@ -181,7 +181,7 @@ fn plan_and_run_batch_by_day_whatever_the_source() {
 #[test]
 fn records_are_read_as_morpheus_reads_them() {
     let base = tempfile::tempdir().unwrap();
-    let data = logs(GenSource::Azure, 6, 6, &base.path().join("logs"));
+    let data = logs(GenSource::Azure, 8, 6, &base.path().join("logs"));
     // The two busiest users: enough rows for models of their own.
     let users: Vec<String> = {
         let mut count = std::collections::BTreeMap::<String, usize>::new();

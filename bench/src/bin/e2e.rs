@@ -70,6 +70,7 @@ fn child(
         &data.join("labels.jsonl"),
         &output_path(&output, source, OutKind::DetectionsCsv),
         Some(&output_path(&output, source, OutKind::ScoresCsv)),
+        None,
     )?;
     let s = &summary.stats;
     Ok(json!({

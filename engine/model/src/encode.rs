@@ -17,7 +17,7 @@ use dfp_core::batch::{bool_column, numeric_column, string_column};
 use dfp_core::schema::{FeatureSpec, MISSING_STRING as MISSING, ProfileSpec};
 
 use crate::preprocess::{StandardScaler, Vocabulary};
-use crate::profile::Profile;
+use crate::profile::{Profile, Rows};
 
 /// Preprocessing fitted on training rows; saved with the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +67,11 @@ impl Preprocessor {
         pre.scalers = features
             .numeric
             .iter()
-            .map(|name| Ok(StandardScaler::fit(&pre.numeric_values(batch, name)?)))
+            .map(|name| {
+                let fitted = vec![true; batch.num_rows()];
+                let values = pre.numeric_values(batch, name, &Rows::Fitted(&fitted))?;
+                Ok(StandardScaler::fit(&values))
+            })
             .collect::<Result<_>>()?;
         let vocabularies = features
             .categorical
@@ -88,10 +92,10 @@ impl Preprocessor {
         Ok(pre)
     }
 
-    /// A numeric feature's values: a profile's, else the column's.
-    fn numeric_values(&self, batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
+    /// A numeric feature's values: a profile's (counted as `rows` says), else the column's.
+    fn numeric_values(&self, batch: &RecordBatch, name: &str, rows: &Rows<'_>) -> Result<Vec<f64>> {
         match self.profiles.iter().find(|p| p.spec.name == name) {
-            Some(p) => p.values(batch),
+            Some(p) => p.values(batch, rows),
             None => numeric_column(batch, name),
         }
     }
@@ -112,19 +116,28 @@ impl Preprocessor {
         f.numeric.len() + f.binary.len() + f.categorical.len()
     }
 
-    /// Encodes every row of `batch`.
+    /// Encodes every row of `batch` as new rows.
     pub fn encode(&self, batch: &RecordBatch) -> Result<Encoded> {
-        let rows = batch.num_rows();
+        self.encode_rows(batch, &Rows::New)
+    }
+
+    /// Encodes every row of `batch`, its profile features counted as `rows` says.
+    pub fn encode_rows(&self, batch: &RecordBatch, rows: &Rows<'_>) -> Result<Encoded> {
+        let n_rows = batch.num_rows();
         let f = &self.features;
         let mut out = Encoded {
-            rows,
-            numeric: vec![0.0; rows * f.numeric.len()],
-            binary: vec![0.0; rows * f.binary.len()],
-            categorical: vec![0; rows * f.categorical.len()],
+            rows: n_rows,
+            numeric: vec![0.0; n_rows * f.numeric.len()],
+            binary: vec![0.0; n_rows * f.binary.len()],
+            categorical: vec![0; n_rows * f.categorical.len()],
         };
         let n = f.numeric.len();
         for (j, (name, scaler)) in f.numeric.iter().zip(&self.scalers).enumerate() {
-            for (r, v) in self.numeric_values(batch, name)?.into_iter().enumerate() {
+            for (r, v) in self
+                .numeric_values(batch, name, rows)?
+                .into_iter()
+                .enumerate()
+            {
                 out.numeric[r * n + j] = scaler.transform(v) as f32;
             }
         }

@@ -1,6 +1,6 @@
 //! Model files: `DFPMODEL` magic, format version, the lengths of a header and a body, the
 //! header (the [`ModelHeader`]: name, schema, features, training window, hyperparameters,
-//! metrics), the body (preprocessing, weights, loss statistics), both bincode 2, and an FNV-1a
+//! metrics), the body (preprocessing, weights, loss statistics, calibration), both bincode 2, and an FNV-1a
 //! checksum of everything before it. A file that is truncated, corrupt, of another format
 //! version, or inconsistent with itself is refused with the reason; it never yields a model
 //! that would score wrongly.
@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::calibration::Calibration;
 use super::encode::Preprocessor;
 use super::network::Network;
 use super::{Model, ModelHeader};
@@ -18,8 +19,9 @@ use dfp_core::{Error, Result};
 
 /// The first bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"DFPMODEL";
-/// The format version this build writes and reads (2: preprocessing holds profiles).
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this build writes and reads (2: preprocessing holds profiles; 3: the
+/// model carries its calibration).
+pub const FORMAT_VERSION: u32 = 3;
 const PREFIX: usize = 8 + 4 + 8 + 8;
 const LIMIT: usize = 1 << 31;
 
@@ -29,6 +31,7 @@ struct BodyRef<'a> {
     network: &'a Network,
     loss_mean: &'a [f64],
     loss_std: &'a [f64],
+    calibration: &'a Calibration,
 }
 
 /// What [`BodyRef`] writes.
@@ -38,6 +41,7 @@ struct Body {
     network: Network,
     loss_mean: Vec<f64>,
     loss_std: Vec<f64>,
+    calibration: Calibration,
 }
 
 fn config() -> impl bincode::config::Config {
@@ -53,6 +57,7 @@ impl Model {
             network: &self.network,
             loss_mean: &self.loss_mean,
             loss_std: &self.loss_std,
+            calibration: &self.calibration,
         })?;
         let mut out = Vec::with_capacity(PREFIX + header.len() + body.len() + 8);
         out.extend_from_slice(MAGIC);
@@ -115,6 +120,7 @@ impl Model {
             network: body.network,
             loss_mean: body.loss_mean,
             loss_std: body.loss_std,
+            calibration: body.calibration,
         };
         model.check().map_err(bad)?;
         Ok(model)
@@ -192,6 +198,20 @@ impl Model {
             .any(|s| !(s.mean.is_finite() && s.std.is_finite() && s.std > 0.0))
         {
             return Err("a scaler is not finite".into());
+        }
+        let c = &self.calibration;
+        let sound =
+            |f: &super::calibration::Fit| f.mean.is_finite() && f.var.is_finite() && f.var >= 0.0;
+        if !sound(&c.validation) || !c.users.values().all(sound) {
+            return Err("the calibration is not finite".into());
+        }
+        let finite = c.knots.iter().all(|(z, n)| z.is_finite() && n.is_finite());
+        if !finite
+            || c.knots
+                .windows(2)
+                .any(|w| w[1].0 <= w[0].0 || w[1].1 < w[0].1)
+        {
+            return Err("the calibration's tail knots are not finite and increasing".into());
         }
         Ok(())
     }

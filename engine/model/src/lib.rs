@@ -10,11 +10,14 @@
 //!   loss statistics), swap noise, and the CPU's steps.
 //! - [`backend`]: the [`Backend`] trait that trains and scores many models per call, and the
 //!   CPU backend.
+//! - [`calibration`]: what the model's scores of ordinary rows look like (its validation rows,
+//!   and each user's rows), fitted after training, for calibrated detection rules.
 //! - [`file`]: the model file (header, bincode body, checksum).
 //!
 //! [`train_models`] and [`score`] are the entry points: they take Arrow batches and a backend.
 
 pub mod backend;
+pub mod calibration;
 pub mod config;
 pub mod device;
 pub mod encode;
@@ -31,6 +34,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, CpuBackend, EvalJob};
+pub use calibration::Calibration;
 pub use config::ModelConfig;
 pub use device::Device;
 pub use encode::{Encoded, Preprocessor};
@@ -90,6 +94,8 @@ pub struct Model {
     pub loss_mean: Vec<f64>,
     /// Per feature, population std of the loss over the clean training split.
     pub loss_std: Vec<f64>,
+    /// How its scores of ordinary rows are distributed (see [`calibration`]).
+    pub calibration: Calibration,
 }
 
 /// One model to train: a name and its rows (any order; they are sorted by event time).
@@ -135,12 +141,20 @@ fn time_order(batch: &RecordBatch) -> (Vec<usize>, Option<i64>, Option<i64>) {
     (order.clone(), at(order.first()), at(order.last()))
 }
 
-/// Everything a training job needs, and the header it will get.
+/// What calibrating a trained model needs: its window's rows encoded, each row's user, and
+/// whether each row was held out for validation.
+struct Window {
+    all: Encoded,
+    users: Vec<Option<String>>,
+    validation: Vec<bool>,
+}
+
+/// Everything a training job needs, the header it will get, and its window for calibration.
 fn prepare(
     set: &TrainingSet<'_>,
     schema: &SourceSchema,
     config: &ModelConfig,
-) -> Result<(train::TrainJob, Preprocessor, ModelHeader)> {
+) -> Result<(train::TrainJob, Preprocessor, ModelHeader, Window)> {
     let n = set.rows.num_rows();
     if n == 0 {
         return Err(Error::model(set.name, "no training rows"));
@@ -160,8 +174,13 @@ fn prepare(
         config.min_cats,
     )
     .map_err(|e| Error::model(set.name, e.to_string()))?;
+    // The training rows are the fitted ones; the validation rows are measured as new rows.
+    let mut fitted = vec![false; n];
+    for &i in train_idx {
+        fitted[i] = true;
+    }
     let all = pre
-        .encode(set.rows)
+        .encode_rows(set.rows, &profile::Rows::Fitted(&fitted))
         .map_err(|e| Error::model(set.name, e.to_string()))?;
     let shape = Shape {
         n_numeric: pre.features.numeric.len(),
@@ -181,6 +200,18 @@ fn prepare(
         validation: all.select(val_idx),
         seed: config.seed ^ dfp_core::hash::fnv1a64(set.name.as_bytes()),
     };
+    let users = dfp_core::batch::string_column(set.rows, dfp_core::schema::USERNAME)
+        .map(|u| u.into_iter().map(|u| u.map(str::to_string)).collect())
+        .unwrap_or_else(|_| vec![None; n]);
+    let mut validation = vec![false; n];
+    for &i in val_idx {
+        validation[i] = true;
+    }
+    let window = Window {
+        all,
+        users,
+        validation,
+    };
     let header = ModelHeader {
         name: set.name.to_string(),
         source: schema.name.clone(),
@@ -198,7 +229,7 @@ fn prepare(
             validation_rows: n_val,
         },
     };
-    Ok((job, pre, header))
+    Ok((job, pre, header, window))
 }
 
 /// Trains one model per set in one backend call; results in set order. A set that cannot be
@@ -212,7 +243,7 @@ pub fn train_models(
     let prepared: Vec<Result<_>> = sets.iter().map(|s| prepare(s, schema, config)).collect();
     let jobs: Vec<train::TrainJob> = prepared
         .iter()
-        .filter_map(|p| p.as_ref().ok().map(|(job, _, _)| job.clone()))
+        .filter_map(|p| p.as_ref().ok().map(|(job, ..)| job.clone()))
         .collect();
     let trained = if jobs.is_empty() {
         Ok(Vec::new())
@@ -226,16 +257,16 @@ pub fn train_models(
             return prepared
                 .into_iter()
                 .map(|p| {
-                    let (_, _, header) = p?;
+                    let (_, _, header, _) = p?;
                     Err(Error::model(&header.name, why.clone()))
                 })
                 .collect();
         }
     };
-    prepared
+    let models: Vec<Result<(Model, Window)>> = prepared
         .into_iter()
         .map(|p| {
-            let (_, preprocessor, mut header) = p?;
+            let (_, preprocessor, mut header, window) = p?;
             let t = trained
                 .next()
                 .ok_or_else(|| Error::model(&header.name, "the backend returned no model"))?;
@@ -251,13 +282,64 @@ pub fn train_models(
             header.metrics.epochs_run = t.epochs_run;
             header.metrics.train_loss = t.train_loss;
             header.metrics.val_loss = t.val_loss;
-            Ok(Model {
+            let model = Model {
                 header,
                 preprocessor,
                 network: t.network,
                 loss_mean: t.loss_mean,
                 loss_std: t.loss_std,
-            })
+                calibration: Calibration::default(),
+            };
+            Ok((model, window))
+        })
+        .collect();
+    calibrate(backend, config, models)
+}
+
+/// Fits each trained model's [`Calibration`] from its scores of its own window, all models in
+/// one backend call.
+fn calibrate(
+    backend: &dyn Backend,
+    config: &ModelConfig,
+    models: Vec<Result<(Model, Window)>>,
+) -> Vec<Result<Model>> {
+    let jobs: Vec<EvalJob<'_>> = models
+        .iter()
+        .filter_map(|m| m.as_ref().ok())
+        .map(|(m, w)| EvalJob {
+            network: &m.network,
+            input: &w.all,
+            stats: Some((&m.loss_mean, &m.loss_std)),
+        })
+        .collect();
+    let evaluated = if jobs.is_empty() {
+        Ok(Vec::new())
+    } else {
+        backend.evaluate(&jobs, config.eval_batch_size)
+    };
+    let mut evaluations = match evaluated {
+        Ok(e) => e.into_iter(),
+        Err(e) => {
+            let why = format!("scoring its window to calibrate it: {e}");
+            return models
+                .into_iter()
+                .map(|m| Err(Error::model(&m?.0.header.name, why.clone())))
+                .collect();
+        }
+    };
+    models
+        .into_iter()
+        .map(|m| {
+            let (mut model, window) = m?;
+            let ev = evaluations.next().ok_or_else(|| {
+                Error::model(
+                    &model.header.name,
+                    "the backend returned no calibration scores",
+                )
+            })?;
+            let users: Vec<Option<&str>> = window.users.iter().map(Option::as_deref).collect();
+            model.calibration = Calibration::fit(&ev.mean_abs_z, &users, &window.validation);
+            Ok(model)
         })
         .collect()
 }
@@ -310,6 +392,7 @@ pub fn score(
                 .map_err(|e| Error::model(&m.header.name, e.to_string()))
         })
         .collect();
+
     let jobs: Vec<EvalJob<'_>> = requests
         .iter()
         .zip(&encoded)
@@ -501,18 +584,30 @@ mod tests {
     fn z_scores_are_standardised_on_the_training_split() {
         let (_, users, models) = models();
         let (m, (_, rows)) = (&models[0], &users[0]);
-        // Scoring the model's own training rows: per feature, the z of the losses has mean ~0
-        // before the absolute value, i.e. mean(loss) equals the saved mean.
+        // Evaluating the model's own training rows as training saw them (each left out of its
+        // own profile counts): per feature, the z of the losses has mean ~0 before the absolute
+        // value, i.e. mean(loss) equals the saved mean.
         let (order, _, _) = time_order(rows);
         let train = dfp_core::batch::take(rows, &order[..m.header.metrics.train_rows]).unwrap();
+        let fitted = vec![true; train.num_rows()];
+        let input = m
+            .preprocessor
+            .encode_rows(&train, &profile::Rows::Fitted(&fitted))
+            .unwrap();
         let backend = CpuBackend::new(1).unwrap();
-        let s = score(&backend, &[(m, &train)], 1024).remove(0).unwrap();
-        let f = s.features.len();
+        let job = EvalJob {
+            network: &m.network,
+            input: &input,
+            stats: Some((&m.loss_mean, &m.loss_std)),
+        };
+        let s = backend.evaluate(&[job], 1024).unwrap().remove(0);
+        let f = m.loss_mean.len();
+        let rows_n = train.num_rows();
         for j in 0..f {
-            let mean = (0..s.rows)
-                .map(|r| f64::from(s.loss[r * f + j]))
+            let mean = (0..rows_n)
+                .map(|r| f64::from(s.losses[r * f + j]))
                 .sum::<f64>()
-                / s.rows as f64;
+                / rows_n as f64;
             assert!((mean - m.loss_mean[j]).abs() <= 1e-4 * m.loss_mean[j].abs().max(1.0));
         }
     }

@@ -23,7 +23,9 @@ pub struct StandardScaler {
 }
 
 impl StandardScaler {
-    /// Fits on training values; NaNs are left out. With no finite value: mean 0, std 1.
+    /// Fits on training values; NaNs are left out. With no finite value: mean 0, std 1; with
+    /// a constant one (a spread within rounding of the mean) std 1, so a later value that
+    /// differs is not divided by rounding noise.
     pub fn fit(values: &[f64]) -> Self {
         let finite = values.iter().copied().filter(|v| v.is_finite());
         let (n, sum) = finite
@@ -40,7 +42,7 @@ impl StandardScaler {
         let std = var.sqrt();
         Self {
             mean,
-            std: if std > 0.0 && std.is_finite() {
+            std: if std > 1e-9 * mean.abs().max(1.0) && std.is_finite() {
                 std
             } else {
                 1.0
@@ -179,6 +181,10 @@ mod tests {
                 std: 1.0
             }
         );
+        // 0.1 ten times: the mean is off by rounding, the spread is rounding noise.
+        let s = StandardScaler::fit(&[0.1; 10]);
+        assert_eq!(s.std, 1.0);
+        assert!(s.transform(0.2).abs() < 0.2);
         assert_eq!(
             StandardScaler::fit(&[]),
             StandardScaler {

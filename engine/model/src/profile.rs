@@ -7,7 +7,11 @@
 //! A user the model never saw is measured against every user together. Counts, not shares:
 //! a long history does not make a first-time value look less new.
 //!
-//! The counts are saved with the model; they are fitted once, on the training rows.
+//! The counts are saved with the model; they are fitted once, on the training rows. A training
+//! row is measured against the other training rows (its own count left out), so that training
+//! sees first-time values as scoring will: without it every training row has counted at least
+//! itself, the network never sees a value that is new to its user, and the first new one at
+//! scoring time gets a z-score in the thousands.
 
 use std::collections::BTreeMap;
 
@@ -67,32 +71,56 @@ impl Profile {
     }
 
     /// The feature for every row of `batch`: `1 / (1 + n)`, `n` the row's user's training rows
-    /// with the row's value.
-    pub fn values(&self, batch: &RecordBatch) -> Result<Vec<f64>> {
+    /// with the row's value, counted as `rows` says (see [`Rows`]).
+    pub fn values(&self, batch: &RecordBatch, rows: &Rows<'_>) -> Result<Vec<f64>> {
         let keys = keys(&self.spec, batch)?;
         let users = string_column(batch, USERNAME)?;
+        let fitted = match rows {
+            Rows::New => None,
+            Rows::Fitted(fitted) => Some(*fitted),
+        };
         Ok(keys
             .iter()
             .zip(users)
-            .map(|(key, user)| {
+            .enumerate()
+            .map(|(i, (key, user))| {
                 let counts = self
                     .users
                     .get(user.unwrap_or(MISSING))
                     .unwrap_or(&self.everyone);
-                let hits = match self.spec.kind {
-                    ProfileKind::Value => counts.get(key),
-                    ProfileKind::HourOfDay => {
-                        let h: i64 = key.parse().unwrap_or(0);
-                        [h + 23, h, h + 1]
-                            .iter()
-                            .map(|n| counts.get(&(n % 24).to_string()))
-                            .sum()
-                    }
-                };
+                let mut hits = self.hits(counts, key);
+                if let Some(fitted) = fitted {
+                    hits = hits.saturating_sub(u64::from(fitted.get(i) == Some(&true)));
+                }
                 1.0 / (1.0 + hits as f64)
             })
             .collect())
     }
+
+    /// Rows of `counts` with `key` (for the hour: within one hour of it).
+    fn hits(&self, counts: &Counts, key: &str) -> u64 {
+        match self.spec.kind {
+            ProfileKind::Value => counts.get(key),
+            ProfileKind::HourOfDay => {
+                let h: i64 = key.parse().unwrap_or(0);
+                [h + 23, h, h + 1]
+                    .iter()
+                    .map(|n| counts.get(&(n % 24).to_string()))
+                    .sum()
+            }
+        }
+    }
+}
+
+/// How the rows being encoded relate to a model's training rows.
+#[derive(Debug)]
+pub enum Rows<'a> {
+    /// New rows, measured against the training rows.
+    New,
+    /// The window the model was fitted on: the rows marked `true` are training rows, each left
+    /// out of its own count (leave-one-out), so a value the window holds once looks as new in
+    /// training as it will when scored.
+    Fitted(&'a [bool]),
 }
 
 /// Each row's value as the profile counts it.
@@ -164,7 +192,7 @@ mod tests {
         let train = batch(&[("a", 0, "x"), ("a", 1, "x"), ("a", 2, "y"), ("b", 3, "z")]);
         let p = Profile::fit(&spec(ProfileKind::Value, Some("app")), &train).unwrap();
         let score = batch(&[("a", 0, "x"), ("a", 0, "z"), ("b", 0, "z"), ("new", 0, "x")]);
-        let v = p.values(&score).unwrap();
+        let v = p.values(&score, &Rows::New).unwrap();
         assert_eq!(v, [1.0 / 3.0, 1.0, 0.5, 1.0 / 3.0]);
     }
 
@@ -179,7 +207,26 @@ mod tests {
         ]);
         let p = Profile::fit(&spec(ProfileKind::HourOfDay, None), &train).unwrap();
         let score = batch(&[("a", 1, "x"), ("a", 22, "x"), ("a", 13, "x"), ("a", 6, "x")]);
-        let v = p.values(&score).unwrap();
+        let v = p.values(&score, &Rows::New).unwrap();
         assert_eq!(v, [1.0 / 3.0, 0.5, 0.5, 1.0]);
+    }
+
+    #[test]
+    fn a_fitted_row_is_left_out_of_its_own_count() {
+        let train = batch(&[("a", 0, "x"), ("a", 1, "x"), ("a", 2, "y")]);
+        let p = Profile::fit(&spec(ProfileKind::Value, Some("app")), &train).unwrap();
+        // The y seen once in training is new to its user without itself; each x has one other.
+        let v = p
+            .values(&train, &Rows::Fitted(&[true, true, true]))
+            .unwrap();
+        assert_eq!(v, [0.5, 0.5, 1.0]);
+        // A row not among the fitted ones (a validation row) counts every training row.
+        let v = p
+            .values(&train, &Rows::Fitted(&[true, true, false]))
+            .unwrap();
+        assert_eq!(v, [0.5, 0.5, 0.5]);
+        let hours = Profile::fit(&spec(ProfileKind::HourOfDay, None), &train).unwrap();
+        let v = hours.values(&train, &Rows::Fitted(&[true; 3])).unwrap();
+        assert_eq!(v, [0.5, 1.0 / 3.0, 0.5]);
     }
 }

@@ -13,6 +13,7 @@ use dfp_engine::period::Span;
 use dfp_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertConfig;
 use crate::filter_detections::DetectionConfig;
 use crate::inference::InferenceConfig;
 use crate::rolling_window::WindowConfig;
@@ -39,6 +40,8 @@ pub struct RunConfig {
     pub inference: InferenceConfig,
     /// Detections.
     pub detection: DetectionConfig,
+    /// Alert suppression.
+    pub alerts: AlertConfig,
     /// The event-time guard.
     pub events: EventsConfig,
     /// Morpheus' features and output columns instead of dfp's.
@@ -126,6 +129,7 @@ impl Default for RunConfig {
             model: ModelConfig::default(),
             inference: InferenceConfig::default(),
             detection: DetectionConfig::default(),
+            alerts: AlertConfig::default(),
             events: EventsConfig::default(),
             morpheus: MorpheusConfig::default(),
             source: SourceConfig::default(),
@@ -156,12 +160,8 @@ impl RunConfig {
         self.training_window.check("training_window", &mut p);
         self.inference_window.check("inference_window", &mut p);
         self.model.check("model", &mut p);
-        if !(self.detection.threshold.is_finite() && self.detection.threshold >= 0.0) {
-            p.push(
-                "detection.threshold",
-                "must be a finite number >= 0 (it bounds mean_abs_z, which is never negative)",
-            );
-        }
+        self.detection.check("detection", &mut p);
+        self.alerts.check("alerts", &mut p);
         self.source.check("source", &mut p);
         self.checkpoint
             .check("checkpoint", &self.source.epoch, &mut p);

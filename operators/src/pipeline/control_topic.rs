@@ -139,7 +139,7 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
         }
         None => {
             let mut files =
-                OutputFiles::create(&opts.output, source, &opts.columns()?, opts.write_scores)?;
+                OutputFiles::create(&opts.output, source, &opts.columns()?, &opts.out_kinds())?;
             ControlState {
                 next: BTreeMap::new(),
                 sinks: files.lengths()?,

@@ -4,14 +4,16 @@
 //! files ─ file to batch ─┐
 //! rows ──────────────────┴─ split users ─ rolling window ─┬─ data prep ─ training ─ registry writer ─┐ (model notes, broadcast)
 //!                                                          └─ data prep ─ inference ◄────────────────┘
-//!                                                                         ├─ filter detections ─ post-processing ─ serialize ─┐
-//!                                                                         └─ (scores) post-processing ─ serialize ────────────┤
+//!                                                                         ├─ filter detections ─ alert budget ─ post-processing ─┬─ serialize ────────┐
+//!                                                                         │                                                     └─ alert suppression ┤
+//!                                                                         └─ (scores) post-processing ─ serialize ───────────────────────────────────┤
 //! dead letters of every stage ─ serialize ─────────────────────────────────────────────────────────────────────────────────────┴─ sinks
 //! ```
 //!
 //! Input: a worker's three inputs (files to read, rows read by the source, the source's dead
 //! letters). Output: the probe of the sinks, whose frontier tells what has been written. State:
-//! the stages' (windows, scorer, sinks), handed in with their checkpoint writers.
+//! the stages' (windows, scorer, budget, alerts, sinks), handed in with their checkpoint
+//! writers.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concatenate, OkErr, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle, Scope};
 
+use crate::alerts::{EpochEnds, SuppressAlerts, Suppressor};
+use crate::budget::{AlertBudget, Budget};
 use crate::config::RunConfig;
 use crate::data_prep::DataPrep;
 use crate::dead_letter::{DeadLetter, Originals};
@@ -58,6 +62,12 @@ pub(crate) struct Stages {
     pub scorer: (Scorer, StageState),
     /// The sinks (worker 0 only) and their checkpoint writer.
     pub sinks: (Option<SinkSet>, StageState),
+    /// The alert budget, when the run has one.
+    pub budget: Option<(Budget, StageState)>,
+    /// Alert suppression, when the run writes alerts.
+    pub alerts: Option<(Suppressor, StageState)>,
+    /// Each epoch's end in event time, for suppression.
+    pub epoch_ends: EpochEnds,
     pub originals: Originals,
 }
 
@@ -100,16 +110,24 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         s.stats.clone(),
     );
     let features = Arc::new(s.columns.features().to_vec());
-    let mut lines = vec![
-        scored
-            .clone()
-            .filter_detections(&cfg.detection)
-            .post_proc(features.clone(), s.clock.clone())
-            .serialize(
-                s.columns.clone(),
-                vec![OutKind::DetectionsCsv, OutKind::DetectionsJson],
-            ),
-    ];
+    let mut flagged = scored.clone().filter_detections(&cfg.detection);
+    if let Some((budget, state)) = s.budget {
+        flagged = flagged.budget(budget, &cfg.detection, state, s.stats.clone());
+    }
+    let detections = flagged.post_proc(features.clone(), s.clock.clone());
+    let mut lines = vec![detections.clone().serialize(
+        s.columns.clone(),
+        vec![OutKind::DetectionsCsv, OutKind::DetectionsJson],
+    )];
+    if let Some((suppressor, state)) = s.alerts {
+        lines.push(detections.alerts(
+            suppressor,
+            s.columns.clone(),
+            s.epoch_ends,
+            state,
+            s.stats.clone(),
+        ));
+    }
     if s.write_scores {
         lines.push(
             scored

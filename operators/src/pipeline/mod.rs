@@ -128,18 +128,26 @@ impl RunOptions {
         }
     }
 
+    /// The output files of the run, in the order a summary lists them.
+    pub(crate) fn out_kinds(&self) -> Vec<OutKind> {
+        let mut kinds = vec![OutKind::DetectionsCsv, OutKind::DetectionsJson];
+        if self.config.alerts.enabled {
+            kinds.push(OutKind::Alerts);
+        }
+        if self.write_scores {
+            kinds.push(OutKind::ScoresCsv);
+        }
+        kinds.push(OutKind::DeadLetters);
+        kinds
+    }
+
     /// The output files this process writes, in the order a summary lists them.
     fn output_paths(&self) -> Vec<PathBuf> {
         if !self.writes_outputs() {
             // Process 0 of the cluster writes them.
             return Vec::new();
         }
-        let mut kinds = vec![OutKind::DetectionsCsv, OutKind::DetectionsJson];
-        if self.write_scores {
-            kinds.push(OutKind::ScoresCsv);
-        }
-        kinds.push(OutKind::DeadLetters);
-        kinds
+        self.out_kinds()
             .into_iter()
             .map(|k| output_path(&self.output, &self.schema.name, k))
             .collect()

@@ -169,7 +169,7 @@ pub(crate) fn run_stream(
                 &opts.output,
                 &opts.schema.name,
                 &opts.columns()?,
-                opts.write_scores,
+                &opts.out_kinds(),
             )?,
         };
         let resume = ckpt

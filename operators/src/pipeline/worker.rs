@@ -22,6 +22,8 @@ use dfp_engine::{Error, Result};
 use super::graph::{Stages, build};
 use super::resume::Checkpointing;
 use super::{RunOptions, StreamInput, StreamSource};
+use crate::alerts::{EpochEnds, Suppressor};
+use crate::budget::Budget;
 use crate::config::SinkConfig;
 use crate::dead_letter::FileIndex;
 use crate::dead_letter::Originals;
@@ -58,7 +60,7 @@ pub(crate) fn sinks_for_plan(opts: &RunOptions) -> Result<Option<SinkSet>> {
         &opts.output,
         &opts.schema.name,
         &opts.columns()?,
-        opts.write_scores,
+        &opts.out_kinds(),
     )?;
     Ok(Some(SinkSet::new(files, other_sinks(opts, None)?)))
 }
@@ -170,6 +172,32 @@ pub(crate) fn execute_once(
     Ok((stats, shared.epochs.load(Ordering::Relaxed)))
 }
 
+/// Each epoch's end in event time: a plan's batch period end, a stream's epoch end.
+fn epoch_ends(feed: &Feed) -> EpochEnds {
+    match feed {
+        Feed::Plan(plan) => {
+            let ends: Vec<i64> = plan
+                .epochs
+                .iter()
+                .map(|e| e.period_end.timestamp_micros())
+                .collect();
+            Arc::new(move |e| usize::try_from(e).ok().and_then(|e| ends.get(e).copied()))
+        }
+        Feed::Stream(stream, _) => {
+            let period = match &stream.source {
+                StreamSource::Kafka(k) => k.period_us,
+                StreamSource::Watch(w) => w.period_us,
+            };
+            Arc::new(move |e| {
+                i64::try_from(e)
+                    .ok()
+                    .and_then(|e| e.checked_add(1))
+                    .and_then(|e| e.checked_mul(period))
+            })
+        }
+    }
+}
+
 /// What every worker of this process shares.
 struct Shared {
     opts: RunOptions,
@@ -235,6 +263,24 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
         Feed::Stream(..) => states.register_raw("source")?,
         Feed::Plan(_) => (Default::default(), None),
     };
+    let budget = if o.config.detection.budgeted() {
+        let (state, restored) = states.register::<Budget>("budget")?;
+        Some((
+            restored.unwrap_or_else(|| Budget::new(&o.config.detection)),
+            state,
+        ))
+    } else {
+        None
+    };
+    let alerts = if o.config.alerts.enabled {
+        let (state, restored) = states.register::<Suppressor>("alerts")?;
+        Some((
+            restored.unwrap_or_else(|| Suppressor::new(&o.config.alerts)),
+            state,
+        ))
+    } else {
+        None
+    };
     let from = states.from();
     states.finish()?;
     let originals = match &run.feed {
@@ -258,6 +304,9 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
         windows: (windows, window_state),
         scorer: (scorer, scorer_state),
         sinks: (sinks, sink_state),
+        budget,
+        alerts,
+        epoch_ends: epoch_ends(&run.feed),
         originals,
     };
     let graph = worker.dataflow::<u64, _, _>(|scope| build(scope, stages));

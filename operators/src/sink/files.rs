@@ -1,6 +1,6 @@
 //! The files sink (Morpheus' `write_to_file` stage): the output lines go to files in the output
 //! directory: `dfp_detections_{source}.csv` and `.jsonl`, `dfp_scores_{source}.csv` (with
-//! `--write-scores`) and `dfp_dead_letter_{source}.jsonl`, each epoch's lines appended in the
+//! `--write-scores`), `dfp_alerts_{source}.jsonl` (`[alerts]`) and `dfp_dead_letter_{source}.jsonl`, each epoch's lines appended in the
 //! order they come (sorted by the sink stage) and flushed. State: each file's length, synced to
 //! disk for a checkpoint; a restart from it cuts the files back to those lengths
 //! ([`OutputFiles::resume`]), so lines written after the cut are not doubled. Files are
@@ -30,6 +30,7 @@ pub fn output_path(dir: &Path, source: &str, kind: OutKind) -> PathBuf {
         OutKind::DetectionsJson => format!("dfp_detections_{source}.jsonl"),
         OutKind::ScoresCsv => format!("dfp_scores_{source}.csv"),
         OutKind::DeadLetters => format!("dfp_dead_letter_{source}.jsonl"),
+        OutKind::Alerts => format!("dfp_alerts_{source}.jsonl"),
     })
 }
 
@@ -39,25 +40,13 @@ pub struct SinkState {
     lengths: Vec<(OutKind, u64)>,
 }
 
-/// The files a run writes.
-fn kinds(write_scores: bool) -> Vec<OutKind> {
-    let mut kinds = vec![
-        OutKind::DetectionsCsv,
-        OutKind::DetectionsJson,
-        OutKind::DeadLetters,
-    ];
-    if write_scores {
-        kinds.push(OutKind::ScoresCsv);
-    }
-    kinds
-}
-
 impl OutputFiles {
-    /// Creates (truncates) the files in `dir` (created if missing), CSV headers written.
-    pub fn create(dir: &Path, source: &str, columns: &Columns, write_scores: bool) -> Result<Self> {
+    /// Creates (truncates) the files of `kinds` in `dir` (created if missing), CSV headers
+    /// written.
+    pub fn create(dir: &Path, source: &str, columns: &Columns, kinds: &[OutKind]) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating output directory", e))?;
         let mut files = HashMap::new();
-        for kind in kinds(write_scores) {
+        for &kind in kinds {
             let path = output_path(dir, source, kind);
             let file = dfp_engine::files::create(&path, "creating output")?;
             let mut w = BufWriter::new(file);

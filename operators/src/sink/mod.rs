@@ -239,7 +239,17 @@ mod tests {
         let (_, stats) = run_stage(epochs, move |s, stats| {
             let schema = dfp_engine::schema::SourceSchema::builtin("duo").unwrap();
             let columns = crate::serialize::Columns::new(&schema);
-            let files = files::OutputFiles::create(&out, "duo", &columns, false).unwrap();
+            let files = files::OutputFiles::create(
+                &out,
+                "duo",
+                &columns,
+                &[
+                    OutKind::DetectionsCsv,
+                    OutKind::DetectionsJson,
+                    OutKind::DeadLetters,
+                ],
+            )
+            .unwrap();
             let set = SinkSet::new(files, vec![Box::new(Recorder(recorder))]);
             s.sinks(Some(set), StageState::default(), stats)
         });
