@@ -239,6 +239,7 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
         "dfp_detections_azure.jsonl",
         "dfp_scores_azure.csv",
         "dfp_dead_letter_azure.jsonl",
+        "dfp_alerts_azure.jsonl",
     ] {
         let want = std::fs::read_to_string(reference.join("output").join(file)).unwrap();
         let got = std::fs::read_to_string(crashed.join("output").join(file)).unwrap();
