@@ -131,19 +131,28 @@ fn read_columns(path: &Path, required: &[&str], optional: &[&str]) -> Result<Vec
     Ok(out)
 }
 
-/// Reads `labels.jsonl`: event id -> anomaly kind.
-pub fn read_labels(path: &Path) -> Result<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading labels", e))?;
-    let mut labels = HashMap::new();
-    for (i, line) in text
-        .lines()
+/// The JSON values of a JSON-lines file's non-empty lines, with their line numbers; `what`
+/// names the file in an error.
+fn json_lines(path: &Path, what: &'static str) -> Result<Vec<(usize, serde_json::Value)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, what, e))?;
+    text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Json {
-            context: format!("{} line {}", path.display(), i + 1),
-            source: e,
-        })?;
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map(|v| (i + 1, v))
+                .map_err(|e| Error::Json {
+                    context: format!("{} line {}", path.display(), i + 1),
+                    source: e,
+                })
+        })
+        .collect()
+}
+
+/// Reads `labels.jsonl`: event id -> anomaly kind.
+pub fn read_labels(path: &Path) -> Result<HashMap<String, String>> {
+    let mut labels = HashMap::new();
+    for (line, v) in json_lines(path, "reading labels")? {
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         match (field("event_id"), field("kind")) {
             (Some(id), Some(kind)) => {
@@ -153,9 +162,8 @@ pub fn read_labels(path: &Path) -> Result<HashMap<String, String>> {
                 return Err(Error::model(
                     "evaluate",
                     format!(
-                        "{} line {}: needs string event_id and kind",
-                        path.display(),
-                        i + 1
+                        "{} line {line}: needs string event_id and kind",
+                        path.display()
                     ),
                 ));
             }
@@ -166,18 +174,9 @@ pub fn read_labels(path: &Path) -> Result<HashMap<String, String>> {
 
 /// Distinct alert ids per day of their first detection, from an alerts file.
 fn alerts_per_day(path: &Path) -> Result<BTreeMap<String, u64>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading alerts", e))?;
     let mut seen = BTreeSet::new();
     let mut days: BTreeMap<String, u64> = BTreeMap::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Json {
-            context: format!("{} line {}", path.display(), i + 1),
-            source: e,
-        })?;
+    for (_, v) in json_lines(path, "reading alerts")? {
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
         if seen.insert(field("alert_id")) {
             *days
