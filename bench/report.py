@@ -227,6 +227,17 @@ def section_gpu(d):
         ["", "work", "dfp", "PyTorch one user at a time", "ratio", "PyTorch stacked (bmm)", "ratio"], rows) + "\n")
 
 
+def section_quality(d):
+    """Detection quality (bench/src/bin/quality.rs): its own table, with and without novelty."""
+    out = []
+    for name, what in (("quality-novelty.json", "Generated logs with benign novelty (the default)"),
+                       ("quality-stable.json", "Generated users with stable habits (`--novelty off`)")):
+        r = load(d, name)
+        if r:
+            out.append(f"{what}; {r['workload']}. Targets: {r['targets']}.\n\n{r['table']}")
+    return "\n".join(out) if out else "Not run.\n"
+
+
 def section_targets(d):
     """The issue's targets, each against this run's figure."""
     rows = []
@@ -259,7 +270,8 @@ def main():
     results = os.path.join(out, "results")
     os.makedirs(results, exist_ok=True)
     reports = ["ingest.json", "windows.json", "model.json", "parity-azure.json", "parity-duo.json",
-               "e2e-azure.json", "stream.json", "gpu-summary.json", "gpu-dfp.json", "gpu-torch.json"]
+               "e2e-azure.json", "stream.json", "quality-novelty.json", "quality-stable.json",
+               "gpu-summary.json", "gpu-dfp.json", "gpu-torch.json"]
     reports += [os.path.join("scaling", n, "e2e-azure.json") for n in sorted(
         os.listdir(os.path.join(d, "scaling")))] if os.path.isdir(os.path.join(d, "scaling")) else []
     for rel in reports:
@@ -304,6 +316,9 @@ unless a column says otherwise. The JSON reports are in `bench/results/`.
 ## 6. Scaling of cost
 
 {section_scaling(d)}
+## 7. Detection quality
+
+{section_quality(d)}
 ## GPU
 
 {section_gpu(d)}

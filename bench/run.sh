@@ -10,8 +10,8 @@
 #
 # Rows: 1 ingest vs the JSON-parse limit; 2 per-user rolling aggregates vs Pathway; 3 the model
 # vs dfencoder (and the GEMM peak); 4 end to end, 1 and 2 workers, Morpheus' published times for
-# reference; 5 streaming; 6 how cost grows with users and history; GPU figures when
-# bench/gpu.sh has run on a GPU machine (target/bench/gpu-summary.json).
+# reference; 5 streaming; 6 how cost grows with users and history; 7 detection quality; GPU
+# figures when bench/gpu.sh has run on a GPU machine (target/bench/gpu-summary.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DFP_BENCH_DIR=${DFP_BENCH_DIR:-$PWD/target/bench}
@@ -36,6 +36,12 @@ step $bin/parity --source azure --users "$(big 8 20)" --epochs "$(big 5 30)"
 step $bin/parity --source duo --users "$(big 8 20)" --epochs "$(big 5 30)"
 step $bin/e2e --users 200 --workers 1,2
 step $bin/stream --users "$(big 50 100)"
+# Detection quality: every config, both sources, tuned and held-out seeds, with and without
+# the generator's benign novelty.
+step $bin/quality --users "$(big 40 100)"
+mv "$DFP_BENCH_DIR/quality.json" "$DFP_BENCH_DIR/quality-novelty.json"
+step $bin/quality --users "$(big 40 100)" --novelty off --configs configs/dfp.toml,configs/calibrated.toml
+mv "$DFP_BENCH_DIR/quality.json" "$DFP_BENCH_DIR/quality-stable.json"
 # Scaling: 10x and 100x the users at 30 days, and 15/30/60 days of history at 200 users; each
 # in its own report directory.
 for users in 20 200 $(big 600 2000); do
