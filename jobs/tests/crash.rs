@@ -95,6 +95,7 @@ fn topic(broker: &Broker, topic: &str) -> Vec<String> {
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut got = Vec::new();
+    // The deadline only stops a missing end marker from hanging the test.
     let started = Instant::now();
     loop {
         assert!(
@@ -196,6 +197,7 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
             // an epoch later: mid-epoch, mid-training, mid-write.
             let state = crashed.join("output/.dfp-state");
             let before = cuts.last().copied().flatten();
+            // The deadline only stops a run that never checkpoints from hanging the test.
             let started = Instant::now();
             while running(&mut children)
                 && latest_cut(&state, 2).ok().flatten().map(|c| c.time) <= before

@@ -485,6 +485,7 @@ fn a_second_stream_on_the_same_state_is_refused_and_a_killed_one_leaves_no_stale
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The deadline only stops a restart that never starts from hanging the test.
     let started = Instant::now();
     while std::fs::read_to_string(dir.path().join("first/dfp_run_azure.json"))
         .unwrap_or_default()

@@ -130,6 +130,7 @@ fn a_watched_directory_detects_what_the_batch_run_of_its_files_detects() {
         .skip(1)
         .filter(|l| !l.contains(last_day))
         .count();
+    // The deadline only stops a broken run from hanging the test.
     let started = Instant::now();
     while std::fs::read_to_string(&scores).map_or(0, |t| t.lines().count()) < before_last + 1 {
         assert!(
