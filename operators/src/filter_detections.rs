@@ -27,7 +27,8 @@ use crate::inference::Scored;
 pub struct DetectionConfig {
     /// A row is a detection when its `mean_abs_z` is above this (without `false_alert_rate`).
     pub threshold: f64,
-    /// Instead of `threshold`: the share of ordinary rows to flag, in (0, 0.5).
+    /// Instead of `threshold`: the share of ordinary rows to flag, in [1e-9, 0.5) (below it the
+    /// threshold is past what an f64 can tell from infinity).
     pub false_alert_rate: Option<f64>,
     /// With `false_alert_rate`: rows whose `mean_abs_z` is not above this are never detections.
     pub min_score: f64,
@@ -60,11 +61,11 @@ impl DetectionConfig {
             );
         }
         if let Some(r) = self.false_alert_rate
-            && !(r > 0.0 && r < 0.5)
+            && !((1e-9..0.5).contains(&r))
         {
             p.push(
                 key("false_alert_rate"),
-                "must be a share of ordinary rows in (0, 0.5), such as 0.005",
+                "must be a share of ordinary rows in [1e-9, 0.5), such as 0.005",
             );
         }
         if !(self.min_score.is_finite() && self.min_score >= 0.0) {

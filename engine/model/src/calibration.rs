@@ -55,10 +55,11 @@ pub struct Fit {
 }
 
 impl Fit {
-    /// The fit of `scores` (Welford's update, in the given order).
+    /// The fit of `scores` (Welford's update, in the given order); scores that are not finite
+    /// are left out.
     pub fn of(scores: impl IntoIterator<Item = f64>) -> Self {
         let (mut n, mut mean, mut m2) = (0u64, 0.0, 0.0);
-        for s in scores {
+        for s in scores.into_iter().filter(|s| s.is_finite()) {
             let x = s.max(FLOOR).ln();
             n += 1;
             let d = x - mean;
@@ -151,17 +152,17 @@ impl Calibration {
             .filter(|z| z.is_finite())
             .collect();
         z.sort_by(|a, b| b.total_cmp(a));
-        let mut last = f64::NEG_INFINITY;
+        let mut last = f32::NEG_INFINITY;
         for level in TAIL_LEVELS {
             let rank = (level * z.len() as f64).floor() as usize;
             if rank == 0 {
                 break;
             }
-            // The value `rank` rows exceed or equal: the (1 - level) quantile.
-            let at = z[rank - 1];
-            if at > last {
-                c.knots
-                    .push((at as f32, normal_quantile(1.0 - level) as f32));
+            // The value `rank` rows exceed or equal: the (1 - level) quantile, compared as
+            // stored (f32), so the knots the model file keeps are strictly increasing.
+            let at = z[rank - 1] as f32;
+            if at > last && at.is_finite() {
+                c.knots.push((at, normal_quantile(1.0 - level) as f32));
                 last = at;
             }
         }
@@ -363,6 +364,19 @@ mod tests {
             assert!(z > last, "{s}");
             last = z;
         }
+        // Scores that are not finite are left out of the fits and the knots.
+        let mut odd = scores.clone();
+        odd.extend([f32::INFINITY, f32::NAN]);
+        let with_odd = Calibration::fit(&odd, &vec![Some("u"); odd.len()], &vec![true; odd.len()]);
+        assert_eq!(with_odd.validation, c.validation);
+        // Knots that would be equal once stored as f32 are kept once.
+        let close: Vec<f32> = (0..1000).map(|i| 1.0 + (i % 2) as f32 * 1e-7).collect();
+        let flat = Calibration::fit(&close, &vec![Some("u"); 1000], &vec![true; 1000]);
+        assert!(
+            flat.knots.windows(2).all(|w| w[1].0 > w[0].0),
+            "{:?}",
+            flat.knots
+        );
         // Without rows, no knots: the z-score itself.
         let empty = Calibration::fit(&[], &[], &[]);
         assert!(empty.knots.is_empty());
