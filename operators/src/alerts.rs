@@ -6,16 +6,22 @@
 //!
 //! Input: detections, exchanged by user so each user's are on one worker, taken an epoch at a
 //! time once the frontier has passed it, in event-time order. A detection joins its key's open
-//! alert when it is within the window of the alert's first detection; otherwise it opens a new
-//! one. Output: at each epoch, one [`Line`] per alert the epoch opened or added to, with
-//! everything the alert holds so far; an alert that spans epochs is written again at each,
-//! with the same `alert_id`, so the last line of an `alert_id` is the whole alert (most alerts
-//! sit in one epoch: a day, by default, against a window of an hour). Nothing waits for a
-//! later epoch, so output is never held back, and what is written depends on the detections
-//! and the epochs only, not on the number of workers.
+//! alert when the alert, with it, still spans at most the window (from its earliest to its
+//! latest detection, so a detection older than the alert's first, out of order across epochs,
+//! joins too when it is close enough); otherwise it opens a new one. Output: at each epoch,
+//! one [`Line`] per alert the epoch opened or added to, with everything the alert holds so
+//! far; an alert that spans epochs is written again at each, with the same `alert_id` (made
+//! from the detection that opened it), so the last line of an `alert_id` is the whole alert
+//! (most alerts sit in one epoch: a day, by default, against a window of an hour). Nothing
+//! waits for a later epoch, so output is never held back.
 //!
-//! State ([`Stateful`]): the open alerts, checkpointed; an alert is forgotten once an epoch
-//! ends past its window (`EpochEnds`: a plan's batch period end, a stream's epoch end).
+//! State ([`Stateful`]): the open alerts, checkpointed. An alert is closed for every epoch after
+//! one that ended past the latest time it could still take (its first detection's time plus
+//! the window; `EpochEnds`: a plan's batch period end, a stream's epoch end): a later
+//! detection opens a new alert even when it is older. Closing depends on the alert and the
+//! epoch only, never on which other users' detections a worker saw, so what is written does
+//! not depend on the number of workers; closed alerts are dropped from the state at the end of
+//! each epoch the worker has detections in.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,7 +100,7 @@ pub struct Alert {
     pub first_us: i64,
     /// Event time of the last, µs.
     pub last_us: i64,
-    /// Their event ids, in event-time order.
+    /// Their event ids, in the order they joined (event-time order within an epoch).
     pub event_ids: Vec<String>,
     /// The largest `mean_abs_z`.
     pub max_mean_abs_z: f32,
@@ -104,6 +110,8 @@ pub struct Alert {
     pub model_version: String,
     /// The first detection's origin (orders alerts of the same time).
     origin: Origin,
+    /// Event time of the detection that opened it, µs (its id).
+    opened_us: i64,
 }
 
 impl Alert {
@@ -121,7 +129,7 @@ impl Alert {
                 format!(
                     "{}\u{1f}{}\u{1f}{}",
                     self.user,
-                    self.first_us,
+                    self.opened_us,
                     self.features.join(",")
                 )
                 .as_bytes()
@@ -167,9 +175,16 @@ impl Suppressor {
         }
     }
 
+    /// Takes the settings of `cfg` (a resumed run's, over those its state was written with);
+    /// the open alerts stay open.
+    pub fn configure(&mut self, cfg: &AlertConfig) {
+        self.window_us = cfg.window.us();
+        self.key_features = cfg.key_features;
+    }
+
     /// Adds epoch `epoch`'s detections in event-time order; returns every alert they opened
-    /// or added to, as it now stands (by user, leading features and first time), and how many
-    /// alerts they opened; then forgets the alerts whose window `epoch` ends past.
+    /// or added to, as it now stands (by user, leading features and opening time), and how
+    /// many alerts they opened; then drops the alerts closed for every later epoch.
     pub fn add(
         &mut self,
         epoch: u64,
@@ -184,6 +199,10 @@ impl Suppressor {
                 b.scored.row.origin,
             ))
         });
+        let window = self.window_us;
+        // Alerts closed before this epoch: an earlier epoch ended past their last chance.
+        let closed_by = epoch.checked_sub(1).and_then(|e| ends(e));
+        let last_chance = |a: &Alert| a.first_us.saturating_add(window);
         let mut touched: BTreeMap<(String, Vec<String>, i64), Alert> = BTreeMap::new();
         let mut opened = 0;
         for d in detections {
@@ -195,13 +214,13 @@ impl Suppressor {
                 .cloned()
                 .collect();
             let key = (s.user.clone(), features.clone());
-            if self
-                .open
-                .get(&key)
-                .is_some_and(|a| s.row.ts > a.first_us.saturating_add(self.window_us))
-            {
-                // Past the window: a new alert takes the key (the old one was written as it
-                // stood when last touched).
+            let ts = s.row.ts;
+            if self.open.get(&key).is_some_and(|a| {
+                closed_by.is_some_and(|end| end > last_chance(a))
+                    || a.last_us.max(ts).saturating_sub(a.first_us.min(ts)) > window
+            }) {
+                // A new alert takes the key (the old one was written as it stood when last
+                // touched).
                 self.open.remove(&key);
             }
             let event_id = columns.event_id(&s.row).unwrap_or_default();
@@ -211,29 +230,32 @@ impl Suppressor {
                     user: s.user.clone(),
                     features,
                     count: 0,
-                    first_us: s.row.ts,
-                    last_us: s.row.ts,
+                    first_us: ts,
+                    last_us: ts,
                     event_ids: Vec::new(),
                     max_mean_abs_z: s.mean_abs_z,
                     max_calibrated_z: s.calibrated_z,
                     model_version: s.model_version.clone(),
                     origin: s.row.origin,
+                    opened_us: ts,
                 }
             });
             alert.count += 1;
-            alert.last_us = alert.last_us.max(s.row.ts);
+            if ts < alert.first_us {
+                alert.first_us = ts;
+                alert.origin = s.row.origin;
+            }
+            alert.last_us = alert.last_us.max(ts);
             alert.event_ids.push(event_id);
             if s.mean_abs_z > alert.max_mean_abs_z {
                 alert.max_mean_abs_z = s.mean_abs_z;
                 alert.model_version.clone_from(&s.model_version);
             }
             alert.max_calibrated_z = alert.max_calibrated_z.max(s.calibrated_z);
-            touched.insert((key.0, key.1, alert.first_us), alert.clone());
+            touched.insert((key.0, key.1, alert.opened_us), alert.clone());
         }
         if let Some(end) = ends(epoch) {
-            let window = self.window_us;
-            self.open
-                .retain(|_, a| a.first_us.saturating_add(window) >= end);
+            self.open.retain(|_, a| end <= last_chance(a));
         }
         (touched.into_values().collect(), opened)
     }
@@ -442,6 +464,71 @@ mod tests {
         );
         // Epoch 1 ends at 120 minutes, past 40 + 60: the alert is closed and forgotten.
         assert!(sup.open.is_empty());
+    }
+
+    #[test]
+    fn an_older_detection_in_a_later_epoch_joins_when_the_alert_stays_within_the_window() {
+        let f = Fixture::duo(3, 3);
+        let columns = Columns::new(&f.schema);
+        let mut sup = Suppressor::new(&AlertConfig::default());
+        let ends = hourly();
+        let (first, _) = sup.add(0, detections(&f, &[("a", "hour", 50)]), &columns, &ends);
+        let (second, opened) = sup.add(1, detections(&f, &[("a", "hour", 20)]), &columns, &ends);
+        assert_eq!(opened, 0);
+        assert_eq!(
+            summary(&second),
+            [("a".into(), vec!["hour".into()], 2, 20, 50)]
+        );
+        let id = |a: &Alert| {
+            serde_json::from_str::<serde_json::Value>(&a.line().text).unwrap()["alert_id"].clone()
+        };
+        assert_eq!(id(&first[0]), id(&second[0]));
+        // Too old to keep the alert within the hour: a new one.
+        let (third, opened) = sup.add(1, detections(&f, &[("a", "hour", -20)]), &columns, &ends);
+        assert_eq!(opened, 1);
+        assert_eq!(summary(&third)[0].2, 1);
+    }
+
+    #[test]
+    fn whether_an_alert_is_closed_does_not_depend_on_other_users_detections() {
+        let f = Fixture::duo(3, 3);
+        let columns = Columns::new(&f.schema);
+        let ends = hourly();
+        // One worker also holds user b, with a detection in epoch 1; another holds only a.
+        let mut both = Suppressor::new(&AlertConfig::default());
+        let mut alone = Suppressor::new(&AlertConfig::default());
+        for sup in [&mut both, &mut alone] {
+            sup.add(0, detections(&f, &[("a", "hour", 40)]), &columns, &ends);
+        }
+        both.add(1, detections(&f, &[("b", "hour", 70)]), &columns, &ends);
+        // Epoch 1 ended at 120 minutes, past 40 + 60: a's alert is closed for epoch 2 on
+        // both, though the second worker had nothing in epoch 1.
+        let late = |sup: &mut Suppressor| {
+            let (alerts, opened) =
+                sup.add(2, detections(&f, &[("a", "hour", 95)]), &columns, &ends);
+            (summary(&alerts), opened)
+        };
+        let expected = (vec![("a".into(), vec!["hour".into()], 1, 95, 95)], 1);
+        assert_eq!(late(&mut both), expected);
+        assert_eq!(late(&mut alone), expected);
+    }
+
+    #[test]
+    fn a_resumed_suppressor_takes_the_new_settings_and_keeps_its_open_alerts() {
+        let f = Fixture::duo(3, 3);
+        let columns = Columns::new(&f.schema);
+        let mut sup = Suppressor::new(&AlertConfig::default());
+        sup.add(0, detections(&f, &[("a", "hour", 0)]), &columns, &never());
+        let mut resumed: Suppressor =
+            crate::checkpoint::decode(&sup.snapshot().unwrap(), std::path::Path::new("s")).unwrap();
+        resumed.configure(&AlertConfig {
+            window: "2h".parse().unwrap(),
+            ..AlertConfig::default()
+        });
+        let (alerts, opened) =
+            resumed.add(0, detections(&f, &[("a", "hour", 100)]), &columns, &never());
+        assert_eq!(opened, 0, "joins under the new two-hour window");
+        assert_eq!(summary(&alerts)[0].2, 2);
     }
 
     #[test]

@@ -57,6 +57,13 @@ impl Budget {
         }
     }
 
+    /// Takes the limits of `cfg` (a resumed run's, over those its state was written with);
+    /// what each day has spent stays.
+    pub fn configure(&mut self, cfg: &DetectionConfig) {
+        self.per_user_day = cfg.max_per_user_day;
+        self.per_day = cfg.max_per_day;
+    }
+
     /// Admits one epoch's `detections`, ranked by `strength` (largest first): those within
     /// budget, in rank order, and how many were over it.
     pub fn admit(

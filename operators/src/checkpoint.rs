@@ -351,7 +351,13 @@ impl Cut {
         let path = self.files.get(component).ok_or_else(|| {
             Error::stage(
                 "checkpoint",
-                format!("the cut has no state for {component}"),
+                format!(
+                    "the checkpoint's cut at epoch {} has no state for {component}: this run \
+                     has a stateful stage the checkpointed run did not (enabling [alerts] or an \
+                     alert budget adds one); a stream resumes with the stages it started with, \
+                     so remove the state directory to start over with the new ones",
+                    self.time
+                ),
             )
         })?;
         read_state(path)

@@ -279,11 +279,13 @@ pub fn evaluate(
         evaluation.roc_auc_calibrated = roc_auc(&c, &l);
         let mut buckets: BTreeMap<&str, (Bucket, HashSet<&str>)> = BTreeMap::new();
         for r in s {
-            let name = if r[3].contains("-generic_user:") {
-                "generic model"
-            } else {
-                "own model"
-            };
+            // A user's own model is named after them (`DFP-{source}-{user}:{version}`);
+            // any other model that scored them is the generic model, whatever it is called.
+            let model = r[3].rsplit_once(':').map_or(r[3].as_str(), |(m, _)| m);
+            let own = model
+                .strip_suffix(r[4].as_str())
+                .is_some_and(|rest| rest.ends_with('-'));
+            let name = if own { "own model" } else { "generic model" };
             let (b, users) = buckets.entry(name).or_default();
             b.name = name.to_string();
             users.insert(&r[4]);
@@ -463,7 +465,7 @@ mod tests {
             p("scores.csv"),
             "username,event_id,model_version,mean_abs_z,calibrated_z\n\
              u1,a,DFP-x-u1:1,5,4\nu1,n1,DFP-x-u1:1,3,1\nu2,n2,DFP-x-generic_user:1,4,2\n\
-             u2,n3,DFP-x-generic_user:1,1,0\nu3,n4,DFP-x-generic_user:1,1,0\n",
+             u2,n3,DFP-x-generic_user:1,1,0\nu3,n4,DFP-x-everyone:1,1,0\n",
         )
         .unwrap();
         std::fs::write(

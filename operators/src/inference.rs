@@ -249,7 +249,7 @@ impl Scorer {
                     pred: s.pred[i * f..(i + 1) * f].to_vec(),
                     max_abs_z: s.max_abs_z[i],
                     mean_abs_z: s.mean_abs_z[i],
-                    calibrated_z: model.calibration.z(s.mean_abs_z[i], &user, generic),
+                    calibrated_z: model.calibration.z(s.mean_abs_z[i], &user),
                     generic,
                 });
             }

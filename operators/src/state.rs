@@ -254,7 +254,11 @@ mod tests {
         assert_eq!(restored, Some(12));
         again.finish().unwrap();
         let mut other = StateRegistry::new(settings(dir.path()), 0, Some(cut));
-        other.register::<u64>("windows").unwrap_err();
+        let e = other.register::<u64>("windows").unwrap_err().to_string();
+        assert!(
+            e.contains("no state for windows-0") && e.contains("remove the state directory"),
+            "{e}"
+        );
         let e = StateRegistry::new(settings(dir.path()), 0, None)
             .finish()
             .unwrap_err();

@@ -57,9 +57,10 @@ fn targets(e: &Evaluation, calibrated: bool) -> Value {
     })
 }
 
-/// One run's figures as JSON.
-fn figures(e: &Evaluation, calibrated: bool) -> Value {
-    let scored_days = e.days.len().max(1) as f64;
+/// One run's figures as JSON; per-day figures are over the `scored_days` scored, days without
+/// detections included.
+fn figures(e: &Evaluation, calibrated: bool, scored_days: u32) -> Value {
+    let scored_days = f64::from(scored_days.max(1));
     let buckets: serde_json::Map<String, Value> = e
         .buckets
         .iter()
@@ -225,7 +226,11 @@ fn main() -> Result<()> {
                     clock: Arc::new(chrono::Utc::now),
                     progress: false,
                 })?;
-                let mut run = figures(&report.evaluation, calibrated);
+                let mut run = figures(
+                    &report.evaluation,
+                    calibrated,
+                    days.saturating_sub(train_days),
+                );
                 run["config"] = json!(repo_path(&config_path));
                 run["source"] = json!(source.as_str());
                 run["seed"] = json!(seed);

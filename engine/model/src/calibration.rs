@@ -143,8 +143,7 @@ impl Calibration {
             users: by_user.into_iter().map(|(u, s)| (u, Fit::of(s))).collect(),
             knots: Vec::new(),
         };
-        // The generic model (several users) compares each user with their own rows.
-        let per_user = c.users.len() > 1;
+        let per_user = c.per_user();
         let mut z: Vec<f64> = scores
             .iter()
             .zip(users)
@@ -179,10 +178,18 @@ impl Calibration {
         }
     }
 
-    /// `score` of a row of `user`: its z-score against its reference (see [`Self::reference`])
-    /// mapped through the tail's knots to a normal-equivalent (see the module's doc).
-    pub fn z(&self, score: f32, user: &str, per_user: bool) -> f32 {
-        self.map(self.reference(user, per_user).z(f64::from(score))) as f32
+    /// Whether users are compared with their own rows: a model trained on several users' rows
+    /// (the generic model). Decided by the fit alone, so a model is always scored the way its
+    /// tail was fitted.
+    pub fn per_user(&self) -> bool {
+        self.users.len() > 1
+    }
+
+    /// `score` of a row of `user`: its z-score against its reference (see [`Self::reference`],
+    /// per user when [`Self::per_user`]) mapped through the tail's knots to a
+    /// normal-equivalent (see the module's doc).
+    pub fn z(&self, score: f32, user: &str) -> f32 {
+        self.map(self.reference(user, self.per_user()).z(f64::from(score))) as f32
     }
 
     /// A z-score through the tail map: linear between knots, slope 1 outside them.
@@ -317,13 +324,17 @@ mod tests {
         let c = Calibration::fit(&scores, &users, &validation);
         assert_eq!(c.validation.n, 20);
         assert_eq!(c.quantiles.len(), 21);
+        assert!(c.per_user(), "several users: the generic model");
         // Against everybody a 4 is far out; against the user's own rows, ordinary.
-        let everyone = c.z(4.0, "sparse", false);
-        let own = c.z(4.0, "sparse", true);
+        let everyone = c.map(c.reference("sparse", false).z(4.0)) as f32;
+        let own = c.z(4.0, "sparse");
         assert!(everyone > 5.0 && own < 2.0, "{everyone} {own}");
         // Their own unusual score still stands out; an unknown user gets the reference.
-        assert!(c.z(40.0, "sparse", true) > 3.0);
-        assert_eq!(c.z(4.0, "nobody", true), everyone);
+        assert!(c.z(40.0, "sparse") > 3.0);
+        assert_eq!(c.z(4.0, "nobody"), everyone);
+        // A model of one user's rows compares them with its validation rows.
+        let one = Calibration::fit(&scores[200..], &users[200..], &validation[200..]);
+        assert!(!one.per_user());
     }
 
     #[test]
@@ -347,7 +358,7 @@ mod tests {
         // Each level's calibrated threshold flags about that share of the rows.
         for r in [0.05, 0.01, 0.002] {
             let t = normal_quantile(1.0 - r) as f32;
-            let flagged = scores.iter().filter(|&&s| c.z(s, "u", false) > t).count();
+            let flagged = scores.iter().filter(|&&s| c.z(s, "u") > t).count();
             let share = flagged as f64 / scores.len() as f64;
             assert!((share - r).abs() <= r * 0.25, "{r}: {share}");
         }
@@ -360,7 +371,7 @@ mod tests {
         // Monotone everywhere, slope 1 past the last knot.
         let mut last = f32::NEG_INFINITY;
         for s in [0.01f32, 0.5, 1.0, 2.0, 10.0, 100.0, 1000.0] {
-            let z = c.z(s, "u", false);
+            let z = c.z(s, "u");
             assert!(z > last, "{s}");
             last = z;
         }

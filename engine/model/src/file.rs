@@ -49,8 +49,23 @@ fn config() -> impl bincode::config::Config {
 }
 
 impl Model {
-    /// The model as file bytes.
+    /// The model as file bytes; a model whose parts disagree (which the load check would
+    /// refuse) is refused here, so nothing unreadable is ever written.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.check().map_err(|problem| {
+            Error::stage(
+                "model",
+                format!(
+                    "refusing to write {} (trained on {} rows): {problem}",
+                    self.header.name, self.header.rows
+                ),
+            )
+        })?;
+        self.encode()
+    }
+
+    /// The file bytes, unchecked.
+    fn encode(&self) -> Result<Vec<u8>> {
         let header = encode(&self.header)?;
         let body = encode(&BodyRef {
             preprocessor: &self.preprocessor,
@@ -294,11 +309,17 @@ mod tests {
         let (_, _, models) = models();
         let mut m = models[0].clone();
         m.loss_std.pop();
-        let err = Model::from_bytes(&m.to_bytes().unwrap(), Path::new("m")).unwrap_err();
+        let err = m.to_bytes().unwrap_err();
+        assert!(
+            err.to_string().contains("refusing to write")
+                && err.to_string().contains("loss statistics"),
+            "{err}"
+        );
+        let err = Model::from_bytes(&m.encode().unwrap(), Path::new("m")).unwrap_err();
         assert!(err.to_string().contains("loss statistics"), "{err}");
         let mut m = models[0].clone();
         m.preprocessor.vocabularies[0].values.pop();
-        let err = Model::from_bytes(&m.to_bytes().unwrap(), Path::new("m")).unwrap_err();
+        let err = Model::from_bytes(&m.encode().unwrap(), Path::new("m")).unwrap_err();
         assert!(err.to_string().contains("vocabulary 0"), "{err}");
     }
 

@@ -265,19 +265,17 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
     };
     let budget = if o.config.detection.budgeted() {
         let (state, restored) = states.register::<Budget>("budget")?;
-        Some((
-            restored.unwrap_or_else(|| Budget::new(&o.config.detection)),
-            state,
-        ))
+        let mut budget = restored.unwrap_or_else(|| Budget::new(&o.config.detection));
+        budget.configure(&o.config.detection);
+        Some((budget, state))
     } else {
         None
     };
     let alerts = if o.config.alerts.enabled {
         let (state, restored) = states.register::<Suppressor>("alerts")?;
-        Some((
-            restored.unwrap_or_else(|| Suppressor::new(&o.config.alerts)),
-            state,
-        ))
+        let mut suppressor = restored.unwrap_or_else(|| Suppressor::new(&o.config.alerts));
+        suppressor.configure(&o.config.alerts);
+        Some((suppressor, state))
     } else {
         None
     };
