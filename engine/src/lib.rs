@@ -23,4 +23,5 @@ pub use dfp_gpu as gpu;
 pub use dfp_ingest as ingest;
 pub use dfp_ingest::{derive, frame, rows};
 pub use dfp_model as model;
+pub use dfp_model::lifecycle;
 pub use dfp_model::registry;

@@ -1,6 +1,7 @@
 //! The commands that look without running: `dfp validate` (control messages, schemas, run
 //! configs), `dfp plan` (a control message's files and batches), `dfp ingest` (log files read
-//! by a schema) and `dfp models` (the registry).
+//! by a schema) and `dfp models` (the registry: list and show its versions, and the two
+//! commands that change it, promote and rollback).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,15 +19,38 @@ use dfp_operators::plan::Plan;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// One line per model: name, versions, and the latest version's training window and rows.
+    /// One line per model: name, versions, champion and challenger, and the serving version's
+    /// training window and rows.
     List,
-    /// A model version's tags as JSON: training window, rows, hyperparameters, metrics.
+    /// A model version's tags as JSON: training window, rows, hyperparameters, metrics, lineage,
+    /// the aliases it holds and the changes that concerned it.
     Show {
         /// The model name, e.g. DFP-azure-alice@example.com.
         name: String,
         /// The version (default: the latest).
         #[arg(long)]
         version: Option<u32>,
+    },
+    /// Makes a version the champion (it scores from the next run on); the champion it replaces
+    /// can be rolled back to.
+    Promote {
+        /// The model name.
+        name: String,
+        /// The version to promote.
+        #[arg(long)]
+        version: u32,
+        /// Why, for the record.
+        #[arg(long, default_value = "promoted by hand")]
+        why: String,
+    },
+    /// Puts back the champion the current one replaced; the current one is kept, marked rolled
+    /// back.
+    Rollback {
+        /// The model name.
+        name: String,
+        /// Why, for the record.
+        #[arg(long, default_value = "rolled back by hand")]
+        why: String,
     },
 }
 
@@ -64,19 +88,25 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
                     })
             };
             println!(
-                "{:<48} {:>8} {:>6}  training window",
-                "model", "versions", "rows"
+                "{:<48} {:>8} {:>8} {:>10} {:>6}  training window",
+                "model", "versions", "champion", "challenger", "rows"
             );
             let mut unreadable = 0;
+            let alias = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
             for (name, versions) in registry.list()? {
-                let latest = versions.last().copied().unwrap_or(0);
                 // Names are user ids: shown escaped, so no control character reaches the terminal.
                 let shown = name.escape_debug().to_string();
-                match registry.version(&name, latest) {
-                    Ok(v) => println!(
-                        "{:<48} {:>8} {:>6}  {} .. {}",
+                let read = registry.lifecycle(&name).and_then(|l| {
+                    let serving = registry.serving(&name)?.unwrap_or(0);
+                    Ok((l, serving, registry.version(&name, serving)?))
+                });
+                match read {
+                    Ok((l, _, v)) => println!(
+                        "{:<48} {:>8} {:>8} {:>10} {:>6}  {} .. {}",
                         shown,
                         versions.len(),
+                        alias(l.champion()),
+                        alias(l.challenger()),
                         v.header.rows,
                         time(v.header.first_timestamp_us),
                         time(v.header.last_timestamp_us)
@@ -84,9 +114,11 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
                     Err(e) => {
                         unreadable += 1;
                         println!(
-                            "{:<48} {:>8} {:>6}  unreadable v{latest:06}: {}",
+                            "{:<48} {:>8} {:>8} {:>10} {:>6}  unreadable: {}",
                             shown,
                             versions.len(),
+                            "-",
+                            "-",
                             "-",
                             e.chain().escape_debug()
                         );
@@ -94,7 +126,9 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
                 }
             }
             if unreadable > 0 {
-                eprintln!("error: {unreadable} model(s) have an unreadable latest version");
+                eprintln!(
+                    "error: {unreadable} model(s) have an unreadable serving version or aliases"
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -107,7 +141,38 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
                     .with_context(|| format!("no model {name:?} in {}", root.display()))?,
             };
             let v = registry.version(&name, version)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            let lifecycle = registry.lifecycle(&name)?;
+            let mut shown = serde_json::to_value(&v)?;
+            let aliases: Vec<&String> = lifecycle
+                .aliases
+                .iter()
+                .filter(|(_, a)| **a == version)
+                .map(|(k, _)| k)
+                .collect();
+            let changes: Vec<_> = lifecycle
+                .history
+                .iter()
+                .filter(|c| c.version == version || c.replaced == Some(version))
+                .collect();
+            shown["aliases"] = serde_json::json!(aliases);
+            shown["rolled_back"] = serde_json::json!(lifecycle.rolled_back.contains(&version));
+            shown["changes"] = serde_json::to_value(changes)?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        ModelsCommand::Promote { name, version, why } => {
+            let replaced = registry.promote(&name, version, "cli", &why)?;
+            let was = replaced.map_or("none".to_string(), |v| v.to_string());
+            println!(
+                "{}: version {version} is the champion (was {was})",
+                name.escape_debug()
+            );
+        }
+        ModelsCommand::Rollback { name, why } => {
+            let (from, to) = registry.rollback(&name, "cli", &why)?;
+            println!(
+                "{}: rolled back from version {from} to version {to} (version {from} is kept, marked rolled back)",
+                name.escape_debug()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -74,7 +74,7 @@ enum Command {
         #[command(subcommand)]
         action: ClusterCommand,
     },
-    /// Inspect the local model registry.
+    /// The local model registry: list and show versions, promote and roll back champions.
     Models {
         /// The registry directory.
         #[arg(long, default_value = "models", global = true)]

@@ -384,6 +384,88 @@ fn models_list_and_show_read_the_registry() {
 }
 
 #[test]
+fn models_promote_and_rollback_move_the_champion_and_refuse_what_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = registry_with_a_model(dir.path());
+    let reg = dir.path().join("models");
+    let reg = reg.to_str().unwrap();
+    let listed = || {
+        let out = dfp(&["models", "list", "--registry", reg]);
+        assert!(out.status.success(), "{}", stdout(&out));
+        let text = stdout(&out);
+        let line = text.lines().find(|l| l.starts_with(&name)).unwrap();
+        let cols: Vec<String> = line.split_whitespace().map(String::from).collect();
+        (cols[2].clone(), cols[3].clone())
+    };
+    assert_eq!(listed(), ("-".into(), "-".into()));
+    let refused = |args: &[&str], expect: &str| {
+        let out = dfp(args);
+        assert!(!out.status.success(), "{}", stdout(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(&name) && err.contains(expect), "{err}");
+    };
+    refused(
+        &[
+            "models",
+            "promote",
+            &name,
+            "--version",
+            "7",
+            "--registry",
+            reg,
+        ],
+        "no version 7",
+    );
+    refused(
+        &["models", "rollback", &name, "--registry", reg],
+        "no champion",
+    );
+    for v in ["1", "2"] {
+        let out = dfp(&[
+            "models",
+            "promote",
+            &name,
+            "--version",
+            v,
+            "--registry",
+            reg,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(listed(), ("2".into(), "-".into()));
+    let out = dfp(&[
+        "models",
+        "rollback",
+        &name,
+        "--why",
+        "noisy",
+        "--registry",
+        reg,
+    ]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("from version 2 to version 1"));
+    assert_eq!(listed(), ("1".into(), "-".into()));
+    refused(
+        &["models", "rollback", &name, "--registry", reg],
+        "no previous champion",
+    );
+    // The rolled-back version is kept, marked, with its history.
+    let out = dfp(&["models", "show", &name, "--version", "2", "--registry", reg]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["rolled_back"], true);
+    assert_eq!(v["aliases"], serde_json::json!([]));
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[1]["action"], "rollback");
+    assert_eq!(changes[1]["why"], "noisy");
+    assert_eq!(v["lineage"]["challenged"], 1);
+}
+
+#[test]
 fn unknown_keys_are_warnings_and_strict_mode_makes_them_problems() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.json");

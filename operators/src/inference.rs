@@ -133,10 +133,11 @@ impl Scorer {
         }
     }
 
-    /// Makes a new model version known.
+    /// Makes a new champion known: it scores from now on (a challenger does not).
     pub fn apply(&mut self, note: ModelNote) {
-        let v = self.versions.entry(note.name).or_insert(0);
-        *v = (*v).max(note.version);
+        if note.champion {
+            self.versions.insert(note.name, note.version);
+        }
     }
 
     fn load(&mut self, name: &str) -> Option<Result<(String, Arc<Model>), String>> {
@@ -365,6 +366,7 @@ mod tests {
                 items.push(Err(ModelNote {
                     name: m.header.name.clone(),
                     version: v.version,
+                    champion: true,
                 }));
             }
             for w in prepared[epoch as usize]

@@ -1,15 +1,18 @@
 //! Registry writer (Morpheus' `mlflow_model_writer` module / `DFPMLFlowModelWriterStage`):
 //! registers each trained model as a new version in the local model registry (atomic write,
-//! tagged with its training window, row count and metrics) and announces it.
+//! tagged with its training window, row count, metrics and lineage), gives it its alias under
+//! the run's promotion policy (champion or challenger, [`Registry::adopt`]) and announces it.
 //!
-//! Input: trained models. Output: [`ModelNote`]s (name and version, at the epoch the model was
-//! trained in; the pipeline broadcasts them to every worker's inference) and [`DeadLetter`]s for
-//! models that could not be written. State: none (the registry is the state). In a
-//! checkpointed stream a model already registered (by a process that crashed after writing it)
-//! is not written again ([`Registry::register_once`]).
+//! Input: trained models. Output: [`ModelNote`]s (name, version and whether it is the
+//! champion, at the epoch the model was trained in; the pipeline broadcasts them to every
+//! worker's inference) and [`DeadLetter`]s for models that could not be written. State: none
+//! (the registry is the state). In a checkpointed stream a model already registered (by a
+//! process that crashed after writing it) is not written again ([`Registry::register_once`])
+//! and keeps the alias it was given.
 
 use std::sync::Arc;
 
+use dfp_engine::lifecycle::Promotion;
 use dfp_engine::model::Model;
 use dfp_engine::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -26,15 +29,19 @@ pub struct ModelNote {
     pub name: String,
     /// The version.
     pub version: u32,
+    /// Whether it is the champion (it scores from this epoch on) rather than a challenger.
+    pub champion: bool,
 }
 
 /// The registry-writer stage as a timely operator.
 pub trait RegistryWriter<'s> {
-    /// Registers each model as it arrives (`once`: unless the same model is there already).
+    /// Registers each model as it arrives (`once`: unless the same model is there already) and
+    /// adopts it under `policy`.
     fn registry_writer(
         self,
         registry: Registry,
         once: bool,
+        policy: Promotion,
         stats: SharedStats,
     ) -> (
         StreamVec<'s, u64, ModelNote>,
@@ -47,11 +54,13 @@ impl<'s> RegistryWriter<'s> for StreamVec<'s, u64, Arc<Model>> {
         self,
         registry: Registry,
         once: bool,
+        policy: Promotion,
         stats: SharedStats,
     ) -> (
         StreamVec<'s, u64, ModelNote>,
         StreamVec<'s, u64, DeadLetter>,
     ) {
+        let by = format!("policy:{}", policy.as_str());
         self.ok_err(move |model| {
             let name = model.header.name.clone();
             let registered = if once {
@@ -59,12 +68,17 @@ impl<'s> RegistryWriter<'s> for StreamVec<'s, u64, Arc<Model>> {
             } else {
                 registry.register(&model)
             };
-            match registered {
-                Ok(v) => {
+            let adopted = registered.and_then(|v| {
+                let champion = registry.adopt(&name, v.version, policy, &by)?;
+                Ok((v, champion))
+            });
+            match adopted {
+                Ok((v, champion)) => {
                     stats.borrow_mut().models_trained += 1;
                     Ok(ModelNote {
                         name,
                         version: v.version,
+                        champion,
                     })
                 }
                 Err(e) => {
@@ -97,7 +111,7 @@ mod tests {
         let run = |once: bool| {
             let (registry, models) = (registry.clone(), models.clone());
             run_stage(models, move |s, stats| {
-                both(s.registry_writer(registry, once, stats))
+                both(s.registry_writer(registry, once, Promotion::Replace, stats))
             })
         };
         let (first, stats) = run(true);

@@ -248,3 +248,67 @@ fn a_corrupt_model_is_reported_and_its_user_falls_back_to_the_generic_model() {
             .all(|r| r["model_version"] == "DFP-azure-generic_user:1")
     );
 }
+
+#[test]
+fn under_manual_promotion_a_retrained_model_waits_until_promoted_and_rollback_restores() {
+    use dfp_engine::lifecycle::Promotion;
+    use dfp_engine::registry::Registry;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    logs(GenSource::Azure, 8, 9, &root.join("logs"));
+    // Each run trains on days 1 .. `score` and scores `score` .. 9, into its own output.
+    let run_to = |score: u32, out: &str| -> Vec<(String, String)> {
+        let control = root.join(format!("{out}.json"));
+        std::fs::write(
+            &control,
+            control_message("logs/*.json", date(1), date(score), date(9)),
+        )
+        .unwrap();
+        let mut opts = options("azure", common::control(&control), root, 1);
+        opts.output = root.join(out);
+        opts.config.lifecycle.promotion = Promotion::Manual;
+        run(opts).unwrap();
+        csv_rows(&root.join(out).join("dfp_scores_azure.csv"))
+            .into_iter()
+            .map(|r| (r["username"].clone(), r["model_version"].clone()))
+            .collect()
+    };
+    let registry = Registry::open(&root.join("models")).unwrap();
+    run_to(6, "first");
+    let scored = run_to(8, "second");
+    // Every model trained twice has champion 1 and challenger 2, and version 1 scored.
+    let twice: Vec<String> = registry
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, v)| v.len() == 2)
+        .map(|(name, _)| name)
+        .collect();
+    assert!(twice.len() >= 2, "{twice:?}");
+    let version_of = |scored: &[(String, String)], name: &str| -> Vec<String> {
+        let mut v: Vec<String> = scored
+            .iter()
+            .filter(|(_, m)| m.rsplit_once(':').is_some_and(|(n, _)| n == name))
+            .map(|(_, m)| m.rsplit_once(':').unwrap().1.to_string())
+            .collect();
+        v.dedup();
+        v
+    };
+    for name in &twice {
+        let l = registry.lifecycle(name).unwrap();
+        assert_eq!((l.champion(), l.challenger()), (Some(1), Some(2)), "{name}");
+        assert_eq!(version_of(&scored, name), ["1"], "{name}");
+        registry.promote(name, 2, "test", "better").unwrap();
+    }
+    // Promoted: the next run scores with version 2 (and its own training waits as version 3).
+    let scored = run_to(8, "third");
+    for name in &twice {
+        assert_eq!(version_of(&scored, name), ["2"], "{name}");
+        assert_eq!(registry.alias(name, "challenger").unwrap(), Some(3));
+        assert_eq!(registry.rollback(name, "test", "worse").unwrap(), (2, 1));
+    }
+    let scored = run_to(8, "fourth");
+    for name in &twice {
+        assert_eq!(version_of(&scored, name), ["1"], "{name}");
+    }
+}

@@ -22,6 +22,7 @@ pub mod config;
 pub mod device;
 pub mod encode;
 pub mod file;
+pub mod lifecycle;
 pub mod linalg;
 pub mod network;
 pub mod preprocess;

@@ -4,7 +4,7 @@
 //! ```text
 //! <root>/DFP-azure-alice%40example%2Ecom/v000001.dfpmodel   the model file (file.rs format)
 //!                                       /v000001.json       its tags: name, version, header
-//!                                       /aliases.json       {"champion": 1, ...}
+//!                                       /aliases.json       champion, challenger, history
 //! ```
 //!
 //! Model names are `DFP-{source}-{user}`. A name becomes a folder name reversibly: every byte
@@ -12,7 +12,7 @@
 //! the root; a name whose escaped form is over 180 bytes is cut and suffixed with `~` and a hash
 //! (the tags keep the real name). A version is committed by linking its finished file to its
 //! number, which fails if another writer took the number first; readers never see a partial
-//! file. Inference reads through a [`ModelCache`] (LRU) that reloads only when a newer version
+//! file. The aliases and their history are the `lifecycle` module's. Inference reads through a [`ModelCache`] (LRU) that reloads only when a newer version
 //! appears.
 
 use std::collections::HashMap;
@@ -90,6 +90,27 @@ pub struct ModelVersion {
     pub version: u32,
     /// The model's header: training window, row count, hyperparameters, metrics.
     pub header: ModelHeader,
+    /// Where it came from (absent in versions registered before dfp recorded it).
+    #[serde(default)]
+    pub lineage: Option<Lineage>,
+}
+
+/// Where a version came from, beside its header's training window, rows and schema
+/// fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lineage {
+    /// When it was registered (RFC 3339, UTC).
+    pub registered_at: String,
+    /// Hash of the hyperparameters and feature lists it was trained with (16 hex digits): equal
+    /// hashes, equal training settings.
+    pub config_hash: String,
+    /// The dfp version that trained it.
+    pub dfp_version: String,
+    /// The run that trained it (`Registry::for_run`), if it said.
+    pub run: Option<String>,
+    /// The version serving when it was registered: the champion it challenges.
+    pub challenged: Option<u32>,
 }
 
 impl ModelVersion {
@@ -103,6 +124,7 @@ impl ModelVersion {
 #[derive(Debug, Clone)]
 pub struct Registry {
     root: PathBuf,
+    run: Option<String>,
 }
 
 fn version_file(dir: &Path, version: u32, ext: &str) -> PathBuf {
@@ -115,7 +137,14 @@ impl Registry {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, "creating model registry", e))?;
         Ok(Registry {
             root: root.to_path_buf(),
+            run: None,
         })
+    }
+
+    /// The same registry, recording `run` as the run that trained the versions it registers.
+    pub fn for_run(mut self, run: &str) -> Self {
+        self.run = Some(run.to_string());
+        self
     }
 
     /// The registry's directory.
@@ -123,13 +152,13 @@ impl Registry {
         &self.root
     }
 
-    fn dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn dir(&self, name: &str) -> PathBuf {
         self.root.join(escape(name))
     }
 
     /// The folder of `name`, created if missing, to write into: a symbolic link there is
     /// refused, so registry writes stay inside the registry.
-    fn model_dir(&self, name: &str) -> Result<PathBuf> {
+    pub(crate) fn model_dir(&self, name: &str) -> Result<PathBuf> {
         let dir = self.dir(name);
         if files::is_link(&dir) {
             return Err(Error::stage(
@@ -167,6 +196,7 @@ impl Registry {
     /// Registers `model` as the next version of its name; returns that version.
     pub fn register(&self, model: &Model) -> Result<ModelVersion> {
         let name = &model.header.name;
+        let challenged = self.serving(name)?;
         let dir = self.model_dir(name)?;
         let tmp = dir.join(format!(
             ".tmp-{}-{:?}",
@@ -197,10 +227,23 @@ impl Registry {
         };
         let _ = std::fs::remove_file(&tmp);
         let version = result?;
+        let settings = serde_json::to_vec(&(&model.header.config, &model.header.features))
+            .map_err(|e| Error::Json {
+                context: format!("hashing the settings of {name}"),
+                source: e,
+            })?;
         let v = ModelVersion {
             name: name.clone(),
             version,
             header: model.header.clone(),
+            lineage: Some(Lineage {
+                registered_at: chrono::Utc::now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                config_hash: format!("{:016x}", dfp_core::hash::fnv1a64(&settings)),
+                dfp_version: env!("CARGO_PKG_VERSION").to_string(),
+                run: self.run.clone(),
+                challenged,
+            }),
         };
         let tags = version_file(&dir, version, "json");
         let text = serde_json::to_vec_pretty(&v).map_err(|e| Error::Json {
@@ -246,6 +289,7 @@ impl Registry {
             name: name.to_string(),
             version,
             header: model.header,
+            lineage: None,
         })
     }
 
@@ -268,38 +312,6 @@ impl Registry {
             });
         }
         Ok(model)
-    }
-
-    /// The version `alias` names for `name`, if set.
-    pub fn alias(&self, name: &str, alias: &str) -> Result<Option<u32>> {
-        Ok(self.aliases(name)?.get(alias).copied())
-    }
-
-    fn aliases(&self, name: &str) -> Result<HashMap<String, u32>> {
-        let path = self.dir(name).join("aliases.json");
-        match std::fs::read(&path) {
-            Ok(text) => serde_json::from_slice(&text).map_err(|e| Error::Json {
-                context: format!("{}: reading aliases", path.display()),
-                source: e,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
-            Err(e) => Err(Error::io(&path, "reading aliases", e)),
-        }
-    }
-
-    /// Points `alias` of `name` at `version` (which must exist).
-    pub fn set_alias(&self, name: &str, alias: &str, version: u32) -> Result<()> {
-        if !self.version_numbers(name)?.contains(&version) {
-            return Err(Error::model(name, format!("has no version {version}")));
-        }
-        let mut aliases = self.aliases(name)?;
-        aliases.insert(alias.to_string(), version);
-        let path = self.model_dir(name)?.join("aliases.json");
-        let text = serde_json::to_vec_pretty(&aliases).map_err(|e| Error::Json {
-            context: "writing aliases".into(),
-            source: e,
-        })?;
-        files::replace(&path, &text, "writing aliases")
     }
 
     /// Every model name with its versions, by name.
@@ -452,16 +464,28 @@ mod tests {
         let mut m = models[0].clone();
         m.header.name = "DFP-azure-a.b@example.com".into();
         assert_eq!(reg.register(&m).unwrap().version, 1);
-        let v2 = reg.register(&m).unwrap();
+        let v2 = reg.clone().for_run("run-1").register(&m).unwrap();
         assert_eq!(v2.label(), "DFP-azure-a.b@example.com:2");
+        // Its lineage: the version it challenges, the run, the settings' hash, in its tags.
+        let lineage = reg.version(&m.header.name, 2).unwrap().lineage.unwrap();
+        assert_eq!(lineage.challenged, Some(1));
+        assert_eq!(lineage.run.as_deref(), Some("run-1"));
+        let first = reg.version(&m.header.name, 1).unwrap().lineage.unwrap();
+        assert_eq!((first.challenged, first.run), (None, None));
+        assert_eq!(first.config_hash, lineage.config_hash);
+        assert_eq!(first.config_hash.len(), 16);
         assert_eq!(reg.version_numbers(&m.header.name).unwrap(), [1, 2]);
         assert_eq!(reg.load(&m.header.name, 2).unwrap(), m);
         let tags = reg.version(&m.header.name, 1).unwrap();
         assert_eq!(tags.header.rows, m.header.rows);
         assert_eq!(reg.list().unwrap(), [(m.header.name.clone(), vec![1, 2])]);
-        reg.set_alias(&m.header.name, "champion", 1).unwrap();
+        reg.set_alias(&m.header.name, "champion", 1, "test")
+            .unwrap();
         assert_eq!(reg.alias(&m.header.name, "champion").unwrap(), Some(1));
-        assert!(reg.set_alias(&m.header.name, "champion", 7).is_err());
+        assert!(
+            reg.set_alias(&m.header.name, "champion", 7, "test")
+                .is_err()
+        );
         assert_eq!(
             reg.version_numbers("DFP-azure-nobody").unwrap(),
             Vec::<u32>::new()

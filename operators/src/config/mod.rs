@@ -8,6 +8,7 @@ mod streams;
 use std::path::Path;
 
 use dfp_engine::config::Problems;
+use dfp_engine::lifecycle::Promotion;
 use dfp_engine::model::ModelConfig;
 use dfp_engine::period::Span;
 use dfp_engine::{Error, Result};
@@ -42,6 +43,8 @@ pub struct RunConfig {
     pub detection: DetectionConfig,
     /// Alert suppression.
     pub alerts: AlertConfig,
+    /// What becomes of newly trained models.
+    pub lifecycle: LifecycleConfig,
     /// The event-time guard.
     pub events: EventsConfig,
     /// Morpheus' features and output columns instead of dfp's.
@@ -64,6 +67,16 @@ pub struct MorpheusConfig {
     pub features: bool,
     /// Write Morpheus' output columns first, in its order.
     pub columns: bool,
+}
+
+/// What becomes of a newly trained model version (`[lifecycle]`): see
+/// [`dfp_engine::lifecycle`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// `replace` (the default: it becomes the champion and scores at once; the one it replaces
+    /// can be rolled back to) or `manual` (it becomes the challenger until promoted).
+    pub promotion: Promotion,
 }
 
 /// How far an event's time may run ahead (`[events]`): of its file batch's period in a batch
@@ -130,6 +143,7 @@ impl Default for RunConfig {
             inference: InferenceConfig::default(),
             detection: DetectionConfig::default(),
             alerts: AlertConfig::default(),
+            lifecycle: LifecycleConfig::default(),
             events: EventsConfig::default(),
             morpheus: MorpheusConfig::default(),
             source: SourceConfig::default(),

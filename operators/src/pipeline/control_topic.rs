@@ -32,7 +32,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::worker::{Feed, execute_once, other_sinks};
-use super::{RunOptions, latest_versions, plan};
+use super::{RunOptions, plan};
 use crate::checkpoint::{self, read_state, write_atomic};
 use crate::dead_letter::DeadLetter;
 use crate::kafka::{KafkaConsumer, KafkaSettings, TIMEOUT, kafka_error, partition_count};
@@ -143,7 +143,7 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
             ControlState {
                 next: BTreeMap::new(),
                 sinks: files.lengths()?,
-                versions: latest_versions(&registry)?,
+                versions: registry.serving_all()?,
             }
         }
     };
@@ -227,7 +227,7 @@ pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats
         }
         state.next.insert(p, offset + 1);
         state.sinks = files.lengths()?;
-        state.versions = latest_versions(&registry)?;
+        state.versions = registry.serving_all()?;
         save(&state)?;
         if input.commit {
             let mut tpl = TopicPartitionList::new();

@@ -100,7 +100,12 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         cfg.model.clone(),
         s.stats.clone(),
     );
-    let (notes, unregistered) = models.registry_writer(s.registry.clone(), s.once, s.stats.clone());
+    let (notes, unregistered) = models.registry_writer(
+        s.registry.clone(),
+        s.once,
+        cfg.lifecycle.promotion,
+        s.stats.clone(),
+    );
     let (infer_p, bad_infer) = infer_w.data_prep(s.schema.clone());
     let (scored, unscored) = infer_p.inference(
         notes.broadcast(),

@@ -23,7 +23,6 @@ mod input;
 mod resume;
 mod worker;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -277,7 +276,7 @@ fn lock_dirs(opts: &RunOptions) -> Result<Vec<DirLock>> {
 fn run_locked(opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let registry = Registry::open(&opts.registry)?;
-    let versions = latest_versions(&registry)?;
+    let versions = registry.serving_all()?;
     let (stats, epochs, planned, unmatched) = match &opts.input {
         Input::Control {
             path,
@@ -319,15 +318,6 @@ fn run_locked(opts: &RunOptions) -> Result<RunSummary> {
         outputs: opts.output_paths(),
         unmatched,
     })
-}
-
-/// The latest version of every model in `registry`.
-pub(crate) fn latest_versions(registry: &Registry) -> Result<HashMap<String, u32>> {
-    Ok(registry
-        .list()?
-        .into_iter()
-        .filter_map(|(name, v)| v.last().map(|&l| (name, l)))
-        .collect())
 }
 
 /// The plan of a control message whose globs resolve within `scope`.

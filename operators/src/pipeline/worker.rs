@@ -117,7 +117,13 @@ pub(crate) fn execute_once(
     versions: HashMap<String, u32>,
     once: bool,
 ) -> Result<(Stats, usize)> {
-    let registry = Registry::open(&opts.registry)?;
+    // The run its models' lineage names: when it started and where it writes.
+    let run = format!(
+        "{} {}",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        opts.output.display()
+    );
+    let registry = Registry::open(&opts.registry)?.for_run(&run);
     let workers = opts.workers.max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (if opts.threads == 0 {
