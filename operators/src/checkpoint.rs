@@ -23,11 +23,12 @@
 //! over another worker count; that merge is not written yet, so a restart with another worker
 //! count is refused with that reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use dfp_engine::hash::checksum64;
+use dfp_engine::lifecycle::Serving;
 use dfp_engine::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -62,9 +63,9 @@ pub struct StateMeta {
     pub source: String,
     /// Timely workers over every process: each owns a share of the input and of the users.
     pub workers: usize,
-    /// The latest version of every model in the registry when the run first started: what
+    /// The models' champions and challengers in the registry when the run first started: what
     /// scoring starts from when no cut is complete yet.
-    pub versions: BTreeMap<String, u32>,
+    pub versions: Serving,
 }
 
 impl StateMeta {
@@ -536,7 +537,7 @@ mod tests {
             schema: "azure".into(),
             source: "kafka://b/logs group g epoch 1us".into(),
             workers: 2,
-            versions: BTreeMap::new(),
+            versions: Serving::default(),
         };
         let (m, existed) = meta.clone().open_or_create(dir.path()).unwrap();
         assert!(!existed && m.run == "r1");

@@ -121,10 +121,13 @@ impl Rule {
 
     /// Whether `s` is a detection.
     pub fn is_detection(&self, s: &Scored) -> bool {
-        f64::from(s.mean_abs_z) > self.floor
-            && self
-                .calibrated
-                .is_none_or(|z| f64::from(s.calibrated_z) > z)
+        self.flags(s.mean_abs_z, s.calibrated_z)
+    }
+
+    /// Whether a row with these scores would be a detection.
+    pub fn flags(&self, mean_abs_z: f32, calibrated_z: f32) -> bool {
+        f64::from(mean_abs_z) > self.floor
+            && self.calibrated.is_none_or(|z| f64::from(calibrated_z) > z)
     }
 }
 

@@ -1,22 +1,26 @@
 //! Inference (Morpheus' `dfp_inference` module / `DFPInferenceStage`): scores each scoring
-//! window's rows with the user's model, or with the generic model when the user has none or
-//! theirs cannot be used, all windows of an epoch on this worker in one backend call.
+//! window's rows with the champion of the user's model, or of the generic model when the user
+//! has none or theirs cannot be used, all windows of an epoch on this worker in one backend
+//! call. Where that model has a challenger, the challenger scores the same rows in the shadow:
+//! its scores travel with the row ([`Scored::shadow`]) to the shadow file and never raise a
+//! detection.
 //!
 //! Inputs: [`Prepared`] scoring windows, and [`ModelNote`]s broadcast from every worker's
 //! registry writer. Output: one [`Scored`] row per scored row, and [`DeadLetter`]s for rows no
 //! model could score and for user models that could not be loaded (those users fall back to
-//! the generic model). State: the version of each model name known at the last processed
-//! epoch (the registry's state at the start of the run, then every note), notes and windows of
-//! epochs the frontiers have not passed, and an LRU cache of loaded models; the versions are
-//! checkpointed. An epoch is scored only once both frontiers have passed it, with exactly the
-//! models trained at it or before, so scores do not depend on worker timing.
+//! the generic model). State: each model's champion and challenger known at the last
+//! processed epoch (the registry's at the start of the run, then every note), notes and
+//! windows of epochs the frontiers have not passed, and an LRU cache of loaded models; the
+//! champions and challengers are checkpointed. An epoch is scored only once both frontiers
+//! have passed it, with exactly the models trained at it or before, so scores do not depend on
+//! worker timing.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use dfp_engine::lifecycle::Serving;
 use dfp_engine::model::{Backend, Model, score};
 use dfp_engine::registry::{ModelCache, Registry, model_name};
 use dfp_engine::rows::Row;
@@ -76,6 +80,19 @@ pub struct Scored {
     pub calibrated_z: f32,
     /// Whether the generic model scored the row (the user had no usable model of their own).
     pub generic: bool,
+    /// The challenger's scores of the row, where the model that scored it has one.
+    pub shadow: Option<Shadow>,
+}
+
+/// A challenger's scores of a row (shadow scoring).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shadow {
+    /// `name:version` of the challenger.
+    pub model_version: String,
+    /// Its mean |z|.
+    pub mean_abs_z: f32,
+    /// Its calibrated z.
+    pub calibrated_z: f32,
 }
 
 /// A model pick: the model (`name:version` and weights) if any, the dead letter of an unusable
@@ -83,7 +100,7 @@ pub struct Scored {
 type Choice = (Option<(String, Arc<Model>)>, Option<DeadLetter>, bool);
 
 impl Stateful for Scorer {
-    /// The model versions known (by model name).
+    /// The champions and challengers known (by model name).
     fn snapshot(&mut self) -> dfp_engine::Result<Vec<u8>> {
         crate::checkpoint::encode(&self.versions)
     }
@@ -106,7 +123,7 @@ pub struct Outcome {
 pub struct Scorer {
     schema: Arc<SourceSchema>,
     generic_user: String,
-    versions: HashMap<String, u32>,
+    versions: Serving,
     cache: ModelCache,
     batch_size: usize,
     /// Models already reported as unusable (each is logged once, not once per window).
@@ -114,11 +131,11 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    /// A scorer over `registry` knowing `versions` (name -> latest version at the start).
+    /// A scorer over `registry` starting from `versions` (the champions and challengers).
     pub fn new(
         schema: Arc<SourceSchema>,
         registry: Registry,
-        versions: HashMap<String, u32>,
+        versions: Serving,
         generic_user: &str,
         config: &InferenceConfig,
         batch_size: usize,
@@ -133,15 +150,32 @@ impl Scorer {
         }
     }
 
-    /// Makes a new champion known: it scores from now on (a challenger does not).
+    /// Makes a new version known: a champion scores from now on, a challenger in the shadow.
     pub fn apply(&mut self, note: ModelNote) {
+        let Serving {
+            champions,
+            challengers,
+        } = &mut self.versions;
         if note.champion {
-            self.versions.insert(note.name, note.version);
+            if challengers.get(&note.name) == Some(&note.version) {
+                challengers.remove(&note.name);
+            }
+            champions.insert(note.name, note.version);
+        } else {
+            challengers.insert(note.name, note.version);
         }
     }
 
     fn load(&mut self, name: &str) -> Option<Result<(String, Arc<Model>), String>> {
-        let version = *self.versions.get(name)?;
+        let version = *self.versions.champions.get(name)?;
+        self.load_version(name, version)
+    }
+
+    fn load_version(
+        &mut self,
+        name: &str,
+        version: u32,
+    ) -> Option<Result<(String, Arc<Model>), String>> {
         Some(
             self.cache
                 .get(name, version)
@@ -152,6 +186,21 @@ impl Scorer {
                 .map(|m| (format!("{name}:{version}"), m))
                 .map_err(|e| e.to_string()),
         )
+    }
+
+    /// The challenger of model `name` when it has a usable one (an unusable one is logged once
+    /// and scores nothing).
+    fn challenger_of(&mut self, name: &str) -> Option<(String, Arc<Model>)> {
+        let version = *self.versions.challengers.get(name)?;
+        match self.load_version(name, version)? {
+            Ok(m) => Some(m),
+            Err(e) => {
+                if self.reported.insert(format!("{name}:{version}")) {
+                    tracing::error!(model = %name, version, error = %e, "challenger unusable: it scores nothing in the shadow");
+                }
+                None
+            }
+        }
     }
 
     /// The model for `user`: theirs, else the generic one; with the dead letter of a user model
@@ -218,13 +267,38 @@ impl Scorer {
                 }
             }
         }
-        let requests: Vec<(&Model, &arrow::array::RecordBatch)> = chosen
+        // The challenger of each chosen model, where it has a usable one, scores the same rows
+        // in the same backend call, after the champions.
+        let shadows: Vec<Option<(String, Arc<Model>)>> = chosen
+            .iter()
+            .map(|(_, label, _, _)| {
+                let name = label.rsplit_once(':').map_or(label.as_str(), |(n, _)| n);
+                self.challenger_of(name)
+            })
+            .collect();
+        let mut requests: Vec<(&Model, &arrow::array::RecordBatch)> = chosen
             .iter()
             .map(|(w, _, m, _)| (m.as_ref(), &w.batch))
             .collect();
-        let results = score(backend, &requests, self.batch_size);
+        requests.extend(
+            chosen
+                .iter()
+                .zip(&shadows)
+                .filter_map(|((w, ..), s)| s.as_ref().map(|(_, m)| (m.as_ref(), &w.batch))),
+        );
+        let mut results = score(backend, &requests, self.batch_size);
+        let mut shadow_results = results.split_off(chosen.len()).into_iter();
         let mut scored = Vec::new();
-        for ((w, label, model, generic), result) in chosen.into_iter().zip(results) {
+        for (((w, label, model, generic), result), shadow) in
+            chosen.into_iter().zip(results).zip(shadows)
+        {
+            let shadow = shadow.and_then(|(label, m)| match shadow_results.next()? {
+                Ok(s) => Some((label, m, s)),
+                Err(e) => {
+                    tracing::error!(model = %label, error = %e.chain(), "shadow scoring failed: no challenger scores for these rows");
+                    None
+                }
+            });
             let s = match result {
                 Ok(s) => s,
                 Err(e) => {
@@ -252,6 +326,11 @@ impl Scorer {
                     mean_abs_z: s.mean_abs_z[i],
                     calibrated_z: model.calibration.z(s.mean_abs_z[i], &user),
                     generic,
+                    shadow: shadow.as_ref().map(|(label, m, s)| Shadow {
+                        model_version: label.clone(),
+                        mean_abs_z: s.mean_abs_z[i],
+                        calibrated_z: m.calibration.z(s.mean_abs_z[i], &user),
+                    }),
                 });
             }
         }
@@ -344,6 +423,7 @@ impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
 mod tests {
     use super::*;
     use crate::testing::{Fixture, both, cpu, fast_config, run_stage};
+    use std::collections::HashMap;
 
     #[test]
     fn an_epoch_scores_with_the_models_noted_up_to_it_else_the_generic_model() {
@@ -397,7 +477,7 @@ mod tests {
             let scorer = Scorer::new(
                 schema,
                 registry,
-                HashMap::new(),
+                Serving::default(),
                 "generic_user",
                 &InferenceConfig::default(),
                 256,

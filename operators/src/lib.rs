@@ -38,6 +38,7 @@ pub mod replay;
 pub mod rolling_window;
 pub mod run_status;
 pub mod serialize;
+pub mod shadow;
 pub mod sink;
 pub mod source;
 pub mod split_users;

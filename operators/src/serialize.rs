@@ -39,6 +39,8 @@ pub enum OutKind {
     DeadLetters,
     /// `dfp_alerts_{source}.jsonl`.
     Alerts,
+    /// `dfp_shadow_{source}.csv`.
+    Shadow,
 }
 
 /// One output line (without its newline).

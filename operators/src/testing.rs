@@ -203,11 +203,11 @@ impl Fixture {
         };
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let registry = Registry::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let mut versions = std::collections::HashMap::new();
+        let mut versions = dfp_engine::lifecycle::Serving::default();
         for (_, models) in self.models(cfg, before) {
             for m in models {
                 let v = registry.register(&m).unwrap_or_else(|e| panic!("{e}"));
-                versions.insert(m.header.name.clone(), v.version);
+                versions.champions.insert(m.header.name.clone(), v.version);
             }
         }
         let mut scorer = Scorer::new(

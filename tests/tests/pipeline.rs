@@ -250,13 +250,29 @@ fn a_corrupt_model_is_reported_and_its_user_falls_back_to_the_generic_model() {
 }
 
 #[test]
-fn under_manual_promotion_a_retrained_model_waits_until_promoted_and_rollback_restores() {
+fn under_manual_promotion_a_retrained_model_waits_in_the_shadow_until_promoted_and_rollback_restores()
+ {
     use dfp_engine::lifecycle::Promotion;
     use dfp_engine::registry::Registry;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     logs(GenSource::Azure, 8, 9, &root.join("logs"));
     // Each run trains on days 1 .. `score` and scores `score` .. 9, into its own output.
+    // The (model, champion, challenger) of each shadow row of a run, and how many rows.
+    let shadow_of = |out: &str| -> std::collections::BTreeMap<(String, String, String), usize> {
+        let mut seen = std::collections::BTreeMap::new();
+        for r in csv_rows(&root.join(out).join("dfp_shadow_azure.csv")) {
+            assert!(!r["event_id"].is_empty() && r["challenger_mean_abs_z"].parse::<f32>().is_ok());
+            assert!(["true", "false"].contains(&r["challenger_alert"].as_str()));
+            let key = (
+                r["model"].clone(),
+                r["champion_version"].clone(),
+                r["challenger_version"].clone(),
+            );
+            *seen.entry(key).or_insert(0) += 1;
+        }
+        seen
+    };
     let run_to = |score: u32, out: &str| -> Vec<(String, String)> {
         let control = root.join(format!("{out}.json"));
         std::fs::write(
@@ -275,6 +291,7 @@ fn under_manual_promotion_a_retrained_model_waits_until_promoted_and_rollback_re
     };
     let registry = Registry::open(&root.join("models")).unwrap();
     run_to(6, "first");
+    assert!(shadow_of("first").is_empty(), "no challenger yet");
     let scored = run_to(8, "second");
     // Every model trained twice has champion 1 and challenger 2, and version 1 scored.
     let twice: Vec<String> = registry
@@ -294,10 +311,19 @@ fn under_manual_promotion_a_retrained_model_waits_until_promoted_and_rollback_re
         v.dedup();
         v
     };
+    // The challengers trained at the run's first epoch scored every row of theirs in the
+    // shadow, beside the champion.
+    let shadow = shadow_of("second");
     for name in &twice {
         let l = registry.lifecycle(name).unwrap();
         assert_eq!((l.champion(), l.challenger()), (Some(1), Some(2)), "{name}");
         assert_eq!(version_of(&scored, name), ["1"], "{name}");
+        let rows = scored
+            .iter()
+            .filter(|(_, m)| m.starts_with(&format!("{name}:")))
+            .count();
+        let key = (name.clone(), "1".to_string(), "2".to_string());
+        assert_eq!(shadow.get(&key), Some(&rows), "{name}: {shadow:?}");
         registry.promote(name, 2, "test", "better").unwrap();
     }
     // Promoted: the next run scores with version 2 (and its own training waits as version 3).

@@ -16,13 +16,25 @@
 //! [`Registry::serving`]: the champion, else (a registry written before aliases) the latest
 //! version not rolled back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use dfp_core::{Error, Result, files};
 
 use crate::registry::Registry;
+
+/// The versions a run scores with, by model name: the champion (or the serving version of a
+/// model without aliases) raises detections; the challenger, where there is one, scores the
+/// same rows in the shadow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Serving {
+    /// The version that scores, by model name.
+    pub champions: BTreeMap<String, u32>,
+    /// The challenger, by model name.
+    pub challengers: BTreeMap<String, u32>,
+}
 
 /// The alias of the version that scores.
 pub const CHAMPION: &str = "champion";
@@ -302,12 +314,16 @@ impl Registry {
             .find(|v| !lifecycle.rolled_back.contains(v)))
     }
 
-    /// The serving version of every model.
-    pub fn serving_all(&self) -> Result<HashMap<String, u32>> {
-        let mut out = HashMap::new();
+    /// What a run starting now scores with: every model's serving version, and its challenger
+    /// where it has one.
+    pub fn serving_all(&self) -> Result<Serving> {
+        let mut out = Serving::default();
         for (name, _) in self.list()? {
             if let Some(v) = self.serving(&name)? {
-                out.insert(name, v);
+                out.champions.insert(name.clone(), v);
+            }
+            if let Some(c) = self.lifecycle(&name)?.challenger() {
+                out.challengers.insert(name, c);
             }
         }
         Ok(out)
@@ -421,9 +437,13 @@ mod tests {
         let (_d, reg, name) = registry_with(2);
         assert_eq!(reg.serving(&name).unwrap(), Some(2));
         assert_eq!(reg.serving("DFP-azure-nobody").unwrap(), None);
-        assert_eq!(
-            reg.serving_all().unwrap(),
-            HashMap::from([(name.clone(), 2)])
-        );
+        let serving = reg.serving_all().unwrap();
+        assert_eq!(serving.champions, BTreeMap::from([(name.clone(), 2)]));
+        assert!(serving.challengers.is_empty());
+        reg.adopt(&name, 1, Promotion::Manual, "t").unwrap();
+        reg.adopt(&name, 2, Promotion::Manual, "t").unwrap();
+        let serving = reg.serving_all().unwrap();
+        assert_eq!(serving.champions, BTreeMap::from([(name.clone(), 1)]));
+        assert_eq!(serving.challengers, BTreeMap::from([(name.clone(), 2)]));
     }
 }

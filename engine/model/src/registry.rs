@@ -357,14 +357,14 @@ impl Registry {
     }
 }
 
-/// Latest models by name for inference, the most recently used `capacity` kept in memory. A
-/// lookup lists the model's folder (cheap) and reloads only when a newer version is there.
+/// Model versions for inference, the most recently used `capacity` kept in memory (a champion
+/// and its challenger are two entries).
 #[derive(Debug)]
 pub struct ModelCache {
     registry: Registry,
     capacity: usize,
     tick: u64,
-    entries: HashMap<String, (u64, u32, Arc<Model>)>,
+    entries: HashMap<(String, u32), (u64, Arc<Model>)>,
     /// Models loaded from disk (misses), for reports.
     pub loads: u64,
 }
@@ -392,15 +392,14 @@ impl ModelCache {
     /// Version `version` of `name`, from memory or loaded (evicting the least recently used).
     pub fn get(&mut self, name: &str, version: u32) -> Result<Arc<Model>> {
         self.tick += 1;
-        if let Some(e) = self.entries.get_mut(name)
-            && e.1 == version
-        {
+        let key = (name.to_string(), version);
+        if let Some(e) = self.entries.get_mut(&key) {
             e.0 = self.tick;
-            return Ok(e.2.clone());
+            return Ok(e.1.clone());
         }
         let model = Arc::new(self.registry.load(name, version)?);
         self.loads += 1;
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(name) {
+        if self.entries.len() >= self.capacity {
             let oldest = self
                 .entries
                 .iter()
@@ -410,8 +409,7 @@ impl ModelCache {
                 self.entries.remove(&k);
             }
         }
-        self.entries
-            .insert(name.to_string(), (self.tick, version, model.clone()));
+        self.entries.insert(key, (self.tick, model.clone()));
         Ok(model)
     }
 

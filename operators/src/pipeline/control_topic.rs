@@ -16,13 +16,14 @@
 //!
 //! State: the consumer, each partition's next offset, the versions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dfp_engine::control::{ControlMessage, FileScope};
+use dfp_engine::lifecycle::Serving;
 use dfp_engine::registry::Registry;
 use dfp_engine::{Error, Result};
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -78,7 +79,7 @@ struct ControlState {
     /// The output files then.
     sinks: SinkState,
     /// The latest version of every model then: what the next message scores from.
-    versions: HashMap<String, u32>,
+    versions: Serving,
 }
 
 /// The consumer, assigned every partition of `input.topic` from `next` (else the group's

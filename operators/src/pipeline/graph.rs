@@ -32,13 +32,14 @@ use crate::config::RunConfig;
 use crate::data_prep::DataPrep;
 use crate::dead_letter::{DeadLetter, Originals};
 use crate::file_to_batch::{FileRows, FileTask, FileToBatch};
-use crate::filter_detections::FilterDetections;
+use crate::filter_detections::{FilterDetections, Rule};
 use crate::inference::{Inference, Scorer};
 use crate::metrics::SharedStats;
 use crate::post_proc::{Clock, PostProc};
 use crate::registry_writer::RegistryWriter;
 use crate::rolling_window::{RollingWindowExt, RollingWindows};
 use crate::serialize::{Columns, OutKind, SerializeDeadLetters, SerializeDetections};
+use crate::shadow::ShadowLines;
 use crate::sink::{SinkSet, WriteSinks};
 use crate::split_users::SplitUsers;
 use crate::state::StageState;
@@ -115,15 +116,21 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         s.stats.clone(),
     );
     let features = Arc::new(s.columns.features().to_vec());
+    let shadow = scored
+        .clone()
+        .shadow_lines(s.columns.clone(), Rule::of(&cfg.detection));
     let mut flagged = scored.clone().filter_detections(&cfg.detection);
     if let Some((budget, state)) = s.budget {
         flagged = flagged.budget(budget, &cfg.detection, state, s.stats.clone());
     }
     let detections = flagged.post_proc(features.clone(), s.clock.clone());
-    let mut lines = vec![detections.clone().serialize(
-        s.columns.clone(),
-        vec![OutKind::DetectionsCsv, OutKind::DetectionsJson],
-    )];
+    let mut lines = vec![
+        detections.clone().serialize(
+            s.columns.clone(),
+            vec![OutKind::DetectionsCsv, OutKind::DetectionsJson],
+        ),
+        shadow,
+    ];
     if let Some((suppressor, state)) = s.alerts {
         lines.push(detections.alerts(
             suppressor,

@@ -136,6 +136,7 @@ impl RunOptions {
         if self.write_scores {
             kinds.push(OutKind::ScoresCsv);
         }
+        kinds.push(OutKind::Shadow);
         kinds.push(OutKind::DeadLetters);
         kinds
     }

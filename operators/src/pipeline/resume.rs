@@ -6,10 +6,10 @@
 //!
 //! State: the directory's (see `crate::checkpoint`); nothing in memory beyond the run.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dfp_engine::lifecycle::Serving;
 use dfp_engine::{Error, Result};
 
 use super::worker::{Feed, execute, other_sinks};
@@ -43,7 +43,7 @@ impl Checkpointing {
         fingerprint: String,
         schema: &str,
         workers: usize,
-        versions: &HashMap<String, u32>,
+        versions: &Serving,
         first: bool,
     ) -> Result<Self> {
         let meta_file = settings.dir.join("meta.json");
@@ -70,7 +70,7 @@ impl Checkpointing {
             schema: schema.to_string(),
             source: fingerprint,
             workers,
-            versions: versions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            versions: versions.clone(),
         }
         .open_or_create(&settings.dir)?;
         let cut = if existed {
@@ -137,7 +137,7 @@ impl Checkpointing {
 pub(crate) fn run_stream(
     opts: &RunOptions,
     stream: &StreamInput,
-    versions: HashMap<String, u32>,
+    versions: Serving,
 ) -> Result<(Stats, usize)> {
     let ckpt = match &stream.checkpoint {
         Some(c) => Some(Arc::new(Checkpointing::open(

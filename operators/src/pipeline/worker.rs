@@ -8,13 +8,13 @@
 //! State: each worker's stages' (see `graph`), for the life of the run.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dfp_engine::device;
 use dfp_engine::ingest::Reader;
+use dfp_engine::lifecycle::Serving;
 use dfp_engine::model::Backend;
 use dfp_engine::registry::Registry;
 use dfp_engine::{Error, Result};
@@ -103,7 +103,7 @@ pub(crate) fn execute(
     opts: &RunOptions,
     feed: Feed,
     sinks: Option<SinkSet>,
-    versions: HashMap<String, u32>,
+    versions: Serving,
 ) -> Result<(Stats, usize)> {
     let once = matches!(&feed, Feed::Stream(_, Some(_)));
     execute_once(opts, feed, sinks, versions, once)
@@ -114,7 +114,7 @@ pub(crate) fn execute_once(
     opts: &RunOptions,
     feed: Feed,
     sinks: Option<SinkSet>,
-    versions: HashMap<String, u32>,
+    versions: Serving,
     once: bool,
 ) -> Result<(Stats, usize)> {
     // The run its models' lineage names: when it started and where it writes.
@@ -212,7 +212,7 @@ struct Shared {
     feed: Feed,
     /// The sinks, taken by worker 0.
     sinks: Mutex<Option<SinkSet>>,
-    versions: HashMap<String, u32>,
+    versions: Serving,
     once: bool,
     /// Model threads per worker.
     threads: usize,
@@ -245,9 +245,9 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
     if let Some(users) = restored {
         windows.restore(users);
     }
-    let (scorer_state, restored) = states.register::<HashMap<String, u32>>("scorer")?;
+    let (scorer_state, restored) = states.register::<Serving>("scorer")?;
     let versions = restored.unwrap_or_else(|| match &ckpt {
-        Some(c) => c.meta.versions.clone().into_iter().collect(),
+        Some(c) => c.meta.versions.clone(),
         None => run.versions.clone(),
     });
     let scorer = Scorer::new(

@@ -1,6 +1,7 @@
 //! The files sink (Morpheus' `write_to_file` stage): the output lines go to files in the output
 //! directory: `dfp_detections_{source}.csv` and `.jsonl`, `dfp_scores_{source}.csv` (with
-//! `--write-scores`), `dfp_alerts_{source}.jsonl` (`[alerts]`) and `dfp_dead_letter_{source}.jsonl`, each epoch's lines appended in the
+//! `--write-scores`), `dfp_alerts_{source}.jsonl` (`[alerts]`), `dfp_shadow_{source}.csv`
+//! (challengers' scores) and `dfp_dead_letter_{source}.jsonl`, each epoch's lines appended in the
 //! order they come (sorted by the sink stage) and flushed. State: each file's length, synced to
 //! disk for a checkpoint; a restart from it cuts the files back to those lengths
 //! ([`OutputFiles::resume`]), so lines written after the cut are not doubled. Files are
@@ -31,6 +32,7 @@ pub fn output_path(dir: &Path, source: &str, kind: OutKind) -> PathBuf {
         OutKind::ScoresCsv => format!("dfp_scores_{source}.csv"),
         OutKind::DeadLetters => format!("dfp_dead_letter_{source}.jsonl"),
         OutKind::Alerts => format!("dfp_alerts_{source}.jsonl"),
+        OutKind::Shadow => format!("dfp_shadow_{source}.csv"),
     })
 }
 
@@ -50,9 +52,13 @@ impl OutputFiles {
             let path = output_path(dir, source, kind);
             let file = dfp_engine::files::create(&path, "creating output")?;
             let mut w = BufWriter::new(file);
-            if matches!(kind, OutKind::DetectionsCsv | OutKind::ScoresCsv) {
-                writeln!(w, "{}", columns.csv_header())
-                    .map_err(|e| Error::io(&path, "writing output", e))?;
+            let header = match kind {
+                OutKind::DetectionsCsv | OutKind::ScoresCsv => Some(columns.csv_header()),
+                OutKind::Shadow => Some(crate::shadow::HEADER.to_string()),
+                OutKind::DetectionsJson | OutKind::DeadLetters | OutKind::Alerts => None,
+            };
+            if let Some(header) = header {
+                writeln!(w, "{header}").map_err(|e| Error::io(&path, "writing output", e))?;
             }
             w.flush()
                 .map_err(|e| Error::io(&path, "writing output", e))?;
