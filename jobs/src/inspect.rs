@@ -96,12 +96,16 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
             for (name, versions) in registry.list()? {
                 // Names are user ids: shown escaped, so no control character reaches the terminal.
                 let shown = name.escape_debug().to_string();
-                let read = registry.lifecycle(&name).and_then(|l| {
-                    let serving = registry.serving(&name)?.unwrap_or(0);
-                    Ok((l, serving, registry.version(&name, serving)?))
+                let aliases = |e: dfp_engine::Error| format!("aliases: {}", e.chain());
+                let read = registry.lifecycle(&name).map_err(aliases).and_then(|l| {
+                    let serving = registry.serving(&name).map_err(aliases)?.unwrap_or(0);
+                    let v = registry
+                        .version(&name, serving)
+                        .map_err(|e| format!("v{serving:06}: {}", e.chain()))?;
+                    Ok((l, v))
                 });
                 match read {
-                    Ok((l, _, v)) => println!(
+                    Ok((l, v)) => println!(
                         "{:<48} {:>8} {:>8} {:>10} {:>6}  {} .. {}",
                         shown,
                         versions.len(),
@@ -114,13 +118,13 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
                     Err(e) => {
                         unreadable += 1;
                         println!(
-                            "{:<48} {:>8} {:>8} {:>10} {:>6}  unreadable: {}",
+                            "{:<48} {:>8} {:>8} {:>10} {:>6}  unreadable {}",
                             shown,
                             versions.len(),
                             "-",
                             "-",
                             "-",
-                            e.chain().escape_debug()
+                            e.escape_debug()
                         );
                     }
                 }

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod post_proc;
+pub mod promotion;
 pub mod registry_writer;
 pub mod replay;
 pub mod rolling_window;

@@ -51,6 +51,8 @@ pub struct Stats {
     pub over_budget: u64,
     /// Alerts opened (detections suppressed into alerts: `detections` less this).
     pub alerts: u64,
+    /// Challengers promoted by the automatic policy.
+    pub promoted: u64,
     /// Dead letters written.
     pub dead_letters: u64,
     /// Errors that make the run fail (an output that cannot be written), each with its
@@ -109,6 +111,7 @@ impl Stats {
         self.detections += o.detections;
         self.over_budget += o.over_budget;
         self.alerts += o.alerts;
+        self.promoted += o.promoted;
         self.dead_letters += o.dead_letters;
         self.fatal.extend(o.fatal);
     }

@@ -69,6 +69,23 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
         .collect()
 }
 
+/// What a registry's files say about the models trained, without when and by which run: the
+/// model files, and each model's aliases.
+fn trained(tree: Tree) -> Tree {
+    tree.into_iter()
+        .filter_map(|(path, bytes)| {
+            if path.ends_with(".dfpmodel") {
+                return Some((path, bytes));
+            }
+            if path.ends_with("aliases.json") {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                return Some((path, v["aliases"].to_string().into_bytes()));
+            }
+            None
+        })
+        .collect()
+}
+
 #[test]
 fn one_two_and_four_workers_write_identical_outputs_and_models() {
     for source in [GenSource::Azure, GenSource::Duo] {
@@ -83,7 +100,7 @@ fn one_two_and_four_workers_write_identical_outputs_and_models() {
             assert!(s.stats.models_trained >= 2, "{source:?}: {}", s.line());
             assert!(s.stats.scored > 100, "{source:?}: {}", s.line());
             let outputs = file_tree(&root.join("output")).unwrap();
-            let models = file_tree(&root.join("models")).unwrap();
+            let models = trained(file_tree(&root.join("models")).unwrap());
             match &first {
                 None => first = Some((s, outputs, models)),
                 Some((s1, o1, m1)) => {
@@ -336,5 +353,81 @@ fn under_manual_promotion_a_retrained_model_waits_in_the_shadow_until_promoted_a
     let scored = run_to(8, "fourth");
     for name in &twice {
         assert_eq!(version_of(&scored, name), ["1"], "{name}");
+    }
+}
+
+#[test]
+fn auto_promotion_makes_the_challenger_champion_after_its_shadow_epochs_alike_for_1_and_4_workers()
+{
+    use dfp_engine::lifecycle::{Action, Promotion};
+    use dfp_engine::registry::Registry;
+    let base = tempfile::tempdir().unwrap();
+    let data = logs(GenSource::Azure, 8, 9, &base.path().join("logs"));
+    let mut first: Option<Tree> = None;
+    for workers in [1, 4] {
+        let root = base.path().join(format!("w{workers}"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&data, root.join("logs")).unwrap();
+        let control = root.join("control.json");
+        std::fs::write(
+            &control,
+            control_message("logs/*.json", date(1), date(6), date(9)),
+        )
+        .unwrap();
+        // The first run trains version 1 of each model; the second trains version 2, which
+        // waits as the challenger and is promoted after one epoch of shadow scores.
+        for out in ["first", "second"] {
+            let mut opts = options("azure", common::control(&control), &root, workers);
+            opts.output = root.join(out);
+            let l = &mut opts.config.lifecycle;
+            l.promotion = Promotion::Auto;
+            (l.min_epochs, l.min_rows, l.min_agreement) = (1, 1, 0.0);
+            l.max_alert_rate_increase = 1.0;
+            run(opts).unwrap();
+        }
+        let registry = Registry::open(&root.join("models")).unwrap();
+        let rows = csv_rows(&root.join("second").join("dfp_scores_azure.csv"));
+        let mut promoted = 0;
+        for (name, versions) in registry.list().unwrap() {
+            if versions.len() != 2 {
+                continue;
+            }
+            let l = registry.lifecycle(&name).unwrap();
+            let last = l.history.last().unwrap();
+            assert_eq!((l.champion(), l.challenger()), (Some(2), None), "{name}");
+            assert_eq!(
+                (last.action, last.by.as_str()),
+                (Action::Promote, "policy:auto")
+            );
+            assert!(last.why.contains("agreement"), "{}", last.why);
+            // Its rows in time order: version 1 until the epoch that promoted it, then 2.
+            let mut mine: Vec<(&str, &str)> = rows
+                .iter()
+                .filter(|r| r["model_version"].starts_with(&format!("{name}:")))
+                .map(|r| {
+                    (
+                        r["timestamp"].as_str(),
+                        &r["model_version"][name.len() + 1..],
+                    )
+                })
+                .collect();
+            mine.sort();
+            let versions: Vec<&str> = mine.iter().map(|m| m.1).collect();
+            assert!(
+                versions.is_sorted() && versions[0] == "1",
+                "{name}: {versions:?}"
+            );
+            let days: std::collections::BTreeSet<&str> = mine.iter().map(|m| &m.0[..10]).collect();
+            if days.len() > 1 {
+                assert_eq!(versions.last(), Some(&"2"), "{name}: {mine:?}");
+                promoted += 1;
+            }
+        }
+        assert!(promoted >= 2, "{promoted}");
+        let outputs = file_tree(&root.join("second")).unwrap();
+        match &first {
+            None => first = Some(outputs),
+            Some(o1) => assert!(&outputs == o1, "{workers} workers wrote other outputs"),
+        }
     }
 }

@@ -50,6 +50,9 @@ pub enum Promotion {
     Replace,
     /// It becomes the challenger; `dfp models promote` makes it the champion.
     Manual,
+    /// It becomes the challenger, scores in the shadow, and is promoted once it has shown
+    /// what the run config's `[lifecycle]` bounds ask.
+    Auto,
 }
 
 impl Promotion {
@@ -58,6 +61,7 @@ impl Promotion {
         match self {
             Promotion::Replace => "replace",
             Promotion::Manual => "manual",
+            Promotion::Auto => "auto",
         }
     }
 }
@@ -247,15 +251,10 @@ impl Registry {
                 );
                 Ok(true)
             }
-            (Some(_), Promotion::Manual) => {
+            (Some(_), Promotion::Manual | Promotion::Auto) => {
                 let replaced = l.aliases.insert(CHALLENGER.to_string(), version);
-                l.record(
-                    Action::Challenger,
-                    version,
-                    replaced,
-                    by,
-                    "newly trained (policy: manual)",
-                );
+                let why = format!("newly trained (policy: {})", policy.as_str());
+                l.record(Action::Challenger, version, replaced, by, &why);
                 Ok(false)
             }
         })

@@ -196,8 +196,8 @@ impl Registry {
     /// Registers `model` as the next version of its name; returns that version.
     pub fn register(&self, model: &Model) -> Result<ModelVersion> {
         let name = &model.header.name;
-        let challenged = self.serving(name)?;
         let dir = self.model_dir(name)?;
+        let challenged = self.serving(name)?;
         let tmp = dir.join(format!(
             ".tmp-{}-{:?}",
             std::process::id(),

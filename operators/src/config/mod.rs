@@ -70,13 +70,51 @@ pub struct MorpheusConfig {
 }
 
 /// What becomes of a newly trained model version (`[lifecycle]`): see
-/// [`dfp_engine::lifecycle`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// [`dfp_engine::lifecycle`] and, for `auto`, [`crate::promotion`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LifecycleConfig {
     /// `replace` (the default: it becomes the champion and scores at once; the one it replaces
-    /// can be rolled back to) or `manual` (it becomes the challenger until promoted).
+    /// can be rolled back to), `manual` (it becomes the challenger until promoted) or `auto`
+    /// (the challenger is promoted once it passes the bounds below).
     pub promotion: Promotion,
+    /// `auto`: the fewest epochs in which the challenger scored rows in the shadow.
+    pub min_epochs: u32,
+    /// `auto`: the fewest rows it scored.
+    pub min_rows: u64,
+    /// `auto`: the least share of rows on which it and the champion agree whether to alert.
+    pub min_agreement: f64,
+    /// `auto`: how much higher its alert rate (share of rows it would alert on) may be than the
+    /// champion's.
+    pub max_alert_rate_increase: f64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            promotion: Promotion::Replace,
+            min_epochs: 3,
+            min_rows: 200,
+            min_agreement: 0.95,
+            max_alert_rate_increase: 0.01,
+        }
+    }
+}
+
+impl LifecycleConfig {
+    /// Records out-of-range values under `path`.
+    pub fn check(&self, path: &str, p: &mut Problems) {
+        let key = |k: &str| dfp_engine::config::join(path, k);
+        if !(0.0..=1.0).contains(&self.min_agreement) {
+            p.push(key("min_agreement"), "a share in [0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.max_alert_rate_increase) {
+            p.push(key("max_alert_rate_increase"), "a share in [0, 1]");
+        }
+        if self.min_epochs == 0 {
+            p.push(key("min_epochs"), "at least 1");
+        }
+    }
 }
 
 /// How far an event's time may run ahead (`[events]`): of its file batch's period in a batch
@@ -176,6 +214,7 @@ impl RunConfig {
         self.model.check("model", &mut p);
         self.detection.check("detection", &mut p);
         self.alerts.check("alerts", &mut p);
+        self.lifecycle.check("lifecycle", &mut p);
         self.source.check("source", &mut p);
         self.checkpoint
             .check("checkpoint", &self.source.epoch, &mut p);

@@ -23,7 +23,7 @@ use dfp_engine::model::Backend;
 use dfp_engine::registry::Registry;
 use dfp_engine::schema::SourceSchema;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Concatenate, OkErr, Probe};
+use timely::dataflow::operators::{Concatenate, ConnectLoop, Feedback, OkErr, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle, Scope};
 
 use crate::alerts::{EpochEnds, SuppressAlerts, Suppressor};
@@ -36,7 +36,8 @@ use crate::filter_detections::{FilterDetections, Rule};
 use crate::inference::{Inference, Scorer};
 use crate::metrics::SharedStats;
 use crate::post_proc::{Clock, PostProc};
-use crate::registry_writer::RegistryWriter;
+use crate::promotion::{Promote, Promoter};
+use crate::registry_writer::{ModelNote, RegistryWriter};
 use crate::rolling_window::{RollingWindowExt, RollingWindows};
 use crate::serialize::{Columns, OutKind, SerializeDeadLetters, SerializeDetections};
 use crate::shadow::ShadowLines;
@@ -67,6 +68,8 @@ pub(crate) struct Stages {
     pub budget: Option<(Budget, StageState)>,
     /// Alert suppression, when the run writes alerts.
     pub alerts: Option<(Suppressor, StageState)>,
+    /// Automatic promotion, when the run's policy is `auto`.
+    pub promoter: Option<(Promoter, StageState)>,
     /// Each epoch's end in event time, for suppression.
     pub epoch_ends: EpochEnds,
     pub originals: Originals,
@@ -108,6 +111,13 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         s.stats.clone(),
     );
     let (infer_p, bad_infer) = infer_w.data_prep(s.schema.clone());
+    // Automatic promotion feeds the champions it makes back to inference, for the next epoch.
+    let (promotions, notes) = if s.promoter.is_some() {
+        let (handle, promoted) = scope.feedback::<Vec<ModelNote>>(1);
+        (Some(handle), scope.concatenate(vec![notes, promoted]))
+    } else {
+        (None, notes)
+    };
     let (scored, unscored) = infer_p.inference(
         notes.broadcast(),
         s.scorer.0,
@@ -115,6 +125,29 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         s.scorer.1,
         s.stats.clone(),
     );
+    let mut dead = vec![
+        dead_in.to_stream(scope),
+        bad_files,
+        no_user,
+        late,
+        bad_train,
+        failed,
+        unregistered,
+        bad_infer,
+        unscored,
+    ];
+    if let (Some((promoter, state)), Some(handle)) = (s.promoter, promotions) {
+        let (promoted, refused) = scored.clone().promote(
+            promoter,
+            &cfg.lifecycle,
+            Rule::of(&cfg.detection),
+            s.registry.clone(),
+            state,
+            s.stats.clone(),
+        );
+        promoted.connect_loop(handle);
+        dead.push(refused);
+    }
     let features = Arc::new(s.columns.features().to_vec());
     let shadow = scored
         .clone()
@@ -147,21 +180,7 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
                 .serialize(s.columns.clone(), vec![OutKind::ScoresCsv]),
         );
     }
-    lines.push(
-        scope
-            .concatenate(vec![
-                dead_in.to_stream(scope),
-                bad_files,
-                no_user,
-                late,
-                bad_train,
-                failed,
-                unregistered,
-                bad_infer,
-                unscored,
-            ])
-            .serialize_dead_letters(s.originals),
-    );
+    lines.push(scope.concatenate(dead).serialize_dead_letters(s.originals));
     scope
         .concatenate(lines)
         .sinks(s.sinks.0, s.sinks.1, s.stats.clone())

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use dfp_engine::device;
 use dfp_engine::ingest::Reader;
-use dfp_engine::lifecycle::Serving;
+use dfp_engine::lifecycle::{Promotion, Serving};
 use dfp_engine::model::Backend;
 use dfp_engine::registry::Registry;
 use dfp_engine::{Error, Result};
@@ -31,6 +31,7 @@ use crate::inference::Scorer;
 use crate::kafka::{KafkaSettings, parse_kafka_url};
 use crate::metrics::{SharedStats, Stats};
 use crate::plan::Plan;
+use crate::promotion::Promoter;
 use crate::rolling_window::{RollingWindows, WindowState};
 use crate::sink::files::OutputFiles;
 use crate::sink::kafka::KafkaSink;
@@ -285,6 +286,12 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
     } else {
         None
     };
+    let promoter = if o.config.lifecycle.promotion == Promotion::Auto {
+        let (state, restored) = states.register::<Promoter>("promotion")?;
+        Some((restored.unwrap_or_default(), state))
+    } else {
+        None
+    };
     let from = states.from();
     states.finish()?;
     let originals = match &run.feed {
@@ -310,6 +317,7 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
         sinks: (sinks, sink_state),
         budget,
         alerts,
+        promoter,
         epoch_ends: epoch_ends(&run.feed),
         originals,
     };
