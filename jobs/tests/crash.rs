@@ -1,7 +1,8 @@
 //! Exactly-once across crashes: a checkpointed `dfp run --stream` is killed with SIGKILL at
 //! random points, at least five times, and restarted each time; its detections, scores, dead
-//! letters, models and detections topic must then equal those of one uninterrupted run: none
-//! missing, none doubled. The same for a cluster of two processes sharing the state
+//! letters, alerts, shadow scores, models, champions and promotions (automatic promotion is on)
+//! and detections topic must then equal those of one uninterrupted run: none missing, none
+//! doubled. The same for a cluster of two processes sharing the state
 //! directory, every process killed at once and the whole cluster relaunched. Against a real
 //! Kafka broker (tansu on 127.0.0.1, started here).
 
@@ -83,6 +84,22 @@ fn models(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     all
 }
 
+/// Every model's aliases and the changes that made them (what, which version, by whom, why;
+/// not when).
+fn lifecycles(dir: &Path) -> BTreeMap<String, serde_json::Value> {
+    let mut all = file_tree(dir).unwrap();
+    all.retain(|name, _| name.ends_with("aliases.json"));
+    all.into_iter()
+        .map(|(name, bytes)| {
+            let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            for change in v["history"].as_array_mut().unwrap() {
+                change.as_object_mut().unwrap().remove("at");
+            }
+            (name, v)
+        })
+        .collect()
+}
+
 /// Every message of `topic`, sorted, read to the end of its partition.
 fn topic(broker: &Broker, topic: &str) -> Vec<String> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -144,8 +161,16 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
     cfg.files_per_day = 2;
     cfg.anomaly_days = 4;
     generate(&cfg, &logs).unwrap();
+    // Retrained models wait as challengers, score in the shadow, and are promoted by the run.
     let config = root.path().join("config.toml");
-    std::fs::write(&config, FAST_CONFIG).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{FAST_CONFIG}\n[lifecycle]\npromotion = \"auto\"\nmin_epochs = 2\nmin_rows = 20\n\
+             min_agreement = 0.9\nmax_alert_rate_increase = 0.05\n"
+        ),
+    )
+    .unwrap();
     let replayed = dfp_command()
         .args(["replay", "--source", "azure", "--speed", "max", "--files"])
         .arg(logs.join("*.json"))
@@ -242,6 +267,7 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
         "dfp_scores_azure.csv",
         "dfp_dead_letter_azure.jsonl",
         "dfp_alerts_azure.jsonl",
+        "dfp_shadow_azure.csv",
     ] {
         let want = std::fs::read_to_string(reference.join("output").join(file)).unwrap();
         let got = std::fs::read_to_string(crashed.join("output").join(file)).unwrap();
@@ -296,4 +322,22 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
         "model versions after {kills} kills"
     );
     assert!(want == got, "models differ after {kills} kills");
+    let (want, got) = (
+        lifecycles(&reference.join("models")),
+        lifecycles(&crashed.join("models")),
+    );
+    let text = serde_json::to_string(&want).unwrap();
+    assert!(
+        text.contains("policy:auto") && text.contains("\"challenger\""),
+        "the run must promote a challenger: {text}"
+    );
+    let shadow = std::fs::read_to_string(reference.join("output/dfp_shadow_azure.csv")).unwrap();
+    assert!(
+        shadow.lines().count() > 1,
+        "the run must score in the shadow"
+    );
+    assert!(
+        want == got,
+        "champions and promotions differ after {kills} kills"
+    );
 }

@@ -7,10 +7,14 @@
 //! epoch, once the frontier has passed it, its rows are added to the tallies and every model
 //! they touched is judged; a promotion is written to the registry (recorded with its reason as
 //! `policy:auto`) and announced as a [`ModelNote`] at the same epoch, which the pipeline feeds
-//! back to inference for the next epoch. State ([`Stateful`]): the tallies, checkpointed. A
-//! replayed epoch judges the same tallies the same way; promoting a version that is already
-//! the champion (written before a crash) changes nothing in the registry and is announced
-//! again, so inference sees what it saw.
+//! back to inference for the next epoch. State ([`Stateful`]): the tallies and the last
+//! announcement with the epoch it reaches inference at, checkpointed. A cut at epoch `c` holds
+//! inference's state before `c`, so the notes announced at `c - 1` are in flight on the
+//! feedback edge, in no stage's state: a run resuming from `c` takes them from the promoters'
+//! states ([`Promoter::in_flight`]) and gives them to inference first. A replayed epoch judges
+//! the same tallies the same way; promoting a version that is already the champion (written
+//! before a crash) changes nothing in the registry and is announced again, so inference sees
+//! what it saw.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +26,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::vec::Map;
 
-use crate::checkpoint::frontier_cut;
+use crate::checkpoint::{Cut, component, frontier_cut};
 use crate::config::LifecycleConfig;
 use crate::dead_letter::DeadLetter;
 use crate::filter_detections::Rule;
@@ -108,20 +112,41 @@ impl Tally {
     }
 }
 
-/// The tallies of the challengers this worker judges, by model name.
+/// The tallies of the challengers this worker judges, by model name, and its last
+/// announcement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Promoter {
     tallies: BTreeMap<String, Tally>,
+    /// The epoch the last promotions reach inference at (the one after they were decided),
+    /// and their notes.
+    announced: Option<(u64, Vec<ModelNote>)>,
 }
 
 impl Stateful for Promoter {
-    /// The tallies.
+    /// The tallies and the last announcement.
     fn snapshot(&mut self) -> Result<Vec<u8>> {
-        crate::checkpoint::encode(&self.tallies)
+        crate::checkpoint::encode(&*self)
     }
 }
 
 impl Promoter {
+    /// The notes in flight to inference at `cut` (announced by the promoters of every one of
+    /// `workers` workers in the epoch before it), by model name.
+    pub fn in_flight(cut: &Cut, workers: usize) -> Result<Vec<ModelNote>> {
+        let mut notes = Vec::new();
+        for w in 0..workers {
+            let name = component("promotion", w);
+            let p: Promoter = crate::checkpoint::decode(&cut.read(&name)?, &cut.path(&name))?;
+            if let Some((at, announced)) = p.announced
+                && at == cut.time
+            {
+                notes.extend(announced);
+            }
+        }
+        notes.sort();
+        Ok(notes)
+    }
+
     /// Adds an epoch's votes; returns the models they touched, by name.
     pub fn add(&mut self, votes: Vec<ShadowVote>) -> Vec<String> {
         let mut touched: Vec<String> = Vec::new();
@@ -243,9 +268,12 @@ impl<'s> Promote<'s> for StreamVec<'s, u64, Scored> {
                             ready,
                             frontier_cut(&[frontier]),
                             &stats,
-                            |promoter, _t, (cap, votes)| {
+                            |promoter, t, (cap, votes)| {
                                 let touched = promoter.add(votes);
                                 let (notes, dead) = promoter.judge(&touched, &cfg, &registry);
+                                if !notes.is_empty() {
+                                    promoter.announced = Some((t + 1, notes.clone()));
+                                }
                                 stats.borrow_mut().promoted += notes.len() as u64;
                                 let mut session = output.session(&cap);
                                 session.give_iterator(notes.into_iter().map(Ok));
@@ -320,9 +348,7 @@ mod tests {
         assert_eq!(p.tallies[&name].epochs, 2);
         // A replay of the state so far judges alike (the tallies are the state).
         let mut replay: Promoter =
-            crate::checkpoint::decode(&p.snapshot().unwrap(), std::path::Path::new("s"))
-                .map(|tallies| Promoter { tallies })
-                .unwrap();
+            crate::checkpoint::decode(&p.snapshot().unwrap(), std::path::Path::new("s")).unwrap();
         let touched = p.add(votes(&name, 2, 100, 2, 2));
         let (notes, dead) = p.judge(&touched, &cfg, &reg);
         assert!(dead.is_empty());

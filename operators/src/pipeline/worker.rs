@@ -251,7 +251,7 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
         Some(c) => c.meta.versions.clone(),
         None => run.versions.clone(),
     });
-    let scorer = Scorer::new(
+    let mut scorer = Scorer::new(
         Arc::new(o.schema.clone()),
         run.registry.clone(),
         versions,
@@ -288,6 +288,12 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
     };
     let promoter = if o.config.lifecycle.promotion == Promotion::Auto {
         let (state, restored) = states.register::<Promoter>("promotion")?;
+        // Promotions decided just before the cut had not reached inference yet.
+        if let Some(cut) = ckpt.as_ref().and_then(|c| c.cut.as_ref()) {
+            for note in Promoter::in_flight(cut, o.total_workers())? {
+                scorer.apply(note);
+            }
+        }
         Some((restored.unwrap_or_default(), state))
     } else {
         None
