@@ -43,6 +43,19 @@ pub enum ModelsCommand {
         #[arg(long, default_value = "promoted by hand")]
         why: String,
     },
+    /// How each challenger compared with its champion in a run's shadow scores: rows, agreement,
+    /// both alert rates, both median scores and the KS statistic between their scores.
+    Shadow {
+        /// The run's output directory.
+        #[arg(long, default_value = "output")]
+        output: std::path::PathBuf,
+        /// The source whose shadow file to read (dfp_shadow_{source}.csv).
+        #[arg(long, default_value = "azure")]
+        source: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Puts back the champion the current one replaced; the current one is kept, marked rolled
     /// back.
     Rollback {
@@ -74,13 +87,63 @@ pub struct IngestArgs {
 }
 
 /// `dfp models`.
-pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode> {
-    if !root.is_dir() {
-        anyhow::bail!("no model registry at {}", root.display());
+/// `dfp models shadow`: each challenger against its champion, from a run's shadow file.
+fn shadow(output: &Path, source: &str, json: bool) -> Result<ExitCode> {
+    let path = output.join(format!("dfp_shadow_{source}.csv"));
+    let rows = dfp_operators::shadow::compare(&path)?;
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!(
+            "{:<48} {:>8} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>6}",
+            "model",
+            "champion",
+            "challenger",
+            "rows",
+            "agreement",
+            "alerts",
+            "alerts'",
+            "median",
+            "ks"
+        );
+        for r in &rows {
+            println!(
+                "{:<48} {:>8} {:>10} {:>6} {:>9.4} {:>9.4} {:>9.4} {:>9.3} {:>6.3}",
+                r.model.escape_debug().to_string(),
+                r.champion.escape_debug().to_string(),
+                r.challenger.escape_debug().to_string(),
+                r.rows,
+                r.agreement,
+                r.champion_alert_rate,
+                r.challenger_alert_rate,
+                r.challenger_median - r.champion_median,
+                r.ks
+            );
+        }
+        println!(
+            "(alerts: the champion's alert rate, alerts': the challenger's; median: the challenger's median mean_abs_z less the champion's)"
+        );
     }
-    let registry = dfp_engine::registry::Registry::open(root)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode> {
+    let open = || -> Result<dfp_engine::registry::Registry> {
+        if !root.is_dir() {
+            anyhow::bail!("no model registry at {}", root.display());
+        }
+        Ok(dfp_engine::registry::Registry::open(root)?)
+    };
     match action {
+        ModelsCommand::Shadow {
+            output,
+            source,
+            json,
+        } => return shadow(&output, &source, json),
         ModelsCommand::List => {
+            let registry = open()?;
             let time = |us: Option<i64>| {
                 us.and_then(chrono::DateTime::from_timestamp_micros)
                     .map_or("-".to_string(), |t| {
@@ -137,6 +200,7 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
             }
         }
         ModelsCommand::Show { name, version } => {
+            let registry = open()?;
             let version = match version {
                 Some(v) => v,
                 None => *registry
@@ -164,6 +228,7 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         ModelsCommand::Promote { name, version, why } => {
+            let registry = open()?;
             let replaced = registry.promote(&name, version, "cli", &why)?;
             let was = replaced.map_or("none".to_string(), |v| v.to_string());
             println!(
@@ -172,6 +237,7 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
             );
         }
         ModelsCommand::Rollback { name, why } => {
+            let registry = open()?;
             let (from, to) = registry.rollback(&name, "cli", &why)?;
             println!(
                 "{}: rolled back from version {from} to version {to} (version {from} is kept, marked rolled back)",

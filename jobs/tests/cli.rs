@@ -466,6 +466,45 @@ fn models_promote_and_rollback_move_the_champion_and_refuse_what_does_not_exist(
 }
 
 #[test]
+fn models_shadow_compares_each_challenger_with_its_champion() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let missing = dfp(&["models", "shadow", "--output", out, "--source", "duo"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr).into_owned();
+    assert!(err.contains("dfp_shadow_duo.csv"), "{err}");
+    std::fs::write(
+        dir.path().join("dfp_shadow_duo.csv"),
+        format!(
+            "{}\ne1,u,t,DFP-duo-u,1,2,1.0,2.0,0,0,false,true\ne2,u,t,DFP-duo-u,1,2,3.0,4.0,0,0,true,true\n",
+            dfp_operators::shadow::HEADER
+        ),
+    )
+    .unwrap();
+    let shown = dfp(&[
+        "models", "shadow", "--output", out, "--source", "duo", "--json",
+    ]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&shown).trim()).unwrap();
+    assert_eq!(v["model"], "DFP-duo-u");
+    assert_eq!(v["rows"], 2);
+    assert_eq!(v["agreement"], 0.5);
+    assert_eq!(v["challenger_alert_rate"], 1.0);
+    let table = dfp(&["models", "shadow", "--output", out, "--source", "duo"]);
+    assert!(
+        stdout(&table)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("DFP-duo-u")
+    );
+}
+
+#[test]
 fn unknown_keys_are_warnings_and_strict_mode_makes_them_problems() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.json");

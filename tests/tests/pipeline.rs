@@ -331,6 +331,14 @@ fn under_manual_promotion_a_retrained_model_waits_in_the_shadow_until_promoted_a
     // The challengers trained at the run's first epoch scored every row of theirs in the
     // shadow, beside the champion.
     let shadow = shadow_of("second");
+    let compared =
+        dfp_operators::shadow::compare(&root.join("second/dfp_shadow_azure.csv")).unwrap();
+    assert_eq!(compared.len(), shadow.len());
+    for c in &compared {
+        let key = (c.model.clone(), c.champion.clone(), c.challenger.clone());
+        assert_eq!(Some(&(c.rows as usize)), shadow.get(&key));
+        assert!((0.0..=1.0).contains(&c.agreement) && (0.0..=1.0).contains(&c.ks));
+    }
     for name in &twice {
         let l = registry.lifecycle(name).unwrap();
         assert_eq!((l.champion(), l.challenger()), (Some(1), Some(2)), "{name}");
