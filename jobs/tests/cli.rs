@@ -420,6 +420,20 @@ fn models_promote_and_rollback_move_the_champion_and_refuse_what_does_not_exist(
         &["models", "rollback", &name, "--registry", reg],
         "no champion",
     );
+    // A hostile name is refused without touching anything outside the registry.
+    let hostile = "DFP-azure-../../outside";
+    let out = dfp(&[
+        "models",
+        "promote",
+        hostile,
+        "--version",
+        "1",
+        "--registry",
+        reg,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no version 1"));
+    assert!(!dir.path().join("outside").exists());
     for v in ["1", "2"] {
         let out = dfp(&[
             "models",

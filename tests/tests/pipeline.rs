@@ -391,7 +391,11 @@ fn auto_promotion_makes_the_challenger_champion_after_its_shadow_epochs_alike_fo
             l.promotion = Promotion::Auto;
             (l.min_epochs, l.min_rows, l.min_agreement) = (1, 1, 0.0);
             l.max_alert_rate_increase = 1.0;
-            run(opts).unwrap();
+            let summary = run(opts).unwrap();
+            if out == "second" {
+                assert!(summary.stats.promoted >= 2, "{}", summary.line());
+                assert!(summary.line().contains("challengers promoted"));
+            }
         }
         let registry = Registry::open(&root.join("models")).unwrap();
         let rows = csv_rows(&root.join("second").join("dfp_scores_azure.csv"));

@@ -177,8 +177,13 @@ impl RunSummary {
     /// The one-line summary.
     pub fn line(&self) -> String {
         let s = &self.stats;
+        let promoted = if s.promoted > 0 {
+            format!(" ({} challengers promoted)", s.promoted)
+        } else {
+            String::new()
+        };
         format!(
-            "{} rows from {} files in {} epochs, {} users, {} models trained, {} rows scored, {} detections, {} dead letters; {:.1} s ({:.0} rows/s)",
+            "{} rows from {} files in {} epochs, {} users, {} models trained{promoted}, {} rows scored, {} detections, {} dead letters; {:.1} s ({:.0} rows/s)",
             s.rows,
             s.files,
             self.epochs,
