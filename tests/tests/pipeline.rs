@@ -1,6 +1,8 @@
 //! End-to-end runs of the DFP dataflow on generated logs: 1, 2 and 4 workers give identical
 //! files and models; a golden scores file; bad input in the middle of a run; a user nobody
-//! trained; a corrupt model file. (Morpheus' own control messages: `morpheus.rs`.)
+//! trained; a corrupt model file; the champion/challenger lifecycle (manual and automatic
+//! promotion, shadow scores, rollback, aliases broken by hand). (Morpheus' own control
+//! messages: `morpheus.rs`.)
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
 
@@ -442,4 +444,43 @@ fn auto_promotion_makes_the_challenger_champion_after_its_shadow_epochs_alike_fo
             Some(o1) => assert!(&outputs == o1, "{workers} workers wrote other outputs"),
         }
     }
+}
+
+#[test]
+fn a_model_whose_aliases_were_broken_by_hand_is_left_out_and_the_run_goes_on() {
+    use dfp_engine::registry::{Registry, escape};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let first = train_and_score(GenSource::Azure, root, 1);
+    assert!(first.stats.models_trained >= 2);
+    let registry = Registry::open(&root.join("models")).unwrap();
+    let (name, _) = registry
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| !n.ends_with("generic_user"))
+        .unwrap();
+    let aliases = root.join("models").join(escape(&name)).join("aliases.json");
+    std::fs::write(&aliases, "{\"aliases\": [").unwrap();
+    std::fs::remove_dir_all(root.join("output")).unwrap();
+    let again = train_and_score(GenSource::Azure, root, 1);
+    // Its user is scored by the generic model; its retrained version is a dead letter naming
+    // the model and the file; every other model trained and served as before.
+    let user = name.strip_prefix("DFP-azure-").unwrap();
+    let rows = csv_rows(&root.join("output/dfp_scores_azure.csv"));
+    let theirs: Vec<_> = rows.iter().filter(|r| r["username"] == user).collect();
+    assert!(!theirs.is_empty(), "{user} has rows to score");
+    assert!(
+        theirs
+            .iter()
+            .all(|r| r["model_version"].starts_with("DFP-azure-generic_user:")),
+        "{user}"
+    );
+    let dead = read(&root.join("output/dfp_dead_letter_azure.jsonl"));
+    assert!(
+        dead.lines()
+            .any(|l| l.contains(&name) && l.contains("aliases.json")),
+        "{dead}"
+    );
+    assert_eq!(again.stats.models_trained + 1, first.stats.models_trained);
 }

@@ -314,14 +314,22 @@ impl Registry {
     }
 
     /// What a run starting now scores with: every model's serving version, and its challenger
-    /// where it has one.
+    /// where it has one. A model whose aliases cannot be read is left out (its users are
+    /// scored by the generic model) and logged with the reason; the others still serve.
     pub fn serving_all(&self) -> Result<Serving> {
         let mut out = Serving::default();
         for (name, _) in self.list()? {
+            let lifecycle = match self.lifecycle(&name) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(model = %name, error = %e.chain(), "the model's aliases are unreadable: it does not serve in this run");
+                    continue;
+                }
+            };
             if let Some(v) = self.serving(&name)? {
                 out.champions.insert(name.clone(), v);
             }
-            if let Some(c) = self.lifecycle(&name)?.challenger() {
+            if let Some(c) = lifecycle.challenger() {
                 out.challengers.insert(name, c);
             }
         }
@@ -429,6 +437,13 @@ mod tests {
         std::fs::write(&path, b"{\"aliases\": {\"champion\": \"two\"}}").unwrap();
         let e = reg.serving(&name).unwrap_err().to_string();
         assert!(e.contains("aliases.json") && e.contains("by hand"), "{e}");
+        // A run starting on it leaves that model out and serves the others.
+        assert!(!reg.serving_all().unwrap().champions.contains_key(&name));
+        let e = reg
+            .adopt(&name, 2, Promotion::Auto, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("aliases.json"), "{e}");
     }
 
     #[test]
