@@ -161,7 +161,10 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
                 let shown = name.escape_debug().to_string();
                 let aliases = |e: dfp_engine::Error| format!("aliases: {}", e.chain());
                 let read = registry.lifecycle(&name).map_err(aliases).and_then(|l| {
-                    let serving = registry.serving(&name).map_err(aliases)?.unwrap_or(0);
+                    let serving = registry
+                        .serving_in(&name, &l)
+                        .map_err(aliases)?
+                        .unwrap_or(0);
                     let v = registry
                         .version(&name, serving)
                         .map_err(|e| format!("v{serving:06}: {}", e.chain()))?;

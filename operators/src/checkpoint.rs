@@ -354,8 +354,8 @@ impl Cut {
                 "checkpoint",
                 format!(
                     "the checkpoint's cut at epoch {} has no state for {component}: this run \
-                     has a stateful stage the checkpointed run did not (enabling [alerts] or an \
-                     alert budget adds one); a stream resumes with the stages it started with, \
+                     has a stateful stage the checkpointed run did not (enabling [alerts], an \
+                     alert budget or automatic promotion adds one); a stream resumes with the stages it started with, \
                      so remove the state directory to start over with the new ones",
                     self.time
                 ),

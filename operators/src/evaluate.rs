@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
+use dfp_engine::registry::split_label;
 use dfp_engine::{Error, Result};
 use serde::Serialize;
 
@@ -281,8 +282,8 @@ pub fn evaluate(
         for r in s {
             // A user's own model is named after them (`DFP-{source}-{user}:{version}`);
             // any other model that scored them is the generic model, whatever it is called.
-            let model = r[3].rsplit_once(':').map_or(r[3].as_str(), |(m, _)| m);
-            let own = model
+            let own = split_label(&r[3])
+                .0
                 .strip_suffix(r[4].as_str())
                 .is_some_and(|rest| rest.ends_with('-'));
             let name = if own { "own model" } else { "generic model" };

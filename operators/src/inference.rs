@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use dfp_engine::lifecycle::Serving;
 use dfp_engine::model::{Backend, Model, score};
-use dfp_engine::registry::{ModelCache, Registry, model_name};
+use dfp_engine::registry::{ModelCache, Registry, model_name, split_label};
 use dfp_engine::rows::Row;
 use dfp_engine::schema::SourceSchema;
 use serde::{Deserialize, Serialize};
@@ -271,10 +271,7 @@ impl Scorer {
         // in the same backend call, after the champions.
         let shadows: Vec<Option<(String, Arc<Model>)>> = chosen
             .iter()
-            .map(|(_, label, _, _)| {
-                let name = label.rsplit_once(':').map_or(label.as_str(), |(n, _)| n);
-                self.challenger_of(name)
-            })
+            .map(|(_, label, _, _)| self.challenger_of(split_label(label).0))
             .collect();
         let mut requests: Vec<(&Model, &arrow::array::RecordBatch)> = chosen
             .iter()

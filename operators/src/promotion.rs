@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use dfp_engine::Result;
-use dfp_engine::registry::Registry;
+use dfp_engine::registry::{Registry, split_label};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
@@ -53,10 +53,10 @@ impl ShadowVote {
     /// The vote of `s`, if a challenger scored it.
     pub fn of(s: &Scored, rule: &Rule) -> Option<Self> {
         let shadow = s.shadow.as_ref()?;
-        let (model, version) = shadow.model_version.rsplit_once(':')?;
+        let (model, version) = split_label(&shadow.model_version);
         Some(ShadowVote {
             model: model.to_string(),
-            challenger: version.parse().ok()?,
+            challenger: version?.parse().ok()?,
             champion_alert: rule.flags(s.mean_abs_z, s.calibrated_z),
             challenger_alert: rule.flags(shadow.mean_abs_z, shadow.calibrated_z),
         })
@@ -81,18 +81,31 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Counts one row both scored, with whether each would alert on it.
+    pub fn count(&mut self, champion_alert: bool, challenger_alert: bool) {
+        self.rows += 1;
+        self.champion_alerts += u64::from(champion_alert);
+        self.challenger_alerts += u64::from(challenger_alert);
+        self.agree += u64::from(champion_alert == challenger_alert);
+    }
+
     /// Share of rows on which both would do the same.
     pub fn agreement(&self) -> f64 {
         self.agree as f64 / (self.rows as f64).max(1.0)
     }
 
-    /// Why the challenger is promoted under `cfg`, or None while it is not.
-    pub fn verdict(&self, cfg: &LifecycleConfig) -> Option<String> {
+    /// The shares of rows the champion and the challenger would alert on.
+    pub fn alert_rates(&self) -> (f64, f64) {
         let rows = (self.rows as f64).max(1.0);
-        let (champion, challenger) = (
+        (
             self.champion_alerts as f64 / rows,
             self.challenger_alerts as f64 / rows,
-        );
+        )
+    }
+
+    /// Why the challenger is promoted under `cfg`, or None while it is not.
+    pub fn verdict(&self, cfg: &LifecycleConfig) -> Option<String> {
+        let (champion, challenger) = self.alert_rates();
         let ready = self.epochs >= cfg.min_epochs
             && self.rows >= cfg.min_rows
             && self.agreement() >= cfg.min_agreement
@@ -163,10 +176,7 @@ impl Promoter {
                 tally.epochs += 1;
                 touched.push(v.model.clone());
             }
-            tally.rows += 1;
-            tally.champion_alerts += u64::from(v.champion_alert);
-            tally.challenger_alerts += u64::from(v.challenger_alert);
-            tally.agree += u64::from(v.champion_alert == v.challenger_alert);
+            tally.count(v.champion_alert, v.challenger_alert);
         }
         touched.sort();
         touched

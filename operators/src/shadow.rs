@@ -10,11 +10,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat};
+use dfp_engine::registry::split_label;
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Map;
 
 use crate::filter_detections::Rule;
 use crate::inference::Scored;
+use crate::promotion::Tally;
 use crate::serialize::{Columns, Line, OutKind, csv_line};
 
 /// The shadow file's CSV header.
@@ -22,18 +24,10 @@ pub const HEADER: &str = "event_id,username,timestamp,model,champion_version,cha
 champion_mean_abs_z,challenger_mean_abs_z,champion_calibrated_z,challenger_calibrated_z,\
 champion_alert,challenger_alert";
 
-/// The version part of `name:version`.
-fn version_of(label: &str) -> &str {
-    label.rsplit_once(':').map_or(label, |(_, v)| v)
-}
-
 /// The shadow line of `s`, if a challenger scored it.
 pub fn shadow_line(columns: &Columns, rule: &Rule, s: &Scored) -> Option<Line> {
     let shadow = s.shadow.as_ref()?;
-    let model = s
-        .model_version
-        .rsplit_once(':')
-        .map_or(s.model_version.as_str(), |(n, _)| n);
+    let (model, champion) = split_label(&s.model_version);
     let time = DateTime::from_timestamp_micros(s.row.ts)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
         .unwrap_or_else(|| s.row.ts.to_string());
@@ -42,8 +36,11 @@ pub fn shadow_line(columns: &Columns, rule: &Rule, s: &Scored) -> Option<Line> {
         s.user.clone(),
         time,
         model.to_string(),
-        version_of(&s.model_version).to_string(),
-        version_of(&shadow.model_version).to_string(),
+        champion.unwrap_or_default().to_string(),
+        split_label(&shadow.model_version)
+            .1
+            .unwrap_or_default()
+            .to_string(),
         s.mean_abs_z.to_string(),
         shadow.mean_abs_z.to_string(),
         s.calibrated_z.to_string(),
@@ -130,7 +127,8 @@ pub fn compare(path: &std::path::Path) -> dfp_engine::Result<Vec<Comparison>> {
     };
     let mut reader = csv::Reader::from_path(path)
         .map_err(|e| Error::stage("shadow", format!("{}: {e}", path.display())))?;
-    type Scores = (Vec<f64>, Vec<f64>, u64, u64, u64);
+    // Per (model, champion, challenger): both versions' scores and their alert counts.
+    type Scores = (Vec<f64>, Vec<f64>, Tally);
     let mut groups: std::collections::BTreeMap<(String, String, String), Scores> =
         std::collections::BTreeMap::new();
     for (i, record) in reader.records().enumerate() {
@@ -159,31 +157,27 @@ pub fn compare(path: &std::path::Path) -> dfp_engine::Result<Vec<Comparison>> {
         let g = groups.entry(key).or_default();
         g.0.push(number(6)?);
         g.1.push(number(7)?);
-        g.2 += u64::from(champion_alert);
-        g.3 += u64::from(challenger_alert);
-        g.4 += u64::from(champion_alert == challenger_alert);
+        g.2.count(champion_alert, challenger_alert);
     }
     Ok(groups
         .into_iter()
-        .map(
-            |((model, champion, challenger), (mut a, mut b, ca, cb, agree))| {
-                a.sort_by(f64::total_cmp);
-                b.sort_by(f64::total_cmp);
-                let rows = a.len() as f64;
-                Comparison {
-                    model,
-                    champion,
-                    challenger,
-                    rows: a.len() as u64,
-                    agreement: agree as f64 / rows,
-                    champion_alert_rate: ca as f64 / rows,
-                    challenger_alert_rate: cb as f64 / rows,
-                    champion_median: median(&a),
-                    challenger_median: median(&b),
-                    ks: ks(&a, &b),
-                }
-            },
-        )
+        .map(|((model, champion, challenger), (mut a, mut b, tally))| {
+            a.sort_by(f64::total_cmp);
+            b.sort_by(f64::total_cmp);
+            let (champion_alert_rate, challenger_alert_rate) = tally.alert_rates();
+            Comparison {
+                model,
+                champion,
+                challenger,
+                rows: tally.rows,
+                agreement: tally.agreement(),
+                champion_alert_rate,
+                challenger_alert_rate,
+                champion_median: median(&a),
+                challenger_median: median(&b),
+                ks: ks(&a, &b),
+            }
+        })
         .collect())
 }
 

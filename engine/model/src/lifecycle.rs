@@ -215,18 +215,6 @@ impl Registry {
         Ok(self.lifecycle(name)?.aliases.get(alias).copied())
     }
 
-    /// Points `alias` of `name` at `version` (which must exist), recorded as done `by`.
-    pub fn set_alias(&self, name: &str, alias: &str, version: u32, by: &str) -> Result<()> {
-        if alias == CHAMPION {
-            return self.promote(name, version, by, "alias set").map(|_| ());
-        }
-        self.require_version(name, version)?;
-        self.update_lifecycle(name, |l| {
-            l.aliases.insert(alias.to_string(), version);
-            Ok(())
-        })
-    }
-
     /// Gives a newly registered `version` of `name` its alias under `policy`: the champion
     /// when the model has none or the policy replaces, else the challenger (an older
     /// challenger is dropped; it stays a version). Returns whether it became the champion. A
@@ -302,7 +290,11 @@ impl Registry {
     /// The version of `name` that scores: the champion, else the latest version not rolled
     /// back; None when it has none.
     pub fn serving(&self, name: &str) -> Result<Option<u32>> {
-        let lifecycle = self.lifecycle(name)?;
+        self.serving_in(name, &self.lifecycle(name)?)
+    }
+
+    /// [`Self::serving`] with `name`'s lifecycle already read.
+    pub fn serving_in(&self, name: &str, lifecycle: &Lifecycle) -> Result<Option<u32>> {
         if let Some(c) = lifecycle.champion() {
             return Ok(Some(c));
         }
@@ -326,7 +318,7 @@ impl Registry {
                     continue;
                 }
             };
-            if let Some(v) = self.serving(&name)? {
+            if let Some(v) = self.serving_in(&name, &lifecycle)? {
                 out.champions.insert(name.clone(), v);
             }
             if let Some(c) = lifecycle.challenger() {

@@ -120,6 +120,15 @@ impl ModelVersion {
     }
 }
 
+/// The model name and the version of a `name:version` label ([`ModelVersion::label`]); the
+/// version is None when the label has no `:` (the name is then the whole label).
+pub fn split_label(label: &str) -> (&str, Option<&str>) {
+    match label.rsplit_once(':') {
+        Some((name, version)) => (name, Some(version)),
+        None => (label, None),
+    }
+}
+
 /// A registry rooted at a directory.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -477,13 +486,14 @@ mod tests {
         let tags = reg.version(&m.header.name, 1).unwrap();
         assert_eq!(tags.header.rows, m.header.rows);
         assert_eq!(reg.list().unwrap(), [(m.header.name.clone(), vec![1, 2])]);
-        reg.set_alias(&m.header.name, "champion", 1, "test")
-            .unwrap();
+        reg.promote(&m.header.name, 1, "test", "first").unwrap();
         assert_eq!(reg.alias(&m.header.name, "champion").unwrap(), Some(1));
-        assert!(
-            reg.set_alias(&m.header.name, "champion", 7, "test")
-                .is_err()
+        assert!(reg.promote(&m.header.name, 7, "test", "none").is_err());
+        assert_eq!(
+            split_label("DFP-azure-a:b@x.com:12"),
+            ("DFP-azure-a:b@x.com", Some("12"))
         );
+        assert_eq!(split_label("plain"), ("plain", None));
         assert_eq!(
             reg.version_numbers("DFP-azure-nobody").unwrap(),
             Vec::<u32>::new()

@@ -78,7 +78,7 @@ struct ControlState {
     next: BTreeMap<i32, i64>,
     /// The output files then.
     sinks: SinkState,
-    /// The latest version of every model then: what the next message scores from.
+    /// Every model's champion and challenger then: what the next message scores from.
     versions: Serving,
 }
 

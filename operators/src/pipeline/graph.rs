@@ -136,11 +136,12 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         bad_infer,
         unscored,
     ];
+    let rule = Rule::of(&cfg.detection);
     if let (Some((promoter, state)), Some(handle)) = (s.promoter, promotions) {
         let (promoted, refused) = scored.clone().promote(
             promoter,
             &cfg.lifecycle,
-            Rule::of(&cfg.detection),
+            rule,
             s.registry.clone(),
             state,
             s.stats.clone(),
@@ -149,9 +150,7 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         dead.push(refused);
     }
     let features = Arc::new(s.columns.features().to_vec());
-    let shadow = scored
-        .clone()
-        .shadow_lines(s.columns.clone(), Rule::of(&cfg.detection));
+    let shadow = scored.clone().shadow_lines(s.columns.clone(), rule);
     let mut flagged = scored.clone().filter_detections(&cfg.detection);
     if let Some((budget, state)) = s.budget {
         flagged = flagged.budget(budget, &cfg.detection, state, s.stats.clone());
