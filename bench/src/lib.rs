@@ -3,6 +3,7 @@
 //! streaming tests too).
 
 pub mod broker;
+pub mod mlflow;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -1,20 +1,23 @@
 //! The commands that look without running: `dfp validate` (control messages, schemas, run
 //! configs), `dfp plan` (a control message's files and batches), `dfp ingest` (log files read
-//! by a schema) and `dfp models` (the registry: list and show its versions, and the two
-//! commands that change it, promote and rollback).
+//! by a schema) and `dfp models` (the registry: list and show its versions, the two commands
+//! that change it, promote and rollback, and the push of an MLflow registry's local copy).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use arrow::array::AsArray;
 use clap::Subcommand;
 use dfp_engine::control::{ControlMessage, FileScope, expand_globs};
 use dfp_engine::ingest::{DeadLetterWriter, InputFormat, Reader};
+use dfp_engine::registry::Registry;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
+use dfp_operators::mlflow::{Client, Syncer};
 use dfp_operators::plan::Plan;
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +68,10 @@ pub enum ModelsCommand {
         #[arg(long, default_value = "rolled back by hand")]
         why: String,
     },
+    /// Pushes the local copy of an MLflow registry (--registry mlflow+http://HOST:PORT) to the
+    /// server: every version, alias and rollback mark it lacks, trying again with backoff for
+    /// --mlflow-flush seconds; exits 1 naming what is left.
+    Sync,
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,7 +136,41 @@ fn shadow(output: &Path, source: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode> {
+pub fn models(args: &crate::run::RegistryArgs, action: ModelsCommand) -> Result<ExitCode> {
+    let spec = args.spec()?;
+    let root = spec.local.as_path();
+    // With MLflow: the models changed here are pushed before the command returns.
+    let push = |names: BTreeSet<String>| -> Result<ExitCode> {
+        let Some(uri) = &spec.mlflow else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let client = Client::new(uri, Duration::from_secs(30))?;
+        let mut syncer = Syncer::new(Registry::open(root)?, client);
+        let deadline = Instant::now() + args.flush();
+        let (pushed, left) = if names.is_empty() {
+            syncer.sync_all(deadline)?
+        } else {
+            syncer.sync_until(names, deadline)
+        };
+        println!(
+            "MLflow {}: {} versions and {} alias updates pushed",
+            syncer.client().base(),
+            pushed.versions,
+            pushed.aliases
+        );
+        for (model, error) in &left {
+            eprintln!(
+                "error: {} not pushed to MLflow (kept in {}; `dfp models sync` tries again): {error}",
+                model.escape_debug(),
+                root.display()
+            );
+        }
+        Ok(if left.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    };
     let open = || -> Result<dfp_engine::registry::Registry> {
         if !root.is_dir() {
             anyhow::bail!("no model registry at {}", root.display());
@@ -238,6 +279,7 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
                 "{}: version {version} is the champion (was {was})",
                 name.escape_debug()
             );
+            return push(BTreeSet::from([name]));
         }
         ModelsCommand::Rollback { name, why } => {
             let registry = open()?;
@@ -246,6 +288,17 @@ pub fn models(root: &std::path::Path, action: ModelsCommand) -> Result<ExitCode>
                 "{}: rolled back from version {from} to version {to} (version {from} is kept, marked rolled back)",
                 name.escape_debug()
             );
+            return push(BTreeSet::from([name]));
+        }
+        ModelsCommand::Sync => {
+            if spec.mlflow.is_none() {
+                anyhow::bail!(
+                    "dfp models sync pushes to MLflow: give --registry mlflow+http://HOST:PORT \
+                     (and --registry-cache DIR, the local copy)"
+                );
+            }
+            open()?;
+            return push(BTreeSet::new());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -74,11 +74,11 @@ enum Command {
         #[command(subcommand)]
         action: ClusterCommand,
     },
-    /// The local model registry: list and show versions, promote and roll back champions.
+    /// The model registry: list and show versions, promote and roll back champions, push to
+    /// MLflow.
     Models {
-        /// The registry directory.
-        #[arg(long, default_value = "models", global = true)]
-        registry: PathBuf,
+        #[command(flatten)]
+        registry: run::RegistryArgs,
         #[command(subcommand)]
         action: ModelsCommand,
     },

@@ -13,10 +13,41 @@ use dfp_engine::period::Span;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::{RunConfig, SinkConfig, SourceKind};
 use dfp_operators::kafka::parse_kafka_url;
-use dfp_operators::pipeline::{ClusterSpec, Input, RunOptions};
+use dfp_operators::mlflow::RegistrySpec;
+use dfp_operators::pipeline::{ClusterSpec, Input, MlflowOptions, RunOptions};
 use dfp_operators::post_proc::Clock;
 
 use crate::cluster;
+
+/// Where the models are kept: `--registry` and, for an MLflow registry, its local copy and
+/// how long a run keeps trying to push to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// The model registry: a directory, or mlflow+http://HOST:PORT (an MLflow tracking
+    /// server; models are written to --registry-cache first, then pushed there).
+    #[arg(long, default_value = "models", global = true)]
+    registry: String,
+    /// The local copy of an MLflow registry: runs train into and score from it, and it is
+    /// pushed to MLflow as it changes.
+    #[arg(long, default_value = "models", value_name = "DIR", global = true)]
+    registry_cache: PathBuf,
+    /// How long the end of a run (or `dfp models sync`) keeps trying to push what MLflow
+    /// has not taken yet, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS", global = true)]
+    mlflow_flush: u64,
+}
+
+impl RegistryArgs {
+    /// The registry these flags name.
+    pub fn spec(&self) -> Result<RegistrySpec> {
+        Ok(RegistrySpec::parse(&self.registry, &self.registry_cache)?)
+    }
+
+    /// `--mlflow-flush`.
+    pub fn flush(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.mlflow_flush)
+    }
+}
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("input").args(["control_messages", "stream", "watch", "control_topic"])))]
@@ -114,9 +145,8 @@ pub struct RunArgs {
     /// driver are there, else the CPU).
     #[arg(long, default_value = "cpu")]
     device: dfp_engine::model::Device,
-    /// The model registry directory.
-    #[arg(long, default_value = "models")]
-    registry: PathBuf,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// The output directory.
     #[arg(long, default_value = "output")]
     output: PathBuf,
@@ -371,6 +401,7 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         }
     };
     let cluster = cluster_spec(&args)?;
+    let registry = args.registry.spec()?;
     // With the detections on standard output the summary goes to stderr, so a pipe gets
     // detections only.
     let summary_to_stderr = config.sinks.contains(&SinkConfig::Stdout {});
@@ -381,7 +412,10 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         workers: args.workers,
         threads: args.threads,
         device: args.device,
-        registry: args.registry,
+        registry: registry.local,
+        mlflow: registry
+            .mlflow
+            .map(|uri| MlflowOptions::new(&uri, args.registry.flush())),
         output: args.output,
         write_scores: args.write_scores,
         clock,

@@ -580,3 +580,73 @@ fn globs_resolve_in_the_working_directory_when_only_there_they_match() {
     assert!(all.contains("resolving them there"), "{all}");
     assert!(all.contains("2 batches"), "{all}");
 }
+
+#[test]
+fn models_with_an_mlflow_registry_push_promotions_and_sync_says_what_it_could_not_push() {
+    use dfp_bench::mlflow::{MlflowServer, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let name = registry_with_a_model(dir.path());
+    let cache = dir.path().join("models");
+    let cache = cache.to_str().unwrap();
+    // Down: the promotion is made locally, the command fails naming the server, nothing lost.
+    let port = free_port();
+    let uri = format!("mlflow+http://127.0.0.1:{port}");
+    let mlflow = [
+        "--registry",
+        &uri,
+        "--registry-cache",
+        cache,
+        "--mlflow-flush",
+        "1",
+    ];
+    let with = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(mlflow);
+        dfp(&all)
+    };
+    let out = with(&["models", "promote", &name, "--version", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("dfp models sync"),
+        "{err}"
+    );
+    let out = dfp(&["models", "list", "--registry", cache]);
+    let text = stdout(&out);
+    let line = text.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert_eq!(line.split_whitespace().nth(2), Some("1"), "{line}");
+    // Up: sync pushes both versions and the champion; a rollback is pushed at once.
+    let server = MlflowServer::on(port);
+    let out = with(&["models", "sync"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("2 versions and 1 alias updates pushed"),
+        "{}",
+        stdout(&out)
+    );
+    let out = with(&["models", "promote", &name, "--version", "2"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("0 versions and 1 alias updates pushed"),
+        "{}",
+        stdout(&out)
+    );
+    let out = with(&["models", "rollback", &name]);
+    assert!(out.status.success());
+    let client =
+        dfp_operators::mlflow::Client::new(&server.uri(), std::time::Duration::from_secs(10))
+            .unwrap();
+    let model = client.model(&name).unwrap();
+    assert_eq!(model["aliases"][0]["alias"], "champion");
+    assert_eq!(model["aliases"][0]["version"], "1");
+    // Without MLflow, sync says what it needs; a registry URI it cannot use is refused.
+    let out = dfp(&["models", "sync", "--registry", cache]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mlflow+http://HOST:PORT"));
+    let out = dfp(&["models", "list", "--registry", "s3://bucket/models"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a registry is a directory or"));
+}

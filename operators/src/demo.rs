@@ -131,6 +131,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
         device: Device::Cpu,
         registry: registry.clone(),
         output: output.clone(),
+        mlflow: None,
         write_scores: true,
         clock: opts.clock.clone(),
         progress: opts.progress,

@@ -30,6 +30,7 @@ pub mod frontier;
 pub mod inference;
 pub mod kafka;
 pub mod metrics;
+pub mod mlflow;
 pub mod pipeline;
 pub mod plan;
 pub mod post_proc;

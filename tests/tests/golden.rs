@@ -84,6 +84,7 @@ fn the_end_to_end_month_writes_its_golden_detections() {
         device: Device::Cpu,
         registry: dir.path().join("models"),
         output: dir.path().join("output"),
+        mlflow: None,
         write_scores: false,
         clock: clock(),
         progress: false,

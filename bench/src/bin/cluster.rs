@@ -63,6 +63,7 @@ fn layout(root: &Path, control: &Path, n: usize, config: &RunConfig) -> Result<R
                 device: Device::Cpu,
                 registry: out.join("models"),
                 output: out.join("output"),
+                mlflow: None,
                 write_scores: false,
                 clock: Arc::new(|| chrono::DateTime::UNIX_EPOCH),
                 progress: false,

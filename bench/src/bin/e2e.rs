@@ -59,6 +59,7 @@ fn child(
         device: Device::Cpu,
         registry: work.path().join("models"),
         output: output.clone(),
+        mlflow: None,
         write_scores: true,
         clock: Arc::new(chrono::Utc::now),
         progress: false,

@@ -63,6 +63,7 @@ fn options(schema: &SourceSchema, input: Input, root: &Path, config: RunConfig) 
         device: Device::Cpu,
         registry: root.join("models"),
         output: root.join("output"),
+        mlflow: None,
         write_scores: false,
         clock: Arc::new(chrono::Utc::now),
         progress: false,

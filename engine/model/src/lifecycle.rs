@@ -190,6 +190,7 @@ impl Registry {
             source: e,
         })?;
         files::replace(&path, &text, "writing aliases")?;
+        self.changed(name);
         Ok(out)
     }
 

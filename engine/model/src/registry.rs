@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::Sender;
 
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +135,7 @@ pub fn split_label(label: &str) -> (&str, Option<&str>) {
 pub struct Registry {
     root: PathBuf,
     run: Option<String>,
+    changes: Option<Sender<String>>,
 }
 
 fn version_file(dir: &Path, version: u32, ext: &str) -> PathBuf {
@@ -147,7 +149,24 @@ impl Registry {
         Ok(Registry {
             root: root.to_path_buf(),
             run: None,
+            changes: None,
         })
+    }
+
+    /// The same registry, sending the name of every model it changes (a new version, an alias
+    /// moved) to `changes`, after the change is on disk: a mirror of the registry (the MLflow
+    /// sync) follows it from there.
+    pub fn notifying(mut self, changes: Sender<String>) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
+    /// Tells the mirror, if any, that `name` changed (a mirror that has stopped is no loss:
+    /// the next sync compares the whole registry).
+    pub(crate) fn changed(&self, name: &str) {
+        if let Some(tx) = &self.changes {
+            let _ = tx.send(name.to_string());
+        }
     }
 
     /// The same registry, recording `run` as the run that trained the versions it registers.
@@ -167,7 +186,7 @@ impl Registry {
 
     /// The folder of `name`, created if missing, to write into: a symbolic link there is
     /// refused, so registry writes stay inside the registry.
-    pub(crate) fn model_dir(&self, name: &str) -> Result<PathBuf> {
+    pub fn model_dir(&self, name: &str) -> Result<PathBuf> {
         let dir = self.dir(name);
         if files::is_link(&dir) {
             return Err(Error::stage(
@@ -260,6 +279,7 @@ impl Registry {
             source: e,
         })?;
         files::replace(&tags, &text, "writing model tags")?;
+        self.changed(name);
         Ok(v)
     }
 
@@ -308,6 +328,12 @@ impl Registry {
             .into_iter()
             .map(|v| self.version(name, v))
             .collect()
+    }
+
+    /// The bytes of one version's model file, as registered.
+    pub fn model_bytes(&self, name: &str, version: u32) -> Result<Vec<u8>> {
+        let path = version_file(&self.dir(name), version, "dfpmodel");
+        std::fs::read(&path).map_err(|e| Error::io(&path, "reading model version", e))
     }
 
     /// Loads one version's model.

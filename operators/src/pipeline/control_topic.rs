@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use dfp_engine::control::{ControlMessage, FileScope};
 use dfp_engine::lifecycle::Serving;
-use dfp_engine::registry::Registry;
 use dfp_engine::{Error, Result};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -122,7 +121,7 @@ fn consumer(
 /// Runs every control message of the topic, in order, until stopped (or, bounded, at the
 /// topic's end); returns the counters summed over the messages and the epochs run.
 pub(crate) fn run(opts: &RunOptions, input: &ControlTopicInput) -> Result<(Stats, usize)> {
-    let registry = Registry::open(&opts.registry)?;
+    let registry = opts.open_registry()?;
     let source = &opts.schema.name;
     let state_path = input.state_dir.as_ref().map(|d| d.join("control.state"));
     if let Some(dir) = &input.state_dir {

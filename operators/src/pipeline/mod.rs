@@ -26,7 +26,8 @@ mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
 
 use dfp_engine::control::{ControlMessage, FileScope};
 use dfp_engine::files::DirLock;
@@ -38,6 +39,7 @@ use serde::Serialize;
 
 use crate::config::RunConfig;
 use crate::metrics::Stats;
+use crate::mlflow::{Mirror, MirrorReport};
 use crate::plan::Plan;
 use crate::post_proc::Clock;
 use crate::run_status::{RunStatus, Status};
@@ -65,6 +67,8 @@ pub struct RunOptions {
     pub device: Device,
     /// The model registry directory.
     pub registry: PathBuf,
+    /// The MLflow server the registry is mirrored to, if any (`crate::mlflow`).
+    pub mlflow: Option<MlflowOptions>,
     /// The output directory.
     pub output: PathBuf,
     /// Also write every scored row.
@@ -80,6 +84,28 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
 }
 
+/// The MLflow server a run mirrors its registry to.
+#[derive(Debug, Clone)]
+pub struct MlflowOptions {
+    /// `mlflow+http://HOST:PORT`.
+    pub uri: String,
+    /// How long the end of the run keeps trying to push what is left to MLflow.
+    pub flush: Duration,
+    /// Where the run's registry announces its changes (set by [`run`]).
+    changes: Option<Sender<String>>,
+}
+
+impl MlflowOptions {
+    /// Mirrors to the server at `uri`, trying for at most `flush` at the end of the run.
+    pub fn new(uri: &str, flush: Duration) -> MlflowOptions {
+        MlflowOptions {
+            uri: uri.to_string(),
+            flush,
+            changes: None,
+        }
+    }
+}
+
 /// This process's place in a cluster of processes (timely's cluster mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSpec {
@@ -90,6 +116,16 @@ pub struct ClusterSpec {
 }
 
 impl RunOptions {
+    /// The run's registry: the local directory, announcing its changes to the MLflow mirror
+    /// when there is one.
+    pub(crate) fn open_registry(&self) -> Result<Registry> {
+        let registry = Registry::open(&self.registry)?;
+        Ok(match self.mlflow.as_ref().and_then(|m| m.changes.clone()) {
+            Some(tx) => registry.notifying(tx),
+            None => registry,
+        })
+    }
+
     /// The output columns: dfp's, or Morpheus' layout when the config asks for it.
     pub(crate) fn columns(&self) -> Result<Columns> {
         if self.config.morpheus.columns {
@@ -171,6 +207,8 @@ pub struct RunSummary {
     pub outputs: Vec<PathBuf>,
     /// Load patterns that matched no file.
     pub unmatched: Vec<String>,
+    /// What was pushed to MLflow, when the registry is mirrored there.
+    pub mlflow: Option<MirrorReport>,
 }
 
 impl RunSummary {
@@ -182,8 +220,12 @@ impl RunSummary {
         } else {
             String::new()
         };
+        let mlflow = self
+            .mlflow
+            .as_ref()
+            .map_or_else(String::new, |m| format!("; {}", m.line()));
         format!(
-            "{} rows from {} files in {} epochs, {} users, {} models trained{promoted}, {} rows scored, {} detections, {} dead letters; {:.1} s ({:.0} rows/s)",
+            "{} rows from {} files in {} epochs, {} users, {} models trained{promoted}, {} rows scored, {} detections, {} dead letters; {:.1} s ({:.0} rows/s){mlflow}",
             s.rows,
             s.files,
             self.epochs,
@@ -214,7 +256,18 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
     } else {
         None
     };
+    let mirror = match &opts.mlflow {
+        Some(m) => Some(Mirror::start(&opts.registry, &m.uri, m.flush)?),
+        None => None,
+    };
+    if let (Some(mirror), Some(m)) = (&mirror, opts.mlflow.as_mut()) {
+        m.changes = Some(mirror.changes());
+    }
     let result = run_locked(&opts);
+    let pushed = mirror.map(Mirror::finish);
+    for (model, error) in pushed.iter().flat_map(|p| &p.unsynced) {
+        tracing::warn!(%model, %error, "not pushed to MLflow: the next run or `dfp models sync` pushes it");
+    }
     if let Some(status) = &status {
         let written = match &result {
             Ok(summary) => status.finish(
@@ -234,6 +287,7 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
         }
     }
     let mut summary = result?;
+    summary.mlflow = pushed;
     if let Some(status) = status {
         summary.outputs.push(status.path().to_path_buf());
     }
@@ -281,8 +335,7 @@ fn lock_dirs(opts: &RunOptions) -> Result<Vec<DirLock>> {
 
 fn run_locked(opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
-    let registry = Registry::open(&opts.registry)?;
-    let versions = registry.serving_all()?;
+    let versions = opts.open_registry()?.serving_all()?;
     let (stats, epochs, planned, unmatched) = match &opts.input {
         Input::Control {
             path,
@@ -323,6 +376,7 @@ fn run_locked(opts: &RunOptions) -> Result<RunSummary> {
         seconds: started.elapsed().as_secs_f64(),
         outputs: opts.output_paths(),
         unmatched,
+        mlflow: None,
     })
 }
 

@@ -124,7 +124,7 @@ pub(crate) fn execute_once(
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         opts.output.display()
     );
-    let registry = Registry::open(&opts.registry)?.for_run(&run);
+    let registry = opts.open_registry()?.for_run(&run);
     let workers = opts.workers.max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (if opts.threads == 0 {

@@ -1,0 +1,126 @@
+//! A real MLflow tracking server for the registry tests: `mlflow server` with a SQLite backend
+//! and a proxied artifact store in a temporary directory, on a free port of 127.0.0.1, stopped
+//! when dropped. `bash .ci/run` installs MLflow in a venv once per machine
+//! (`~/.local/share/dfp/mlflow-venv`); `DFP_MLFLOW` names another `mlflow` executable.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // set-up helpers: a failure is the caller's
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An `mlflow server` on a free port of 127.0.0.1, stopped (with its process group) when
+/// dropped.
+pub struct MlflowServer {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+}
+
+/// The `mlflow` executable: `DFP_MLFLOW`, else the venv `bash .ci/run` makes, else `mlflow` on
+/// the PATH.
+pub fn executable() -> PathBuf {
+    if let Ok(p) = std::env::var("DFP_MLFLOW") {
+        return PathBuf::from(p);
+    }
+    let venv = std::env::var("HOME")
+        .map(|h| PathBuf::from(h).join(".local/share/dfp/mlflow-venv/bin/mlflow"))
+        .ok();
+    venv.filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("mlflow"))
+}
+
+/// A free port of 127.0.0.1 (nothing listens there once this returns).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn healthy(address: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /health HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+}
+
+impl MlflowServer {
+    /// Starts one on a free port.
+    pub fn start() -> MlflowServer {
+        MlflowServer::on(free_port())
+    }
+
+    /// Starts one on `port`; panics (saying how to install MLflow) when it cannot.
+    pub fn on(port: u16) -> MlflowServer {
+        let mlflow = executable();
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("127.0.0.1:{port}");
+        let child = Command::new(&mlflow)
+            .arg("server")
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.path().join("mlflow.db").display()))
+            .arg("--artifacts-destination")
+            .arg(dir.path().join("artifacts"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--workers", "1"])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the MLflow server {mlflow:?} ({e}): bash .ci/run installs it \
+                     (python3 -m venv ~/.local/share/dfp/mlflow-venv; its pip install 'mlflow>=3,<4')"
+                )
+            });
+        let mut server = MlflowServer {
+            child,
+            _dir: dir,
+            address,
+        };
+        let started = Instant::now();
+        while !healthy(&server.address) {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let log = std::fs::read_to_string(server._dir.path().join("server.log"))
+                    .unwrap_or_default();
+                panic!("mlflow server exited ({status}):\n{log}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "mlflow server did not answer on {}",
+                server.address
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    /// The registry URI dfp takes: `mlflow+http://127.0.0.1:PORT`.
+    pub fn uri(&self) -> String {
+        format!("mlflow+http://{}", self.address)
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        // `mlflow server` runs its app in child processes (uvicorn and its workers), all in
+        // the server's process group: end the group.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
