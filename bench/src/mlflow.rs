@@ -43,18 +43,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn healthy(address: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(address) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /health HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    if s.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+/// GET `path` from `address` (HTTP/1.0, so the answer ends with the connection): the status
+/// line's code and the body, or None when nothing answered.
+fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(address).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
     let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+    s.read_to_string(&mut answer).ok()?;
+    let code = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((code, body.to_string()))
+}
+
+fn healthy(address: &str) -> bool {
+    http_get(address, "/health").is_some_and(|(code, _)| code == 200)
 }
 
 impl MlflowServer {
@@ -106,6 +110,15 @@ impl MlflowServer {
             std::thread::sleep(Duration::from_millis(200));
         }
         server
+    }
+
+    /// MLflow's own answer to `GET /api/2.0/mlflow/{api}` (query included, already escaped),
+    /// read without dfp's client: what a team's tools see.
+    pub fn get(&self, api: &str) -> serde_json::Value {
+        let (code, body) = http_get(&self.address, &format!("/api/2.0/mlflow/{api}"))
+            .unwrap_or_else(|| panic!("MLflow at {} did not answer GET {api}", self.address));
+        assert_eq!(code, 200, "GET {api}: {body}");
+        serde_json::from_str(&body).unwrap()
     }
 
     /// The registry URI dfp takes: `mlflow+http://127.0.0.1:PORT`.

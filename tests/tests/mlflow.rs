@@ -101,6 +101,21 @@ fn runs_push_models_lineage_and_aliases_and_promotions_and_rollbacks_follow() {
     let first = run_to(root, 6, "first", &server.uri(), flush);
     let report = first.mlflow.clone().unwrap();
     let models = registry.list().unwrap();
+    // What MLflow's own REST API lists: every model, with its champion.
+    let listed = server.get("registered-models/search?max_results=1000");
+    let mut names: Vec<String> = listed["registered_models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["aliases"][0]["alias"], "champion", "{m}");
+            m["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = models.iter().map(|(n, _)| mlflow_name(n)).collect();
+    want.sort();
+    assert_eq!(names, want);
     assert!(models.len() >= 3, "{models:?}");
     assert_eq!(report.unsynced, Vec::<(String, String)>::new());
     assert_eq!(

@@ -685,6 +685,9 @@ mod tests {
     fn backoff_doubles_up_to_thirty_seconds() {
         let mut b = Backoff::default();
         let waits: Vec<u64> = (0..9).map(|_| b.next().as_millis() as u64).collect();
-        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
     }
 }
