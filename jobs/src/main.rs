@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 mod cluster;
 mod data;
+mod feedback;
 mod inspect;
 mod run;
 
@@ -74,6 +75,9 @@ enum Command {
         #[command(subcommand)]
         action: ClusterCommand,
     },
+    /// Record an analyst's verdict on a detection (by its detection_id), or report the
+    /// precision of the verdicts so far.
+    Feedback(feedback::FeedbackArgs),
     /// The model registry: list and show versions, promote and roll back champions, push to
     /// MLflow.
     Models {
@@ -157,6 +161,7 @@ fn run(command: Command) -> Result<ExitCode> {
             control_messages,
             scope,
         } => inspect::plan(&control_messages, &scope),
+        Command::Feedback(args) => feedback::feedback(args),
         Command::Models { registry, action } => inspect::models(&registry, action),
         Command::Cluster {
             action:

@@ -650,3 +650,124 @@ fn models_with_an_mlflow_registry_push_promotions_and_sync_says_what_it_could_no
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("a registry is a directory or"));
 }
+
+#[test]
+fn feedback_records_verdicts_by_detection_id_and_reports_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = |demo: &Path| -> Vec<String> {
+        let out = dfp(&[
+            "demo",
+            "--users",
+            "8",
+            "--days",
+            "6",
+            "--train-days",
+            "4",
+            "--dir",
+            demo.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(demo.join("output/dfp_detections_azure.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["detection_id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let first = ids(&dir.path().join("a"));
+    // The same events give the same ids in another run.
+    assert_eq!(first, ids(&dir.path().join("b")));
+    assert!(first.len() >= 3, "{first:?}");
+    let output = dir.path().join("a/output");
+    let output = output.to_str().unwrap();
+    let give = |id: &str, label: &str| {
+        dfp(&[
+            "feedback",
+            "--output",
+            output,
+            "--detection",
+            id,
+            "--label",
+            label,
+            "--by",
+            "ana",
+        ])
+    };
+    for (id, label) in [
+        (&first[0], "true_positive"),
+        (&first[1], "benign"),
+        (&first[2], "true_positive"),
+    ] {
+        let out = give(id, label);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout(&out).contains(label));
+    }
+    // Again: reported, not written twice; changed: the latest counts.
+    let out = give(&first[0], "true_positive");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not recorded twice"));
+    let out = give(&first[2], "false_positive");
+    assert!(
+        stdout(&out).contains("was true_positive"),
+        "{}",
+        stdout(&out)
+    );
+    // Unknown: exit 1, kept in the unmatched file.
+    let out = give("00000000deadbeef", "benign");
+    assert_eq!(out.status.code(), Some(1));
+    let kept = std::fs::read_to_string(
+        dir.path()
+            .join("a/output/dfp_feedback_unmatched_azure.jsonl"),
+    )
+    .unwrap();
+    assert!(
+        kept.contains("00000000deadbeef") && kept.contains("no detection"),
+        "{kept}"
+    );
+    // Not an id, not a verdict: refused.
+    assert!(!give("../../etc", "benign").status.success());
+    assert_eq!(give(&first[0], "maybe").status.code(), Some(2));
+    let lines =
+        std::fs::read_to_string(dir.path().join("a/output/dfp_feedback_azure.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 4, "{lines}");
+    let out = dfp(&["feedback", "--output", output, "--report", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let all = &r["overall"];
+    assert_eq!(
+        (
+            all["judged"].as_u64(),
+            all["true_positive"].as_u64(),
+            all["false_positive"].as_u64(),
+            all["benign"].as_u64()
+        ),
+        (Some(3), Some(1), Some(1), Some(1))
+    );
+    assert!((all["precision"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    let by_kind: u64 = r["by_kind"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p["judged"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_kind, 3);
+    let table = stdout(&dfp(&["feedback", "--output", output, "--report"]));
+    assert!(
+        table.contains("precision") && table.contains("feature pattern"),
+        "{table}"
+    );
+}

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
-use dfp_engine::registry::split_label;
+use dfp_engine::registry::is_own_model;
 use dfp_engine::{Error, Result};
 use serde::Serialize;
 
@@ -282,10 +282,7 @@ pub fn evaluate(
         for r in s {
             // A user's own model is named after them (`DFP-{source}-{user}:{version}`);
             // any other model that scored them is the generic model, whatever it is called.
-            let own = split_label(&r[3])
-                .0
-                .strip_suffix(r[4].as_str())
-                .is_some_and(|rest| rest.ends_with('-'));
+            let own = is_own_model(&r[3], &r[4]);
             let name = if own { "own model" } else { "generic model" };
             let (b, users) = buckets.entry(name).or_default();
             b.name = name.to_string();

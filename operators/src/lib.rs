@@ -23,6 +23,7 @@ pub mod data_prep;
 pub mod dead_letter;
 pub mod demo;
 pub mod evaluate;
+pub mod feedback;
 pub mod file_batcher;
 pub mod file_to_batch;
 pub mod filter_detections;

@@ -1,8 +1,8 @@
 //! Serialize (Morpheus' `serialize` module / `SerializeStage`): turns detections and scored
 //! rows into output lines, CSV and JSON. dfp's columns: the input columns (the source schema's,
 //! `event_id` included, then the derived features), `event_time`, `model_version`,
-//! `max_abs_z`, `mean_abs_z`, per feature `<f>_loss`, `<f>_z_loss`, `<f>_pred`, and
-//! `top_features`. Morpheus' ([`Columns::morpheus`], `[morpheus] columns = true`): its columns
+//! `max_abs_z`, `mean_abs_z`, per feature `<f>_loss`, `<f>_z_loss`, `<f>_pred`,
+//! `top_features` and `detection_id` (the id analysts give feedback by). Morpheus' ([`Columns::morpheus`], `[morpheus] columns = true`): its columns
 //! first, named and ordered as its detections file has them (`timestamp`, `username`, the
 //! schema's `[morpheus] columns`, per feature `<f>_pred`, `<f>_loss`, `<f>_z_loss`, then
 //! `max_abs_z`, `mean_abs_z`, `z_loss_scaler_type`, `model_version`, `event_time` to the
@@ -59,6 +59,7 @@ pub struct Line {
 /// The output columns of a source schema.
 #[derive(Debug, Clone)]
 pub struct Columns {
+    source: String,
     input: Vec<String>,
     derived: Vec<String>,
     features: Vec<String>,
@@ -71,6 +72,7 @@ impl Columns {
     pub fn new(schema: &SourceSchema) -> Self {
         let f = &schema.features;
         Self {
+            source: schema.name.clone(),
             input: schema
                 .arrow_schema()
                 .fields()
@@ -127,6 +129,16 @@ impl Columns {
         Ok(c)
     }
 
+    /// The stable id of the detection of `row` ([`crate::feedback::detection_id`]).
+    pub fn detection_id(&self, row: &Row) -> String {
+        crate::feedback::detection_id(
+            &self.source,
+            row.user.as_deref().unwrap_or(""),
+            row.ts,
+            &self.event_id(row).unwrap_or_default(),
+        )
+    }
+
     /// The event id of `row` (the schema's `event_id` column), if it has one.
     pub fn event_id(&self, row: &Row) -> Option<String> {
         let at = self
@@ -176,6 +188,7 @@ impl Columns {
             ]);
         }
         n.push("top_features".into());
+        n.push("detection_id".into());
         n
     }
 
@@ -232,6 +245,7 @@ impl Columns {
             );
         }
         cells.push(d.top_features.clone().into());
+        cells.push(self.detection_id(&s.row).into());
         match &self.morpheus {
             None => self.names().into_iter().zip(cells).collect(),
             Some(order) => {

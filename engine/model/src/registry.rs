@@ -121,6 +121,15 @@ impl ModelVersion {
     }
 }
 
+/// Whether `model` (a model name or a `name:version` label) is `user`'s own model
+/// (`DFP-{source}-{user}`) rather than the generic model or another shared one.
+pub fn is_own_model(model: &str, user: &str) -> bool {
+    split_label(model)
+        .0
+        .strip_suffix(user)
+        .is_some_and(|rest| rest.ends_with('-'))
+}
+
 /// The model name and the version of a `name:version` label ([`ModelVersion::label`]); the
 /// version is None when the label has no `:` (the name is then the whole label).
 pub fn split_label(label: &str) -> (&str, Option<&str>) {

@@ -1,0 +1,512 @@
+//! Analyst feedback by detection id: every detection carries a stable `detection_id` (the
+//! same event gives the same id in every run and on any number of workers); an analyst's
+//! verdict (`true_positive`, `false_positive`, `benign`) is joined with the detection it
+//! names and appended to `dfp_feedback_{source}.jsonl` beside the run's outputs, possibly days
+//! later; [`report`] turns the verdicts into precision per model kind, per model, per feature
+//! pattern and per day, and, where the run scored challengers in the shadow, the precision of
+//! the champion beside the challenger's on the same judged events.
+//!
+//! Nothing is lost: a verdict naming an id the run never detected goes to
+//! `dfp_feedback_unmatched_{source}.jsonl` with the reason (the detection may be in another
+//! output directory); a repeated verdict is reported and not written twice; a changed verdict
+//! is appended, and the latest one counts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use dfp_engine::registry::{is_own_model, split_label};
+use dfp_engine::{Error, Result};
+
+use crate::serialize::OutKind;
+use crate::sink::files::output_path;
+
+/// The id of the detection of a `user`'s event at `ts_us` (µs) with event id `event_id`
+/// (empty when the source has none) from `source`: 16 hex digits of a 64-bit FNV-1a hash of
+/// the four, so it does not depend on the run, the model or the worker layout.
+pub fn detection_id(source: &str, user: &str, ts_us: i64, event_id: &str) -> String {
+    let mut h = dfp_engine::hash::fnv1a64(source.as_bytes());
+    for part in [user.as_bytes(), &ts_us.to_le_bytes(), event_id.as_bytes()] {
+        h = dfp_engine::hash::fnv1a64_from(h, &[0]);
+        h = dfp_engine::hash::fnv1a64_from(h, part);
+    }
+    format!("{h:016x}")
+}
+
+/// An analyst's verdict on a detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Label {
+    /// An attack or misuse: the detection was right.
+    TruePositive,
+    /// Nothing unusual: the detection was wrong.
+    FalsePositive,
+    /// Unusual but legitimate (a trip, a new device): not an attack.
+    Benign,
+}
+
+impl Label {
+    /// The name as written: `true_positive`, `false_positive`, `benign`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Label::TruePositive => "true_positive",
+            Label::FalsePositive => "false_positive",
+            Label::Benign => "benign",
+        }
+    }
+}
+
+impl std::str::FromStr for Label {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Label, String> {
+        match s {
+            "true_positive" => Ok(Label::TruePositive),
+            "false_positive" => Ok(Label::FalsePositive),
+            "benign" => Ok(Label::Benign),
+            other => Err(format!(
+                "{other:?} is not a verdict: true_positive, false_positive or benign"
+            )),
+        }
+    }
+}
+
+/// One verdict, as given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The detection it judges.
+    pub detection_id: String,
+    /// The verdict.
+    pub label: Label,
+    /// Who gave it.
+    pub by: String,
+    /// Free text.
+    #[serde(default)]
+    pub note: String,
+    /// When it was given (RFC 3339, UTC).
+    pub at: String,
+}
+
+/// What the verdict judged: the detection's fields that the reports group by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judged {
+    /// The user.
+    pub username: String,
+    /// The event's time (as the detections file has it).
+    pub timestamp: String,
+    /// The event id (empty when the source has none).
+    #[serde(default)]
+    pub event_id: String,
+    /// `name:version` of the model that scored it.
+    pub model_version: String,
+    /// Its `mean_abs_z`.
+    pub mean_abs_z: Option<f64>,
+    /// The features that drove it, most first.
+    pub top_features: Vec<String>,
+}
+
+/// A verdict joined with its detection: one line of `dfp_feedback_{source}.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// The verdict.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The detection.
+    pub detection: Judged,
+}
+
+/// What recording a verdict did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// A first verdict on the detection, written.
+    New(Judged),
+    /// The same verdict again: not written twice.
+    Duplicate,
+    /// A different verdict than before (the old one): written; the latest counts.
+    Changed(Label),
+    /// No detection with that id in the output directory: written to the unmatched file.
+    Unknown(PathBuf),
+}
+
+/// The feedback file of `source` in `output`.
+pub fn feedback_path(output: &Path, source: &str) -> PathBuf {
+    output.join(format!("dfp_feedback_{source}.jsonl"))
+}
+
+fn unmatched_path(output: &Path, source: &str) -> PathBuf {
+    output.join(format!("dfp_feedback_unmatched_{source}.jsonl"))
+}
+
+fn append(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut line = serde_json::to_string(value).map_err(|e| Error::Json {
+        context: format!("writing {}", path.display()),
+        source: e,
+    })?;
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, "opening", e))?;
+    f.write_all(line.as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(|e| Error::io(path, "appending a verdict", e))
+}
+
+/// The JSON lines of `path` with their line numbers (nothing when it does not exist); a line
+/// that is not JSON is an error naming the file and line.
+fn json_lines(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, "opening", e)),
+    };
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::io(path, "reading", e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = serde_json::from_str(&line).map_err(|e| Error::Json {
+            context: format!("{} line {}", path.display(), i + 1),
+            source: e,
+        })?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}
+
+/// The detection `id` in `output`'s detections of `source`, if there is one.
+fn find_detection(output: &Path, source: &str, id: &str) -> Result<Option<Judged>> {
+    let path = output_path(output, source, OutKind::DetectionsJson);
+    for (_, d) in json_lines(&path)? {
+        if d["detection_id"].as_str() != Some(id) {
+            continue;
+        }
+        let text = |k: &str| match &d[k] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        return Ok(Some(Judged {
+            username: text("username"),
+            timestamp: text("timestamp"),
+            event_id: text("event_id"),
+            model_version: text("model_version"),
+            mean_abs_z: d["mean_abs_z"].as_f64(),
+            top_features: d["top_features"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }));
+    }
+    Ok(None)
+}
+
+/// Every verdict recorded in `output` for `source`, oldest first.
+pub fn read(output: &Path, source: &str) -> Result<Vec<Feedback>> {
+    let path = feedback_path(output, source);
+    json_lines(&path)?
+        .into_iter()
+        .map(|(line, v)| {
+            serde_json::from_value(v).map_err(|e| Error::Json {
+                context: format!("{} line {line}", path.display()),
+                source: e,
+            })
+        })
+        .collect()
+}
+
+/// Records `verdict` on a detection of `source` in the run output `output`.
+pub fn record(output: &Path, source: &str, verdict: Verdict) -> Result<Recorded> {
+    let id = verdict.detection_id.trim();
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(Error::stage(
+            "feedback",
+            format!(
+                "{:?} is not a detection id (the `detection_id` column of the detections: 16 hex digits)",
+                verdict.detection_id
+            ),
+        ));
+    }
+    let Some(judged) = find_detection(output, source, id)? else {
+        let path = unmatched_path(output, source);
+        let reason = format!(
+            "no detection {id} in {}",
+            output_path(output, source, OutKind::DetectionsJson).display()
+        );
+        append(
+            &path,
+            &serde_json::json!({ "verdict": verdict, "reason": reason }),
+        )?;
+        return Ok(Recorded::Unknown(path));
+    };
+    let before = read(output, source)?
+        .into_iter()
+        .rev()
+        .find(|f| f.verdict.detection_id == id)
+        .map(|f| f.verdict.label);
+    if before == Some(verdict.label) {
+        return Ok(Recorded::Duplicate);
+    }
+    append(
+        &feedback_path(output, source),
+        &Feedback {
+            verdict,
+            detection: judged.clone(),
+        },
+    )?;
+    Ok(match before {
+        Some(old) => Recorded::Changed(old),
+        None => Recorded::New(judged),
+    })
+}
+
+/// Verdict counts of one group, and its precision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Precision {
+    /// Detections judged.
+    pub judged: u64,
+    /// Judged true positives.
+    pub true_positive: u64,
+    /// Judged false positives.
+    pub false_positive: u64,
+    /// Judged benign.
+    pub benign: u64,
+    /// true positives / judged (None when nothing was judged).
+    pub precision: Option<f64>,
+}
+
+impl Precision {
+    fn add(&mut self, label: Label) {
+        self.judged += 1;
+        match label {
+            Label::TruePositive => self.true_positive += 1,
+            Label::FalsePositive => self.false_positive += 1,
+            Label::Benign => self.benign += 1,
+        }
+        self.precision = Some(self.true_positive as f64 / self.judged as f64);
+    }
+}
+
+/// The champion's and the challenger's precision on the same judged events of one model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Challenge {
+    /// The model name.
+    pub model: String,
+    /// The champion's version.
+    pub champion: String,
+    /// The challenger's version.
+    pub challenger: String,
+    /// The champion's detections judged (all of them scored by the challenger too).
+    pub champion_precision: Precision,
+    /// Those the challenger would also have alerted on.
+    pub challenger_precision: Precision,
+}
+
+/// Precision by what it groups.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// Every judged detection (the latest verdict of each).
+    pub overall: Precision,
+    /// By model kind: `user` (the user's own model) or `generic` (any other).
+    pub by_kind: BTreeMap<String, Precision>,
+    /// By model name.
+    pub by_model: BTreeMap<String, Precision>,
+    /// By feature pattern: the two leading features, `+`-joined.
+    pub by_pattern: BTreeMap<String, Precision>,
+    /// By the event's UTC day.
+    pub by_day: BTreeMap<String, Precision>,
+    /// Champion against challenger, where the shadow file has the judged events.
+    pub challenges: Vec<Challenge>,
+}
+
+/// The pattern of a detection: its two leading features, `+`-joined.
+pub fn pattern(top_features: &[String]) -> String {
+    let lead: Vec<&str> = top_features.iter().take(2).map(String::as_str).collect();
+    if lead.is_empty() {
+        "-".to_string()
+    } else {
+        lead.join("+")
+    }
+}
+
+/// Precision of the verdicts recorded in `output` for `source` (the latest verdict of each
+/// detection counts), with the champion against its challenger where `dfp_shadow_{source}.csv`
+/// has the judged events.
+pub fn report(output: &Path, source: &str) -> Result<Report> {
+    let mut latest: BTreeMap<String, Feedback> = BTreeMap::new();
+    for f in read(output, source)? {
+        latest.insert(f.verdict.detection_id.clone(), f);
+    }
+    let mut r = Report::default();
+    for f in latest.values() {
+        let label = f.verdict.label;
+        let d = &f.detection;
+        let model = split_label(&d.model_version).0.to_string();
+        let kind = if is_own_model(&model, &d.username) {
+            "user"
+        } else {
+            "generic"
+        };
+        r.overall.add(label);
+        r.by_kind.entry(kind.to_string()).or_default().add(label);
+        r.by_model.entry(model).or_default().add(label);
+        r.by_pattern
+            .entry(pattern(&d.top_features))
+            .or_default()
+            .add(label);
+        let day: String = d.timestamp.chars().take(10).collect();
+        r.by_day.entry(day).or_default().add(label);
+    }
+    r.challenges = challenges(output, source, &latest)?;
+    Ok(r)
+}
+
+/// Champion against challenger on the judged events the shadow file has.
+fn challenges(
+    output: &Path,
+    source: &str,
+    latest: &BTreeMap<String, Feedback>,
+) -> Result<Vec<Challenge>> {
+    let path = output_path(output, source, OutKind::Shadow);
+    if latest.is_empty() || !path.exists() {
+        return Ok(Vec::new());
+    }
+    let bad = |why: String| Error::stage("feedback", format!("{}: {why}", path.display()));
+    let mut reader = csv::Reader::from_path(&path).map_err(|e| bad(e.to_string()))?;
+    let mut out: HashMap<(String, String, String), Challenge> = HashMap::new();
+    for (i, record) in reader.records().enumerate() {
+        let r = record.map_err(|e| bad(e.to_string()))?;
+        let field = |k: usize| r.get(k).unwrap_or("");
+        let ts = chrono::DateTime::parse_from_rfc3339(field(2))
+            .map_err(|e| bad(format!("line {}: timestamp {:?}: {e}", i + 2, field(2))))?
+            .timestamp_micros();
+        let id = detection_id(source, field(1), ts, field(0));
+        let Some(f) = latest.get(&id) else {
+            continue;
+        };
+        let key = (
+            field(3).to_string(),
+            field(4).to_string(),
+            field(5).to_string(),
+        );
+        let c = out.entry(key.clone()).or_insert_with(|| Challenge {
+            model: key.0,
+            champion: key.1,
+            challenger: key.2,
+            champion_precision: Precision::default(),
+            challenger_precision: Precision::default(),
+        });
+        c.champion_precision.add(f.verdict.label);
+        if field(11) == "true" {
+            c.challenger_precision.add(f.verdict.label);
+        }
+    }
+    let mut out: Vec<Challenge> = out.into_values().collect();
+    out.sort_by(|a, b| (&a.model, &a.champion).cmp(&(&b.model, &b.champion)));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_ids_are_stable_and_tell_events_apart() {
+        let id = detection_id("azure", "alice", 1_659_312_000_000_000, "e1");
+        assert_eq!(id.len(), 16);
+        assert_eq!(
+            id,
+            detection_id("azure", "alice", 1_659_312_000_000_000, "e1")
+        );
+        for other in [
+            detection_id("duo", "alice", 1_659_312_000_000_000, "e1"),
+            detection_id("azure", "alicf", 1_659_312_000_000_000, "e1"),
+            detection_id("azure", "alice", 1_659_312_000_000_001, "e1"),
+            detection_id("azure", "alice", 1_659_312_000_000_000, "e2"),
+            // The parts are separated: moving a character from one to the next is another id.
+            detection_id("azure", "alic", 1_659_312_000_000_000, "e1"),
+        ] {
+            assert_ne!(id, other);
+        }
+    }
+
+    #[test]
+    fn labels_read_back_and_bad_ones_say_what_is_allowed() {
+        for l in [Label::TruePositive, Label::FalsePositive, Label::Benign] {
+            assert_eq!(l.as_str().parse::<Label>(), Ok(l));
+        }
+        let e = "maybe".parse::<Label>().unwrap_err();
+        assert!(e.contains("true_positive, false_positive or benign"), "{e}");
+    }
+
+    #[test]
+    fn precision_counts_the_latest_verdict_only_by_its_groups() {
+        let mut p = Precision::default();
+        assert_eq!(p.precision, None);
+        p.add(Label::TruePositive);
+        p.add(Label::Benign);
+        p.add(Label::FalsePositive);
+        p.add(Label::TruePositive);
+        assert_eq!((p.judged, p.true_positive, p.benign), (4, 2, 1));
+        assert_eq!(p.precision, Some(0.5));
+        assert_eq!(pattern(&["a".into(), "b".into(), "c".into()]), "a+b");
+        assert_eq!(pattern(&[]), "-");
+    }
+
+    #[test]
+    fn the_champion_and_its_challenger_are_judged_on_the_same_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let ts = |s: u32| format!("2022-08-01T00:00:{s:02}.000000Z");
+        let micros = |s: u32| 1_659_312_000_000_000 + i64::from(s) * 1_000_000;
+        // Three detections of user u by champion 1 of model M; the challenger (2) would
+        // alert on the first two only.
+        let mut detections = String::new();
+        let mut shadow = format!("{}\n", crate::shadow::HEADER);
+        for s in 0..3 {
+            let id = detection_id("azure", "u", micros(s), &format!("e{s}"));
+            detections += &serde_json::json!({
+                "detection_id": id, "username": "u", "timestamp": ts(s), "event_id": format!("e{s}"),
+                "model_version": "DFP-azure-u:1", "mean_abs_z": 4.0, "top_features": ["a", "b"],
+            })
+            .to_string();
+            detections.push('\n');
+            shadow += &format!("e{s},u,{},DFP-azure-u,1,2,4,4,0,0,true,{}\n", ts(s), s < 2);
+        }
+        std::fs::write(out.join("dfp_detections_azure.jsonl"), detections).unwrap();
+        std::fs::write(out.join("dfp_shadow_azure.csv"), shadow).unwrap();
+        let verdict = |s: u32, label| Verdict {
+            detection_id: detection_id("azure", "u", micros(s), &format!("e{s}")),
+            label,
+            by: "t".into(),
+            note: String::new(),
+            at: "2022-08-02T00:00:00Z".into(),
+        };
+        // The challenger drops the false positive (event 2) and keeps the true one.
+        record(out, "azure", verdict(0, Label::TruePositive)).unwrap();
+        record(out, "azure", verdict(2, Label::FalsePositive)).unwrap();
+        let r = report(out, "azure").unwrap();
+        assert_eq!(r.by_kind["user"].judged, 2);
+        assert_eq!(r.by_pattern["a+b"].precision, Some(0.5));
+        let [c] = r.challenges.as_slice() else {
+            panic!("{:?}", r.challenges)
+        };
+        assert_eq!((c.champion.as_str(), c.challenger.as_str()), ("1", "2"));
+        assert_eq!(c.champion_precision.precision, Some(0.5));
+        assert_eq!(
+            (
+                c.challenger_precision.judged,
+                c.challenger_precision.precision
+            ),
+            (1, Some(1.0))
+        );
+    }
+}
