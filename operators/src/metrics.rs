@@ -53,6 +53,8 @@ pub struct Stats {
     pub alerts: u64,
     /// Challengers promoted by the automatic policy.
     pub promoted: u64,
+    /// Groups flagged outside the parity band, over the epochs (`crate::parity`).
+    pub parity_breaches: u64,
     /// Dead letters written.
     pub dead_letters: u64,
     /// Errors that make the run fail (an output that cannot be written), each with its
@@ -112,6 +114,7 @@ impl Stats {
         self.over_budget += o.over_budget;
         self.alerts += o.alerts;
         self.promoted += o.promoted;
+        self.parity_breaches += o.parity_breaches;
         self.dead_letters += o.dead_letters;
         self.fatal.extend(o.fatal);
     }

@@ -41,6 +41,8 @@ pub enum OutKind {
     Alerts,
     /// `dfp_shadow_{source}.csv`.
     Shadow,
+    /// `dfp_parity_{source}.csv`.
+    Parity,
 }
 
 /// One output line (without its newline).
@@ -141,12 +143,28 @@ impl Columns {
 
     /// The event id of `row` (the schema's `event_id` column), if it has one.
     pub fn event_id(&self, row: &Row) -> Option<String> {
+        self.value_of(row, EVENT_ID)
+    }
+
+    /// The text of `row`'s value of input column `column` (not the timestamp or the user), if
+    /// the schema has that column.
+    pub fn value_of(&self, row: &Row, column: &str) -> Option<String> {
         let at = self
             .input
             .iter()
-            .position(|n| n == EVENT_ID)?
+            .position(|n| n == column)?
             .checked_sub(2)?;
         row.values.get(at).map(|v| v.to_text())
+    }
+
+    /// Whether the schema has input column `column` (besides the timestamp and the user).
+    pub fn has_value(&self, column: &str) -> bool {
+        self.value_names().contains(&column)
+    }
+
+    /// The input columns besides the timestamp and the user.
+    pub fn value_names(&self) -> Vec<&str> {
+        self.input.iter().skip(2).map(String::as_str).collect()
     }
 
     /// The feature names in per-feature column order.

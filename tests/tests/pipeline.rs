@@ -52,10 +52,10 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-/// The rows of a CSV output as maps column -> value.
 /// Files by relative path, with their bytes.
 type Tree = std::collections::BTreeMap<String, Vec<u8>>;
 
+/// The rows of a CSV output as maps column -> value.
 fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     let mut r = csv::Reader::from_path(path).unwrap();
     let headers = r.headers().unwrap().clone();
@@ -483,4 +483,104 @@ fn a_model_whose_aliases_were_broken_by_hand_is_left_out_and_the_run_goes_on() {
         "{dead}"
     );
     assert_eq!(again.stats.models_trained + 1, first.stats.models_trained);
+}
+
+#[test]
+fn parity_flags_the_group_made_noisier_and_counts_every_scored_row_alike_for_1_and_2_workers() {
+    let base = tempfile::tempdir().unwrap();
+    let data = logs(GenSource::Azure, 8, 9, &base.path().join("logs"));
+    // The most used app: on the scoring days its sign-ins come from places and browsers
+    // nobody has used.
+    let mut apps: std::collections::BTreeMap<String, usize> = Default::default();
+    let files: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    for f in &files {
+        let records: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        for r in records {
+            *apps
+                .entry(
+                    r["properties"]["appDisplayName"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                )
+                .or_default() += 1;
+        }
+    }
+    let noisy = apps.iter().max_by_key(|(_, n)| **n).unwrap().0.clone();
+    for f in &files {
+        let day = f.file_name().unwrap().to_string_lossy().to_string();
+        if day.as_str() < "AZUREAD_2022-08-07" {
+            continue;
+        }
+        let mut records: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        for (i, r) in records.iter_mut().enumerate() {
+            let p = &mut r["properties"];
+            if p["appDisplayName"] == noisy.as_str() {
+                p["location"]["city"] = format!("Noisetown {i}").into();
+                p["location"]["countryOrRegion"] = "ZZ".into();
+                p["deviceDetail"]["browser"] = format!("Lynx {i}").into();
+            }
+        }
+        std::fs::write(f, serde_json::to_string(&records).unwrap()).unwrap();
+    }
+    let run_with = |workers: usize| -> (
+        RunSummary,
+        String,
+        Vec<std::collections::BTreeMap<String, String>>,
+    ) {
+        let root = base.path().join(format!("w{workers}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let control = base.path().join(format!("control{workers}.json"));
+        std::fs::write(
+            &control,
+            control_message("logs/*.json", date(1), date(7), date(9)),
+        )
+        .unwrap();
+        let mut opts = options("azure", common::control(&control), &root, workers);
+        opts.config.parity.group = Some("appDisplayName".into());
+        opts.config.parity.min_rows = 5;
+        let summary = run(opts).unwrap();
+        let path = root.join("output/dfp_parity_azure.csv");
+        (summary, read(&path), csv_rows(&path))
+    };
+    let (summary, text, rows) = run_with(1);
+    assert_eq!(
+        text,
+        run_with(2).1,
+        "parity differs between 1 and 2 workers"
+    );
+    // Every scored row is in one group, and the (all) lines add up to the run's counts.
+    let all: Vec<_> = rows.iter().filter(|r| r["group"] == "(all)").collect();
+    let total = |rs: &[&std::collections::BTreeMap<String, String>], k: &str| -> u64 {
+        rs.iter().map(|r| r[k].parse::<u64>().unwrap()).sum()
+    };
+    assert_eq!(total(&all, "rows"), summary.stats.scored);
+    let groups: Vec<_> = rows.iter().filter(|r| r["group"] != "(all)").collect();
+    assert_eq!(total(&groups, "rows"), summary.stats.scored);
+    assert_eq!(total(&groups, "alerts"), total(&all, "alerts"));
+    // The noisy app is flagged, above the band, in some epoch; the summary counts the breaches.
+    let flagged: Vec<_> = groups.iter().filter(|r| r["flagged"] == "true").collect();
+    assert!(
+        flagged
+            .iter()
+            .any(|r| r["group"] == noisy && r["ratio"].parse::<f64>().unwrap() > 1.25),
+        "{noisy} not flagged:\n{text}"
+    );
+    assert_eq!(summary.stats.parity_breaches, flagged.len() as u64);
+    assert!(rows.iter().all(|r| r["group_field"] == "appDisplayName"));
+    // A column the schema does not have is refused before anything runs.
+    let root = base.path().join("bad");
+    let mut opts = options("azure", common::control(&root.join("c.json")), &root, 1);
+    opts.config.parity.group = Some("department".into());
+    let e = run(opts).unwrap_err().to_string();
+    assert!(
+        e.contains("\"department\"") && e.contains("appDisplayName"),
+        "{e}"
+    );
 }

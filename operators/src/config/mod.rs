@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub alerts: AlertConfig,
     /// What becomes of newly trained models.
     pub lifecycle: LifecycleConfig,
+    /// Alert-rate parity across the groups of one column.
+    pub parity: ParityConfig,
     /// The event-time guard.
     pub events: EventsConfig,
     /// Morpheus' features and output columns instead of dfp's.
@@ -67,6 +69,44 @@ pub struct MorpheusConfig {
     pub features: bool,
     /// Write Morpheus' output columns first, in its order.
     pub columns: bool,
+}
+
+/// Alert-rate parity (`[parity]`, see [`crate::parity`]): each epoch, the alert rate of every
+/// group of rows sharing a value of `group`, against the epoch's overall rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParityConfig {
+    /// The column whose values make the groups (any input column of the source schema, e.g.
+    /// a country, a department, an app); none: no parity file.
+    pub group: Option<String>,
+    /// The band: a group whose rate is below `band` times the overall rate, or above it
+    /// divided by `band`, is flagged (0.8: the four-fifths rule).
+    pub band: f64,
+    /// Groups with fewer scored rows in the epoch are reported, never flagged.
+    pub min_rows: u64,
+}
+
+impl Default for ParityConfig {
+    fn default() -> Self {
+        Self {
+            group: None,
+            band: 0.8,
+            min_rows: 30,
+        }
+    }
+}
+
+impl ParityConfig {
+    /// Records out-of-range values under `path`.
+    pub fn check(&self, path: &str, p: &mut Problems) {
+        let key = |k: &str| dfp_engine::config::join(path, k);
+        if !(self.band > 0.0 && self.band < 1.0) {
+            p.push(key("band"), "a ratio in (0, 1), e.g. 0.8");
+        }
+        if self.group.as_deref() == Some("") {
+            p.push(key("group"), "a column name");
+        }
+    }
 }
 
 /// What becomes of a newly trained model version (`[lifecycle]`): see
@@ -182,6 +222,7 @@ impl Default for RunConfig {
             detection: DetectionConfig::default(),
             alerts: AlertConfig::default(),
             lifecycle: LifecycleConfig::default(),
+            parity: ParityConfig::default(),
             events: EventsConfig::default(),
             morpheus: MorpheusConfig::default(),
             source: SourceConfig::default(),
@@ -215,6 +256,7 @@ impl RunConfig {
         self.detection.check("detection", &mut p);
         self.alerts.check("alerts", &mut p);
         self.lifecycle.check("lifecycle", &mut p);
+        self.parity.check("parity", &mut p);
         self.source.check("source", &mut p);
         self.checkpoint
             .check("checkpoint", &self.source.epoch, &mut p);

@@ -35,6 +35,7 @@ use crate::file_to_batch::{FileRows, FileTask, FileToBatch};
 use crate::filter_detections::{FilterDetections, Rule};
 use crate::inference::{Inference, Scorer};
 use crate::metrics::SharedStats;
+use crate::parity::Parity;
 use crate::post_proc::{Clock, PostProc};
 use crate::promotion::{Promote, Promoter};
 use crate::registry_writer::{ModelNote, RegistryWriter};
@@ -151,6 +152,11 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
     }
     let features = Arc::new(s.columns.features().to_vec());
     let shadow = scored.clone().shadow_lines(s.columns.clone(), rule);
+    let parity = cfg.parity.group.is_some().then(|| {
+        scored
+            .clone()
+            .parity(&cfg.parity, s.columns.clone(), rule, s.stats.clone())
+    });
     let mut flagged = scored.clone().filter_detections(&cfg.detection);
     if let Some((budget, state)) = s.budget {
         flagged = flagged.budget(budget, &cfg.detection, state, s.stats.clone());
@@ -163,6 +169,7 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         ),
         shadow,
     ];
+    lines.extend(parity);
     if let Some((suppressor, state)) = s.alerts {
         lines.push(detections.alerts(
             suppressor,

@@ -173,6 +173,9 @@ impl RunOptions {
             kinds.push(OutKind::ScoresCsv);
         }
         kinds.push(OutKind::Shadow);
+        if self.config.parity.group.is_some() {
+            kinds.push(OutKind::Parity);
+        }
         kinds.push(OutKind::DeadLetters);
         kinds
     }
@@ -220,12 +223,17 @@ impl RunSummary {
         } else {
             String::new()
         };
+        let parity = if s.parity_breaches > 0 {
+            format!(", {} parity breaches", s.parity_breaches)
+        } else {
+            String::new()
+        };
         let mlflow = self
             .mlflow
             .as_ref()
             .map_or_else(String::new, |m| format!("; {}", m.line()));
         format!(
-            "{} rows from {} files in {} epochs, {} users, {} models trained{promoted}, {} rows scored, {} detections, {} dead letters; {:.1} s ({:.0} rows/s){mlflow}",
+            "{} rows from {} files in {} epochs, {} users, {} models trained{promoted}, {} rows scored, {} detections{parity}, {} dead letters; {:.1} s ({:.0} rows/s){mlflow}",
             s.rows,
             s.files,
             self.epochs,
@@ -250,6 +258,7 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
         opts.schema = opts.schema.with_morpheus_features()?;
     }
     check_parallelism(&opts)?;
+    check_parity(&opts)?;
     let _locks = lock_dirs(&opts)?;
     let status = if opts.writes_outputs() {
         Some(RunStatus::start(&opts.output, &opts.schema.name)?)
@@ -292,6 +301,25 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
         summary.outputs.push(status.path().to_path_buf());
     }
     Ok(summary)
+}
+
+/// Refuses a `[parity] group` the source schema has no column for.
+fn check_parity(opts: &RunOptions) -> Result<()> {
+    let Some(column) = &opts.config.parity.group else {
+        return Ok(());
+    };
+    let columns = Columns::new(&opts.schema);
+    if columns.has_value(column) {
+        return Ok(());
+    }
+    Err(Error::stage(
+        "run config",
+        format!(
+            "[parity] group = {column:?}: the source schema {:?} has no such column (its columns: {})",
+            opts.schema.name,
+            columns.value_names().join(", ")
+        ),
+    ))
 }
 
 /// More workers or model threads than this many per core is refused: they only contend, and

@@ -33,6 +33,7 @@ pub fn output_path(dir: &Path, source: &str, kind: OutKind) -> PathBuf {
         OutKind::DeadLetters => format!("dfp_dead_letter_{source}.jsonl"),
         OutKind::Alerts => format!("dfp_alerts_{source}.jsonl"),
         OutKind::Shadow => format!("dfp_shadow_{source}.csv"),
+        OutKind::Parity => format!("dfp_parity_{source}.csv"),
     })
 }
 
@@ -55,6 +56,7 @@ impl OutputFiles {
             let header = match kind {
                 OutKind::DetectionsCsv | OutKind::ScoresCsv => Some(columns.csv_header()),
                 OutKind::Shadow => Some(crate::shadow::HEADER.to_string()),
+                OutKind::Parity => Some(crate::parity::HEADER.to_string()),
                 OutKind::DetectionsJson | OutKind::DeadLetters | OutKind::Alerts => None,
             };
             if let Some(header) = header {
