@@ -14,7 +14,7 @@ use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::{RunConfig, SinkConfig, SourceKind};
 use dfp_operators::kafka::parse_kafka_url;
 use dfp_operators::mlflow::RegistrySpec;
-use dfp_operators::pipeline::{ClusterSpec, Input, MlflowOptions, RunOptions};
+use dfp_operators::pipeline::{ClusterSpec, Input, MetricsOptions, MlflowOptions, RunOptions};
 use dfp_operators::post_proc::Clock;
 
 use crate::cluster;
@@ -147,6 +147,9 @@ pub struct RunArgs {
     device: dfp_engine::model::Device,
     #[command(flatten)]
     registry: RegistryArgs,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run goes on.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
     /// The output directory.
     #[arg(long, default_value = "output")]
     output: PathBuf,
@@ -416,6 +419,7 @@ pub fn run_pipeline(args: RunArgs) -> Result<ExitCode> {
         mlflow: registry
             .mlflow
             .map(|uri| MlflowOptions::new(&uri, args.registry.flush())),
+        metrics: args.metrics_addr.as_deref().map(MetricsOptions::new),
         output: args.output,
         write_scores: args.write_scores,
         clock,

@@ -132,6 +132,7 @@ pub fn demo(opts: &DemoOptions) -> Result<DemoReport> {
         registry: registry.clone(),
         output: output.clone(),
         mlflow: None,
+        metrics: None,
         write_scores: true,
         clock: opts.clock.clone(),
         progress: opts.progress,

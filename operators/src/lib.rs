@@ -47,6 +47,7 @@ pub mod sink;
 pub mod source;
 pub mod split_users;
 pub mod state;
+pub mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 mod testing;

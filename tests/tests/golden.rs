@@ -85,6 +85,7 @@ fn the_end_to_end_month_writes_its_golden_detections() {
         registry: dir.path().join("models"),
         output: dir.path().join("output"),
         mlflow: None,
+        metrics: None,
         write_scores: false,
         clock: clock(),
         progress: false,

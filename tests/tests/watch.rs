@@ -185,3 +185,89 @@ fn a_watched_directory_detects_what_the_batch_run_of_its_files_detects() {
     both.stats.detections += one.stats.detections;
     same_as_batch(root, "split", &both, &batch);
 }
+
+/// `GET /metrics` from `addr`: the body, or None when nothing answers yet.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// The value of metric `name` in a scrape.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_are_served_while_the_stream_runs_and_add_up_to_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let logs_dir = logs(GenSource::Azure, 6, 6, &root.join("logs"));
+    let inbox = root.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut opts = options(
+        "azure",
+        watch(&inbox, false, stop.clone(), None),
+        &root.join("w"),
+        2,
+    );
+    opts.metrics = Some(dfp_operators::pipeline::MetricsOptions::new(&addr));
+    let running = std::thread::spawn(move || run(opts));
+    let files = files(&logs_dir);
+    let (first, rest) = files.split_at(files.len() / 2);
+    for f in first {
+        deliver(f, &inbox);
+    }
+    // Scraped while the run goes on: rows read, and more as files arrive.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let read_so_far = loop {
+        assert!(Instant::now() < deadline, "no rows in /metrics");
+        if let Some(n) = scrape(&addr).and_then(|t| metric(&t, "dfp_events_read_total"))
+            && n > 0.0
+        {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for f in rest {
+        deliver(f, &inbox);
+    }
+    let text = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the later files never showed in /metrics"
+        );
+        let text = scrape(&addr).unwrap();
+        if metric(&text, "dfp_events_read_total").unwrap() > read_so_far
+            && metric(&text, "dfp_events_scored_total").unwrap() > 0.0
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.contains("# TYPE dfp_input_bytes counter"), "{text}");
+    assert!(
+        !text.contains("@domain.com"),
+        "a user in the metrics:\n{text}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let summary = running.join().unwrap().unwrap();
+    // The run is over and its server gone; no scrape saw more than the run counted.
+    assert!(
+        scrape(&addr).is_none(),
+        "/metrics still served after the run"
+    );
+    assert!(summary.stats.rows as f64 >= metric(&text, "dfp_events_read_total").unwrap());
+    assert!(summary.stats.scored as f64 >= metric(&text, "dfp_events_scored_total").unwrap());
+}

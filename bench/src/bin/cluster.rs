@@ -64,6 +64,7 @@ fn layout(root: &Path, control: &Path, n: usize, config: &RunConfig) -> Result<R
                 registry: out.join("models"),
                 output: out.join("output"),
                 mlflow: None,
+                metrics: None,
                 write_scores: false,
                 clock: Arc::new(|| chrono::DateTime::UNIX_EPOCH),
                 progress: false,

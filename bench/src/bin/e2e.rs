@@ -60,6 +60,7 @@ fn child(
         registry: work.path().join("models"),
         output: output.clone(),
         mlflow: None,
+        metrics: None,
         write_scores: true,
         clock: Arc::new(chrono::Utc::now),
         progress: false,

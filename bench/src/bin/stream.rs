@@ -64,6 +64,7 @@ fn options(schema: &SourceSchema, input: Input, root: &Path, config: RunConfig) 
         registry: root.join("models"),
         output: root.join("output"),
         mlflow: None,
+        metrics: None,
         write_scores: false,
         clock: Arc::new(chrono::Utc::now),
         progress: false,

@@ -45,6 +45,7 @@ use crate::post_proc::Clock;
 use crate::run_status::{RunStatus, Status};
 use crate::serialize::{Columns, OutKind};
 use crate::sink::files::output_path;
+use crate::telemetry::{MetricsServer, Telemetry};
 
 pub use control_topic::ControlTopicInput;
 pub use input::{Input, StreamInput, StreamSource};
@@ -69,6 +70,8 @@ pub struct RunOptions {
     pub registry: PathBuf,
     /// The MLflow server the registry is mirrored to, if any (`crate::mlflow`).
     pub mlflow: Option<MlflowOptions>,
+    /// Where `/metrics` is served while the run goes on, if anywhere (`crate::telemetry`).
+    pub metrics: Option<MetricsOptions>,
     /// The output directory.
     pub output: PathBuf,
     /// Also write every scored row.
@@ -102,6 +105,25 @@ impl MlflowOptions {
             uri: uri.to_string(),
             flush,
             changes: None,
+        }
+    }
+}
+
+/// Where a run serves its Prometheus metrics.
+#[derive(Debug, Clone)]
+pub struct MetricsOptions {
+    /// `HOST:PORT` (port 0: any free port, logged).
+    pub addr: String,
+    /// The run's metrics (set by [`run`]).
+    pub(crate) telemetry: Option<Arc<Telemetry>>,
+}
+
+impl MetricsOptions {
+    /// Serves `/metrics` on `addr`.
+    pub fn new(addr: &str) -> MetricsOptions {
+        MetricsOptions {
+            addr: addr.to_string(),
+            telemetry: None,
         }
     }
 }
@@ -264,6 +286,14 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
         Some(RunStatus::start(&opts.output, &opts.schema.name)?)
     } else {
         None
+    };
+    let _metrics = match opts.metrics.as_mut() {
+        Some(m) => {
+            let telemetry = Arc::new(Telemetry::new());
+            m.telemetry = Some(telemetry.clone());
+            Some(MetricsServer::start(&m.addr, telemetry)?)
+        }
+        None => None,
     };
     let mirror = match &opts.mlflow {
         Some(m) => Some(Mirror::start(&opts.registry, &m.uri, m.flush)?),

@@ -374,6 +374,11 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
         dead: graph.dead,
         snapshots: source_state,
         stats: stats.clone(),
+        publisher: o
+            .metrics
+            .as_ref()
+            .and_then(|m| m.telemetry.clone())
+            .map(crate::telemetry::Publisher::new),
     };
     let mut committed = None;
     let mut on_cut = |source: &mut dyn Source| match &ckpt {

@@ -137,6 +137,17 @@ pub struct Feed {
     pub snapshots: StageState,
     /// The worker's counters.
     pub stats: SharedStats,
+    /// Where the worker publishes its counters for `/metrics`, when the run serves them.
+    pub publisher: Option<crate::telemetry::Publisher>,
+}
+
+impl Feed {
+    /// Publishes the worker's counters for `/metrics` (at most every 200 ms).
+    fn tick(&mut self) {
+        if let Some(p) = self.publisher.as_mut() {
+            p.tick(&self.stats.borrow());
+        }
+    }
 }
 
 impl Feed {
@@ -255,18 +266,27 @@ pub fn drive(
             }
         }
         worker.step();
+        feed.tick();
     }
     if source.stateful() {
         feed.snapshots.offer(u64::MAX, || source.state(&[]), &stats);
     }
+    let mut publisher = feed.publisher.take();
     drop(feed);
-    while worker.step_or_park(None) {}
+    while worker.step_or_park(None) {
+        if let Some(p) = publisher.as_mut() {
+            p.tick(&stats.borrow());
+        }
+    }
     let committed = match on_cut {
         Some(cb) => cb(source),
         None => source.commit(None),
     };
     if let Err(e) = committed {
         stats.borrow_mut().fail(e);
+    }
+    if let Some(p) = publisher {
+        p.finish(&stats.borrow());
     }
     sent
 }
@@ -291,6 +311,7 @@ fn send_epochs(
         // through every stage at once instead of one step per poll of the source.
         while probe.less_than(&(epoch + 2).saturating_sub(in_flight)) {
             worker.step();
+            feed.tick();
         }
     }
     epochs.len()

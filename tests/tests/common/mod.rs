@@ -42,6 +42,7 @@ pub fn options(source: &str, input: Input, root: &Path, workers: usize) -> RunOp
         registry: root.join("models"),
         output: root.join("output"),
         mlflow: None,
+        metrics: None,
         write_scores: true,
         clock: Arc::new(|| Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap()),
         progress: false,

@@ -1,0 +1,393 @@
+//! Prometheus metrics while a run goes on (`--metrics-addr HOST:PORT`): dfp serves
+//! `GET /metrics` in the OpenMetrics text format from a thread of its own (std::net, one
+//! connection at a time: a scraper's load), and every worker publishes its counters there as it
+//! steps the dataflow (at most every 200 ms, and once at its end), as the difference since its
+//! last publication: no hot-path code touches the metrics.
+//!
+//! Names follow Prometheus' conventions: one `dfp_` prefix, base units (`_seconds`, `_bytes`),
+//! `_total` for counters; no label carries a user, a model or anything else unbounded.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use dfp_engine::{Error, Result};
+
+use crate::metrics::Stats;
+
+type Seconds = Counter<f64, AtomicU64>;
+
+/// The run's metrics, shared by its workers and the server.
+pub struct Telemetry {
+    registry: Registry,
+    files: Counter,
+    bytes: Counter,
+    rows: Counter,
+    dead_letters: Counter,
+    models_trained: Counter,
+    training_failures: Counter,
+    train_epochs: Counter,
+    infer_epochs: Counter,
+    scored: Counter,
+    generic_fallbacks: Counter,
+    detections: Counter,
+    over_budget: Counter,
+    alerts: Counter,
+    promoted: Counter,
+    parity_breaches: Counter,
+    train_seconds: Seconds,
+    score_seconds: Seconds,
+    users: Gauge,
+    workers_done: Gauge,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Telemetry")
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    /// Every metric, registered.
+    pub fn new() -> Telemetry {
+        let mut registry = Registry::with_prefix("dfp");
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let files = counter("files_read", "Log files read");
+        let rows = counter("events_read", "Log records read into rows");
+        let dead_letters = counter(
+            "dead_letters",
+            "Records, files and rows written to the dead-letter output (bad input, late records, unscored rows)",
+        );
+        let models_trained = counter("models_trained", "Model versions trained");
+        let training_failures = counter("training_failures", "Models whose training failed");
+        let train_epochs = counter("training_epochs", "Epochs with a training task");
+        let infer_epochs = counter("inference_epochs", "Epochs with an inference task");
+        let scored = counter("events_scored", "Rows scored");
+        let generic_fallbacks = counter(
+            "generic_fallbacks",
+            "Rows scored by the generic model because their user had none",
+        );
+        let detections = counter("detections", "Detections written");
+        let over_budget = counter(
+            "detections_over_budget",
+            "Detections held back by the alert budget",
+        );
+        let alerts = counter(
+            "alerts",
+            "Alerts opened (detections grouped by suppression)",
+        );
+        let promoted = counter(
+            "challengers_promoted",
+            "Challengers promoted by the automatic policy",
+        );
+        let parity_breaches = counter(
+            "parity_breaches",
+            "Groups flagged outside the alert-rate parity band",
+        );
+        let bytes = Counter::default();
+        registry.register_with_unit("input", "Input read", Unit::Bytes, bytes.clone());
+        let train_seconds = Seconds::default();
+        registry.register_with_unit(
+            "training",
+            "Time spent training models, summed over workers",
+            Unit::Seconds,
+            train_seconds.clone(),
+        );
+        let score_seconds = Seconds::default();
+        registry.register_with_unit(
+            "scoring",
+            "Time spent scoring rows, summed over workers",
+            Unit::Seconds,
+            score_seconds.clone(),
+        );
+        let users = Gauge::default();
+        registry.register(
+            "users",
+            "Users seen by the workers (each counted by the worker that owns it)",
+            users.clone(),
+        );
+        let workers_done = Gauge::default();
+        registry.register(
+            "workers_finished",
+            "Workers that have finished the run",
+            workers_done.clone(),
+        );
+        Telemetry {
+            registry,
+            files,
+            bytes,
+            rows,
+            dead_letters,
+            models_trained,
+            training_failures,
+            train_epochs,
+            infer_epochs,
+            scored,
+            generic_fallbacks,
+            detections,
+            over_budget,
+            alerts,
+            promoted,
+            parity_breaches,
+            train_seconds,
+            score_seconds,
+            users,
+            workers_done,
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding the metrics");
+        }
+        out
+    }
+}
+
+/// What one worker has published so far: its counters as of then.
+#[derive(Debug)]
+pub struct Publisher {
+    telemetry: Arc<Telemetry>,
+    last: Stats,
+    at: Instant,
+}
+
+const EVERY: Duration = Duration::from_millis(200);
+
+impl Publisher {
+    /// A worker's publisher.
+    pub fn new(telemetry: Arc<Telemetry>) -> Publisher {
+        Publisher {
+            telemetry,
+            last: Stats::default(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Publishes what `now` counted since the last publication, at most every 200 ms.
+    pub fn tick(&mut self, now: &Stats) {
+        if self.at.elapsed() >= EVERY {
+            self.publish(now);
+        }
+    }
+
+    /// Publishes what `now` counted since the last publication.
+    pub fn publish(&mut self, now: &Stats) {
+        let t = &self.telemetry;
+        let l = &self.last;
+        let add = |c: &Counter, now: u64, then: u64| {
+            if now > then {
+                c.inc_by(now - then);
+            }
+        };
+        add(&t.files, now.files, l.files);
+        add(&t.bytes, now.bytes, l.bytes);
+        add(&t.rows, now.rows, l.rows);
+        add(&t.dead_letters, now.dead_letters, l.dead_letters);
+        add(&t.models_trained, now.models_trained, l.models_trained);
+        add(&t.training_failures, now.train_failed, l.train_failed);
+        add(&t.train_epochs, now.train_epochs, l.train_epochs);
+        add(&t.infer_epochs, now.infer_epochs, l.infer_epochs);
+        add(&t.scored, now.scored, l.scored);
+        add(
+            &t.generic_fallbacks,
+            now.generic_fallbacks,
+            l.generic_fallbacks,
+        );
+        add(&t.detections, now.detections, l.detections);
+        add(&t.over_budget, now.over_budget, l.over_budget);
+        add(&t.alerts, now.alerts, l.alerts);
+        add(&t.promoted, now.promoted, l.promoted);
+        add(&t.parity_breaches, now.parity_breaches, l.parity_breaches);
+        if now.train_seconds > l.train_seconds {
+            t.train_seconds.inc_by(now.train_seconds - l.train_seconds);
+        }
+        if now.score_seconds > l.score_seconds {
+            t.score_seconds.inc_by(now.score_seconds - l.score_seconds);
+        }
+        let users = now.users.len() as i64 - l.users.len() as i64;
+        t.users.inc_by(users);
+        self.last = Stats {
+            users: now.users.clone(),
+            fatal: Vec::new(),
+            ..*now
+        };
+        self.at = Instant::now();
+    }
+
+    /// The last publication, at the worker's end.
+    pub fn finish(mut self, now: &Stats) {
+        self.publish(now);
+        self.telemetry.workers_done.inc();
+    }
+}
+
+/// `/metrics` served on an address while a run goes on; stopped when dropped.
+#[derive(Debug)]
+pub struct MetricsServer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    /// The address it listens on (the port chosen when the address gave 0).
+    pub addr: std::net::SocketAddr,
+}
+
+impl MetricsServer {
+    /// Listens on `addr` (`HOST:PORT`); an address that cannot be bound is an error naming it.
+    pub fn start(addr: &str, telemetry: Arc<Telemetry>) -> Result<MetricsServer> {
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            Error::stage(
+                "metrics",
+                format!("--metrics-addr {addr}: cannot listen there: {e}"),
+            )
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::stage("metrics", format!("--metrics-addr {addr}: {e}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::stage("metrics", format!("--metrics-addr {addr}: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("dfp-metrics".to_string())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => answer(conn, &telemetry),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "metrics: accepting a connection");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::stage("metrics", format!("starting the metrics server: {e}")))?;
+        tracing::info!(addr = %bound, "serving /metrics");
+        Ok(MetricsServer {
+            stop,
+            handle: Some(handle),
+            addr: bound,
+        })
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Answers one request: `GET /metrics` with the metrics, anything else 404 (or 405).
+fn answer(conn: TcpStream, telemetry: &Telemetry) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(&conn);
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    // The headers are read and ignored.
+    let mut header = String::new();
+    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+        header.clear();
+    }
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            telemetry.text(),
+        ),
+        (_, "/metrics") => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "dfp serves /metrics\n".into(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut w = &conn;
+    let _ = w
+        .write_all(head.as_bytes())
+        .and_then(|()| w.write_all(body.as_bytes()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn workers_publish_differences_and_the_server_answers_in_prometheus_format() {
+        let t = Arc::new(Telemetry::new());
+        let server = MetricsServer::start("127.0.0.1:0", t.clone()).unwrap();
+        let (mut a, b) = (Publisher::new(t.clone()), Publisher::new(t.clone()));
+        let mut s = Stats {
+            rows: 10,
+            detections: 2,
+            score_seconds: 0.5,
+            ..Stats::default()
+        };
+        a.publish(&s);
+        s.rows = 25;
+        a.publish(&s);
+        b.finish(&Stats {
+            rows: 5,
+            ..Stats::default()
+        });
+        let text = get(server.addr, "/metrics");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        for line in [
+            "dfp_events_read_total 30",
+            "dfp_detections_total 2",
+            "dfp_scoring_seconds_total 0.5",
+            "dfp_workers_finished 1",
+            "# TYPE dfp_input_bytes counter",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(get(server.addr, "/").starts_with("HTTP/1.1 404"));
+        let taken = MetricsServer::start(&server.addr.to_string(), t).unwrap_err();
+        assert!(taken.to_string().contains("cannot listen"), "{taken}");
+    }
+}
