@@ -28,6 +28,14 @@ pub struct FeedbackArgs {
     /// Who gives the verdict (default: $USER).
     #[arg(long)]
     by: Option<String>,
+    /// With a benign or false_positive verdict: silence the detection's pattern (its two
+    /// leading features) for its user for this many days of event time from it, in this and
+    /// later runs that use --registry.
+    #[arg(long, value_name = "DAYS", requires = "detection", value_parser = clap::value_parser!(u32).range(1..=3650))]
+    suppress_for: Option<u32>,
+    /// The model registry whose runs the suppression rule applies to.
+    #[arg(long, default_value = "models")]
+    registry: PathBuf,
     /// Print the precision of the verdicts recorded so far instead.
     #[arg(long)]
     report: bool,
@@ -87,7 +95,23 @@ pub fn feedback(args: FeedbackArgs) -> Result<ExitCode> {
         note: args.note,
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    match feedback::record(&args.output, &source, verdict)? {
+    if args.suppress_for.is_some() && label == Label::TruePositive {
+        bail!("a true positive is not silenced: --suppress-for goes with benign or false_positive");
+    }
+    let recorded = feedback::record(&args.output, &source, verdict.clone())?;
+    if let (Some(days), false) = (args.suppress_for, matches!(recorded, Recorded::Unknown(_))) {
+        let judged = feedback::find_detection(&args.output, &source, &id)?
+            .with_context(|| format!("detection {id} is gone from {}", args.output.display()))?;
+        let rule = feedback::suppress(&args.registry, &verdict, &judged, days)?;
+        println!(
+            "{}: pattern {} silenced for {days} days from {} (rule in {})",
+            rule.user.escape_debug(),
+            rule.pattern,
+            judged.timestamp,
+            feedback::suppressions_path(&args.registry).display()
+        );
+    }
+    match recorded {
         Recorded::New(d) => {
             println!(
                 "{id}: {} ({} at {}, {}, top features {})",

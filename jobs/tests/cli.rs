@@ -78,11 +78,9 @@ fn run_names_a_missing_control_message_and_a_bad_config() {
     assert!(stdout(&out).contains("threshold"), "{}", stdout(&out));
 }
 
-#[test]
-fn demo_trains_scores_and_prints_the_detection_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let demo = dir.path().join("demo");
-    let out = dfp(&[
+/// `dfp demo` on 8 users and 6 days (4 to train) into `dir`.
+fn small_demo(dir: &Path) -> Output {
+    dfp(&[
         "demo",
         "--users",
         "8",
@@ -91,8 +89,15 @@ fn demo_trains_scores_and_prints_the_detection_table() {
         "--train-days",
         "4",
         "--dir",
-        demo.to_str().unwrap(),
-    ]);
+        dir.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn demo_trains_scores_and_prints_the_detection_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let out = small_demo(&demo);
     let text = stdout(&out);
     assert!(
         out.status.success(),
@@ -655,17 +660,7 @@ fn models_with_an_mlflow_registry_push_promotions_and_sync_says_what_it_could_no
 fn feedback_records_verdicts_by_detection_id_and_reports_precision() {
     let dir = tempfile::tempdir().unwrap();
     let ids = |demo: &Path| -> Vec<String> {
-        let out = dfp(&[
-            "demo",
-            "--users",
-            "8",
-            "--days",
-            "6",
-            "--train-days",
-            "4",
-            "--dir",
-            demo.to_str().unwrap(),
-        ]);
+        let out = small_demo(demo);
         assert!(
             out.status.success(),
             "{}",
@@ -770,4 +765,100 @@ fn feedback_records_verdicts_by_detection_id_and_reports_precision() {
         table.contains("precision") && table.contains("feature pattern"),
         "{table}"
     );
+    // The benign pattern silenced for its user: a rerun with the same registry writes the
+    // same detections but those, and says how many it silenced.
+    let demo = dir.path().join("a");
+    let models = demo.join("models");
+    let models = models.to_str().unwrap();
+    let out = dfp(&[
+        "feedback",
+        "--output",
+        output,
+        "--detection",
+        &first[1],
+        "--label",
+        "benign",
+        "--suppress-for",
+        "30",
+        "--registry",
+        models,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("silenced for 30 days"),
+        "{}",
+        stdout(&out)
+    );
+    let refused = dfp(&[
+        "feedback",
+        "--output",
+        output,
+        "--detection",
+        &first[0],
+        "--label",
+        "true_positive",
+        "--suppress-for",
+        "3",
+        "--registry",
+        models,
+    ]);
+    assert!(!refused.status.success());
+    let detections = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("dfp_detections_azure.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let before = detections(&demo.join("output"));
+    let judged = before
+        .iter()
+        .find(|d| d["detection_id"] == first[1].as_str())
+        .unwrap();
+    let lead = |d: &serde_json::Value| -> Vec<serde_json::Value> {
+        d["top_features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(2)
+            .cloned()
+            .collect()
+    };
+    let silenced = before
+        .iter()
+        .filter(|d| {
+            d["username"] == judged["username"]
+                && lead(d) == lead(judged)
+                && d["timestamp"].as_str() >= judged["timestamp"].as_str()
+        })
+        .count();
+    let again = demo.join("again");
+    let out = dfp(&[
+        "run",
+        "--source",
+        "azure",
+        "--control-messages",
+        demo.join("control.json").to_str().unwrap(),
+        "--registry",
+        models,
+        "--output",
+        again.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains(&format!("({silenced} silenced by feedback)")),
+        "{}",
+        stdout(&out)
+    );
+    let after = detections(&again);
+    assert_eq!(after.len(), before.len() - silenced);
+    assert!(after.iter().all(|d| d["detection_id"] != first[1].as_str()));
 }

@@ -6,6 +6,11 @@
 //! pattern and per day, and, where the run scored challengers in the shadow, the precision of
 //! the champion beside the challenger's on the same judged events.
 //!
+//! A benign or false-positive verdict can silence its pattern for the user a while
+//! ([`Suppression`], kept in the registry's `suppressions.jsonl`, so later runs see it): the
+//! user's detections with the same two leading features and event times in the rule's span are
+//! not written as detections (they stay in the scores), counted in the run's summary.
+//!
 //! Nothing is lost: a verdict naming an id the run never detected goes to
 //! `dfp_feedback_unmatched_{source}.jsonl` with the reason (the detection may be in another
 //! output directory); a repeated verdict is reported and not written twice; a changed verdict
@@ -14,12 +19,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::vec::Filter;
 
 use dfp_engine::registry::{is_own_model, split_label};
 use dfp_engine::{Error, Result};
 
+use crate::metrics::SharedStats;
+use crate::post_proc::Detection;
 use crate::serialize::OutKind;
 use crate::sink::files::output_path;
 
@@ -117,6 +127,136 @@ pub struct Feedback {
     pub detection: Judged,
 }
 
+/// A confirmed benign pattern of one user, silenced for a span of event time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// The user.
+    pub user: String,
+    /// The pattern ([`pattern`]): the two leading features, `+`-joined.
+    pub pattern: String,
+    /// From this event time on (the judged detection's), µs since the epoch.
+    pub from_us: i64,
+    /// Until this event time (excluded).
+    pub until_us: i64,
+    /// The detection whose verdict made the rule.
+    pub detection_id: String,
+    /// Who made it.
+    pub by: String,
+    /// Why (the verdict's note).
+    pub why: String,
+    /// When it was made (RFC 3339, UTC).
+    pub at: String,
+}
+
+/// The file of suppression rules in a registry directory.
+pub fn suppressions_path(registry: &Path) -> PathBuf {
+    registry.join("suppressions.jsonl")
+}
+
+/// The rules of a registry: every user's silenced patterns.
+#[derive(Debug, Clone, Default)]
+pub struct Suppressions {
+    rules: HashMap<String, Vec<Suppression>>,
+}
+
+impl Suppressions {
+    /// The rules in `registry` (none when it has no rule file); a line that is not a rule is
+    /// an error naming the file and line.
+    pub fn load(registry: &Path) -> Result<Suppressions> {
+        let path = suppressions_path(registry);
+        let mut rules: HashMap<String, Vec<Suppression>> = HashMap::new();
+        for (line, v) in json_lines(&path)? {
+            let rule: Suppression = serde_json::from_value(v).map_err(|e| Error::Json {
+                context: format!("{} line {line}: a suppression rule", path.display()),
+                source: e,
+            })?;
+            rules.entry(rule.user.clone()).or_default().push(rule);
+        }
+        Ok(Suppressions { rules })
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether a rule silences the detection of `user`'s event at `ts_us` led by
+    /// `top_features`.
+    pub fn silences(&self, user: &str, ts_us: i64, top_features: &[String]) -> bool {
+        self.rules.get(user).is_some_and(|rules| {
+            let p = pattern(top_features);
+            rules
+                .iter()
+                .any(|r| r.pattern == p && (r.from_us..r.until_us).contains(&ts_us))
+        })
+    }
+}
+
+/// Silences the pattern of the judged detection `judged` (verdict `verdict`) for `days` days
+/// of event time from it: appended to `registry`'s rules.
+pub fn suppress(
+    registry: &Path,
+    verdict: &Verdict,
+    judged: &Judged,
+    days: u32,
+) -> Result<Suppression> {
+    if verdict.label == Label::TruePositive {
+        return Err(Error::stage(
+            "feedback",
+            "a true positive is not silenced: --suppress-for goes with benign or false_positive",
+        ));
+    }
+    let from_us = chrono::DateTime::parse_from_rfc3339(&judged.timestamp)
+        .map_err(|e| {
+            Error::stage(
+                "feedback",
+                format!(
+                    "detection {}: its timestamp {:?} is not RFC 3339 ({e})",
+                    verdict.detection_id, judged.timestamp
+                ),
+            )
+        })?
+        .timestamp_micros();
+    let rule = Suppression {
+        user: judged.username.clone(),
+        pattern: pattern(&judged.top_features),
+        from_us,
+        until_us: from_us.saturating_add(i64::from(days) * 86_400_000_000),
+        detection_id: verdict.detection_id.clone(),
+        by: verdict.by.clone(),
+        why: verdict.note.clone(),
+        at: verdict.at.clone(),
+    };
+    std::fs::create_dir_all(registry)
+        .map_err(|e| Error::io(registry, "creating the registry", e))?;
+    append(&suppressions_path(registry), &rule)?;
+    Ok(rule)
+}
+
+/// The silencing stage as a timely operator: drops the detections a rule silences.
+pub trait Silence<'s> {
+    /// The detections no rule silences; the others are counted in `stats.suppressed`.
+    fn silence(self, rules: Arc<Suppressions>, stats: SharedStats)
+    -> StreamVec<'s, u64, Detection>;
+}
+
+impl<'s> Silence<'s> for StreamVec<'s, u64, Detection> {
+    fn silence(
+        self,
+        rules: Arc<Suppressions>,
+        stats: SharedStats,
+    ) -> StreamVec<'s, u64, Detection> {
+        self.filter(move |d| {
+            let user = d.scored.row.user.as_deref().unwrap_or("");
+            let silenced = rules.silences(user, d.scored.row.ts, &d.top_features);
+            if silenced {
+                stats.borrow_mut().suppressed += 1;
+            }
+            !silenced
+        })
+    }
+}
+
 /// What recording a verdict did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recorded {
@@ -179,7 +319,7 @@ fn json_lines(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
 }
 
 /// The detection `id` in `output`'s detections of `source`, if there is one.
-fn find_detection(output: &Path, source: &str, id: &str) -> Result<Option<Judged>> {
+pub fn find_detection(output: &Path, source: &str, id: &str) -> Result<Option<Judged>> {
     let path = output_path(output, source, OutKind::DetectionsJson);
     for (_, d) in json_lines(&path)? {
         if d["detection_id"].as_str() != Some(id) {
@@ -508,5 +648,45 @@ mod tests {
             ),
             (1, Some(1.0))
         );
+    }
+
+    #[test]
+    fn a_rule_silences_its_users_pattern_within_its_span_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let verdict = Verdict {
+            detection_id: "d1".into(),
+            label: Label::Benign,
+            by: "ana".into(),
+            note: "travel".into(),
+            at: "2022-08-03T00:00:00Z".into(),
+        };
+        let judged = Judged {
+            username: "u".into(),
+            timestamp: "2022-08-01T00:00:00Z".into(),
+            event_id: String::new(),
+            model_version: "DFP-azure-u:1".into(),
+            mean_abs_z: Some(5.0),
+            top_features: vec!["location".into(), "app".into(), "hour".into()],
+        };
+        let positive = Verdict {
+            label: Label::TruePositive,
+            ..verdict.clone()
+        };
+        assert!(suppress(dir.path(), &positive, &judged, 2).is_err());
+        assert!(Suppressions::load(dir.path()).unwrap().is_empty());
+        let rule = suppress(dir.path(), &verdict, &judged, 2).unwrap();
+        assert_eq!(rule.pattern, "location+app");
+        let rules = Suppressions::load(dir.path()).unwrap();
+        let day = 86_400_000_000;
+        let lead = |a: &str, b: &str| vec![a.to_string(), b.to_string(), "x".to_string()];
+        assert!(rules.silences("u", rule.from_us, &lead("location", "app")));
+        assert!(rules.silences("u", rule.from_us + 2 * day - 1, &lead("location", "app")));
+        assert!(!rules.silences("u", rule.from_us + 2 * day, &lead("location", "app")));
+        assert!(!rules.silences("u", rule.from_us - 1, &lead("location", "app")));
+        assert!(!rules.silences("u", rule.from_us, &lead("app", "location")));
+        assert!(!rules.silences("v", rule.from_us, &lead("location", "app")));
+        std::fs::write(suppressions_path(dir.path()), "{not json\n").unwrap();
+        let e = Suppressions::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("suppressions.jsonl line 1"), "{e}");
     }
 }

@@ -53,6 +53,8 @@ pub struct Stats {
     pub alerts: u64,
     /// Challengers promoted by the automatic policy.
     pub promoted: u64,
+    /// Detections silenced by a suppression rule from analysts' feedback.
+    pub suppressed: u64,
     /// Groups flagged outside the parity band, over the epochs (`crate::parity`).
     pub parity_breaches: u64,
     /// Dead letters written.
@@ -115,6 +117,7 @@ impl Stats {
         self.alerts += o.alerts;
         self.promoted += o.promoted;
         self.parity_breaches += o.parity_breaches;
+        self.suppressed += o.suppressed;
         self.dead_letters += o.dead_letters;
         self.fatal.extend(o.fatal);
     }

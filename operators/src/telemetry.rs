@@ -43,6 +43,7 @@ pub struct Telemetry {
     alerts: Counter,
     promoted: Counter,
     parity_breaches: Counter,
+    suppressed: Counter,
     train_seconds: Seconds,
     score_seconds: Seconds,
     users: Gauge,
@@ -102,6 +103,10 @@ impl Telemetry {
             "parity_breaches",
             "Groups flagged outside the alert-rate parity band",
         );
+        let suppressed = counter(
+            "detections_suppressed",
+            "Detections silenced by analysts' suppression rules",
+        );
         let bytes = Counter::default();
         registry.register_with_unit("input", "Input read", Unit::Bytes, bytes.clone());
         let train_seconds = Seconds::default();
@@ -147,6 +152,7 @@ impl Telemetry {
             alerts,
             promoted,
             parity_breaches,
+            suppressed,
             train_seconds,
             score_seconds,
             users,
@@ -219,6 +225,7 @@ impl Publisher {
         add(&t.alerts, now.alerts, l.alerts);
         add(&t.promoted, now.promoted, l.promoted);
         add(&t.parity_breaches, now.parity_breaches, l.parity_breaches);
+        add(&t.suppressed, now.suppressed, l.suppressed);
         if now.train_seconds > l.train_seconds {
             t.train_seconds.inc_by(now.train_seconds - l.train_seconds);
         }

@@ -31,6 +31,7 @@ use crate::budget::{AlertBudget, Budget};
 use crate::config::RunConfig;
 use crate::data_prep::DataPrep;
 use crate::dead_letter::{DeadLetter, Originals};
+use crate::feedback::{Silence, Suppressions};
 use crate::file_to_batch::{FileRows, FileTask, FileToBatch};
 use crate::filter_detections::{FilterDetections, Rule};
 use crate::inference::{Inference, Scorer};
@@ -71,6 +72,8 @@ pub(crate) struct Stages {
     pub alerts: Option<(Suppressor, StageState)>,
     /// Automatic promotion, when the run's policy is `auto`.
     pub promoter: Option<(Promoter, StageState)>,
+    /// Analysts' suppression rules (benign patterns silenced a while).
+    pub silenced: Arc<Suppressions>,
     /// Each epoch's end in event time, for suppression.
     pub epoch_ends: EpochEnds,
     pub originals: Originals,
@@ -161,7 +164,10 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
     if let Some((budget, state)) = s.budget {
         flagged = flagged.budget(budget, &cfg.detection, state, s.stats.clone());
     }
-    let detections = flagged.post_proc(features.clone(), s.clock.clone());
+    let mut detections = flagged.post_proc(features.clone(), s.clock.clone());
+    if !s.silenced.is_empty() {
+        detections = detections.silence(s.silenced, s.stats.clone());
+    }
     let mut lines = vec![
         detections.clone().serialize(
             s.columns.clone(),

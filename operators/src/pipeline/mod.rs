@@ -245,11 +245,13 @@ impl RunSummary {
         } else {
             String::new()
         };
-        let parity = if s.parity_breaches > 0 {
-            format!(", {} parity breaches", s.parity_breaches)
-        } else {
-            String::new()
-        };
+        let mut parity = String::new();
+        if s.suppressed > 0 {
+            parity += &format!(" ({} silenced by feedback)", s.suppressed);
+        }
+        if s.parity_breaches > 0 {
+            parity += &format!(", {} parity breaches", s.parity_breaches);
+        }
         let mlflow = self
             .mlflow
             .as_ref()

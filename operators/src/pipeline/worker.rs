@@ -324,6 +324,7 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
         budget,
         alerts,
         promoter,
+        silenced: Arc::new(crate::feedback::Suppressions::load(&o.registry)?),
         epoch_ends: epoch_ends(&run.feed),
         originals,
     };
