@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod mlflow;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -32,6 +32,7 @@ pub mod inference;
 pub mod kafka;
 pub mod metrics;
 pub mod mlflow;
+pub mod notify;
 pub mod parity;
 pub mod pipeline;
 pub mod plan;

@@ -584,3 +584,63 @@ fn parity_flags_the_group_made_noisier_and_counts_every_scored_row_alike_for_1_a
         "{e}"
     );
 }
+
+#[test]
+fn notifications_wait_in_the_outbox_while_the_webhook_is_down_and_arrive_once_later() {
+    use dfp_bench::mlflow::free_port;
+    use dfp_bench::webhook::Webhook;
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path();
+    logs(GenSource::Azure, 8, 9, &root.join("logs"));
+    let control = root.join("control.json");
+    std::fs::write(
+        &control,
+        control_message("logs/*.json", date(1), date(7), date(9)),
+    )
+    .unwrap();
+    let port = free_port();
+    let run_once = || {
+        let mut opts = options("azure", common::control(&control), root, 2);
+        let n = &mut opts.config.notifications;
+        n.webhook = Some(format!("http://127.0.0.1:{port}/hook"));
+        n.max_alerts_per_epoch = Some(0);
+        n.flush_seconds = 1;
+        run(opts).unwrap()
+    };
+    // Down: the run completes and every notification waits in the outbox.
+    let summary = run_once();
+    assert!(summary.stats.alerts > 0, "{}", summary.line());
+    let outbox = root.join("output/dfp_notifications_outbox.jsonl");
+    let waiting: std::collections::BTreeSet<String> = read(&outbox)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!waiting.is_empty());
+    // Up: the next run delivers them, and its own (the same epochs, the same ids) once.
+    let hook = Webhook::on(port);
+    run_once();
+    let got = hook.received();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    let unique: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(unique, waiting, "{got:?}");
+    assert_eq!(ids.len(), unique.len(), "a notification delivered twice");
+    assert!(got.iter().all(|n| n["kind"] == "alert_volume"
+        || n["kind"] == "parity_breach"
+        || n["kind"] == "training_failed"));
+    assert!(
+        got.iter()
+            .any(|n| n["kind"] == "alert_volume" && n["details"]["count"].as_u64() > Some(0))
+    );
+    assert!(
+        !outbox.exists(),
+        "the outbox is emptied once all is delivered"
+    );
+}

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::AlertConfig;
 use crate::filter_detections::DetectionConfig;
 use crate::inference::InferenceConfig;
+use crate::notify::NotifyConfig;
 use crate::rolling_window::WindowConfig;
 use crate::split_users::SplitConfig;
 
@@ -47,6 +48,8 @@ pub struct RunConfig {
     pub lifecycle: LifecycleConfig,
     /// Alert-rate parity across the groups of one column.
     pub parity: ParityConfig,
+    /// Notifications to a webhook.
+    pub notifications: NotifyConfig,
     /// The event-time guard.
     pub events: EventsConfig,
     /// Morpheus' features and output columns instead of dfp's.
@@ -223,6 +226,7 @@ impl Default for RunConfig {
             alerts: AlertConfig::default(),
             lifecycle: LifecycleConfig::default(),
             parity: ParityConfig::default(),
+            notifications: NotifyConfig::default(),
             events: EventsConfig::default(),
             morpheus: MorpheusConfig::default(),
             source: SourceConfig::default(),
@@ -257,6 +261,7 @@ impl RunConfig {
         self.alerts.check("alerts", &mut p);
         self.lifecycle.check("lifecycle", &mut p);
         self.parity.check("parity", &mut p);
+        self.notifications.check("notifications", &mut p);
         self.source.check("source", &mut p);
         self.checkpoint
             .check("checkpoint", &self.source.epoch, &mut p);

@@ -93,6 +93,13 @@ pub(crate) fn other_sinks(
             SinkConfig::Stdout {} => out.push(Box::new(StdoutSink::default())),
         }
     }
+    if opts.config.notifications.webhook.is_some() {
+        out.push(Box::new(crate::notify::Notifier::start(
+            &opts.config.notifications,
+            &opts.schema.name,
+            &opts.output,
+        )?));
+    }
     Ok(out)
 }
 

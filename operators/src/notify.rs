@@ -1,0 +1,530 @@
+//! Notifications (`[notifications]`): rules over each epoch's output send a JSON event to a
+//! webhook, through an outbox so that none is dropped silently.
+//!
+//! Rules, judged on the lines an epoch writes (the notifier is a [`Sink`] after the files):
+//! `alert_volume` when the epoch writes more alerts (or, without the alerts file, detections)
+//! than `max_alerts_per_epoch`; `parity_breach` for each group the parity stage flags;
+//! `training_failed` when models of the epoch failed to train (their dead letters).
+//!
+//! Delivery: each notification is appended to the outbox (`dfp_notifications_outbox.jsonl` in
+//! the output directory, fsynced) before the epoch counts as written; a courier thread POSTs
+//! what the outbox holds and its `.delivered` companion does not, at most `max_per_minute` a
+//! minute, retrying with backoff (0.5 s to 30 s). At the end of the run it keeps trying for
+//! `flush_seconds`; what is left stays in the outbox and the next run with the same output
+//! directory delivers it first. Every notification has a stable `id` (the hash of its kind,
+//! source, epoch and subject): a replayed epoch sends the same id again, so a receiver that
+//! keeps ids sees each notification once (delivery is at least once).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use dfp_engine::config::Problems;
+use dfp_engine::{Error, Result};
+
+use crate::serialize::{Line, OutKind};
+use crate::sink::Sink;
+
+/// `[notifications]`: where they go and what raises them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// The webhook (`http://HOST:PORT/PATH`) each notification is POSTed to; none: off.
+    pub webhook: Option<String>,
+    /// `alert_volume` when an epoch writes more alerts than this; none: never.
+    pub max_alerts_per_epoch: Option<u64>,
+    /// `parity_breach` for each group flagged by `[parity]`.
+    pub parity: bool,
+    /// `training_failed` when models fail to train.
+    pub training_failures: bool,
+    /// At most this many deliveries a minute; the rest wait in the outbox.
+    pub max_per_minute: u32,
+    /// How long the end of a run keeps trying to deliver, in seconds.
+    pub flush_seconds: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            max_alerts_per_epoch: None,
+            parity: true,
+            training_failures: true,
+            max_per_minute: 60,
+            flush_seconds: 10,
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// Every problem, under `path`.
+    pub fn check(&self, path: &str, p: &mut Problems) {
+        let key = |k: &str| dfp_engine::config::join(path, k);
+        if let Some(url) = &self.webhook
+            && !url.starts_with("http://")
+        {
+            p.push(
+                key("webhook"),
+                "an http:// URL (https is not built into dfp's client)",
+            );
+        }
+        if self.max_per_minute == 0 {
+            p.push(key("max_per_minute"), "at least 1");
+        }
+    }
+}
+
+/// One notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Stable: the same event of a replayed epoch has the same id.
+    pub id: String,
+    /// `alert_volume`, `parity_breach`, `training_failed`.
+    pub kind: String,
+    /// The source.
+    pub source: String,
+    /// The epoch.
+    pub epoch: u64,
+    /// One sentence.
+    pub summary: String,
+    /// The figures.
+    pub details: Value,
+}
+
+fn notification(
+    source: &str,
+    epoch: u64,
+    kind: &str,
+    subject: &str,
+    summary: String,
+    details: Value,
+) -> Notification {
+    let key = format!("{kind}\0{source}\0{epoch}\0{subject}");
+    Notification {
+        id: format!("{:016x}", dfp_engine::hash::fnv1a64(key.as_bytes())),
+        kind: kind.to_string(),
+        source: source.to_string(),
+        epoch,
+        summary,
+        details,
+    }
+}
+
+/// The notifications `cfg`'s rules raise on one epoch's lines.
+pub fn judge(cfg: &NotifyConfig, source: &str, epoch: u64, lines: &[Line]) -> Vec<Notification> {
+    let mut out = Vec::new();
+    if let Some(limit) = cfg.max_alerts_per_epoch {
+        let alerts = lines.iter().filter(|l| l.kind == OutKind::Alerts).count() as u64;
+        let (count, what) = if alerts > 0 {
+            (alerts, "alerts")
+        } else {
+            let d = lines
+                .iter()
+                .filter(|l| l.kind == OutKind::DetectionsJson)
+                .count() as u64;
+            (d, "detections")
+        };
+        if count > limit {
+            out.push(notification(
+                source,
+                epoch,
+                "alert_volume",
+                "",
+                format!("epoch {epoch} wrote {count} {what}, more than {limit}"),
+                json!({ "count": count, "limit": limit, "of": what }),
+            ));
+        }
+    }
+    if cfg.parity {
+        for l in lines.iter().filter(|l| l.kind == OutKind::Parity) {
+            let cells: Vec<&str> = l.text.split(',').collect();
+            if cells.len() == 9 && cells[8] == "true" {
+                let (field, group, ratio) = (cells[1], cells[2], cells[7]);
+                out.push(notification(
+                    source,
+                    epoch,
+                    "parity_breach",
+                    group,
+                    format!("epoch {epoch}: {field} {group} is alerted on at {ratio} times the overall rate"),
+                    json!({ "group_field": field, "group": group, "rows": cells[3],
+                            "alerts": cells[4], "ratio": ratio }),
+                ));
+            }
+        }
+    }
+    if cfg.training_failures {
+        let failed: Vec<String> = lines
+            .iter()
+            .filter(|l| l.kind == OutKind::DeadLetters)
+            .filter_map(|l| serde_json::from_str::<Value>(&l.text).ok())
+            .filter(|d| d["stage"] == "training")
+            .map(|d| {
+                format!(
+                    "{}: {}",
+                    d["user"].as_str().unwrap_or("?"),
+                    d["reason"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        if !failed.is_empty() {
+            out.push(notification(
+                source,
+                epoch,
+                "training_failed",
+                "",
+                format!("epoch {epoch}: {} models failed to train", failed.len()),
+                json!({ "failures": failed }),
+            ));
+        }
+    }
+    out
+}
+
+/// The outbox of an output directory.
+pub fn outbox_path(output: &Path) -> PathBuf {
+    output.join("dfp_notifications_outbox.jsonl")
+}
+
+fn delivered_path(outbox: &Path) -> PathBuf {
+    outbox.with_extension("jsonl.delivered")
+}
+
+/// The outbox: notifications waiting, and the ids delivered.
+struct Outbox {
+    path: PathBuf,
+}
+
+impl Outbox {
+    fn append(&self, path: &Path, line: &str) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, "opening", e))?;
+        f.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(|e| Error::io(path, "appending", e))
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        match std::fs::File::open(path) {
+            Ok(f) => std::io::BufReader::new(f)
+                .lines()
+                .map_while(|l| l.ok())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The notifications not delivered yet, oldest first (a line that is not one is logged
+    /// and left).
+    fn pending(&self) -> Vec<Notification> {
+        let done: BTreeSet<String> = Self::lines(&delivered_path(&self.path))
+            .into_iter()
+            .collect();
+        let mut seen = BTreeSet::new();
+        Self::lines(&self.path)
+            .into_iter()
+            .filter_map(|l| match serde_json::from_str::<Notification>(&l) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(file = %self.path.display(), error = %e, "not a notification; left in the outbox");
+                    None
+                }
+            })
+            .filter(|n| !done.contains(&n.id) && seen.insert(n.id.clone()))
+            .collect()
+    }
+
+    /// Empties both files once everything in the outbox is delivered.
+    fn compact(&self) -> Result<()> {
+        if self.pending().is_empty() {
+            for p in [self.path.clone(), delivered_path(&self.path)] {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&p, "emptying the outbox", e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The notifier: a [`Sink`] that judges each epoch's lines, appends what the rules raise to
+/// the outbox, and wakes the courier; dropped, it lets the courier flush and waits for it.
+pub struct Notifier {
+    cfg: NotifyConfig,
+    source: String,
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Option<Sender<()>>,
+    courier: Option<JoinHandle<()>>,
+}
+
+impl Notifier {
+    /// A notifier of `source`'s epochs through the outbox in `output`, posting to `cfg.webhook`
+    /// (which must be set); the courier starts at once with what an earlier run left.
+    pub fn start(cfg: &NotifyConfig, source: &str, output: &Path) -> Result<Notifier> {
+        let url = cfg
+            .webhook
+            .clone()
+            .ok_or_else(|| Error::stage("notifications", "no webhook to notify"))?;
+        std::fs::create_dir_all(output).map_err(|e| Error::io(output, "creating", e))?;
+        let outbox = Arc::new(Mutex::new(Outbox {
+            path: outbox_path(output),
+        }));
+        let (wake, rx) = channel();
+        let courier = Courier {
+            url,
+            outbox: outbox.clone(),
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(10)))
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            per_minute: cfg.max_per_minute.max(1) as usize,
+            sent: VecDeque::new(),
+            flush: Duration::from_secs(cfg.flush_seconds),
+        };
+        let handle = std::thread::Builder::new()
+            .name("dfp-notify".to_string())
+            .spawn(move || courier.run(&rx))
+            .map_err(|e| Error::stage("notifications", format!("starting the courier: {e}")))?;
+        Ok(Notifier {
+            cfg: cfg.clone(),
+            source: source.to_string(),
+            outbox,
+            wake: Some(wake),
+            courier: Some(handle),
+        })
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(h) = self.courier.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Sink for Notifier {
+    fn describe(&self) -> String {
+        format!(
+            "notifications to {}",
+            self.cfg.webhook.as_deref().unwrap_or("-")
+        )
+    }
+
+    fn write_epoch(&mut self, epoch: u64, lines: &[Line]) -> Result<()> {
+        let raised = judge(&self.cfg, &self.source, epoch, lines);
+        if raised.is_empty() {
+            return Ok(());
+        }
+        {
+            let outbox = self
+                .outbox
+                .lock()
+                .map_err(|_| Error::stage("notifications", "the outbox lock was poisoned"))?;
+            for n in &raised {
+                let text = serde_json::to_string(n).map_err(|e| Error::Json {
+                    context: "writing a notification".into(),
+                    source: e,
+                })?;
+                outbox.append(&outbox.path, &text)?;
+            }
+        }
+        if let Some(w) = &self.wake {
+            let _ = w.send(());
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+}
+
+/// Delivers the outbox.
+struct Courier {
+    url: String,
+    outbox: Arc<Mutex<Outbox>>,
+    agent: ureq::Agent,
+    per_minute: usize,
+    sent: VecDeque<Instant>,
+    flush: Duration,
+}
+
+impl Courier {
+    fn run(mut self, wake: &Receiver<()>) {
+        let mut backoff = Duration::from_millis(500);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let wait = match self.deliver() {
+                Ok(true) => {
+                    backoff = Duration::from_millis(500);
+                    Duration::from_secs(1)
+                }
+                // Rate-limited: wait for the oldest delivery to leave the minute.
+                Ok(false) => self.sent.front().map_or(Duration::from_millis(100), |t| {
+                    (*t + Duration::from_secs(60)).saturating_duration_since(Instant::now())
+                }),
+                Err(e) => {
+                    tracing::warn!(webhook = %self.url, error = %e, retry_in = ?backoff, "notification not delivered; kept in the outbox");
+                    let w = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    w
+                }
+            };
+            let done = self.outbox.lock().map_or(true, |o| o.pending().is_empty());
+            if let Some(d) = deadline {
+                if done || Instant::now() >= d {
+                    break;
+                }
+                std::thread::sleep(wait.min(d.saturating_duration_since(Instant::now())));
+                continue;
+            }
+            match wake.recv_timeout(wait) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => deadline = Some(Instant::now() + self.flush),
+            }
+        }
+        if let Ok(o) = self.outbox.lock() {
+            let left = o.pending().len();
+            if left > 0 {
+                tracing::warn!(outbox = %o.path.display(), left, "notifications not delivered; the next run delivers them");
+            }
+            if let Err(e) = o.compact() {
+                tracing::warn!(error = %e.chain(), "emptying the outbox");
+            }
+        }
+    }
+
+    /// Posts what is pending, within the rate limit: Ok(true) when nothing is left, Ok(false)
+    /// when the limit stopped it, Err when the webhook failed.
+    fn deliver(&mut self) -> std::result::Result<bool, String> {
+        let pending = self
+            .outbox
+            .lock()
+            .map_err(|_| "outbox lock poisoned".to_string())?
+            .pending();
+        for n in pending {
+            while self
+                .sent
+                .front()
+                .is_some_and(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                self.sent.pop_front();
+            }
+            if self.sent.len() >= self.per_minute {
+                return Ok(false);
+            }
+            let body = serde_json::to_string(&n).map_err(|e| e.to_string())?;
+            let reply = self
+                .agent
+                .post(&self.url)
+                .header("Content-Type", "application/json")
+                .send(body)
+                .map_err(|e| format!("{}: {e}", self.url))?;
+            let status = reply.status().as_u16();
+            if !(200..300).contains(&status) {
+                return Err(format!("{} answered {status}", self.url));
+            }
+            self.sent.push_back(Instant::now());
+            let o = self
+                .outbox
+                .lock()
+                .map_err(|_| "outbox lock poisoned".to_string())?;
+            o.append(&delivered_path(&o.path), &n.id)
+                .map_err(|e| e.chain())?;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(kind: OutKind, text: &str) -> Line {
+        Line {
+            kind,
+            ts: 0,
+            origin: None,
+            text: text.to_string(),
+        }
+    }
+
+    #[test]
+    fn rules_raise_stable_notifications_from_an_epochs_lines() {
+        let cfg = NotifyConfig {
+            webhook: Some("http://127.0.0.1:1/hook".into()),
+            max_alerts_per_epoch: Some(1),
+            ..NotifyConfig::default()
+        };
+        let lines = vec![
+            line(OutKind::Alerts, "{}"),
+            line(OutKind::Alerts, "{}"),
+            line(OutKind::Parity, "4,country,FR,100,30,0.3,0.1,3.0000,true"),
+            line(OutKind::Parity, "4,country,DE,100,10,0.1,0.1,1.0000,false"),
+            line(
+                OutKind::DeadLetters,
+                r#"{"stage":"training","user":"DFP-azure-u","reason":"NaN loss"}"#,
+            ),
+            line(
+                OutKind::DeadLetters,
+                r#"{"stage":"ingest","reason":"bad json"}"#,
+            ),
+        ];
+        let got = judge(&cfg, "azure", 4, &lines);
+        let kinds: Vec<&str> = got.iter().map(|n| n.kind.as_str()).collect();
+        assert_eq!(kinds, ["alert_volume", "parity_breach", "training_failed"]);
+        assert_eq!(got[0].details["count"], 2);
+        assert_eq!(got[1].details["group"], "FR");
+        assert!(got[2].summary.contains("1 models failed"));
+        assert_eq!(got, judge(&cfg, "azure", 4, &lines), "ids are stable");
+        assert_ne!(got[0].id, judge(&cfg, "azure", 5, &lines)[0].id);
+        let quiet = NotifyConfig {
+            max_alerts_per_epoch: Some(2),
+            parity: false,
+            training_failures: false,
+            ..cfg
+        };
+        assert!(judge(&quiet, "azure", 4, &lines).is_empty());
+    }
+
+    #[test]
+    fn the_outbox_keeps_what_is_not_delivered_and_empties_once_all_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox {
+            path: outbox_path(dir.path()),
+        };
+        let n = |id: &str| Notification {
+            id: id.into(),
+            kind: "k".into(),
+            source: "s".into(),
+            epoch: 1,
+            summary: String::new(),
+            details: Value::Null,
+        };
+        for id in ["a", "b", "a"] {
+            o.append(&o.path, &serde_json::to_string(&n(id)).unwrap())
+                .unwrap();
+        }
+        assert_eq!(o.pending().len(), 2, "a repeated id is sent once");
+        o.append(&delivered_path(&o.path), "a").unwrap();
+        o.compact().unwrap();
+        assert_eq!(o.pending(), vec![n("b")]);
+        o.append(&delivered_path(&o.path), "b").unwrap();
+        o.compact().unwrap();
+        assert!(!o.path.exists() && !delivered_path(&o.path).exists());
+    }
+}
