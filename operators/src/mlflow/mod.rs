@@ -19,7 +19,8 @@
 //! by its key tag (`dfp.key`: the model name's hash and the version) before anything is
 //! created, so a crash, a retry or a second sync never doubles a version or a run. Failures
 //! that can pass (no answer, 5xx, 429) are retried with exponential backoff (0.5 s to 30 s);
-//! at the end of a run the mirror compares the whole registry and keeps trying until
+//! at the end of a run the mirror compares the whole registry (in a cluster sharing one
+//! registry, process 0 does; the others push what they changed) and keeps trying until
 //! everything is pushed or the flush time is spent; what is left is named in the run's summary
 //! and pushed by the next run or `dfp models sync`.
 
@@ -554,8 +555,10 @@ pub struct Mirror {
 
 impl Mirror {
     /// Starts mirroring the local registry at `local` to the MLflow server at `uri`; at the
-    /// end it keeps trying for at most `flush`.
-    pub fn start(local: &Path, uri: &str, flush: Duration) -> Result<Mirror> {
+    /// end it keeps trying for at most `flush`, over the whole registry when `whole` (one
+    /// process of a cluster sharing a registry: the others push only what they changed, so
+    /// two processes never push the same model at once).
+    pub fn start(local: &Path, uri: &str, flush: Duration, whole: bool) -> Result<Mirror> {
         let client = Client::new(uri, Duration::from_secs(30))
             .map_err(|e| Error::stage("registry", e.to_string()))?;
         let registry = Registry::open(local)?;
@@ -565,7 +568,7 @@ impl Mirror {
         let syncer = Syncer::new(registry, client);
         let handle = std::thread::Builder::new()
             .name("dfp-mlflow".to_string())
-            .spawn(move || follow(syncer, &rx, &flag, flush))
+            .spawn(move || follow(syncer, &rx, &flag, flush, whole))
             .map_err(|e| Error::stage("registry", format!("starting the MLflow sync: {e}")))?;
         Ok(Mirror {
             changes,
@@ -600,6 +603,7 @@ fn follow(
     rx: &Receiver<String>,
     stop: &AtomicBool,
     flush: Duration,
+    whole: bool,
 ) -> MirrorReport {
     let mut report = MirrorReport {
         server: syncer.client().base().to_string(),
@@ -636,8 +640,18 @@ fn follow(
         }
     }
     // The end: everything, not only what was announced (a model changed by an earlier run or
-    // refused above gets its chance again).
-    match syncer.sync_all(Instant::now() + flush) {
+    // refused above gets its chance again); or, on the other processes of a cluster, what
+    // they announced and did not push yet.
+    let deadline = Instant::now() + flush;
+    pending.extend(rx.try_iter());
+    pending.remove("");
+    pending.extend(failed.into_iter().map(|(name, _)| name));
+    let ended = if whole {
+        syncer.sync_all(deadline)
+    } else {
+        Ok(syncer.sync_until(pending, deadline))
+    };
+    match ended {
         Ok((pushes, left)) => {
             total += pushes;
             report.unsynced = left;

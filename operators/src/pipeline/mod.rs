@@ -298,7 +298,12 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
         None => None,
     };
     let mirror = match &opts.mlflow {
-        Some(m) => Some(Mirror::start(&opts.registry, &m.uri, m.flush)?),
+        Some(m) => Some(Mirror::start(
+            &opts.registry,
+            &m.uri,
+            m.flush,
+            opts.writes_outputs(),
+        )?),
         None => None,
     };
     if let (Some(mirror), Some(m)) = (&mirror, opts.mlflow.as_mut()) {
