@@ -147,6 +147,10 @@ pub struct RunArgs {
     device: dfp_engine::model::Device,
     #[command(flatten)]
     registry: RegistryArgs,
+    /// Read analysts' verdicts from kafka://HOST:PORT/TOPIC while the run goes on (JSON:
+    /// detection_id, label, by, note, suppress_for_days), as `dfp feedback` records them.
+    #[arg(long, value_name = "URL")]
+    feedback_topic: Option<String>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run goes on.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
@@ -275,6 +279,10 @@ fn apply_flags(args: &RunArgs, config: &mut RunConfig) -> Result<()> {
             url: format!("kafka://{brokers}/{topic}"),
             options: Default::default(),
         });
+    }
+    if let Some(url) = &args.feedback_topic {
+        parse_kafka_url(url)?;
+        config.feedback.topic = Some(url.clone());
     }
     for to in &args.detections_to {
         config.sinks.push(if to == "stdout" {

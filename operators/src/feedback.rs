@@ -365,6 +365,29 @@ pub fn read(output: &Path, source: &str) -> Result<Vec<Feedback>> {
 
 /// Records `verdict` on a detection of `source` in the run output `output`.
 pub fn record(output: &Path, source: &str, verdict: Verdict) -> Result<Recorded> {
+    match try_record(output, source, &verdict)? {
+        Some(done) => Ok(done),
+        None => unmatched(output, source, &verdict),
+    }
+}
+
+/// The verdict kept in the unmatched file: no detection has its id.
+fn unmatched(output: &Path, source: &str, verdict: &Verdict) -> Result<Recorded> {
+    let path = unmatched_path(output, source);
+    let reason = format!(
+        "no detection {} in {}",
+        verdict.detection_id.trim(),
+        output_path(output, source, OutKind::DetectionsJson).display()
+    );
+    append(
+        &path,
+        &serde_json::json!({ "verdict": verdict, "reason": reason }),
+    )?;
+    Ok(Recorded::Unknown(path))
+}
+
+/// [`record`], but None (nothing written) when no detection has the id yet.
+fn try_record(output: &Path, source: &str, verdict: &Verdict) -> Result<Option<Recorded>> {
     let id = verdict.detection_id.trim();
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(Error::stage(
@@ -376,16 +399,7 @@ pub fn record(output: &Path, source: &str, verdict: Verdict) -> Result<Recorded>
         ));
     }
     let Some(judged) = find_detection(output, source, id)? else {
-        let path = unmatched_path(output, source);
-        let reason = format!(
-            "no detection {id} in {}",
-            output_path(output, source, OutKind::DetectionsJson).display()
-        );
-        append(
-            &path,
-            &serde_json::json!({ "verdict": verdict, "reason": reason }),
-        )?;
-        return Ok(Recorded::Unknown(path));
+        return Ok(None);
     };
     let before = read(output, source)?
         .into_iter()
@@ -393,19 +407,19 @@ pub fn record(output: &Path, source: &str, verdict: Verdict) -> Result<Recorded>
         .find(|f| f.verdict.detection_id == id)
         .map(|f| f.verdict.label);
     if before == Some(verdict.label) {
-        return Ok(Recorded::Duplicate);
+        return Ok(Some(Recorded::Duplicate));
     }
     append(
         &feedback_path(output, source),
         &Feedback {
-            verdict,
+            verdict: verdict.clone(),
             detection: judged.clone(),
         },
     )?;
-    Ok(match before {
+    Ok(Some(match before {
         Some(old) => Recorded::Changed(old),
         None => Recorded::New(judged),
-    })
+    }))
 }
 
 /// Verdict counts of one group, and its precision.
@@ -552,6 +566,199 @@ fn challenges(
     let mut out: Vec<Challenge> = out.into_values().collect();
     out.sort_by(|a, b| (&a.model, &a.champion).cmp(&(&b.model, &b.champion)));
     Ok(out)
+}
+
+/// One verdict message of the feedback topic (JSON): the verdict, and optionally how many days
+/// to silence its pattern.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicVerdict {
+    detection_id: String,
+    label: Label,
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    suppress_for_days: Option<u32>,
+}
+
+/// What the feedback topic brought in a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TopicReport {
+    /// Verdicts recorded (new or changed).
+    pub recorded: u64,
+    /// Verdicts repeated (not written twice).
+    pub duplicates: u64,
+    /// Verdicts naming no detection of the run: in the unmatched file.
+    pub unmatched: u64,
+    /// Messages that are not verdicts: in the unmatched file with the reason.
+    pub malformed: u64,
+}
+
+impl TopicReport {
+    /// One line for the run's summary.
+    pub fn line(&self) -> String {
+        format!(
+            "feedback topic: {} verdicts recorded, {} repeated, {} naming no detection, {} not verdicts",
+            self.recorded, self.duplicates, self.unmatched, self.malformed
+        )
+    }
+}
+
+/// Where a run's feedback topic writes: the run's outputs and registry.
+#[derive(Debug, Clone)]
+pub struct FeedbackPlace {
+    /// The run's output directory.
+    pub output: PathBuf,
+    /// The source.
+    pub source: String,
+    /// The registry (for suppression rules).
+    pub registry: PathBuf,
+}
+
+/// A thread reading verdicts from a Kafka topic while a run goes on (`[feedback] topic`):
+/// each is recorded as `dfp feedback` records it; one naming a detection the run has not
+/// written yet is tried again until the run ends, then kept in the unmatched file. Offsets are
+/// committed at the end, once every message is recorded: a crash reads them again, and a
+/// verdict read twice is recorded once.
+pub struct FeedbackTopic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Result<TopicReport>>,
+}
+
+impl FeedbackTopic {
+    /// Starts reading `topic` through `kafka` in consumer group `group`.
+    pub fn start(
+        kafka: &crate::kafka::KafkaSettings,
+        topic: &str,
+        group: &str,
+        place: FeedbackPlace,
+    ) -> Result<FeedbackTopic> {
+        let consumer = kafka.consumer(group)?;
+        crate::kafka::assign_all(&consumer, kafka, topic, &BTreeMap::new())?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let topic = topic.to_string();
+        let handle = std::thread::Builder::new()
+            .name("dfp-feedback".to_string())
+            .spawn(move || read_topic(&consumer, &topic, &place, &flag))
+            .map_err(|e| Error::stage("feedback", format!("starting the topic reader: {e}")))?;
+        Ok(FeedbackTopic { stop, handle })
+    }
+
+    /// Reads what is left, records the verdicts still waiting (or keeps them as unmatched),
+    /// commits, and reports.
+    pub fn finish(self) -> Result<TopicReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle
+            .join()
+            .map_err(|_| Error::stage("feedback", "the topic reader panicked"))?
+    }
+}
+
+fn read_topic(
+    consumer: &crate::kafka::KafkaConsumer,
+    topic: &str,
+    place: &FeedbackPlace,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<TopicReport> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{CommitMode, Consumer};
+    let mut report = TopicReport::default();
+    let mut waiting: Vec<(Verdict, Option<u32>)> = Vec::new();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut retried = std::time::Instant::now();
+    let (output, source) = (place.output.as_path(), place.source.as_str());
+    let settle =
+        |v: &Verdict, days: Option<u32>, r: Recorded, report: &mut TopicReport| -> Result<()> {
+            match r {
+                Recorded::New(_) | Recorded::Changed(_) => report.recorded += 1,
+                Recorded::Duplicate => report.duplicates += 1,
+                Recorded::Unknown(_) => {
+                    report.unmatched += 1;
+                    return Ok(());
+                }
+            }
+            if let Some(days) = days
+                && let Some(judged) = find_detection(output, source, v.detection_id.trim())?
+            {
+                suppress(&place.registry, v, &judged, days)?;
+            }
+            Ok(())
+        };
+    loop {
+        let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
+        // At the stop, what the topic holds is read before the end.
+        match consumer.poll(std::time::Duration::from_millis(if stopping {
+            500
+        } else {
+            200
+        })) {
+            Some(Ok(m)) => {
+                next.insert(m.partition(), m.offset() + 1);
+                let text = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                let label = format!("kafka:{topic}/{}@{}", m.partition(), m.offset());
+                match serde_json::from_str::<TopicVerdict>(&text) {
+                    Ok(t) => {
+                        let v = Verdict {
+                            detection_id: t.detection_id,
+                            label: t.label,
+                            by: t.by.unwrap_or_else(|| label.clone()),
+                            note: t.note,
+                            at: chrono::Utc::now()
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        };
+                        match try_record(output, source, &v)? {
+                            Some(r) => settle(&v, t.suppress_for_days, r, &mut report)?,
+                            None => waiting.push((v, t.suppress_for_days)),
+                        }
+                    }
+                    Err(e) => {
+                        report.malformed += 1;
+                        append(
+                            &unmatched_path(output, source),
+                            &serde_json::json!({ "message": label, "raw": text,
+                                                 "reason": format!("not a verdict: {e}") }),
+                        )?;
+                    }
+                }
+                continue;
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "feedback topic"),
+            None => {}
+        }
+        if stopping || retried.elapsed() >= std::time::Duration::from_secs(2) {
+            retried = std::time::Instant::now();
+            let mut still = Vec::new();
+            for (v, days) in waiting.drain(..) {
+                match try_record(output, source, &v)? {
+                    Some(r) => settle(&v, days, r, &mut report)?,
+                    None => still.push((v, days)),
+                }
+            }
+            waiting = still;
+        }
+        if stopping {
+            break;
+        }
+    }
+    for (v, days) in waiting {
+        let r = unmatched(output, source, &v)?;
+        settle(&v, days, r, &mut report)?;
+    }
+    if !next.is_empty() {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (&p, &o) in &next {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(o))
+                .map_err(|e| crate::kafka::kafka_error("committing feedback offsets", e))?;
+        }
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| crate::kafka::kafka_error("committing feedback offsets", e))?;
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -110,6 +110,43 @@ pub fn partition_count(
     Ok(count)
 }
 
+/// Assigns `consumer` every partition of `topic`, each from `next` (else the group's committed
+/// offset, else the beginning); returns the number of partitions.
+pub fn assign_all(
+    consumer: &KafkaConsumer,
+    kafka: &KafkaSettings,
+    topic: &str,
+    next: &std::collections::BTreeMap<i32, i64>,
+) -> Result<usize> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let count = partition_count(consumer, kafka, topic)?;
+    let mut wanted = TopicPartitionList::new();
+    for p in 0..count as i32 {
+        wanted.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, TIMEOUT)
+        .map_err(|e| kafka_error("reading committed offsets", e))?;
+    let mut assign = TopicPartitionList::new();
+    for p in 0..count as i32 {
+        let from = match (
+            next.get(&p),
+            committed.find_partition(topic, p).map(|e| e.offset()),
+        ) {
+            (Some(&o), _) => Offset::Offset(o),
+            (None, Some(Offset::Offset(o))) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        assign
+            .add_partition_offset(topic, p, from)
+            .map_err(|e| kafka_error("assigning partitions", e))?;
+    }
+    consumer
+        .assign(&assign)
+        .map_err(|e| kafka_error("assigning partitions", e))?;
+    Ok(count)
+}
+
 /// Splits `kafka://host:port[,host:port]/topic` into brokers and topic.
 pub fn parse_kafka_url(url: &str) -> Result<(String, String)> {
     let bad = |why: &str| {

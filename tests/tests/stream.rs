@@ -403,3 +403,78 @@ fn an_unreachable_broker_is_a_clear_error() {
         .to_string();
     assert!(err.contains("127.0.0.1:1") && err.contains("logs"), "{err}");
 }
+
+#[test]
+fn verdicts_from_the_feedback_topic_are_recorded_once_and_bad_ones_kept() {
+    let broker = Broker::start();
+    broker.topic("verdicts", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    logs(GenSource::Azure, 8, 9, &root.join("logs"));
+    let first = batch_run(root);
+    assert!(first.stats.detections >= 2);
+    let ids: Vec<String> =
+        std::fs::read_to_string(root.join("batch/output/dfp_detections_azure.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["detection_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+    let sink = KafkaSink::new(&kafka(&broker), "verdicts").unwrap();
+    for text in [
+        format!(
+            r#"{{"detection_id":"{}","label":"true_positive","by":"ana"}}"#,
+            ids[0]
+        ),
+        format!(
+            r#"{{"detection_id":"{}","label":"true_positive","by":"ana"}}"#,
+            ids[0]
+        ),
+        format!(
+            r#"{{"detection_id":"{}","label":"benign","note":"travel","suppress_for_days":3}}"#,
+            ids[1]
+        ),
+        r#"{"detection_id":"00000000deadbeef","label":"benign"}"#.to_string(),
+        r#"{"detection_id":"x","label":"maybe"}"#.to_string(),
+        "not json".to_string(),
+    ] {
+        sink.produce(None, &text).unwrap();
+    }
+    sink.flush().unwrap();
+    // The same run again, reading the topic: the verdicts name its detections.
+    let control = root.join("control.json");
+    let run_reading = |out: &str| {
+        let mut opts = options("azure", common::control(&control), &root.join(out), 2);
+        opts.config.feedback.topic = Some(format!("kafka://{}/verdicts", broker.address));
+        run(opts).unwrap()
+    };
+    let second = run_reading("second");
+    let report = second.feedback.clone().unwrap();
+    assert_eq!(
+        (
+            report.recorded,
+            report.duplicates,
+            report.unmatched,
+            report.malformed
+        ),
+        (2, 1, 1, 2),
+        "{}",
+        second.line()
+    );
+    let out = root.join("second/output");
+    assert_eq!(lines(&out.join("dfp_feedback_azure.jsonl")).len(), 2);
+    let kept = std::fs::read_to_string(out.join("dfp_feedback_unmatched_azure.jsonl")).unwrap();
+    assert!(
+        kept.contains("00000000deadbeef") && kept.contains("not a verdict"),
+        "{kept}"
+    );
+    assert!(kept.contains("kafka:verdicts/0@5"), "{kept}");
+    let rules = std::fs::read_to_string(root.join("second/models/suppressions.jsonl")).unwrap();
+    assert_eq!(rules.lines().count(), 1, "{rules}");
+    assert!(rules.contains(&ids[1]) && rules.contains("travel"));
+    // The group committed what it read: the next run reads nothing again.
+    let third = run_reading("third");
+    assert_eq!(third.feedback.unwrap(), Default::default());
+}

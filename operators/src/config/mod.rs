@@ -50,6 +50,8 @@ pub struct RunConfig {
     pub parity: ParityConfig,
     /// Notifications to a webhook.
     pub notifications: NotifyConfig,
+    /// Analysts' verdicts from a Kafka topic.
+    pub feedback: FeedbackConfig,
     /// The event-time guard.
     pub events: EventsConfig,
     /// Morpheus' features and output columns instead of dfp's.
@@ -72,6 +74,26 @@ pub struct MorpheusConfig {
     pub features: bool,
     /// Write Morpheus' output columns first, in its order.
     pub columns: bool,
+}
+
+/// Analysts' verdicts read from a Kafka topic while a run goes on (`[feedback]`, see
+/// [`crate::feedback::FeedbackTopic`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// `kafka://HOST:PORT/TOPIC`; none: no topic.
+    pub topic: Option<String>,
+    /// The consumer group whose committed offsets say what was read.
+    pub group: String,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        Self {
+            topic: None,
+            group: "dfp-feedback".to_string(),
+        }
+    }
 }
 
 /// Alert-rate parity (`[parity]`, see [`crate::parity`]): each epoch, the alert rate of every
@@ -227,6 +249,7 @@ impl Default for RunConfig {
             lifecycle: LifecycleConfig::default(),
             parity: ParityConfig::default(),
             notifications: NotifyConfig::default(),
+            feedback: FeedbackConfig::default(),
             events: EventsConfig::default(),
             morpheus: MorpheusConfig::default(),
             source: SourceConfig::default(),
@@ -262,6 +285,11 @@ impl RunConfig {
         self.lifecycle.check("lifecycle", &mut p);
         self.parity.check("parity", &mut p);
         self.notifications.check("notifications", &mut p);
+        if let Some(url) = &self.feedback.topic
+            && let Err(e) = crate::kafka::parse_kafka_url(url)
+        {
+            p.push("feedback.topic", e.to_string());
+        }
         self.source.check("source", &mut p);
         self.checkpoint
             .check("checkpoint", &self.source.epoch, &mut p);

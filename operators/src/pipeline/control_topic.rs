@@ -35,7 +35,7 @@ use super::worker::{Feed, execute_once, other_sinks};
 use super::{RunOptions, plan};
 use crate::checkpoint::{self, read_state, write_atomic};
 use crate::dead_letter::DeadLetter;
-use crate::kafka::{KafkaConsumer, KafkaSettings, TIMEOUT, kafka_error, partition_count};
+use crate::kafka::{KafkaConsumer, KafkaSettings, assign_all, kafka_error};
 use crate::metrics::Stats;
 use crate::serialize::dead_letter_line;
 use crate::sink::SinkSet;
@@ -88,33 +88,7 @@ fn consumer(
     next: &BTreeMap<i32, i64>,
 ) -> Result<(KafkaConsumer, usize)> {
     let consumer = input.kafka.consumer(&input.group)?;
-    let count = partition_count(&consumer, &input.kafka, &input.topic)?;
-    let mut wanted = TopicPartitionList::new();
-    for p in 0..count as i32 {
-        wanted.add_partition(&input.topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(wanted, TIMEOUT)
-        .map_err(|e| kafka_error("reading committed offsets", e))?;
-    let mut assign = TopicPartitionList::new();
-    for p in 0..count as i32 {
-        let from = match (
-            next.get(&p),
-            committed
-                .find_partition(&input.topic, p)
-                .map(|e| e.offset()),
-        ) {
-            (Some(&o), _) => Offset::Offset(o),
-            (None, Some(Offset::Offset(o))) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        assign
-            .add_partition_offset(&input.topic, p, from)
-            .map_err(|e| kafka_error("assigning partitions", e))?;
-    }
-    consumer
-        .assign(&assign)
-        .map_err(|e| kafka_error("assigning partitions", e))?;
+    let count = assign_all(&consumer, &input.kafka, &input.topic, next)?;
     Ok((consumer, count))
 }
 

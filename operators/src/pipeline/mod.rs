@@ -38,6 +38,7 @@ use dfp_engine::{Error, Result};
 use serde::Serialize;
 
 use crate::config::RunConfig;
+use crate::feedback::{FeedbackPlace, FeedbackTopic, TopicReport};
 use crate::metrics::Stats;
 use crate::mlflow::{Mirror, MirrorReport};
 use crate::plan::Plan;
@@ -234,6 +235,8 @@ pub struct RunSummary {
     pub unmatched: Vec<String>,
     /// What was pushed to MLflow, when the registry is mirrored there.
     pub mlflow: Option<MirrorReport>,
+    /// What the feedback topic brought, when the run reads one.
+    pub feedback: Option<TopicReport>,
 }
 
 impl RunSummary {
@@ -252,10 +255,13 @@ impl RunSummary {
         if s.parity_breaches > 0 {
             parity += &format!(", {} parity breaches", s.parity_breaches);
         }
-        let mlflow = self
+        let mut mlflow = self
             .mlflow
             .as_ref()
             .map_or_else(String::new, |m| format!("; {}", m.line()));
+        if let Some(f) = &self.feedback {
+            mlflow += &format!("; {}", f.line());
+        }
         format!(
             "{} rows from {} files in {} epochs, {} users, {} models trained{promoted}, {} rows scored, {} detections{parity}, {} dead letters; {:.1} s ({:.0} rows/s){mlflow}",
             s.rows,
@@ -309,7 +315,29 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
     if let (Some(mirror), Some(m)) = (&mirror, opts.mlflow.as_mut()) {
         m.changes = Some(mirror.changes());
     }
+    let feedback = match (&opts.config.feedback.topic, opts.writes_outputs()) {
+        (Some(url), true) => {
+            let (brokers, topic) = crate::kafka::parse_kafka_url(url)?;
+            let kafka = crate::kafka::KafkaSettings {
+                brokers,
+                options: opts.config.source.options.clone().into_iter().collect(),
+            };
+            let place = FeedbackPlace {
+                output: opts.output.clone(),
+                source: opts.schema.name.clone(),
+                registry: opts.registry.clone(),
+            };
+            Some(FeedbackTopic::start(
+                &kafka,
+                &topic,
+                &opts.config.feedback.group,
+                place,
+            )?)
+        }
+        _ => None,
+    };
     let result = run_locked(&opts);
+    let verdicts = feedback.map(FeedbackTopic::finish).transpose();
     let pushed = mirror.map(Mirror::finish);
     for (model, error) in pushed.iter().flat_map(|p| &p.unsynced) {
         tracing::warn!(%model, %error, "not pushed to MLflow: the next run or `dfp models sync` pushes it");
@@ -334,6 +362,7 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
     }
     let mut summary = result?;
     summary.mlflow = pushed;
+    summary.feedback = verdicts?;
     if let Some(status) = status {
         summary.outputs.push(status.path().to_path_buf());
     }
@@ -442,6 +471,7 @@ fn run_locked(opts: &RunOptions) -> Result<RunSummary> {
         outputs: opts.output_paths(),
         unmatched,
         mlflow: None,
+        feedback: None,
     })
 }
 
