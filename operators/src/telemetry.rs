@@ -270,20 +270,16 @@ impl MetricsServer {
         let bound = listener
             .local_addr()
             .map_err(|e| Error::stage("metrics", format!("--metrics-addr {addr}: {e}")))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::stage("metrics", format!("--metrics-addr {addr}: {e}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("dfp-metrics".to_string())
             .spawn(move || {
+                // Blocking: the thread sleeps until a scrape (or the stop's own connection).
                 while !flag.load(Ordering::Relaxed) {
                     match listener.accept() {
+                        Ok((conn, _)) if flag.load(Ordering::Relaxed) => drop(conn),
                         Ok((conn, _)) => answer(conn, &telemetry),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "metrics: accepting a connection");
                             std::thread::sleep(Duration::from_millis(100));
@@ -304,7 +300,10 @@ impl MetricsServer {
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
+        // Wakes the accept; when that fails the thread is left to end with the process.
+        if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok()
+            && let Some(h) = self.handle.take()
+        {
             let _ = h.join();
         }
     }
@@ -312,7 +311,6 @@ impl Drop for MetricsServer {
 
 /// Answers one request: `GET /metrics` with the metrics, anything else 404 (or 405).
 fn answer(conn: TcpStream, telemetry: &Telemetry) {
-    let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
     let mut reader = BufReader::new(&conn);

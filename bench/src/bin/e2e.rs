@@ -3,10 +3,13 @@
 //! streaming inference window), through the whole dataflow (`dfp_operators::pipeline::run`), on
 //! 1 and 2 workers. Each configuration runs in a child process of this program so its peak
 //! memory (VmHWM) is its own. Reports events/s, wall time and where it went (reading, training,
-//! scoring), peak RSS, models, detections, and quality against the labels.
+//! scoring), peak RSS, models, detections, and quality against the labels. With
+//! `--metrics-reps N`, each worker count also runs N times without and N times with `/metrics`
+//! served (`--metrics-addr`, alternating), and the report gives the median wall times and their
+//! ratio: what serving the metrics costs.
 //!
 //!   cargo run --release -p dfp-bench --bin e2e -- [--users 200] [--days 30] [--train-days 25]
-//!       [--source azure|duo] [--config configs/dfp.toml] [--workers 1,2]
+//!       [--source azure|duo] [--config configs/dfp.toml] [--workers 1,2] [--metrics-reps 0]
 //!
 //! Not part of the test run. Output: stdout and target/bench/e2e-<source>.json.
 
@@ -60,7 +63,8 @@ fn child(
         registry: work.path().join("models"),
         output: output.clone(),
         mlflow: None,
-        metrics: None,
+        metrics: std::env::var_os("DFP_E2E_METRICS")
+            .map(|_| dfp_operators::pipeline::MetricsOptions::new("127.0.0.1:0")),
         write_scores: true,
         clock: Arc::new(chrono::Utc::now),
         progress: false,
@@ -77,6 +81,7 @@ fn child(
     let s = &summary.stats;
     Ok(json!({
         "workers": workers,
+        "metrics_served": std::env::var_os("DFP_E2E_METRICS").is_some(),
         "events": s.rows,
         "wall_seconds": wall,
         "events_per_s": s.rows as f64 / wall,
@@ -126,9 +131,13 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&data);
     let g = generate(&cfg, &data)?;
     std::fs::write(data.join("days"), days.to_string())?;
-    let mut runs = Vec::new();
-    for w in workers.split(',') {
-        let out = Command::new(std::env::current_exe()?)
+    let reps: usize = arg("--metrics-reps", 0)?;
+    let one = |w: &str, metrics: bool| -> Result<Value> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        if metrics {
+            cmd.env("DFP_E2E_METRICS", "1");
+        }
+        let out = cmd
             .env("DFP_E2E_CHILD", &data)
             .args([
                 "--source",
@@ -149,7 +158,34 @@ fn main() -> Result<()> {
             );
         }
         let line = String::from_utf8_lossy(&out.stdout);
-        runs.push(serde_json::from_str::<Value>(line.trim())?);
+        Ok(serde_json::from_str::<Value>(line.trim())?)
+    };
+    let mut runs = Vec::new();
+    let mut metrics_cost = Vec::new();
+    for w in workers.split(',') {
+        runs.push(one(w, false)?);
+        if reps == 0 {
+            continue;
+        }
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            without.push(one(w, false)?["wall_seconds"].as_f64().unwrap_or(f64::NAN));
+            with.push(one(w, true)?["wall_seconds"].as_f64().unwrap_or(f64::NAN));
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (a, b) = (median(&mut without), median(&mut with));
+        metrics_cost.push(json!({
+            "workers": w.trim(),
+            "reps": reps,
+            "wall_seconds_without": without,
+            "wall_seconds_with_metrics": with,
+            "median_without": a,
+            "median_with_metrics": b,
+            "ratio": b / a,
+        }));
     }
     let report = json!({
         "workload": format!("{source}: {users} users x {days} days x 8 files/day, train {train_days} days then score {} days", u64::from(days) - train_days),
@@ -157,6 +193,7 @@ fn main() -> Result<()> {
         "files": g.files.len(),
         "config": dfp_bench::repo_path(&config),
         "runs": runs,
+        "metrics_cost": metrics_cost,
         "reference": "Morpheus' published wall times on its example set, Quadro RTX 8000 (their hardware): Azure training 8-28 s, inference 1.5 s",
     });
     write_report(&format!("e2e-{source}"), &report)
