@@ -170,11 +170,12 @@ impl Telemetry {
     }
 }
 
-/// What one worker has published so far: its counters as of then.
+/// What one worker has published so far: its counters as of then (its users as a count).
 #[derive(Debug)]
 pub struct Publisher {
     telemetry: Arc<Telemetry>,
     last: Stats,
+    users: usize,
     at: Instant,
 }
 
@@ -186,6 +187,7 @@ impl Publisher {
         Publisher {
             telemetry,
             last: Stats::default(),
+            users: 0,
             at: Instant::now(),
         }
     }
@@ -232,10 +234,10 @@ impl Publisher {
         if now.score_seconds > l.score_seconds {
             t.score_seconds.inc_by(now.score_seconds - l.score_seconds);
         }
-        let users = now.users.len() as i64 - l.users.len() as i64;
-        t.users.inc_by(users);
+        t.users.inc_by(now.users.len() as i64 - self.users as i64);
+        self.users = now.users.len();
         self.last = Stats {
-            users: now.users.clone(),
+            users: Default::default(),
             fatal: Vec::new(),
             ..*now
         };
