@@ -455,12 +455,7 @@ mod tests {
     use super::*;
 
     fn line(kind: OutKind, text: &str) -> Line {
-        Line {
-            kind,
-            ts: 0,
-            origin: None,
-            text: text.to_string(),
-        }
+        Line::unkeyed(kind, text)
     }
 
     #[test]

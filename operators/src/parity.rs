@@ -106,12 +106,7 @@ fn line(epoch: u64, field: &str, g: &GroupRate, overall: f64) -> Line {
         g.ratio.map_or_else(String::new, |r| format!("{r:.4}")),
         g.flagged.to_string(),
     ];
-    Line {
-        kind: OutKind::Parity,
-        ts: 0,
-        origin: None,
-        text: csv_line(&cells),
-    }
+    Line::unkeyed(OutKind::Parity, csv_line(&cells))
 }
 
 /// The parity stage as a timely operator.

@@ -58,6 +58,18 @@ pub struct Line {
     pub text: String,
 }
 
+impl Line {
+    /// A line of `kind` that belongs to no row (a summary line: parity, a test's line).
+    pub fn unkeyed(kind: OutKind, text: impl Into<String>) -> Line {
+        Line {
+            kind,
+            ts: 0,
+            origin: None,
+            text: text.into(),
+        }
+    }
+}
+
 /// The output columns of a source schema.
 #[derive(Debug, Clone)]
 pub struct Columns {

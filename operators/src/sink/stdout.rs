@@ -57,12 +57,7 @@ mod tests {
     use super::*;
 
     fn line(kind: OutKind, text: &str) -> Line {
-        Line {
-            kind,
-            ts: 0,
-            origin: None,
-            text: text.into(),
-        }
+        Line::unkeyed(kind, text)
     }
 
     #[test]
