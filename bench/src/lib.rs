@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod mlflow;
+pub mod net;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};

@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // set-up helpers: a failure is the caller's
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -34,37 +32,14 @@ pub fn executable() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("mlflow"))
 }
 
-/// A free port of 127.0.0.1 (nothing listens there once this returns).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET `path` from `address` (HTTP/1.0, so the answer ends with the connection): the status
-/// line's code and the body, or None when nothing answered.
-fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(address).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    s.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    let code = answer.split_whitespace().nth(1)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((code, body.to_string()))
-}
-
 fn healthy(address: &str) -> bool {
-    http_get(address, "/health").is_some_and(|(code, _)| code == 200)
+    crate::net::http_get(address, "/health").is_some_and(|(code, _)| code == 200)
 }
 
 impl MlflowServer {
     /// Starts one on a free port.
     pub fn start() -> MlflowServer {
-        MlflowServer::on(free_port())
+        MlflowServer::on(crate::net::free_port())
     }
 
     /// Starts one on `port`; panics (saying how to install MLflow) when it cannot.
@@ -95,6 +70,7 @@ impl MlflowServer {
             _dir: dir,
             address,
         };
+        // The deadline only stops a server that never comes up from hanging the test.
         let started = Instant::now();
         while !healthy(&server.address) {
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -115,7 +91,7 @@ impl MlflowServer {
     /// MLflow's own answer to `GET /api/2.0/mlflow/{api}` (query included, already escaped),
     /// read without dfp's client: what a team's tools see.
     pub fn get(&self, api: &str) -> serde_json::Value {
-        let (code, body) = http_get(&self.address, &format!("/api/2.0/mlflow/{api}"))
+        let (code, body) = crate::net::http_get(&self.address, &format!("/api/2.0/mlflow/{api}"))
             .unwrap_or_else(|| panic!("MLflow at {} did not answer GET {api}", self.address));
         assert_eq!(code, 200, "GET {api}: {body}");
         serde_json::from_str(&body).unwrap()

@@ -588,7 +588,8 @@ fn globs_resolve_in_the_working_directory_when_only_there_they_match() {
 
 #[test]
 fn models_with_an_mlflow_registry_push_promotions_and_sync_says_what_it_could_not_push() {
-    use dfp_bench::mlflow::{MlflowServer, free_port};
+    use dfp_bench::mlflow::MlflowServer;
+    use dfp_bench::net::free_port;
     let dir = tempfile::tempdir().unwrap();
     let name = registry_with_a_model(dir.path());
     let cache = dir.path().join("models");

@@ -227,8 +227,6 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
             while running(&mut children)
                 && latest_cut(&state, 2).ok().flatten().map(|c| c.time) <= before
             {
-                // A deadline, not a speed check: it only stops a run that never checkpoints
-                // from hanging the test.
                 assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
                 std::thread::sleep(Duration::from_millis(10));
             }

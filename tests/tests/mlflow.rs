@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{date, logs, options};
-use dfp_bench::mlflow::{MlflowServer, free_port};
+use common::{logs, options};
+use dfp_bench::mlflow::MlflowServer;
+use dfp_bench::net::free_port;
 use dfp_engine::generate::GenSource;
 use dfp_engine::lifecycle::Promotion;
 use dfp_engine::registry::Registry;
-use dfp_operators::demo::control_message;
 use dfp_operators::mlflow::{Client, Syncer, mlflow_name};
 use dfp_operators::pipeline::{MlflowOptions, RunSummary, run};
 use serde_json::Value;
@@ -24,13 +24,7 @@ use serde_json::Value;
 /// Trains on days 1 .. `split` and scores to day 9 of `root/logs`, output into `root/out`,
 /// models into `root/models`, mirrored to `uri`.
 fn run_to(root: &Path, split: u32, out: &str, uri: &str, flush: Duration) -> RunSummary {
-    let control = root.join(format!("{out}.json"));
-    std::fs::write(
-        &control,
-        control_message("logs/*.json", date(1), date(split), date(9)),
-    )
-    .unwrap();
-    let mut opts = options("azure", common::control(&control), root, 2);
+    let mut opts = options("azure", common::split_control(root, out, split), root, 2);
     opts.output = root.join(out);
     opts.config.lifecycle.promotion = Promotion::Manual;
     opts.mlflow = Some(MlflowOptions::new(uri, flush));

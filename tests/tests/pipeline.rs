@@ -10,10 +10,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{date, logs, options};
+use common::{logs, options};
 use dfp_bench::file_tree;
 use dfp_engine::generate::GenSource;
-use dfp_operators::demo::control_message;
 use dfp_operators::pipeline::{RunSummary, run};
 
 /// A run of `days` days of generated logs: train on all but the last two, score those.
@@ -22,15 +21,9 @@ fn train_and_score(source: GenSource, root: &Path, workers: usize) -> RunSummary
     if !data.exists() {
         logs(source, 8, 8, &data);
     }
-    let control = root.join("control.json");
-    std::fs::write(
-        &control,
-        control_message("logs/*.json", date(1), date(7), date(9)),
-    )
-    .unwrap();
     run(options(
         source.as_str(),
-        common::control(&control),
+        common::split_control(root, "control", 7),
         root,
         workers,
     ))
@@ -293,13 +286,7 @@ fn under_manual_promotion_a_retrained_model_waits_in_the_shadow_until_promoted_a
         seen
     };
     let run_to = |score: u32, out: &str| -> Vec<(String, String)> {
-        let control = root.join(format!("{out}.json"));
-        std::fs::write(
-            &control,
-            control_message("logs/*.json", date(1), date(score), date(9)),
-        )
-        .unwrap();
-        let mut opts = options("azure", common::control(&control), root, 1);
+        let mut opts = options("azure", common::split_control(root, out, score), root, 1);
         opts.output = root.join(out);
         opts.config.lifecycle.promotion = Promotion::Manual;
         run(opts).unwrap();
@@ -378,16 +365,11 @@ fn auto_promotion_makes_the_challenger_champion_after_its_shadow_epochs_alike_fo
         let root = base.path().join(format!("w{workers}"));
         std::fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(&data, root.join("logs")).unwrap();
-        let control = root.join("control.json");
-        std::fs::write(
-            &control,
-            control_message("logs/*.json", date(1), date(6), date(9)),
-        )
-        .unwrap();
+        let control = common::split_control(&root, "control", 6);
         // The first run trains version 1 of each model; the second trains version 2, which
         // waits as the challenger and is promoted after one epoch of shadow scores.
         for out in ["first", "second"] {
-            let mut opts = options("azure", common::control(&control), &root, workers);
+            let mut opts = options("azure", control.clone(), &root, workers);
             opts.output = root.join(out);
             let l = &mut opts.config.lifecycle;
             l.promotion = Promotion::Auto;
@@ -536,13 +518,8 @@ fn parity_flags_the_group_made_noisier_and_counts_every_scored_row_alike_for_1_a
     ) {
         let root = base.path().join(format!("w{workers}"));
         std::fs::create_dir_all(&root).unwrap();
-        let control = base.path().join(format!("control{workers}.json"));
-        std::fs::write(
-            &control,
-            control_message("logs/*.json", date(1), date(7), date(9)),
-        )
-        .unwrap();
-        let mut opts = options("azure", common::control(&control), &root, workers);
+        let control = common::split_control(base.path(), &format!("control{workers}"), 7);
+        let mut opts = options("azure", control, &root, workers);
         opts.config.parity.group = Some("appDisplayName".into());
         opts.config.parity.min_rows = 5;
         let summary = run(opts).unwrap();
@@ -587,20 +564,14 @@ fn parity_flags_the_group_made_noisier_and_counts_every_scored_row_alike_for_1_a
 
 #[test]
 fn notifications_wait_in_the_outbox_while_the_webhook_is_down_and_arrive_once_later() {
-    use dfp_bench::mlflow::free_port;
+    use dfp_bench::net::free_port;
     use dfp_bench::webhook::Webhook;
     let base = tempfile::tempdir().unwrap();
     let root = base.path();
     logs(GenSource::Azure, 8, 9, &root.join("logs"));
-    let control = root.join("control.json");
-    std::fs::write(
-        &control,
-        control_message("logs/*.json", date(1), date(7), date(9)),
-    )
-    .unwrap();
     let port = free_port();
     let run_once = || {
-        let mut opts = options("azure", common::control(&control), root, 2);
+        let mut opts = options("azure", common::split_control(root, "control", 7), root, 2);
         let n = &mut opts.config.notifications;
         n.webhook = Some(format!("http://127.0.0.1:{port}/hook"));
         n.max_alerts_per_epoch = Some(0);

@@ -188,12 +188,7 @@ fn a_watched_directory_detects_what_the_batch_run_of_its_files_detects() {
 
 /// `GET /metrics` from `addr`: the body, or None when nothing answers yet.
 fn scrape(addr: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    Some(text.split_once("\r\n\r\n")?.1.to_string())
+    dfp_bench::net::http_get(addr, "/metrics").map(|(_, body)| body)
 }
 
 /// The value of metric `name` in a scrape.
@@ -209,12 +204,7 @@ fn metrics_are_served_while_the_stream_runs_and_add_up_to_its_summary() {
     let logs_dir = logs(GenSource::Azure, 6, 6, &root.join("logs"));
     let inbox = root.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", dfp_bench::net::free_port());
     let stop = Arc::new(AtomicBool::new(false));
     let mut opts = options(
         "azure",
@@ -229,7 +219,8 @@ fn metrics_are_served_while_the_stream_runs_and_add_up_to_its_summary() {
     for f in first {
         deliver(f, &inbox);
     }
-    // Scraped while the run goes on: rows read, and more as files arrive.
+    // Scraped while the run goes on: rows read, and more as files arrive. The deadline only
+    // stops a run that never publishes from hanging the test.
     let deadline = Instant::now() + Duration::from_secs(120);
     let read_so_far = loop {
         assert!(Instant::now() < deadline, "no rows in /metrics");

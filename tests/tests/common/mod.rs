@@ -56,6 +56,15 @@ pub fn control(path: &Path) -> Input {
     Input::control(path)
 }
 
+/// The control message over `root/logs` (written to `root/{name}.json`) that trains on days 1
+/// to `split` and scores up to day 9, as an input.
+pub fn split_control(root: &Path, name: &str, split: u32) -> Input {
+    let path = root.join(format!("{name}.json"));
+    let text = dfp_operators::demo::control_message("logs/*.json", date(1), date(split), date(9));
+    std::fs::write(&path, text).unwrap();
+    control(&path)
+}
+
 /// A day in µs: a stream's epoch.
 pub const DAY_US: i64 = 86_400_000_000;
 
