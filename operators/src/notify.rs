@@ -144,9 +144,12 @@ pub fn judge(cfg: &NotifyConfig, source: &str, epoch: u64, lines: &[Line]) -> Ve
     }
     if cfg.parity {
         for l in lines.iter().filter(|l| l.kind == OutKind::Parity) {
-            let cells: Vec<&str> = l.text.split(',').collect();
-            if cells.len() == 9 && cells[8] == "true" {
-                let (field, group, ratio) = (cells[1], cells[2], cells[7]);
+            // Read as CSV: a group may hold a comma (a location "city, country").
+            let Some(cells) = crate::parity::cells(&l.text) else {
+                continue;
+            };
+            if cells[8] == "true" {
+                let (field, group, ratio) = (&cells[1], &cells[2], &cells[7]);
                 out.push(notification(
                     source,
                     epoch,
@@ -468,7 +471,10 @@ mod tests {
         let lines = vec![
             line(OutKind::Alerts, "{}"),
             line(OutKind::Alerts, "{}"),
-            line(OutKind::Parity, "4,country,FR,100,30,0.3,0.1,3.0000,true"),
+            line(
+                OutKind::Parity,
+                "4,location,\"Paris, FR\",100,30,0.3,0.1,3.0000,true",
+            ),
             line(OutKind::Parity, "4,country,DE,100,10,0.1,0.1,1.0000,false"),
             line(
                 OutKind::DeadLetters,
@@ -483,7 +489,7 @@ mod tests {
         let kinds: Vec<&str> = got.iter().map(|n| n.kind.as_str()).collect();
         assert_eq!(kinds, ["alert_volume", "parity_breach", "training_failed"]);
         assert_eq!(got[0].details["count"], 2);
-        assert_eq!(got[1].details["group"], "FR");
+        assert_eq!(got[1].details["group"], "Paris, FR");
         assert!(got[2].summary.contains("1 models failed"));
         assert_eq!(got, judge(&cfg, "azure", 4, &lines), "ids are stable");
         assert_ne!(got[0].id, judge(&cfg, "azure", 5, &lines)[0].id);

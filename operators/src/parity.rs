@@ -94,6 +94,19 @@ pub fn rates(counts: &BTreeMap<String, (u64, u64)>, cfg: &ParityConfig) -> Vec<G
     out
 }
 
+/// The cells of a parity line as [`line`] wrote it (a group holding a comma or a quote is
+/// CSV-quoted there); None when the text is not one.
+pub fn cells(text: &str) -> Option<Vec<String>> {
+    let record = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes())
+        .records()
+        .next()?
+        .ok()?;
+    let cells: Vec<String> = record.iter().map(str::to_string).collect();
+    (cells.len() == HEADER.split(',').count()).then_some(cells)
+}
+
 fn line(epoch: u64, field: &str, g: &GroupRate, overall: f64) -> Line {
     let cells = [
         epoch.to_string(),
@@ -212,6 +225,16 @@ mod tests {
         assert!((by["US"].ratio.unwrap() - 0.2 / 0.152).abs() < 1e-12);
         let text = line(3, "country", by["US"], all.rate).text;
         assert_eq!(text, "3,country,US,200,40,0.200000,0.152000,1.3158,true");
+        let quoted = GroupRate {
+            group: "Paris, FR".into(),
+            ..by["US"].clone()
+        };
+        let cells = cells(&line(3, "location", &quoted, all.rate).text).unwrap();
+        assert_eq!(
+            (cells[2].as_str(), cells[8].as_str()),
+            ("Paris, FR", "true")
+        );
+        assert_eq!(super::cells("not,a,parity,line"), None);
     }
 
     #[test]
