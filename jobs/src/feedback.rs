@@ -98,9 +98,11 @@ pub fn feedback(args: FeedbackArgs) -> Result<ExitCode> {
     if args.suppress_for.is_some() && label == Label::TruePositive {
         bail!("a true positive is not silenced: --suppress-for goes with benign or false_positive");
     }
-    let recorded = feedback::record(&args.output, &source, verdict.clone())?;
+    let mut journal = feedback::Journal::open(&args.output, &source)?;
+    let recorded = journal.record(&verdict)?;
     if let (Some(days), false) = (args.suppress_for, matches!(recorded, Recorded::Unknown(_))) {
-        let judged = feedback::find_detection(&args.output, &source, &id)?
+        let judged = journal
+            .detection(id.trim())?
             .with_context(|| format!("detection {id} is gone from {}", args.output.display()))?;
         let rule = feedback::suppress(&args.registry, &verdict, &judged, days)?;
         println!(

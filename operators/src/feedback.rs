@@ -318,35 +318,28 @@ fn json_lines(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
     Ok(out)
 }
 
-/// The detection `id` in `output`'s detections of `source`, if there is one.
-pub fn find_detection(output: &Path, source: &str, id: &str) -> Result<Option<Judged>> {
-    let path = output_path(output, source, OutKind::DetectionsJson);
-    for (_, d) in json_lines(&path)? {
-        if d["detection_id"].as_str() != Some(id) {
-            continue;
-        }
-        let text = |k: &str| match &d[k] {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => String::new(),
-            other => other.to_string(),
-        };
-        return Ok(Some(Judged {
-            username: text("username"),
-            timestamp: text("timestamp"),
-            event_id: text("event_id"),
-            model_version: text("model_version"),
-            mean_abs_z: d["mean_abs_z"].as_f64(),
-            top_features: d["top_features"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }));
+/// What a detections line says about the detection, for the verdict's record.
+fn judged(d: &serde_json::Value) -> Judged {
+    let text = |k: &str| match &d[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    Judged {
+        username: text("username"),
+        timestamp: text("timestamp"),
+        event_id: text("event_id"),
+        model_version: text("model_version"),
+        mean_abs_z: d["mean_abs_z"].as_f64(),
+        top_features: d["top_features"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
-    Ok(None)
 }
 
 /// Every verdict recorded in `output` for `source`, oldest first.
@@ -363,11 +356,110 @@ pub fn read(output: &Path, source: &str) -> Result<Vec<Feedback>> {
         .collect()
 }
 
-/// Records `verdict` on a detection of `source` in the run output `output`.
-pub fn record(output: &Path, source: &str, verdict: Verdict) -> Result<Recorded> {
-    match try_record(output, source, &verdict)? {
-        Some(done) => Ok(done),
-        None => unmatched(output, source, &verdict),
+/// The verdicts of one run output and the detections they may name: the detections file is
+/// read once and then only what the run appends to it (whole lines), the verdicts once, so
+/// recording many verdicts (a feedback topic) does not read both files again for each.
+pub struct Journal {
+    output: PathBuf,
+    source: String,
+    detections: HashMap<String, Judged>,
+    read_to: u64,
+    latest: HashMap<String, Label>,
+}
+
+impl Journal {
+    /// The verdicts recorded so far in `output` for `source`.
+    pub fn open(output: &Path, source: &str) -> Result<Journal> {
+        let latest = read(output, source)?
+            .into_iter()
+            .map(|f| (f.verdict.detection_id, f.verdict.label))
+            .collect();
+        Ok(Journal {
+            output: output.to_path_buf(),
+            source: source.to_string(),
+            detections: HashMap::new(),
+            read_to: 0,
+            latest,
+        })
+    }
+
+    /// Reads the whole lines the detections file has gained since the last read.
+    fn refresh(&mut self) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = output_path(&self.output, &self.source, OutKind::DetectionsJson);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&path, "opening", e)),
+        };
+        let mut text = Vec::new();
+        f.seek(SeekFrom::Start(self.read_to))
+            .and_then(|_| f.read_to_end(&mut text))
+            .map_err(|e| Error::io(&path, "reading", e))?;
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in text[..whole].split(|&b| b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let d: serde_json::Value = serde_json::from_slice(line).map_err(|e| Error::Json {
+                context: format!("{}: a detection", path.display()),
+                source: e,
+            })?;
+            if let Some(id) = d["detection_id"].as_str() {
+                self.detections.insert(id.to_string(), judged(&d));
+            }
+        }
+        self.read_to += whole as u64;
+        Ok(())
+    }
+
+    /// The detection `id`, if the run has written it.
+    pub fn detection(&mut self, id: &str) -> Result<Option<Judged>> {
+        if !self.detections.contains_key(id) {
+            self.refresh()?;
+        }
+        Ok(self.detections.get(id).cloned())
+    }
+
+    /// Records `verdict` on a detection of the run.
+    pub fn record(&mut self, verdict: &Verdict) -> Result<Recorded> {
+        match self.try_record(verdict)? {
+            Some(done) => Ok(done),
+            None => unmatched(&self.output, &self.source, verdict),
+        }
+    }
+
+    /// [`Self::record`], but None (nothing written) when no detection has the id yet.
+    fn try_record(&mut self, verdict: &Verdict) -> Result<Option<Recorded>> {
+        let id = verdict.detection_id.trim();
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(Error::stage(
+                "feedback",
+                format!(
+                    "{:?} is not a detection id (the `detection_id` column of the detections: 16 hex digits)",
+                    verdict.detection_id
+                ),
+            ));
+        }
+        let Some(judged) = self.detection(id)? else {
+            return Ok(None);
+        };
+        let before = self.latest.get(id).copied();
+        if before == Some(verdict.label) {
+            return Ok(Some(Recorded::Duplicate));
+        }
+        append(
+            &feedback_path(&self.output, &self.source),
+            &Feedback {
+                verdict: verdict.clone(),
+                detection: judged.clone(),
+            },
+        )?;
+        self.latest.insert(id.to_string(), verdict.label);
+        Ok(Some(match before {
+            Some(old) => Recorded::Changed(old),
+            None => Recorded::New(judged),
+        }))
     }
 }
 
@@ -384,42 +476,6 @@ fn unmatched(output: &Path, source: &str, verdict: &Verdict) -> Result<Recorded>
         &serde_json::json!({ "verdict": verdict, "reason": reason }),
     )?;
     Ok(Recorded::Unknown(path))
-}
-
-/// [`record`], but None (nothing written) when no detection has the id yet.
-fn try_record(output: &Path, source: &str, verdict: &Verdict) -> Result<Option<Recorded>> {
-    let id = verdict.detection_id.trim();
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(Error::stage(
-            "feedback",
-            format!(
-                "{:?} is not a detection id (the `detection_id` column of the detections: 16 hex digits)",
-                verdict.detection_id
-            ),
-        ));
-    }
-    let Some(judged) = find_detection(output, source, id)? else {
-        return Ok(None);
-    };
-    let before = read(output, source)?
-        .into_iter()
-        .rev()
-        .find(|f| f.verdict.detection_id == id)
-        .map(|f| f.verdict.label);
-    if before == Some(verdict.label) {
-        return Ok(Some(Recorded::Duplicate));
-    }
-    append(
-        &feedback_path(output, source),
-        &Feedback {
-            verdict: verdict.clone(),
-            detection: judged.clone(),
-        },
-    )?;
-    Ok(Some(match before {
-        Some(old) => Recorded::Changed(old),
-        None => Recorded::New(judged),
-    }))
 }
 
 /// Verdict counts of one group, and its precision.
@@ -670,23 +726,28 @@ fn read_topic(
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut retried = std::time::Instant::now();
     let (output, source) = (place.output.as_path(), place.source.as_str());
-    let settle =
-        |v: &Verdict, days: Option<u32>, r: Recorded, report: &mut TopicReport| -> Result<()> {
-            match r {
-                Recorded::New(_) | Recorded::Changed(_) => report.recorded += 1,
-                Recorded::Duplicate => report.duplicates += 1,
-                Recorded::Unknown(_) => {
-                    report.unmatched += 1;
-                    return Ok(());
-                }
+    let mut journal = Journal::open(output, source)?;
+    let settle = |journal: &mut Journal,
+                  v: &Verdict,
+                  days: Option<u32>,
+                  r: Recorded,
+                  report: &mut TopicReport|
+     -> Result<()> {
+        match r {
+            Recorded::New(_) | Recorded::Changed(_) => report.recorded += 1,
+            Recorded::Duplicate => report.duplicates += 1,
+            Recorded::Unknown(_) => {
+                report.unmatched += 1;
+                return Ok(());
             }
-            if let Some(days) = days
-                && let Some(judged) = find_detection(output, source, v.detection_id.trim())?
-            {
-                suppress(&place.registry, v, &judged, days)?;
-            }
-            Ok(())
-        };
+        }
+        if let Some(days) = days
+            && let Some(judged) = journal.detection(v.detection_id.trim())?
+        {
+            suppress(&place.registry, v, &judged, days)?;
+        }
+        Ok(())
+    };
     loop {
         let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
         // At the stop, what the topic holds is read before the end.
@@ -709,8 +770,10 @@ fn read_topic(
                             at: chrono::Utc::now()
                                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                         };
-                        match try_record(output, source, &v)? {
-                            Some(r) => settle(&v, t.suppress_for_days, r, &mut report)?,
+                        match journal.try_record(&v)? {
+                            Some(r) => {
+                                settle(&mut journal, &v, t.suppress_for_days, r, &mut report)?
+                            }
                             None => waiting.push((v, t.suppress_for_days)),
                         }
                     }
@@ -733,8 +796,8 @@ fn read_topic(
             retried = std::time::Instant::now();
             let mut still = Vec::new();
             for (v, days) in waiting.drain(..) {
-                match try_record(output, source, &v)? {
-                    Some(r) => settle(&v, days, r, &mut report)?,
+                match journal.try_record(&v)? {
+                    Some(r) => settle(&mut journal, &v, days, r, &mut report)?,
                     None => still.push((v, days)),
                 }
             }
@@ -746,7 +809,7 @@ fn read_topic(
     }
     for (v, days) in waiting {
         let r = unmatched(output, source, &v)?;
-        settle(&v, days, r, &mut report)?;
+        settle(&mut journal, &v, days, r, &mut report)?;
     }
     if !next.is_empty() {
         let mut tpl = rdkafka::TopicPartitionList::new();
@@ -838,8 +901,9 @@ mod tests {
             at: "2022-08-02T00:00:00Z".into(),
         };
         // The challenger drops the false positive (event 2) and keeps the true one.
-        record(out, "azure", verdict(0, Label::TruePositive)).unwrap();
-        record(out, "azure", verdict(2, Label::FalsePositive)).unwrap();
+        let mut journal = Journal::open(out, "azure").unwrap();
+        journal.record(&verdict(0, Label::TruePositive)).unwrap();
+        journal.record(&verdict(2, Label::FalsePositive)).unwrap();
         let r = report(out, "azure").unwrap();
         assert_eq!(r.by_kind["user"].judged, 2);
         assert_eq!(r.by_pattern["a+b"].precision, Some(0.5));
