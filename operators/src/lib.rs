@@ -40,6 +40,7 @@ pub mod post_proc;
 pub mod promotion;
 pub mod registry_writer;
 pub mod replay;
+pub mod retry;
 pub mod rolling_window;
 pub mod run_status;
 pub mod serialize;

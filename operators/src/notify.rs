@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use dfp_engine::config::Problems;
 use dfp_engine::{Error, Result};
 
+use crate::retry::Backoff;
 use crate::serialize::{Line, OutKind};
 use crate::sink::Sink;
 
@@ -368,12 +369,14 @@ struct Courier {
 
 impl Courier {
     fn run(mut self, wake: &Receiver<()>) {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::server();
         let mut deadline: Option<Instant> = None;
         loop {
-            let wait = match self.deliver() {
+            let delivered = self.deliver();
+            let done = matches!(delivered, Ok(true));
+            let wait = match delivered {
                 Ok(true) => {
-                    backoff = Duration::from_millis(500);
+                    backoff.reset();
                     Duration::from_secs(1)
                 }
                 // Rate-limited: wait for the oldest delivery to leave the minute.
@@ -381,13 +384,11 @@ impl Courier {
                     (*t + Duration::from_secs(60)).saturating_duration_since(Instant::now())
                 }),
                 Err(e) => {
-                    tracing::warn!(webhook = %self.url, error = %e, retry_in = ?backoff, "notification not delivered; kept in the outbox");
-                    let w = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    w
+                    let wait = backoff.wait();
+                    tracing::warn!(webhook = %self.url, error = %e, retry_in = ?wait, "notification not delivered; kept in the outbox");
+                    wait
                 }
             };
-            let done = self.outbox.lock().map_or(true, |o| o.pending().is_empty());
             if let Some(d) = deadline {
                 if done || Instant::now() >= d {
                     break;

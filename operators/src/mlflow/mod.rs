@@ -40,6 +40,8 @@ use dfp_engine::lifecycle::{CHALLENGER, CHAMPION, Lifecycle};
 use dfp_engine::registry::{ModelVersion, Registry, escape};
 use dfp_engine::{Error, Result, files};
 
+use crate::retry::Backoff;
+
 pub use client::{Client, MlflowError};
 
 /// Where a run keeps its models: a local directory, optionally mirrored to MLflow.
@@ -445,12 +447,12 @@ impl Syncer {
     ) -> (Pushes, Vec<(String, String)>) {
         let mut total = Pushes::default();
         let mut failed = Vec::new();
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::server();
         while !names.is_empty() {
             match self.pass(&mut names, &mut total, &mut failed) {
-                None => backoff = Backoff::default(),
+                None => backoff.reset(),
                 Some(e) => {
-                    let wait = backoff.next();
+                    let wait = backoff.wait();
                     if Instant::now() + wait > deadline {
                         failed.extend(names.iter().map(|n| (n.clone(), e.clone())));
                         break;
@@ -494,24 +496,6 @@ fn fingerprint(l: &Lifecycle) -> String {
     let text =
         serde_json::to_vec(&(&l.aliases, &l.rolled_back, l.history.len())).unwrap_or_default();
     format!("{:016x}", dfp_engine::hash::fnv1a64(&text))
-}
-
-/// Exponential backoff: 0.5 s, doubling, at most 30 s.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff(Duration::from_millis(500))
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(30));
-        wait
-    }
 }
 
 /// What the mirror did in a run.
@@ -610,7 +594,7 @@ fn follow(
         ..MirrorReport::default()
     };
     let mut pending = BTreeSet::new();
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::server();
     let mut next_try = Instant::now();
     let mut failed = Vec::new();
     let mut total = Pushes::default();
@@ -635,8 +619,8 @@ fn follow(
             continue;
         }
         match syncer.pass(&mut pending, &mut total, &mut failed) {
-            None => backoff = Backoff::default(),
-            Some(_) => next_try = Instant::now() + backoff.next(),
+            None => backoff.reset(),
+            Some(_) => next_try = Instant::now() + backoff.wait(),
         }
     }
     // The end: everything, not only what was announced (a model changed by an earlier run or
@@ -693,15 +677,5 @@ mod tests {
             assert_ne!(n, hostile);
         }
         assert_ne!(mlflow_name("DFP-azure-a/b"), mlflow_name("DFP-azure-a:b"));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_thirty_seconds() {
-        let mut b = Backoff::default();
-        let waits: Vec<u64> = (0..9).map(|_| b.next().as_millis() as u64).collect();
-        assert_eq!(
-            waits,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
-        );
     }
 }

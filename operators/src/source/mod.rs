@@ -28,6 +28,7 @@ use timely::dataflow::{InputHandleVec, ProbeHandle};
 use crate::dead_letter::DeadLetter;
 use crate::file_to_batch::{FileRows, FileTask};
 use crate::metrics::SharedStats;
+use crate::retry::Backoff;
 use crate::state::StageState;
 
 /// What a source hands the dataflow for one epoch.
@@ -226,7 +227,7 @@ pub fn drive(
     let stats = feed.stats.clone();
     feed.advance(source.start(), source, &[]);
     let mut sent = 0;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let started = Instant::now();
     loop {
         if !stats.borrow().fatal.is_empty() {
@@ -244,7 +245,7 @@ pub fn drive(
                 break;
             }
             Ok(Some(polled)) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 stats.borrow_mut().bytes += polled.bytes;
                 feed.send_dead(polled.dead);
                 if !polled.epochs.is_empty() {
@@ -260,9 +261,9 @@ pub fn drive(
                 }
             }
             Err(e) => {
-                tracing::warn!(source = %source.describe(), error = %e.chain(), retry_in = ?backoff, "source");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let wait = backoff.wait();
+                tracing::warn!(source = %source.describe(), error = %e.chain(), retry_in = ?wait, "source");
+                std::thread::sleep(wait);
             }
         }
         worker.step();
