@@ -17,6 +17,7 @@ use dfp_bench::net::free_port;
 use dfp_engine::generate::GenSource;
 use dfp_engine::lifecycle::Promotion;
 use dfp_engine::registry::Registry;
+use dfp_operators::mlflow::client::tag;
 use dfp_operators::mlflow::{Client, Syncer, mlflow_name};
 use dfp_operators::pipeline::{MlflowOptions, RunSummary, run};
 use serde_json::Value;
@@ -33,15 +34,6 @@ fn run_to(root: &Path, split: u32, out: &str, uri: &str, flush: Duration) -> Run
 
 fn client(server: &MlflowServer) -> Client {
     Client::new(&server.uri(), Duration::from_secs(30)).unwrap()
-}
-
-fn tag(v: &Value, key: &str) -> Option<String> {
-    v["tags"]
-        .as_array()?
-        .iter()
-        .find(|t| t["key"] == key)
-        .and_then(|t| t["value"].as_str())
-        .map(str::to_string)
 }
 
 /// MLflow's versions of `name`, by dfp version: (MLflow version, source).

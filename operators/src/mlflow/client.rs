@@ -488,6 +488,17 @@ impl Client {
     }
 }
 
+/// The value of tag `key` of an MLflow object as its API returns it (`{"tags": [{"key",
+/// "value"}]}`: a run's data, a model, a model version).
+pub fn tag(item: &Value, key: &str) -> Option<String> {
+    item["tags"]
+        .as_array()?
+        .iter()
+        .find(|t| t["key"] == key)
+        .and_then(|t| t["value"].as_str())
+        .map(str::to_string)
+}
+
 fn key_values(pairs: &[(String, String)]) -> Vec<Value> {
     pairs
         .iter()

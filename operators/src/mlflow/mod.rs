@@ -317,17 +317,9 @@ impl Syncer {
     ) -> std::result::Result<BTreeMap<u32, String>, SyncError> {
         let mut out = BTreeMap::new();
         for v in self.client.versions(target)? {
-            let tag = |key: &str| {
-                v["tags"].as_array().and_then(|tags| {
-                    tags.iter()
-                        .find(|t| t["key"] == key)
-                        .and_then(|t| t["value"].as_str())
-                        .map(str::to_string)
-                })
-            };
             let (Some(n), Some(dv), Some(mv)) = (
-                tag("dfp.name"),
-                tag("dfp.version").and_then(|s| s.parse::<u32>().ok()),
+                client::tag(&v, "dfp.name"),
+                client::tag(&v, "dfp.version").and_then(|s| s.parse::<u32>().ok()),
                 v["version"].as_str(),
             ) else {
                 continue;
