@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use dfp_engine::control::{FileScope, expand_globs};
-use dfp_engine::generate::{GenSource, GenerateConfig, Novelty};
+use dfp_engine::generate::{GenSource, GenerateConfig, Novelty, Rollout};
 use dfp_engine::ingest::Reader;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::demo::DemoOptions;
@@ -107,6 +107,14 @@ pub struct GenerateArgs {
     /// Share of accounts that are service accounts (default 0.02).
     #[arg(long)]
     service_account_fraction: Option<f64>,
+    /// A browser rollout on day N (0-based): from then on a share of users (--rollout-share)
+    /// use a browser nobody used before (Brave) on every device, nothing else changed (a
+    /// deliberate drift of one feature).
+    #[arg(long, value_name = "DAY")]
+    browser_rollout: Option<u32>,
+    /// Share of users moved to the new browser.
+    #[arg(long, default_value_t = 0.8, requires = "browser_rollout")]
+    rollout_share: f64,
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
@@ -218,6 +226,10 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
             *field = v;
         }
     }
+    cfg.rollout = args.browser_rollout.map(|day| Rollout {
+        day,
+        share: args.rollout_share,
+    });
     let started = Instant::now();
     let summary = dfp_engine::generate::generate(&cfg, &args.out).with_context(|| {
         format!(

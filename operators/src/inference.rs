@@ -34,6 +34,7 @@ use timely::dataflow::operators::core::OkErr;
 use crate::checkpoint::frontier_cut;
 use crate::data_prep::Prepared;
 use crate::dead_letter::DeadLetter;
+use crate::drift::{FeatureTally, Tallies};
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
 use crate::registry_writer::ModelNote;
@@ -117,6 +118,9 @@ pub struct Outcome {
     pub fallbacks: u64,
     /// Rows no model could score.
     pub unscored: u64,
+    /// The scored rows' features tallied against their models' references, when the scorer
+    /// tallies drift.
+    pub drift: Vec<FeatureTally>,
 }
 
 /// Picks, loads and caches models, and scores windows.
@@ -128,6 +132,8 @@ pub struct Scorer {
     batch_size: usize,
     /// Models already reported as unusable (each is logged once, not once per window).
     reported: std::collections::HashSet<String>,
+    /// Tally drift, a model on its own from this many rows (`[drift] min_rows`).
+    drift: Option<u64>,
 }
 
 impl Scorer {
@@ -147,7 +153,15 @@ impl Scorer {
             cache: ModelCache::new(registry, config.cache_models),
             batch_size,
             reported: std::collections::HashSet::new(),
+            drift: None,
         }
+    }
+
+    /// Tallies the scored rows' features against their models' references ([`Outcome::drift`]),
+    /// giving a model tallies of its own from `min_rows` rows in an epoch.
+    pub fn with_drift(mut self, min_rows: u64) -> Self {
+        self.drift = Some(min_rows);
+        self
     }
 
     /// Makes a new version known: a champion scores from now on, a challenger in the shadow.
@@ -286,6 +300,7 @@ impl Scorer {
         let mut results = score(backend, &requests, self.batch_size);
         let mut shadow_results = results.split_off(chosen.len()).into_iter();
         let mut scored = Vec::new();
+        let mut tallies = Tallies::default();
         for (((w, label, model, generic), result), shadow) in
             chosen.into_iter().zip(results).zip(shadows)
         {
@@ -308,6 +323,9 @@ impl Scorer {
                     continue;
                 }
             };
+            if self.drift.is_some() {
+                tallies.add(&label, &model, generic, &w.window.user, &w.batch);
+            }
             let f = s.features.len();
             let user = w.window.user;
             for (i, (row, derived)) in w.window.rows.into_iter().zip(w.window.derived).enumerate() {
@@ -336,6 +354,7 @@ impl Scorer {
             dead,
             fallbacks,
             unscored,
+            drift: self.drift.map_or_else(Vec::new, |min| tallies.finish(min)),
         }
     }
 }
@@ -350,7 +369,22 @@ pub trait Inference<'s> {
         backend: Rc<dyn Backend>,
         snapshots: StageState,
         stats: SharedStats,
-    ) -> (StreamVec<'s, u64, Scored>, StreamVec<'s, u64, DeadLetter>);
+    ) -> Inferred<'s>;
+}
+
+/// What inference sends on: scored rows, dead letters, drift tallies.
+pub type Inferred<'s> = (
+    StreamVec<'s, u64, Scored>,
+    StreamVec<'s, u64, DeadLetter>,
+    StreamVec<'s, u64, FeatureTally>,
+);
+
+/// One output of inference, before it is split.
+#[derive(Debug, Clone)]
+enum Out {
+    Scored(Scored),
+    Dead(DeadLetter),
+    Drift(FeatureTally),
 }
 
 impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
@@ -361,58 +395,66 @@ impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
         backend: Rc<dyn Backend>,
         mut snapshots: StageState,
         stats: SharedStats,
-    ) -> (StreamVec<'s, u64, Scored>, StreamVec<'s, u64, DeadLetter>) {
-        self.binary_frontier(
-            notes,
-            Pipeline,
-            Pipeline,
-            "Inference",
-            move |_cap, _info| {
-                let mut windows = Pending::<Prepared>::default();
-                let mut news = Pending::<ModelNote>::default();
-                move |(input, f1), (notes, f2), output| {
-                    input.for_each_stamp(|cap, data| windows.stash(cap, data, 0));
-                    notes.for_each_stamp(|cap, data| news.stash(cap, data, 0));
-                    let mut ready: Vec<_> = news
-                        .ready(&[f1, f2])
-                        .into_iter()
-                        .map(|(cap, n)| (*cap.time(), (None, n)))
-                        .chain(
-                            windows
-                                .ready(&[f1, f2])
+    ) -> Inferred<'s> {
+        let out = self
+            .binary_frontier(
+                notes,
+                Pipeline,
+                Pipeline,
+                "Inference",
+                move |_cap, _info| {
+                    let mut windows = Pending::<Prepared>::default();
+                    let mut news = Pending::<ModelNote>::default();
+                    move |(input, f1), (notes, f2), output| {
+                        input.for_each_stamp(|cap, data| windows.stash(cap, data, 0));
+                        notes.for_each_stamp(|cap, data| news.stash(cap, data, 0));
+                        let mut ready: Vec<_> =
+                            news.ready(&[f1, f2])
                                 .into_iter()
-                                .map(|(cap, w)| (*cap.time(), (Some((cap, w)), Vec::new()))),
-                        )
-                        .collect();
-                    // Notes of an epoch before its windows: a model trained at t scores at t.
-                    ready.sort_by_key(|(t, (w, _))| (*t, w.is_some()));
-                    let cut = frontier_cut(&[f1, f2]);
-                    snapshots.epochs(
-                        &mut scorer,
-                        ready,
-                        cut,
-                        &stats,
-                        |scorer, _t, (work, notes)| {
-                            notes.into_iter().for_each(|n| scorer.apply(n));
-                            let Some((cap, mut ws)) = work else { return };
-                            ws.sort_by(|a, b| a.window.user.cmp(&b.window.user));
-                            let started = Instant::now();
-                            let out = scorer.score(backend.as_ref(), ws);
-                            let mut s = stats.borrow_mut();
-                            s.score_seconds += started.elapsed().as_secs_f64();
-                            s.scored += out.scored.len() as u64;
-                            s.generic_fallbacks += out.fallbacks;
-                            s.unscored += out.unscored;
-                            let mut session = output.session(&cap);
-                            session.give_iterator(out.scored.into_iter().map(Ok));
-                            session.give_iterator(out.dead.into_iter().map(Err));
-                        },
-                    );
-                }
-            },
-        )
-        .container::<Vec<Result<Scored, DeadLetter>>>()
-        .ok_err(|r| r)
+                                .map(|(cap, n)| (*cap.time(), (None, n)))
+                                .chain(
+                                    windows.ready(&[f1, f2]).into_iter().map(|(cap, w)| {
+                                        (*cap.time(), (Some((cap, w)), Vec::new()))
+                                    }),
+                                )
+                                .collect();
+                        // Notes of an epoch before its windows: a model trained at t scores at t.
+                        ready.sort_by_key(|(t, (w, _))| (*t, w.is_some()));
+                        let cut = frontier_cut(&[f1, f2]);
+                        snapshots.epochs(
+                            &mut scorer,
+                            ready,
+                            cut,
+                            &stats,
+                            |scorer, _t, (work, notes)| {
+                                notes.into_iter().for_each(|n| scorer.apply(n));
+                                let Some((cap, mut ws)) = work else { return };
+                                ws.sort_by(|a, b| a.window.user.cmp(&b.window.user));
+                                let started = Instant::now();
+                                let out = scorer.score(backend.as_ref(), ws);
+                                let mut s = stats.borrow_mut();
+                                s.score_seconds += started.elapsed().as_secs_f64();
+                                s.scored += out.scored.len() as u64;
+                                s.generic_fallbacks += out.fallbacks;
+                                s.unscored += out.unscored;
+                                let mut session = output.session(&cap);
+                                session.give_iterator(out.scored.into_iter().map(Out::Scored));
+                                session.give_iterator(out.dead.into_iter().map(Out::Dead));
+                                session.give_iterator(out.drift.into_iter().map(Out::Drift));
+                            },
+                        );
+                    }
+                },
+            )
+            .container::<Vec<Out>>();
+        let (scored, rest): (_, StreamVec<'s, u64, Result<DeadLetter, FeatureTally>>) =
+            out.ok_err(|o| match o {
+                Out::Scored(s) => Ok(s),
+                Out::Dead(d) => Err(Ok(d)),
+                Out::Drift(t) => Err(Err(t)),
+            });
+        let (dead, drift) = rest.ok_err(|r: Result<DeadLetter, FeatureTally>| r);
+        (scored, dead, drift)
     }
 }
 
@@ -479,7 +521,9 @@ mod tests {
                 &InferenceConfig::default(),
                 256,
             );
-            both(windows.inference(notes, scorer, cpu(), StageState::default(), stats))
+            let (scored, dead, _) =
+                windows.inference(notes, scorer, cpu(), StageState::default(), stats);
+            both((scored, dead))
         });
         assert_eq!(out.len(), rows, "every scoring row once");
         assert_eq!(stats.scored as usize, rows);

@@ -22,6 +22,7 @@ pub mod config;
 pub mod data_prep;
 pub mod dead_letter;
 pub mod demo;
+pub mod drift;
 pub mod evaluate;
 pub mod feedback;
 pub mod file_batcher;

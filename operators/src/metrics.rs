@@ -2,7 +2,7 @@
 //! over workers into the run summary. State: the counters, for the life of the run.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -57,6 +57,10 @@ pub struct Stats {
     pub suppressed: u64,
     /// Groups flagged outside the parity band, over the epochs (`crate::parity`).
     pub parity_breaches: u64,
+    /// Features drifted over all models: epochs per feature (`crate::drift`).
+    pub drifted: BTreeMap<String, u64>,
+    /// Lines of single models that drifted (a model and a feature in an epoch).
+    pub drifted_models: u64,
     /// Dead letters written.
     pub dead_letters: u64,
     /// Errors that make the run fail (an output that cannot be written), each with its
@@ -118,6 +122,10 @@ impl Stats {
         self.promoted += o.promoted;
         self.parity_breaches += o.parity_breaches;
         self.suppressed += o.suppressed;
+        for (f, n) in o.drifted {
+            *self.drifted.entry(f).or_default() += n;
+        }
+        self.drifted_models += o.drifted_models;
         self.dead_letters += o.dead_letters;
         self.fatal.extend(o.fatal);
     }

@@ -43,6 +43,8 @@ pub enum OutKind {
     Shadow,
     /// `dfp_parity_{source}.csv`.
     Parity,
+    /// `dfp_drift_{source}.csv`.
+    Drift,
 }
 
 /// One output line (without its newline).

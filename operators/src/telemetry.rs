@@ -43,6 +43,7 @@ pub struct Telemetry {
     alerts: Counter,
     promoted: Counter,
     parity_breaches: Counter,
+    drifted_features: Counter,
     suppressed: Counter,
     train_seconds: Seconds,
     score_seconds: Seconds,
@@ -103,6 +104,10 @@ impl Telemetry {
             "parity_breaches",
             "Groups flagged outside the alert-rate parity band",
         );
+        let drifted_features = counter(
+            "drifted_features",
+            "Features drifted across all models, one per epoch and feature",
+        );
         let suppressed = counter(
             "detections_suppressed",
             "Detections silenced by analysts' suppression rules",
@@ -152,6 +157,7 @@ impl Telemetry {
             alerts,
             promoted,
             parity_breaches,
+            drifted_features,
             suppressed,
             train_seconds,
             score_seconds,
@@ -176,6 +182,7 @@ pub struct Publisher {
     telemetry: Arc<Telemetry>,
     last: Stats,
     users: usize,
+    drifted: u64,
     at: Instant,
 }
 
@@ -188,6 +195,7 @@ impl Publisher {
             telemetry,
             last: Stats::default(),
             users: 0,
+            drifted: 0,
             at: Instant::now(),
         }
     }
@@ -228,6 +236,9 @@ impl Publisher {
         add(&t.promoted, now.promoted, l.promoted);
         add(&t.parity_breaches, now.parity_breaches, l.parity_breaches);
         add(&t.suppressed, now.suppressed, l.suppressed);
+        let drifted = |s: &Stats| s.drifted.values().sum::<u64>();
+        add(&t.drifted_features, drifted(now), self.drifted);
+        self.drifted = drifted(now);
         if now.train_seconds > l.train_seconds {
             t.train_seconds.inc_by(now.train_seconds - l.train_seconds);
         }
@@ -238,6 +249,7 @@ impl Publisher {
         self.users = now.users.len();
         self.last = Stats {
             users: Default::default(),
+            drifted: Default::default(),
             fatal: Vec::new(),
             ..*now
         };

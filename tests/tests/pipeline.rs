@@ -563,6 +563,83 @@ fn parity_flags_the_group_made_noisier_and_counts_every_scored_row_alike_for_1_a
 }
 
 #[test]
+fn drift_flags_the_browser_most_users_move_to_and_no_other_feature_alike_for_1_and_2_workers() {
+    use dfp_engine::generate::{GenerateConfig, Novelty, Rollout, generate};
+    let base = tempfile::tempdir().unwrap();
+    // Stable users, no attacks; on the two scoring days (Thursday and Friday) 80% of them use
+    // a browser nobody used before, or (the control) nothing changes.
+    let run_with = |rollout: Option<Rollout>, workers: usize| {
+        let root = base
+            .path()
+            .join(format!("{}-w{workers}", rollout.is_some()));
+        let mut cfg = GenerateConfig::new(GenSource::Azure, 30, 12, common::date(1), 7);
+        cfg.files_per_day = 4;
+        cfg.anomaly_days = 0;
+        cfg.novelty = Novelty::none();
+        cfg.rollout = rollout;
+        generate(&cfg, &root.join("logs")).unwrap();
+        let control = root.join("control.json");
+        let text = dfp_operators::demo::control_message(
+            "logs/*.json",
+            common::date(1),
+            common::date(11),
+            common::date(13),
+        );
+        std::fs::write(&control, text).unwrap();
+        let mut opts = options("azure", common::control(&control), &root, workers);
+        opts.config.drift.enabled = true;
+        let summary = run(opts).unwrap();
+        let path = root.join("output/dfp_drift_azure.csv");
+        (summary, read(&path), csv_rows(&path))
+    };
+    let rollout = Some(Rollout {
+        day: 10,
+        share: 0.8,
+    });
+    let (summary, text, rows) = run_with(rollout, 1);
+    assert_eq!(
+        text,
+        run_with(rollout, 2).1,
+        "drift differs between 1 and 2 workers"
+    );
+    let all: Vec<_> = rows.iter().filter(|r| r["model"] == "all").collect();
+    let drifted: std::collections::BTreeSet<(&str, &str)> = all
+        .iter()
+        .filter(|r| r["drifted"] == "true")
+        .map(|r| (r["epoch"].as_str(), r["feature"].as_str()))
+        .collect();
+    assert_eq!(
+        drifted,
+        [("1", "browser"), ("2", "browser")].into(),
+        "{text}"
+    );
+    // Every scored row is counted once per feature; the browser's PSI is far above the line.
+    let scored: f64 = all
+        .iter()
+        .filter(|r| r["feature"] == "browser")
+        .map(|r| r["rows"].parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(scored as u64, summary.stats.scored);
+    assert!(
+        all.iter()
+            .filter(|r| r["feature"] == "browser")
+            .all(|r| r["psi"].parse::<f64>().unwrap() > 2.0)
+    );
+    // Numeric features have a KS statistic, categorical ones none.
+    let ks = |f: &str| all.iter().find(|r| r["feature"] == f).unwrap()["ks"].clone();
+    assert!(!ks("logcount").is_empty() && ks("browser").is_empty());
+    assert_eq!(summary.stats.drifted, [("browser".to_string(), 2)].into());
+    assert!(
+        summary.line().contains("drift in browser (2 epochs)"),
+        "{}",
+        summary.line()
+    );
+    // The same users without the rollout: nothing drifts.
+    let (summary, text, _) = run_with(None, 1);
+    assert!(summary.stats.drifted.is_empty(), "{text}");
+}
+
+#[test]
 fn notifications_wait_in_the_outbox_while_the_webhook_is_down_and_arrive_once_later() {
     use dfp_bench::net::free_port;
     use dfp_bench::webhook::Webhook;

@@ -149,7 +149,9 @@ fn unseen_device(world: &World, user: &User, rng: &mut ChaCha8Rng) -> u8 {
         .enumerate()
         .filter(|(_, d)| {
             !seen(&|o| {
-                o.azure_os[0] == d.azure_os[0] || o.duo_os == d.duo_os || o.browser == d.browser
+                o.azure_os[0] == d.azure_os[0]
+                    || o.duo_os == d.duo_os
+                    || o.browser[0] == d.browser[0]
             })
         })
         .map(|(i, _)| i)
@@ -158,7 +160,7 @@ fn unseen_device(world: &World, user: &User, rng: &mut ChaCha8Rng) -> u8 {
         .foreign_devices
         .iter()
         .enumerate()
-        .filter(|(_, d)| !seen(&|o| o.duo_os == d.duo_os && o.browser == d.browser))
+        .filter(|(_, d)| !seen(&|o| o.duo_os == d.duo_os && o.browser[0] == d.browser[0]))
         .map(|(i, _)| i)
         .collect();
     let pool = if fresh.is_empty() { &fallback } else { &fresh };

@@ -85,6 +85,19 @@ pub struct GenerateConfig {
     pub anomaly_users_fraction: f64,
     /// Normal behaviour beyond stable habits (unlabelled). Default [`Novelty::default`].
     pub novelty: Novelty,
+    /// A browser a share of users are moved to on one day (unlabelled): a deliberate shift of
+    /// one feature, for drift checks. Default none.
+    pub rollout: Option<Rollout>,
+}
+
+/// From day `day` (from the first, 0-based), a `share` of users use a browser nobody used
+/// before (Brave) on every device; their systems and everything else stay as they were.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rollout {
+    /// The day of the release.
+    pub day: u32,
+    /// Share of users who take it, in [0, 1].
+    pub share: f64,
 }
 
 /// How often users do something new but normal (see the `novelty` module). Rates are per month
@@ -207,6 +220,7 @@ impl GenerateConfig {
             anomaly_days: days.div_ceil(6),
             anomaly_users_fraction: 0.3,
             novelty: Novelty::default(),
+            rollout: None,
         }
     }
 
@@ -259,6 +273,20 @@ impl GenerateConfig {
             );
         }
         self.novelty.check(&mut p);
+        if let Some(r) = &self.rollout {
+            if r.day >= self.days {
+                p.push(
+                    "rollout.day",
+                    format!("must be before days ({}), got {}", self.days, r.day),
+                );
+            }
+            if !r.share.is_finite() || !(0.0..=1.0).contains(&r.share) {
+                p.push(
+                    "rollout.share",
+                    format!("must be between 0 and 1, got {}", r.share),
+                );
+            }
+        }
         p.finish("generate config", ())
     }
 

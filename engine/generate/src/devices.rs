@@ -55,6 +55,12 @@ pub(crate) const SAFARI: BrowserSpec = BrowserSpec {
     versions: &["16.5", "16.6", "17.0", "17.1", "17.2"],
     azure_parts: 2,
 };
+/// The browser a [`crate::Rollout`] moves users to (no device has it otherwise).
+pub(crate) const ROLLOUT: BrowserSpec = BrowserSpec {
+    family: "Brave",
+    versions: &["1.61.101"],
+    azure_parts: 2,
+};
 pub(crate) const MOBILE_SAFARI: BrowserSpec = BrowserSpec {
     family: "Mobile Safari",
     versions: &["16.5", "16.6", "17.0", "17.1", "17.2"],
@@ -86,8 +92,8 @@ pub(crate) struct Device {
     pub duo_os: &'static str,
     /// Duo `access_device.os_version`, per era.
     pub os_version: [String; 3],
-    /// Duo `access_device.browser`.
-    pub browser: &'static str,
+    /// Duo `access_device.browser`, per era.
+    pub browser: [&'static str; 3],
     /// Duo `access_device.browser_version`, per era.
     pub browser_version: [String; 3],
     /// Azure `deviceDetail.browser`, per era.
@@ -141,6 +147,24 @@ impl Device {
         self.azure_browser[2] = azure_browser(self.spec, browser);
         self.user_agent[2] = user_agent(self.kind, self.spec.family, browser, &os_version);
         self.os_version[2] = os_version;
+        self.update_day = self.update_day.min(day);
+    }
+}
+
+impl Device {
+    /// Plans a switch to the browser [`ROLLOUT`] on `day` (the company rolls it out): from then
+    /// on the device's browser is one no log had before; its system stays as it was (a system
+    /// update already planned keeps its system, with this browser).
+    pub fn switch_on(&mut self, day: u32) {
+        let version = ROLLOUT.versions.last().copied().unwrap_or("1.0");
+        if self.update_day == u32::MAX {
+            self.azure_os[2] = self.azure_os[1];
+            self.os_version[2] = self.os_version[1].clone();
+        }
+        self.browser[2] = ROLLOUT.family;
+        self.browser_version[2] = version.to_string();
+        self.azure_browser[2] = azure_browser(&ROLLOUT, version);
+        self.user_agent[2] = user_agent(self.kind, ROLLOUT.family, version, &self.os_version[2]);
         self.update_day = self.update_day.min(day);
     }
 }
@@ -329,7 +353,7 @@ pub(crate) fn device(
         mobile: matches!(kind, Kind::IPhone | Kind::IPad | Kind::Android),
         azure_os: [azure_os; 3],
         duo_os,
-        browser: spec.family,
+        browser: [spec.family; 3],
         browser_version: [versions[0].into(), versions[1].into(), String::new()],
         azure_browser: [
             azure_browser(spec, versions[0]),
@@ -435,7 +459,7 @@ pub(crate) fn foreign_devices() -> Vec<Device> {
                 azure_os: [azure_os; 3],
                 duo_os,
                 os_version: [os_v.into(), os_v.into(), os_v.into()],
-                browser: family,
+                browser: [family; 3],
                 browser_version: [version.into(), version.into(), version.into()],
                 azure_browser: [az.into(), az.into(), az.into()],
                 user_agent: [ua.into(), ua.into(), ua.into()],

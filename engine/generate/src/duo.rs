@@ -175,7 +175,7 @@ pub(super) fn write_record<W: Write>(
     let call = e.factor == Factor::PhoneCall;
     let record = Record {
         access_device: AccessDevice {
-            browser: device.browser,
+            browser: device.browser[era],
             browser_version: &device.browser_version[era],
             hostname: None,
             ip: Ip(e.ip),

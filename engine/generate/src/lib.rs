@@ -48,7 +48,7 @@ use serde::Serialize;
 use dfp_core::{Error, Result};
 
 pub use anomaly::AnomalyKind;
-pub use config::{GenSource, GenerateConfig, Novelty, UnknownGenSource};
+pub use config::{GenSource, GenerateConfig, Novelty, Rollout, UnknownGenSource};
 
 use config::day_start_micros;
 use json::{Iso, Uuid};

@@ -180,6 +180,12 @@ pub(crate) fn plan_users(cfg: &GenerateConfig, company: &Company, users: &mut [U
     for (u, user) in users.iter_mut().enumerate() {
         let mut rng = stream_rng(cfg.seed, Stream::Novelty, &[u as u64]);
         plan_user(cfg, company, user, &mut rng);
+        if let Some(r) = &cfg.rollout {
+            let mut rng = stream_rng(cfg.seed, Stream::Rollout, &[u as u64]);
+            if unit(&mut rng) < r.share {
+                user.devices.iter_mut().for_each(|d| d.switch_on(r.day));
+            }
+        }
     }
 }
 
@@ -579,6 +585,38 @@ mod tests {
             let metro = city_at(user.home).metro;
             assert!(events.iter().all(|e| city_at(e.city).metro == metro));
         }
+    }
+
+    #[test]
+    fn a_rollout_moves_a_share_of_users_to_the_new_browser_from_its_day_and_nothing_else() {
+        let mut c = cfg(200, 20, Novelty::none());
+        c.rollout = Some(crate::Rollout {
+            day: 12,
+            share: 0.8,
+        });
+        let (world, users) = run(&c);
+        let (without, _) = run(&cfg(200, 20, Novelty::none()));
+        let mut moved = 0;
+        for ((user, events), before) in world.users.iter().zip(&users).zip(&without.users) {
+            let switched = user.devices.iter().all(|d| d.update_day == 12);
+            moved += usize::from(switched);
+            for (d, b) in user
+                .devices
+                .iter()
+                .zip(&before.devices)
+                .filter(|_| switched)
+            {
+                assert_eq!(d.azure_os[2], b.azure_os[1]);
+                assert_eq!(d.os_version[2], b.os_version[1]);
+            }
+            for e in events {
+                let dev = user.device(&world, e.device).expect("device");
+                let new = dev.browser[usize::from(e.era)] == "Brave";
+                let later = day_of(&world, e) >= 12;
+                assert_eq!(new, switched && later && matches!(e.device, DevRef::Own(_)));
+            }
+        }
+        assert!((140..=180).contains(&moved), "{moved} of 200 users moved");
     }
 
     #[test]

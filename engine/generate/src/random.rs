@@ -17,6 +17,7 @@ pub(crate) enum Stream {
     NoveltyDay = 7,
     Teams = 8,
     Company = 9,
+    Rollout = 10,
 }
 
 /// SplitMix64's finalizer.

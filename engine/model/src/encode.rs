@@ -16,6 +16,7 @@ use dfp_core::Result;
 use dfp_core::batch::{bool_column, numeric_column, string_column};
 use dfp_core::schema::{FeatureSpec, MISSING_STRING as MISSING, ProfileSpec};
 
+use crate::drift::Values;
 use crate::preprocess::{StandardScaler, Vocabulary};
 use crate::profile::{Profile, Rows};
 
@@ -98,6 +99,28 @@ impl Preprocessor {
             Some(p) => p.values(batch, rows),
             None => numeric_column(batch, name),
         }
+    }
+
+    /// Every feature's values in `batch` before scaling or encoding, in the network's order:
+    /// numerics as numbers (a profile's counted as `rows` says), binaries as `true`/`false`,
+    /// categoricals as text (a null as `"nan"`).
+    pub fn raw_values(&self, batch: &RecordBatch, rows: &Rows<'_>) -> Result<Vec<Values>> {
+        let f = &self.features;
+        let mut out = Vec::with_capacity(self.n_features());
+        for name in &f.numeric {
+            out.push(Values::Numeric(self.numeric_values(batch, name, rows)?));
+        }
+        for name in &f.binary {
+            let v = bool_column(batch, name)?;
+            out.push(Values::Text(v.iter().map(bool::to_string).collect()));
+        }
+        for name in &f.categorical {
+            let v = string_column(batch, name)?;
+            out.push(Values::Text(
+                v.iter().map(|v| v.unwrap_or(MISSING).to_string()).collect(),
+            ));
+        }
+        Ok(out)
     }
 
     /// Feature names in the network's order: numeric, binary, categorical.

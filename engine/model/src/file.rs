@@ -1,7 +1,7 @@
 //! Model files: `DFPMODEL` magic, format version, the lengths of a header and a body, the
 //! header (the [`ModelHeader`]: name, schema, features, training window, hyperparameters,
-//! metrics), the body (preprocessing, weights, loss statistics, calibration), both bincode 2, and an FNV-1a
-//! checksum of everything before it. A file that is truncated, corrupt, of another format
+//! metrics), the body (preprocessing, weights, loss statistics, calibration, drift reference),
+//! both bincode 2, and an FNV-1a checksum of everything before it. A file that is truncated, corrupt, of another format
 //! version, or inconsistent with itself is refused with the reason; it never yields a model
 //! that would score wrongly.
 
@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::calibration::Calibration;
+use super::drift::Reference;
 use super::encode::Preprocessor;
 use super::network::Network;
 use super::{Model, ModelHeader};
@@ -20,8 +21,8 @@ use dfp_core::{Error, Result};
 /// The first bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"DFPMODEL";
 /// The format version this build writes and reads (2: preprocessing holds profiles; 3: the
-/// model carries its calibration).
-pub const FORMAT_VERSION: u32 = 3;
+/// model carries its calibration; 4: and its drift reference).
+pub const FORMAT_VERSION: u32 = 4;
 const PREFIX: usize = 8 + 4 + 8 + 8;
 const LIMIT: usize = 1 << 31;
 
@@ -32,6 +33,7 @@ struct BodyRef<'a> {
     loss_mean: &'a [f64],
     loss_std: &'a [f64],
     calibration: &'a Calibration,
+    reference: &'a Reference,
 }
 
 /// What [`BodyRef`] writes.
@@ -42,6 +44,7 @@ struct Body {
     loss_mean: Vec<f64>,
     loss_std: Vec<f64>,
     calibration: Calibration,
+    reference: Reference,
 }
 
 fn config() -> impl bincode::config::Config {
@@ -73,6 +76,7 @@ impl Model {
             loss_mean: &self.loss_mean,
             loss_std: &self.loss_std,
             calibration: &self.calibration,
+            reference: &self.reference,
         })?;
         let mut out = Vec::with_capacity(PREFIX + header.len() + body.len() + 8);
         out.extend_from_slice(MAGIC);
@@ -136,6 +140,7 @@ impl Model {
             loss_mean: body.loss_mean,
             loss_std: body.loss_std,
             calibration: body.calibration,
+            reference: body.reference,
         };
         model.check().map_err(bad)?;
         Ok(model)
@@ -228,7 +233,7 @@ impl Model {
         {
             return Err("the calibration's tail knots are not finite and increasing".into());
         }
-        Ok(())
+        self.reference.check(pre)
     }
 }
 

@@ -12,6 +12,8 @@
 //!   CPU backend.
 //! - [`calibration`]: what the model's scores of ordinary rows look like (its validation rows,
 //!   and each user's rows), fitted after training, for calibrated detection rules.
+//! - [`drift`]: what the model's features looked like in its training window (its reference,
+//!   fitted after training) and how far scored rows have moved from it.
 //! - [`file`]: the model file (header, bincode body, checksum).
 //!
 //! [`train_models`] and [`score`] are the entry points: they take Arrow batches and a backend.
@@ -20,6 +22,7 @@ pub mod backend;
 pub mod calibration;
 pub mod config;
 pub mod device;
+pub mod drift;
 pub mod encode;
 pub mod file;
 pub mod lifecycle;
@@ -38,6 +41,7 @@ pub use backend::{Backend, CpuBackend, EvalJob};
 pub use calibration::Calibration;
 pub use config::ModelConfig;
 pub use device::Device;
+pub use drift::Reference;
 pub use encode::{Encoded, Preprocessor};
 pub use network::{Network, Shape};
 
@@ -97,6 +101,8 @@ pub struct Model {
     pub loss_std: Vec<f64>,
     /// How its scores of ordinary rows are distributed (see [`calibration`]).
     pub calibration: Calibration,
+    /// What its features looked like in its training window (see [`drift`]).
+    pub reference: Reference,
 }
 
 /// One model to train: a name and its rows (any order; they are sorted by event time).
@@ -146,6 +152,7 @@ fn time_order(batch: &RecordBatch) -> (Vec<usize>, Option<i64>, Option<i64>) {
 /// whether each row was held out for validation.
 struct Window {
     all: Encoded,
+    reference: Reference,
     users: Vec<Option<String>>,
     validation: Vec<bool>,
 }
@@ -201,15 +208,20 @@ fn prepare(
         validation: all.select(val_idx),
         seed: config.seed ^ dfp_core::hash::fnv1a64(set.name.as_bytes()),
     };
-    let users = dfp_core::batch::string_column(set.rows, dfp_core::schema::USERNAME)
-        .map(|u| u.into_iter().map(|u| u.map(str::to_string)).collect())
-        .unwrap_or_else(|_| vec![None; n]);
     let mut validation = vec![false; n];
     for &i in val_idx {
         validation[i] = true;
     }
+    // Profile features as scoring will measure them (each row against every training row):
+    // left-one-out counts sit one row below what the same habits score later.
+    let users = dfp_core::batch::string_column(set.rows, dfp_core::schema::USERNAME)
+        .map(|u| u.into_iter().map(|u| u.map(str::to_string)).collect())
+        .unwrap_or_else(|_| vec![None; n]);
+    let reference = Reference::fit(&pre, set.rows, &profile::Rows::New, &users)
+        .map_err(|e| Error::model(set.name, e.to_string()))?;
     let window = Window {
         all,
+        reference,
         users,
         validation,
     };
@@ -267,7 +279,7 @@ pub fn train_models(
     let models: Vec<Result<(Model, Window)>> = prepared
         .into_iter()
         .map(|p| {
-            let (_, preprocessor, mut header, window) = p?;
+            let (_, preprocessor, mut header, mut window) = p?;
             let t = trained
                 .next()
                 .ok_or_else(|| Error::model(&header.name, "the backend returned no model"))?;
@@ -290,6 +302,7 @@ pub fn train_models(
                 loss_mean: t.loss_mean,
                 loss_std: t.loss_std,
                 calibration: Calibration::default(),
+                reference: std::mem::take(&mut window.reference),
             };
             Ok((model, window))
         })

@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub lifecycle: LifecycleConfig,
     /// Alert-rate parity across the groups of one column.
     pub parity: ParityConfig,
+    /// Drift of the scored features from the models' training windows.
+    pub drift: DriftConfig,
     /// Notifications to a webhook.
     pub notifications: NotifyConfig,
     /// Analysts' verdicts from a Kafka topic.
@@ -130,6 +132,51 @@ impl ParityConfig {
         }
         if self.group.as_deref() == Some("") {
             p.push(key("group"), "a column name");
+        }
+    }
+}
+
+/// Drift per feature (`[drift]`, see [`crate::drift`]): each epoch's scored features against
+/// the reference profiles of the models that scored them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Write `dfp_drift_{source}.csv` (Morpheus has no drift: off unless set; dfp's defaults
+    /// set it).
+    pub enabled: bool,
+    /// Equal bins of the reference's CDF for PSI and JS on numeric features (a divisor of
+    /// 100: 10 makes the reference's deciles).
+    pub bins: usize,
+    /// PSI at or above which a feature has drifted (0.1 to 0.2 by common practice).
+    pub psi: f64,
+    /// Rows a line needs in the epoch to be judged (and a user's model to get lines of its own).
+    pub min_rows: u64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bins: 10,
+            psi: 0.2,
+            min_rows: 100,
+        }
+    }
+}
+
+impl DriftConfig {
+    /// Records out-of-range values under `path`.
+    pub fn check(&self, path: &str, p: &mut Problems) {
+        let key = |k: &str| dfp_engine::config::join(path, k);
+        let fine = dfp_engine::model::drift::FINE_BINS;
+        if self.bins < 2 || !fine.is_multiple_of(self.bins) {
+            p.push(key("bins"), "a divisor of 100 from 2 to 100, e.g. 10");
+        }
+        if !(self.psi.is_finite() && self.psi > 0.0) {
+            p.push(key("psi"), "a positive number, e.g. 0.2");
+        }
+        if self.min_rows == 0 {
+            p.push(key("min_rows"), "at least 1");
         }
     }
 }
@@ -248,6 +295,7 @@ impl Default for RunConfig {
             alerts: AlertConfig::default(),
             lifecycle: LifecycleConfig::default(),
             parity: ParityConfig::default(),
+            drift: DriftConfig::default(),
             notifications: NotifyConfig::default(),
             feedback: FeedbackConfig::default(),
             events: EventsConfig::default(),
@@ -284,6 +332,7 @@ impl RunConfig {
         self.alerts.check("alerts", &mut p);
         self.lifecycle.check("lifecycle", &mut p);
         self.parity.check("parity", &mut p);
+        self.drift.check("drift", &mut p);
         self.notifications.check("notifications", &mut p);
         if let Some(url) = &self.feedback.topic
             && let Err(e) = crate::kafka::parse_kafka_url(url)

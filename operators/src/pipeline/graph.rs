@@ -6,7 +6,9 @@
 //!                                                          └─ data prep ─ inference ◄────────────────┘
 //!                                                                         ├─ filter detections ─ alert budget ─ post-processing ─┬─ serialize ────────┐
 //!                                                                         │                                                     └─ alert suppression ┤
-//!                                                                         └─ (scores) post-processing ─ serialize ───────────────────────────────────┤
+//!                                                                         ├─ (scores) post-processing ─ serialize ───────────────────────────────────┤
+//!                                                                         ├─ parity, shadow lines ───────────────────────────────────────────────────┤
+//!                                                                         └─ (feature tallies) drift ────────────────────────────────────────────────┤
 //! dead letters of every stage ─ serialize ─────────────────────────────────────────────────────────────────────────────────────┴─ sinks
 //! ```
 //!
@@ -31,6 +33,7 @@ use crate::budget::{AlertBudget, Budget};
 use crate::config::RunConfig;
 use crate::data_prep::DataPrep;
 use crate::dead_letter::{DeadLetter, Originals};
+use crate::drift::DriftLines;
 use crate::feedback::{Silence, Suppressions};
 use crate::file_to_batch::{FileRows, FileTask, FileToBatch};
 use crate::filter_detections::{FilterDetections, Rule};
@@ -122,7 +125,7 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
     } else {
         (None, notes)
     };
-    let (scored, unscored) = infer_p.inference(
+    let (scored, unscored, tallies) = infer_p.inference(
         notes.broadcast(),
         s.scorer.0,
         s.backend.clone(),
@@ -176,6 +179,9 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         shadow,
     ];
     lines.extend(parity);
+    if cfg.drift.enabled {
+        lines.push(tallies.drift(&cfg.drift, s.stats.clone()));
+    }
     if let Some((suppressor, state)) = s.alerts {
         lines.push(detections.alerts(
             suppressor,

@@ -199,6 +199,9 @@ impl RunOptions {
         if self.config.parity.group.is_some() {
             kinds.push(OutKind::Parity);
         }
+        if self.config.drift.enabled {
+            kinds.push(OutKind::Drift);
+        }
         kinds.push(OutKind::DeadLetters);
         kinds
     }
@@ -254,6 +257,14 @@ impl RunSummary {
         }
         if s.parity_breaches > 0 {
             parity += &format!(", {} parity breaches", s.parity_breaches);
+        }
+        if !s.drifted.is_empty() {
+            let features: Vec<String> = s
+                .drifted
+                .iter()
+                .map(|(f, n)| format!("{f} ({n} epochs)"))
+                .collect();
+            parity += &format!(", drift in {}", features.join(", "));
         }
         let mut mlflow = self
             .mlflow

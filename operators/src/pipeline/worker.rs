@@ -266,6 +266,9 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
         &o.config.inference,
         o.config.model.eval_batch_size,
     );
+    if o.config.drift.enabled {
+        scorer = scorer.with_drift(o.config.drift.min_rows);
+    }
     let (sinks, sink_state) = if me == 0 {
         let sinks = run.sinks.lock().ok().and_then(|mut s| s.take());
         let (state, _) = states.register_raw("sinks")?;

@@ -34,6 +34,7 @@ pub fn output_path(dir: &Path, source: &str, kind: OutKind) -> PathBuf {
         OutKind::Alerts => format!("dfp_alerts_{source}.jsonl"),
         OutKind::Shadow => format!("dfp_shadow_{source}.csv"),
         OutKind::Parity => format!("dfp_parity_{source}.csv"),
+        OutKind::Drift => format!("dfp_drift_{source}.csv"),
     })
 }
 
@@ -57,6 +58,7 @@ impl OutputFiles {
                 OutKind::DetectionsCsv | OutKind::ScoresCsv => Some(columns.csv_header()),
                 OutKind::Shadow => Some(crate::shadow::HEADER.to_string()),
                 OutKind::Parity => Some(crate::parity::HEADER.to_string()),
+                OutKind::Drift => Some(crate::drift::HEADER.to_string()),
                 OutKind::DetectionsJson | OutKind::DeadLetters | OutKind::Alerts => None,
             };
             if let Some(header) = header {
