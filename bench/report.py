@@ -238,6 +238,21 @@ def section_quality(d):
     return "\n".join(out) if out else "Not run.\n"
 
 
+def section_drift(d):
+    """Drift statistics against Evidently (bench/src/bin/drift.rs)."""
+    r = load(d, "drift.json")
+    if not r:
+        return "Not run.\n"
+    rows = [[f["feature"], f["dfp"]["psi"], f["evidently_same_binning"]["psi"], f["evidently_own_binning"]["psi"],
+             f["dfp"]["js"], f["evidently_same_binning"]["js"], f["dfp"]["ks"], f["scipy_ks"],
+             f["verdicts_agree"]] for f in r["features"]]
+    return (f"{r['reference_rows']} reference and {r['current_rows']} current rows per feature; Evidently "
+            f"{r['evidently_version']}. PSI verdicts at {r['psi_threshold']} agree on {r['verdicts_agree']}; "
+            f"largest difference at the same binning {fmt(r['largest_gap_same_binning'])}.\n\n" + table(
+                ["feature", "dfp PSI", "Evidently PSI (dfp's deciles)", "Evidently PSI (its bins)", "dfp JS",
+                 "Evidently JS (dfp's deciles)", "dfp KS", "scipy KS", "verdicts agree"], rows) + "\n")
+
+
 def section_targets(d):
     """The issue's targets, each against this run's figure."""
     rows = []
@@ -270,7 +285,7 @@ def main():
     results = os.path.join(out, "results")
     os.makedirs(results, exist_ok=True)
     reports = ["ingest.json", "windows.json", "model.json", "parity-azure.json", "parity-duo.json",
-               "e2e-azure.json", "stream.json", "quality-novelty.json", "quality-stable.json",
+               "e2e-azure.json", "stream.json", "quality-novelty.json", "quality-stable.json", "drift.json",
                "gpu-summary.json", "gpu-dfp.json", "gpu-torch.json"]
     reports += [os.path.join("scaling", n, "e2e-azure.json") for n in sorted(
         os.listdir(os.path.join(d, "scaling")))] if os.path.isdir(os.path.join(d, "scaling")) else []
@@ -319,6 +334,9 @@ unless a column says otherwise. The JSON reports are in `bench/results/`.
 ## 7. Detection quality
 
 {section_quality(d)}
+## 8. Drift statistics against Evidently
+
+{section_drift(d)}
 ## GPU
 
 {section_gpu(d)}

@@ -35,6 +35,7 @@ step $bin/model --reps "$(big 2 5)"
 step $bin/parity --source azure --users "$(big 8 20)" --epochs "$(big 5 30)"
 step $bin/parity --source duo --users "$(big 8 20)" --epochs "$(big 5 30)"
 step $bin/e2e --users 200 --workers 1,2
+step $bin/drift
 step $bin/stream --users "$(big 50 100)"
 # Detection quality: every config, both sources, tuned and held-out seeds, with and without
 # the generator's benign novelty.

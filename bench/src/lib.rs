@@ -28,6 +28,21 @@ pub fn repo_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
+/// The Python of a peer's venv (`target/peers/{name}-venv`), set up first by
+/// `bench/peers/setup_{name}.sh` (idempotent: a warm venv is left as it is).
+pub fn python_peer(name: &str) -> Result<PathBuf> {
+    let root = repo_root();
+    let venv = root.join(format!("target/peers/{name}-venv"));
+    let status = std::process::Command::new("bash")
+        .arg(root.join(format!("bench/peers/setup_{name}.sh")))
+        .arg(&venv)
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("setting up the {name} venv failed ({status})");
+    }
+    Ok(venv.join("bin/python"))
+}
+
 /// `path` as reports print it: relative to the workspace's root when it lies inside, so that
 /// committed results name no directory of the machine they ran on.
 pub fn repo_path(path: &Path) -> String {

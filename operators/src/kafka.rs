@@ -56,6 +56,17 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// The cluster and the topic of `url` (`kafka://HOST:PORT/TOPIC`), with the librdkafka
+    /// `options`.
+    pub fn from_url(
+        url: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(KafkaSettings, String)> {
+        let (brokers, topic) = parse_kafka_url(url)?;
+        let options = options.into_iter().collect();
+        Ok((KafkaSettings { brokers, options }, topic))
+    }
+
     /// A consumer in `group` that commits only when told, starts where the group committed (or
     /// at the beginning) and reports the end of each partition.
     pub fn consumer(&self, group: &str) -> Result<KafkaConsumer> {

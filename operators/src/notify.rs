@@ -1,15 +1,19 @@
 //! Notifications (`[notifications]`): rules over each epoch's output send a JSON event to a
-//! webhook, through an outbox so that none is dropped silently.
+//! webhook and/or a Kafka topic, through an outbox so that none is dropped silently.
 //!
 //! Rules, judged on the lines an epoch writes (the notifier is a [`Sink`] after the files):
 //! `alert_volume` when the epoch writes more alerts (or, without the alerts file, detections)
 //! than `max_alerts_per_epoch`; `parity_breach` for each group the parity stage flags;
-//! `training_failed` when models of the epoch failed to train (their dead letters).
+//! `feature_drift` for each feature drifted over all models (`[drift]`); `training_failed`
+//! when models of the epoch failed to train (their dead letters). And one rule on time:
+//! `stream_stalled` when no epoch has been written for `stalled_seconds` (once per silence).
 //!
 //! Delivery: each notification is appended to the outbox (`dfp_notifications_outbox.jsonl` in
-//! the output directory, fsynced) before the epoch counts as written; a courier thread POSTs
-//! what the outbox holds and its `.delivered` companion does not, at most `max_per_minute` a
-//! minute, retrying with backoff (0.5 s to 30 s). At the end of the run it keeps trying for
+//! the output directory, fsynced) before the epoch counts as written; a courier thread sends
+//! what the outbox holds to each destination (POSTed to the webhook; produced to the topic,
+//! keyed by its id, acknowledged by the brokers) that its `.delivered` companion does not
+//! record as done for it (lines `DESTINATION ID`), at most `max_per_minute` sends a minute,
+//! retrying with backoff (0.5 s to 30 s). At the end of the run it keeps trying for
 //! `flush_seconds`; what is left stays in the outbox and the next run with the same output
 //! directory delivers it first. Every notification has a stable `id` (the hash of its kind,
 //! source, epoch and subject): a replayed epoch sends the same id again, so a receiver that
@@ -29,22 +33,31 @@ use serde_json::{Value, json};
 use dfp_engine::config::Problems;
 use dfp_engine::{Error, Result};
 
+use crate::kafka::KafkaSettings;
 use crate::retry::Backoff;
-use crate::serialize::{Line, OutKind};
+use crate::serialize::{Line, OutKind, csv_cells};
 use crate::sink::Sink;
+use crate::sink::kafka::KafkaSink;
 
 /// `[notifications]`: where they go and what raises them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
-    /// The webhook (`http://HOST:PORT/PATH`) each notification is POSTed to; none: off.
+    /// The webhook (`http://HOST:PORT/PATH`) each notification is POSTed to.
     pub webhook: Option<String>,
+    /// The topic (`kafka://HOST:PORT/TOPIC`) each notification is produced to (`[source]
+    /// options` pass to its producer). Neither this nor a webhook: off.
+    pub kafka: Option<String>,
     /// `alert_volume` when an epoch writes more alerts than this; none: never.
     pub max_alerts_per_epoch: Option<u64>,
     /// `parity_breach` for each group flagged by `[parity]`.
     pub parity: bool,
+    /// `feature_drift` for each feature `[drift]` finds drifted over all models.
+    pub drift: bool,
     /// `training_failed` when models fail to train.
     pub training_failures: bool,
+    /// `stream_stalled` when no epoch is written for this many seconds; none: never.
+    pub stalled_seconds: Option<u64>,
     /// At most this many deliveries a minute; the rest wait in the outbox.
     pub max_per_minute: u32,
     /// How long the end of a run keeps trying to deliver, in seconds.
@@ -55,9 +68,12 @@ impl Default for NotifyConfig {
     fn default() -> Self {
         Self {
             webhook: None,
+            kafka: None,
             max_alerts_per_epoch: None,
             parity: true,
+            drift: true,
             training_failures: true,
+            stalled_seconds: None,
             max_per_minute: 60,
             flush_seconds: 10,
         }
@@ -76,8 +92,16 @@ impl NotifyConfig {
                 "an http:// URL (https is not built into dfp's client)",
             );
         }
+        if let Some(url) = &self.kafka
+            && let Err(e) = crate::kafka::parse_kafka_url(url)
+        {
+            p.push(key("kafka"), e.to_string());
+        }
         if self.max_per_minute == 0 {
             p.push(key("max_per_minute"), "at least 1");
+        }
+        if self.stalled_seconds == Some(0) {
+            p.push(key("stalled_seconds"), "at least 1");
         }
     }
 }
@@ -87,7 +111,7 @@ impl NotifyConfig {
 pub struct Notification {
     /// Stable: the same event of a replayed epoch has the same id.
     pub id: String,
-    /// `alert_volume`, `parity_breach`, `training_failed`.
+    /// `alert_volume`, `parity_breach`, `feature_drift`, `training_failed`, `stream_stalled`.
     pub kind: String,
     /// The source.
     pub source: String,
@@ -146,7 +170,7 @@ pub fn judge(cfg: &NotifyConfig, source: &str, epoch: u64, lines: &[Line]) -> Ve
     if cfg.parity {
         for l in lines.iter().filter(|l| l.kind == OutKind::Parity) {
             // Read as CSV: a group may hold a comma (a location "city, country").
-            let Some(cells) = crate::parity::cells(&l.text) else {
+            let Some(cells) = csv_cells(&l.text, crate::parity::HEADER) else {
                 continue;
             };
             if cells[8] == "true" {
@@ -159,6 +183,24 @@ pub fn judge(cfg: &NotifyConfig, source: &str, epoch: u64, lines: &[Line]) -> Ve
                     format!("epoch {epoch}: {field} {group} is alerted on at {ratio} times the overall rate"),
                     json!({ "group_field": field, "group": group, "rows": cells[3],
                             "alerts": cells[4], "ratio": ratio }),
+                ));
+            }
+        }
+    }
+    if cfg.drift {
+        for l in lines.iter().filter(|l| l.kind == OutKind::Drift) {
+            let Some(c) = csv_cells(&l.text, crate::drift::HEADER) else {
+                continue;
+            };
+            if c[1] == crate::drift::ALL && c[7] == "true" {
+                let (feature, psi) = (&c[2], &c[4]);
+                out.push(notification(
+                    source,
+                    epoch,
+                    "feature_drift",
+                    feature,
+                    format!("epoch {epoch}: {feature} has drifted from the models' training windows (PSI {psi})"),
+                    json!({ "feature": feature, "rows": c[3], "psi": psi, "js": c[5], "ks": c[6] }),
                 ));
             }
         }
@@ -200,7 +242,7 @@ fn delivered_path(outbox: &Path) -> PathBuf {
     outbox.with_extension("jsonl.delivered")
 }
 
-/// The outbox: notifications waiting, and the ids delivered.
+/// The outbox: notifications waiting, and what each destination has been sent.
 struct Outbox {
     path: PathBuf,
 }
@@ -227,9 +269,15 @@ impl Outbox {
         }
     }
 
-    /// The notifications not delivered yet, oldest first (a line that is not one is logged
-    /// and left).
-    fn pending(&self) -> Vec<Notification> {
+    /// Records that `destination` has notification `id`.
+    fn delivered(&self, destination: &str, id: &str) -> Result<()> {
+        self.append(&delivered_path(&self.path), &format!("{destination} {id}"))
+    }
+
+    /// The notifications not delivered yet to all of `destinations`, oldest first, each with
+    /// the destinations still to send it to (a line that is not a notification is logged and
+    /// left).
+    fn pending(&self, destinations: &[&str]) -> Vec<(Notification, Vec<usize>)> {
         let done: BTreeSet<String> = Self::lines(&delivered_path(&self.path))
             .into_iter()
             .collect();
@@ -243,13 +291,19 @@ impl Outbox {
                     None
                 }
             })
-            .filter(|n| !done.contains(&n.id) && seen.insert(n.id.clone()))
+            .filter(|n| seen.insert(n.id.clone()))
+            .filter_map(|n| {
+                let to: Vec<usize> = (0..destinations.len())
+                    .filter(|&d| !done.contains(&format!("{} {}", destinations[d], n.id)))
+                    .collect();
+                (!to.is_empty()).then_some((n, to))
+            })
             .collect()
     }
 
-    /// Empties both files once everything in the outbox is delivered.
-    fn compact(&self) -> Result<()> {
-        if self.pending().is_empty() {
+    /// Empties both files once everything in the outbox is delivered to `destinations`.
+    fn compact(&self, destinations: &[&str]) -> Result<()> {
+        if self.pending(destinations).is_empty() {
             for p in [self.path.clone(), delivered_path(&self.path)] {
                 match std::fs::remove_file(&p) {
                     Ok(()) => {}
@@ -262,40 +316,131 @@ impl Outbox {
     }
 }
 
+/// Where notifications go.
+trait Destination: Send {
+    /// Its name in the `.delivered` file and in logs (`webhook`, `kafka`).
+    fn name(&self) -> &'static str;
+    /// Sends one notification (its JSON `body`), returning once it is taken.
+    fn send(&mut self, n: &Notification, body: &str) -> std::result::Result<(), String>;
+}
+
+/// POSTs to a webhook.
+struct Webhook {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl Destination for Webhook {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn send(&mut self, _: &Notification, body: &str) -> std::result::Result<(), String> {
+        let reply = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|e| format!("{}: {e}", self.url))?;
+        let status = reply.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(format!("{} answered {status}", self.url));
+        }
+        Ok(())
+    }
+}
+
+/// Produces to a Kafka topic, keyed by the notification's id.
+struct Topic {
+    url: String,
+    producer: KafkaSink,
+}
+
+impl Destination for Topic {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn send(&mut self, n: &Notification, body: &str) -> std::result::Result<(), String> {
+        self.producer
+            .produce(Some(&n.id), body)
+            .and_then(|()| self.producer.flush())
+            .map_err(|e| format!("{}: {}", self.url, e.chain()))
+    }
+}
+
+/// When the last epoch was written, for `stream_stalled`.
+#[derive(Debug)]
+struct Progress {
+    epoch: Option<u64>,
+    at: Instant,
+    told: bool,
+}
+
 /// The notifier: a [`Sink`] that judges each epoch's lines, appends what the rules raise to
 /// the outbox, and wakes the courier; dropped, it lets the courier flush and waits for it.
 pub struct Notifier {
     cfg: NotifyConfig,
     source: String,
     outbox: Arc<Mutex<Outbox>>,
+    progress: Arc<Mutex<Progress>>,
     wake: Option<Sender<()>>,
     courier: Option<JoinHandle<()>>,
 }
 
 impl Notifier {
-    /// A notifier of `source`'s epochs through the outbox in `output`, posting to `cfg.webhook`
-    /// (which must be set); the courier starts at once with what an earlier run left.
-    pub fn start(cfg: &NotifyConfig, source: &str, output: &Path) -> Result<Notifier> {
-        let url = cfg
-            .webhook
-            .clone()
-            .ok_or_else(|| Error::stage("notifications", "no webhook to notify"))?;
+    /// A notifier of `source`'s epochs through the outbox in `output`, to `cfg.webhook` and/or
+    /// `cfg.kafka` (one must be set; `options`: the Kafka producer's librdkafka settings); the
+    /// courier starts at once with what an earlier run left.
+    pub fn start(
+        cfg: &NotifyConfig,
+        source: &str,
+        output: &Path,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Notifier> {
+        let mut destinations: Vec<Box<dyn Destination>> = Vec::new();
+        if let Some(url) = &cfg.webhook {
+            destinations.push(Box::new(Webhook {
+                url: url.clone(),
+                agent: ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .http_status_as_error(false)
+                    .build()
+                    .into(),
+            }));
+        }
+        if let Some(url) = &cfg.kafka {
+            let (kafka, topic) = KafkaSettings::from_url(url, options.clone())?;
+            destinations.push(Box::new(Topic {
+                url: url.clone(),
+                producer: KafkaSink::new(&kafka, &topic)?,
+            }));
+        }
+        if destinations.is_empty() {
+            return Err(Error::stage(
+                "notifications",
+                "no webhook and no topic to notify",
+            ));
+        }
         std::fs::create_dir_all(output).map_err(|e| Error::io(output, "creating", e))?;
         let outbox = Arc::new(Mutex::new(Outbox {
             path: outbox_path(output),
         }));
+        let progress = Arc::new(Mutex::new(Progress {
+            epoch: None,
+            at: Instant::now(),
+            told: false,
+        }));
         let (wake, rx) = channel();
         let courier = Courier {
-            url,
+            destinations,
             outbox: outbox.clone(),
-            agent: ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(10)))
-                .http_status_as_error(false)
-                .build()
-                .into(),
             per_minute: cfg.max_per_minute.max(1) as usize,
             sent: VecDeque::new(),
             flush: Duration::from_secs(cfg.flush_seconds),
+            stall: cfg
+                .stalled_seconds
+                .map(|s| (Duration::from_secs(s), source.to_string(), progress.clone())),
         };
         let handle = std::thread::Builder::new()
             .name("dfp-notify".to_string())
@@ -305,6 +450,7 @@ impl Notifier {
             cfg: cfg.clone(),
             source: source.to_string(),
             outbox,
+            progress,
             wake: Some(wake),
             courier: Some(handle),
         })
@@ -320,32 +466,42 @@ impl Drop for Notifier {
     }
 }
 
+fn keep(outbox: &Mutex<Outbox>, raised: &[Notification]) -> Result<()> {
+    let outbox = outbox
+        .lock()
+        .map_err(|_| Error::stage("notifications", "the outbox lock was poisoned"))?;
+    for n in raised {
+        let text = serde_json::to_string(n).map_err(|e| Error::Json {
+            context: "writing a notification".into(),
+            source: e,
+        })?;
+        outbox.append(&outbox.path, &text)?;
+    }
+    Ok(())
+}
+
 impl Sink for Notifier {
     fn describe(&self) -> String {
-        format!(
-            "notifications to {}",
-            self.cfg.webhook.as_deref().unwrap_or("-")
-        )
+        let to: Vec<&str> = [self.cfg.webhook.as_deref(), self.cfg.kafka.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        format!("notifications to {}", to.join(" and "))
     }
 
     fn write_epoch(&mut self, epoch: u64, lines: &[Line]) -> Result<()> {
+        if let Ok(mut p) = self.progress.lock() {
+            *p = Progress {
+                epoch: Some(epoch),
+                at: Instant::now(),
+                told: false,
+            };
+        }
         let raised = judge(&self.cfg, &self.source, epoch, lines);
         if raised.is_empty() {
             return Ok(());
         }
-        {
-            let outbox = self
-                .outbox
-                .lock()
-                .map_err(|_| Error::stage("notifications", "the outbox lock was poisoned"))?;
-            for n in &raised {
-                let text = serde_json::to_string(n).map_err(|e| Error::Json {
-                    context: "writing a notification".into(),
-                    source: e,
-                })?;
-                outbox.append(&outbox.path, &text)?;
-            }
-        }
+        keep(&self.outbox, &raised)?;
         if let Some(w) = &self.wake {
             let _ = w.send(());
         }
@@ -359,19 +515,27 @@ impl Sink for Notifier {
 
 /// Delivers the outbox.
 struct Courier {
-    url: String,
+    destinations: Vec<Box<dyn Destination>>,
     outbox: Arc<Mutex<Outbox>>,
-    agent: ureq::Agent,
     per_minute: usize,
     sent: VecDeque<Instant>,
     flush: Duration,
+    /// `stream_stalled` after this long without an epoch (the source, and the progress).
+    stall: Option<(Duration, String, Arc<Mutex<Progress>>)>,
 }
 
 impl Courier {
+    fn names(&self) -> Vec<&'static str> {
+        self.destinations.iter().map(|d| d.name()).collect()
+    }
+
     fn run(mut self, wake: &Receiver<()>) {
         let mut backoff = Backoff::server();
         let mut deadline: Option<Instant> = None;
         loop {
+            if deadline.is_none() {
+                self.watch_stall();
+            }
             let delivered = self.deliver();
             let done = matches!(delivered, Ok(true));
             let wait = match delivered {
@@ -385,7 +549,7 @@ impl Courier {
                 }),
                 Err(e) => {
                     let wait = backoff.wait();
-                    tracing::warn!(webhook = %self.url, error = %e, retry_in = ?wait, "notification not delivered; kept in the outbox");
+                    tracing::warn!(error = %e, retry_in = ?wait, "notification not delivered; kept in the outbox");
                     wait
                 }
             };
@@ -401,56 +565,82 @@ impl Courier {
                 Err(RecvTimeoutError::Disconnected) => deadline = Some(Instant::now() + self.flush),
             }
         }
+        let names = self.names();
         if let Ok(o) = self.outbox.lock() {
-            let left = o.pending().len();
+            let left = o.pending(&names).len();
             if left > 0 {
                 tracing::warn!(outbox = %o.path.display(), left, "notifications not delivered; the next run delivers them");
             }
-            if let Err(e) = o.compact() {
+            if let Err(e) = o.compact(&names) {
                 tracing::warn!(error = %e.chain(), "emptying the outbox");
             }
         }
     }
 
-    /// Posts what is pending, within the rate limit: Ok(true) when nothing is left, Ok(false)
-    /// when the limit stopped it, Err when the webhook failed.
+    /// Raises `stream_stalled` once when no epoch has been written for the stall time.
+    fn watch_stall(&mut self) {
+        let Some((limit, source, progress)) = &self.stall else {
+            return;
+        };
+        let raised = {
+            let Ok(mut p) = progress.lock() else { return };
+            if p.told || p.at.elapsed() < *limit {
+                return;
+            }
+            p.told = true;
+            let after = p
+                .epoch
+                .map_or_else(|| "the start".to_string(), |e| format!("epoch {e}"));
+            notification(
+                source,
+                p.epoch.unwrap_or(0),
+                "stream_stalled",
+                &format!("{:?}", p.epoch),
+                format!("no epoch written for {} s after {after}", limit.as_secs()),
+                json!({ "last_epoch": p.epoch, "seconds": limit.as_secs() }),
+            )
+        };
+        if let Err(e) = keep(&self.outbox, &[raised]) {
+            tracing::warn!(error = %e.chain(), "keeping a stalled-stream notification");
+        }
+    }
+
+    /// Sends what is pending, within the rate limit: Ok(true) when nothing is left, Ok(false)
+    /// when the limit stopped it, Err when a destination failed (the others go on).
     fn deliver(&mut self) -> std::result::Result<bool, String> {
+        let names = self.names();
         let pending = self
             .outbox
             .lock()
             .map_err(|_| "outbox lock poisoned".to_string())?
-            .pending();
-        for n in pending {
-            while self
-                .sent
-                .front()
-                .is_some_and(|t| t.elapsed() >= Duration::from_secs(60))
-            {
-                self.sent.pop_front();
-            }
-            if self.sent.len() >= self.per_minute {
-                return Ok(false);
-            }
+            .pending(&names);
+        let mut failed: Option<String> = None;
+        for (n, to) in pending {
             let body = serde_json::to_string(&n).map_err(|e| e.to_string())?;
-            let reply = self
-                .agent
-                .post(&self.url)
-                .header("Content-Type", "application/json")
-                .send(body)
-                .map_err(|e| format!("{}: {e}", self.url))?;
-            let status = reply.status().as_u16();
-            if !(200..300).contains(&status) {
-                return Err(format!("{} answered {status}", self.url));
+            for d in to {
+                while self
+                    .sent
+                    .front()
+                    .is_some_and(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    self.sent.pop_front();
+                }
+                if self.sent.len() >= self.per_minute {
+                    return Ok(false);
+                }
+                if let Err(e) = self.destinations[d].send(&n, &body) {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+                self.sent.push_back(Instant::now());
+                let o = self
+                    .outbox
+                    .lock()
+                    .map_err(|_| "outbox lock poisoned".to_string())?;
+                o.delivered(names[d], &n.id).map_err(|e| e.chain())?;
             }
-            self.sent.push_back(Instant::now());
-            let o = self
-                .outbox
-                .lock()
-                .map_err(|_| "outbox lock poisoned".to_string())?;
-            o.append(&delivered_path(&o.path), &n.id)
-                .map_err(|e| e.chain())?;
         }
-        Ok(true)
+        failed.map_or(Ok(true), Err)
     }
 }
 
@@ -521,12 +711,48 @@ mod tests {
             o.append(&o.path, &serde_json::to_string(&n(id)).unwrap())
                 .unwrap();
         }
-        assert_eq!(o.pending().len(), 2, "a repeated id is sent once");
-        o.append(&delivered_path(&o.path), "a").unwrap();
-        o.compact().unwrap();
-        assert_eq!(o.pending(), vec![n("b")]);
-        o.append(&delivered_path(&o.path), "b").unwrap();
-        o.compact().unwrap();
+        let both = ["webhook", "kafka"];
+        assert_eq!(o.pending(&both).len(), 2, "a repeated id is sent once");
+        o.delivered("webhook", "a").unwrap();
+        o.delivered("kafka", "a").unwrap();
+        o.delivered("webhook", "b").unwrap();
+        o.compact(&both).unwrap();
+        assert_eq!(o.pending(&both), vec![(n("b"), vec![1])]);
+        assert!(o.pending(&["webhook"]).is_empty());
+        o.delivered("kafka", "b").unwrap();
+        o.compact(&both).unwrap();
         assert!(!o.path.exists() && !delivered_path(&o.path).exists());
+    }
+
+    #[test]
+    fn a_silence_longer_than_stalled_seconds_raises_one_notification_per_silence() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = NotifyConfig {
+            webhook: Some("http://127.0.0.1:1/down".into()),
+            stalled_seconds: Some(1),
+            flush_seconds: 0,
+            ..NotifyConfig::default()
+        };
+        let mut notifier = Notifier::start(&cfg, "azure", dir.path(), &Default::default()).unwrap();
+        let stalled = |epoch: u64| -> usize {
+            Outbox::lines(&outbox_path(dir.path()))
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Notification>(l).ok())
+                .filter(|n| n.kind == "stream_stalled" && n.details["last_epoch"] == epoch)
+                .count()
+        };
+        // The deadlines only stop a hang; the courier looks about once a second.
+        let wait_for = |epoch: u64| {
+            let started = Instant::now();
+            while stalled(epoch) == 0 && started.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        notifier.write_epoch(3, &[]).unwrap();
+        wait_for(3);
+        notifier.write_epoch(4, &[]).unwrap();
+        wait_for(4);
+        drop(notifier);
+        assert_eq!((stalled(3), stalled(4)), (1, 1));
     }
 }

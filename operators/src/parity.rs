@@ -94,19 +94,6 @@ pub fn rates(counts: &BTreeMap<String, (u64, u64)>, cfg: &ParityConfig) -> Vec<G
     out
 }
 
-/// The cells of a parity line as [`line`] wrote it (a group holding a comma or a quote is
-/// CSV-quoted there); None when the text is not one.
-pub fn cells(text: &str) -> Option<Vec<String>> {
-    let record = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(text.as_bytes())
-        .records()
-        .next()?
-        .ok()?;
-    let cells: Vec<String> = record.iter().map(str::to_string).collect();
-    (cells.len() == HEADER.split(',').count()).then_some(cells)
-}
-
 fn line(epoch: u64, field: &str, g: &GroupRate, overall: f64) -> Line {
     let cells = [
         epoch.to_string(),
@@ -199,6 +186,7 @@ impl<'s> Parity<'s> for StreamVec<'s, u64, Scored> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serialize::csv_cells;
 
     #[test]
     fn groups_outside_the_four_fifths_band_are_flagged_when_big_enough() {
@@ -229,12 +217,12 @@ mod tests {
             group: "Paris, FR".into(),
             ..by["US"].clone()
         };
-        let cells = cells(&line(3, "location", &quoted, all.rate).text).unwrap();
+        let cells = csv_cells(&line(3, "location", &quoted, all.rate).text, HEADER).unwrap();
         assert_eq!(
             (cells[2].as_str(), cells[8].as_str()),
             ("Paris, FR", "true")
         );
-        assert_eq!(super::cells("not,a,parity,line"), None);
+        assert_eq!(csv_cells("not,a,parity,line", HEADER), None);
     }
 
     #[test]

@@ -363,6 +363,19 @@ pub fn csv_line(cells: &[String]) -> String {
         .join(",")
 }
 
+/// The cells of a line [`csv_line`] wrote for a file with `header` (a cell holding a comma or
+/// a quote was quoted there); None when the text is not one, or has another number of cells.
+pub fn csv_cells(text: &str, header: &str) -> Option<Vec<String>> {
+    let record = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes())
+        .records()
+        .next()?
+        .ok()?;
+    let cells: Vec<String> = record.iter().map(str::to_string).collect();
+    (cells.len() == header.split(',').count()).then_some(cells)
+}
+
 /// A dead letter as its output line.
 pub fn dead_letter_line(d: &DeadLetter) -> Line {
     Line {

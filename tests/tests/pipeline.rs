@@ -564,29 +564,16 @@ fn parity_flags_the_group_made_noisier_and_counts_every_scored_row_alike_for_1_a
 
 #[test]
 fn drift_flags_the_browser_most_users_move_to_and_no_other_feature_alike_for_1_and_2_workers() {
-    use dfp_engine::generate::{GenerateConfig, Novelty, Rollout, generate};
+    use dfp_engine::generate::Rollout;
     let base = tempfile::tempdir().unwrap();
-    // Stable users, no attacks; on the two scoring days (Thursday and Friday) 80% of them use
-    // a browser nobody used before, or (the control) nothing changes.
+    // Stable users, no attacks; on the two scoring days 80% of them use a browser nobody used
+    // before, or (the control) nothing changes.
     let run_with = |rollout: Option<Rollout>, workers: usize| {
         let root = base
             .path()
             .join(format!("{}-w{workers}", rollout.is_some()));
-        let mut cfg = GenerateConfig::new(GenSource::Azure, 30, 12, common::date(1), 7);
-        cfg.files_per_day = 4;
-        cfg.anomaly_days = 0;
-        cfg.novelty = Novelty::none();
-        cfg.rollout = rollout;
-        generate(&cfg, &root.join("logs")).unwrap();
-        let control = root.join("control.json");
-        let text = dfp_operators::demo::control_message(
-            "logs/*.json",
-            common::date(1),
-            common::date(11),
-            common::date(13),
-        );
-        std::fs::write(&control, text).unwrap();
-        let mut opts = options("azure", common::control(&control), &root, workers);
+        let input = common::rollout_logs(&root, rollout);
+        let mut opts = options("azure", input, &root, workers);
         opts.config.drift.enabled = true;
         let summary = run(opts).unwrap();
         let path = root.join("output/dfp_drift_azure.csv");

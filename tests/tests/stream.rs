@@ -478,3 +478,53 @@ fn verdicts_from_the_feedback_topic_are_recorded_once_and_bad_ones_kept() {
     let third = run_reading("third");
     assert_eq!(third.feedback.unwrap(), Default::default());
 }
+
+#[test]
+fn drift_notifications_reach_the_webhook_and_a_kafka_topic_once_each() {
+    use dfp_bench::net::free_port;
+    use dfp_bench::webhook::Webhook;
+    let broker = Broker::start();
+    broker.topic("notifications", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let input = common::rollout_logs(
+        root,
+        Some(dfp_engine::generate::Rollout {
+            day: 10,
+            share: 0.8,
+        }),
+    );
+    let port = free_port();
+    let hook = Webhook::on(port);
+    let mut opts = options("azure", input, root, 1);
+    opts.config.drift.enabled = true;
+    let n = &mut opts.config.notifications;
+    n.webhook = Some(format!("http://127.0.0.1:{port}/hook"));
+    n.kafka = Some(format!("kafka://{}/notifications", broker.address));
+    n.flush_seconds = 30;
+    let summary = dfp_operators::pipeline::run(opts).unwrap();
+    assert_eq!(summary.stats.drifted.get("browser"), Some(&2));
+    // One feature_drift per scoring day, the same on both destinations.
+    let drift = |ns: Vec<serde_json::Value>| -> Vec<(u64, String, String)> {
+        let mut v: Vec<_> = ns
+            .into_iter()
+            .filter(|n| n["kind"] == "feature_drift")
+            .map(|n| {
+                let id = n["id"].as_str().unwrap().to_string();
+                let feature = n["details"]["feature"].as_str().unwrap().to_string();
+                (n["epoch"].as_u64().unwrap(), feature, id)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let hooked = drift(hook.received());
+    assert_eq!(hooked.len(), 2, "{hooked:?}");
+    assert!(hooked.iter().all(|(_, f, _)| f == "browser"));
+    let topic: Vec<serde_json::Value> = consume(&broker, "notifications", 2)
+        .iter()
+        .map(|m| serde_json::from_str(m).unwrap())
+        .collect();
+    assert_eq!(drift(topic), hooked);
+    assert!(!root.join("output/dfp_notifications_outbox.jsonl").exists());
+}

@@ -268,17 +268,10 @@ fn run_peer(
     seed: u64,
     threads: usize,
 ) -> Result<Value> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let venv = root.join("target/peers/dfencoder-venv");
-    let status = Command::new("bash")
-        .arg(root.join("bench/peers/setup_dfencoder.sh"))
-        .arg(&venv)
-        .status()?;
-    if !status.success() {
-        bail!("setting up the dfencoder venv failed ({status})");
-    }
+    let root = dfp_bench::repo_root();
+    let python = dfp_bench::python_peer("dfencoder")?;
     let out = bench_dir().join(format!("parity-peer-{source}.json"));
-    let status = Command::new(venv.join("bin/python"))
+    let status = Command::new(python)
         .arg(root.join("bench/peers/dfencoder_peer.py"))
         .args([
             "--data",

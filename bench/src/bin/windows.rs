@@ -123,14 +123,8 @@ fn dfp(files: &[PathBuf]) -> Result<(Table, usize)> {
 
 /// Pathway: bench/peers/pathway_windows.py over the same files; its table as CSV lines.
 fn pathway(dir: &Path, out: &Path) -> Result<(Table, f64, String)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let setup = Command::new("bash")
-        .arg(root.join("bench/peers/setup_pathway.sh"))
-        .status()?;
-    if !setup.success() {
-        bail!("setting up Pathway failed");
-    }
-    let python = root.join("target/peers/pathway-venv/bin/python");
+    let root = dfp_bench::repo_root();
+    let python = dfp_bench::python_peer("pathway")?;
     let run = Command::new(python)
         .arg(root.join("bench/peers/pathway_windows.py"))
         .arg(dir)

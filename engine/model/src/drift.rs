@@ -201,6 +201,15 @@ fn references(values: &[Values], rows: Option<&[usize]>) -> Vec<FeatureRef> {
 }
 
 impl Reference {
+    /// The reference of one set of feature values (one per feature, as
+    /// [`Preprocessor::raw_values`] gives them), with no user's own.
+    pub fn of(values: &[Values]) -> Self {
+        Reference {
+            features: references(values, None),
+            users: BTreeMap::new(),
+        }
+    }
+
     /// The reference of `batch`'s rows (the training window, its profile features counted as
     /// `rows` says); `users`: each row's user, where the window holds several.
     pub fn fit(
@@ -226,8 +235,8 @@ impl Reference {
             BTreeMap::new()
         };
         Ok(Reference {
-            features: references(&values, None),
             users,
+            ..Reference::of(&values)
         })
     }
 

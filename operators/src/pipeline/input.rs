@@ -13,7 +13,7 @@ use super::control_topic::ControlTopicInput;
 use crate::checkpoint::CheckpointSettings;
 use crate::config::{RunConfig, SourceKind};
 use crate::file_to_batch::Tasks;
-use crate::kafka::{KafkaSettings, parse_kafka_url};
+use crate::kafka::KafkaSettings;
 use crate::source::kafka::SourceSettings;
 use crate::source::watch::WatchSettings;
 
@@ -156,9 +156,7 @@ impl Input {
                 .url
                 .as_deref()
                 .ok_or_else(|| Error::stage("source", "[source] url is needed"))?;
-            let (brokers, topic) = parse_kafka_url(url)?;
-            let options = s.options.clone().into_iter().collect();
-            Ok((KafkaSettings { brokers, options }, topic))
+            KafkaSettings::from_url(url, s.options.clone())
         };
         let c = &config.checkpoint;
         let state_dir = c

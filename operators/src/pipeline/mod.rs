@@ -328,11 +328,8 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
     }
     let feedback = match (&opts.config.feedback.topic, opts.writes_outputs()) {
         (Some(url), true) => {
-            let (brokers, topic) = crate::kafka::parse_kafka_url(url)?;
-            let kafka = crate::kafka::KafkaSettings {
-                brokers,
-                options: opts.config.source.options.clone().into_iter().collect(),
-            };
+            let (kafka, topic) =
+                crate::kafka::KafkaSettings::from_url(url, opts.config.source.options.clone())?;
             let place = FeedbackPlace {
                 output: opts.output.clone(),
                 source: opts.schema.name.clone(),

@@ -28,7 +28,7 @@ use crate::config::SinkConfig;
 use crate::dead_letter::FileIndex;
 use crate::dead_letter::Originals;
 use crate::inference::Scorer;
-use crate::kafka::{KafkaSettings, parse_kafka_url};
+use crate::kafka::KafkaSettings;
 use crate::metrics::{SharedStats, Stats};
 use crate::plan::Plan;
 use crate::promotion::Promoter;
@@ -77,13 +77,9 @@ pub(crate) fn other_sinks(
     for spec in &opts.config.sinks {
         match spec {
             SinkConfig::Kafka { url, options } => {
-                let (brokers, topic) = parse_kafka_url(url)?;
                 let mut all = opts.config.source.options.clone();
                 all.extend(options.clone());
-                let kafka = KafkaSettings {
-                    brokers,
-                    options: all.into_iter().collect(),
-                };
+                let (kafka, topic) = KafkaSettings::from_url(url, all)?;
                 let mut sink = KafkaSink::new(&kafka, &topic)?;
                 if let Some((run, from)) = resume {
                     sink = sink.resume(&kafka, run, from)?;
@@ -93,11 +89,13 @@ pub(crate) fn other_sinks(
             SinkConfig::Stdout {} => out.push(Box::new(StdoutSink::default())),
         }
     }
-    if opts.config.notifications.webhook.is_some() {
+    let notifications = &opts.config.notifications;
+    if notifications.webhook.is_some() || notifications.kafka.is_some() {
         out.push(Box::new(crate::notify::Notifier::start(
-            &opts.config.notifications,
+            notifications,
             &opts.schema.name,
             &opts.output,
+            &opts.config.source.options,
         )?));
     }
     Ok(out)

@@ -30,6 +30,23 @@ pub fn logs(source: GenSource, users: usize, days: u32, dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// 30 stable users' logs over 12 days into `root/logs` (no attacks); on the two scoring days
+/// (a Thursday and a Friday) `rollout` moves users to a browser nobody used before. Returns
+/// the control message (written to `root/control.json`) that trains on the first ten days and
+/// scores the last two.
+pub fn rollout_logs(root: &Path, rollout: Option<dfp_engine::generate::Rollout>) -> Input {
+    let mut cfg = GenerateConfig::new(GenSource::Azure, 30, 12, date(1), 7);
+    cfg.files_per_day = 4;
+    cfg.anomaly_days = 0;
+    cfg.novelty = dfp_engine::generate::Novelty::none();
+    cfg.rollout = rollout;
+    generate(&cfg, &root.join("logs")).unwrap();
+    let path = root.join("control.json");
+    let text = dfp_operators::demo::control_message("logs/*.json", date(1), date(11), date(13));
+    std::fs::write(&path, text).unwrap();
+    control(&path)
+}
+
 /// Run options with the fast settings, a fixed clock, outputs and registry under `root`.
 pub fn options(source: &str, input: Input, root: &Path, workers: usize) -> RunOptions {
     RunOptions {
