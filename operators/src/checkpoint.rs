@@ -298,17 +298,17 @@ impl Snapshotter {
 
     /// The present state is final for every cut up to `to` (everything before it applied,
     /// nothing from it on; `u64::MAX`: the input has ended): writes it if that range holds a
-    /// cut not yet written. `state` is only called then.
-    pub fn offer(&mut self, to: u64, state: impl FnOnce() -> Result<Vec<u8>>) -> Result<()> {
+    /// cut not yet written (true when it did). `state` is only called then.
+    pub fn offer(&mut self, to: u64, state: impl FnOnce() -> Result<Vec<u8>>) -> Result<bool> {
         let lo = self
             .covered
             .map_or(self.from, |c| c.saturating_add(1).max(self.from));
         if to < lo {
-            return Ok(());
+            return Ok(false);
         }
         let next_cut = lo.div_ceil(self.every).checked_mul(self.every);
         if to != u64::MAX && next_cut.is_none_or(|c| c > to) {
-            return Ok(());
+            return Ok(false);
         }
         let path = self.dir.join(file_name(self.from, to));
         write_atomic(&path, &frame(self.from, to, &state()?))?;
@@ -316,7 +316,7 @@ impl Snapshotter {
             let _ = std::fs::remove_file(old);
         }
         self.covered = Some(to);
-        Ok(())
+        Ok(true)
     }
 
     /// Epoch `t` has been applied (or sent): the state changes from here on.

@@ -61,6 +61,20 @@ pub struct Stats {
     pub drifted: BTreeMap<String, u64>,
     /// Lines of single models that drifted (a model and a feature in an epoch).
     pub drifted_models: u64,
+    /// Epochs the dataflow has written to the sinks (counted by worker 0).
+    pub epochs_done: u64,
+    /// Seconds from each epoch being sent into the dataflow (its input closed) to its output
+    /// written, summed (worker 0).
+    pub epoch_seconds: f64,
+    /// That time for the last epoch written.
+    pub last_epoch_seconds: f64,
+    /// Stage states written at checkpoints (summed over workers).
+    pub checkpoint_writes: u64,
+    /// Seconds spent writing them.
+    pub checkpoint_seconds: f64,
+    /// Records in the source's topic not read yet (summed over workers' partitions; Kafka
+    /// sources, measured at most every 5 s).
+    pub consumer_lag: u64,
     /// Dead letters written.
     pub dead_letters: u64,
     /// Errors that make the run fail (an output that cannot be written), each with its
@@ -126,6 +140,12 @@ impl Stats {
             *self.drifted.entry(f).or_default() += n;
         }
         self.drifted_models += o.drifted_models;
+        self.epochs_done += o.epochs_done;
+        self.epoch_seconds += o.epoch_seconds;
+        self.last_epoch_seconds = self.last_epoch_seconds.max(o.last_epoch_seconds);
+        self.checkpoint_writes += o.checkpoint_writes;
+        self.checkpoint_seconds += o.checkpoint_seconds;
+        self.consumer_lag += o.consumer_lag;
         self.dead_letters += o.dead_letters;
         self.fatal.extend(o.fatal);
     }

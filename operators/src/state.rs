@@ -46,12 +46,19 @@ pub trait Stateful {
 pub struct StageState(Option<Snapshotter>);
 
 impl StageState {
-    /// [`Snapshotter::offer`], with a failure recorded in `stats`.
+    /// [`Snapshotter::offer`], with a failure recorded in `stats` and a write counted there
+    /// with its time.
     pub fn offer(&mut self, to: u64, state: impl FnOnce() -> Result<Vec<u8>>, stats: &SharedStats) {
-        if let Some(s) = self.0.as_mut()
-            && let Err(e) = s.offer(to, state)
-        {
-            stats.borrow_mut().fail(e);
+        let Some(s) = self.0.as_mut() else { return };
+        let started = std::time::Instant::now();
+        match s.offer(to, state) {
+            Ok(true) => {
+                let mut st = stats.borrow_mut();
+                st.checkpoint_writes += 1;
+                st.checkpoint_seconds += started.elapsed().as_secs_f64();
+            }
+            Ok(false) => {}
+            Err(e) => stats.borrow_mut().fail(e),
         }
     }
 

@@ -47,6 +47,12 @@ pub struct Telemetry {
     suppressed: Counter,
     train_seconds: Seconds,
     score_seconds: Seconds,
+    epochs_done: Counter,
+    epoch_seconds: Seconds,
+    last_epoch_seconds: Gauge<f64, AtomicU64>,
+    checkpoint_writes: Counter,
+    checkpoint_seconds: Seconds,
+    consumer_lag: Gauge,
     users: Gauge,
     workers_done: Gauge,
 }
@@ -112,6 +118,14 @@ impl Telemetry {
             "detections_suppressed",
             "Detections silenced by analysts' suppression rules",
         );
+        let epochs_done = counter(
+            "epochs_written",
+            "Epochs whose output the dataflow has written",
+        );
+        let checkpoint_writes = counter(
+            "checkpoint_writes",
+            "Stage states written at checkpoints, summed over workers",
+        );
         let bytes = Counter::default();
         registry.register_with_unit("input", "Input read", Unit::Bytes, bytes.clone());
         let train_seconds = Seconds::default();
@@ -127,6 +141,33 @@ impl Telemetry {
             "Time spent scoring rows, summed over workers",
             Unit::Seconds,
             score_seconds.clone(),
+        );
+        let epoch_seconds = Seconds::default();
+        registry.register_with_unit(
+            "epoch_latency",
+            "Time from an epoch's input closing to its output written, summed over epochs",
+            Unit::Seconds,
+            epoch_seconds.clone(),
+        );
+        let last_epoch_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "last_epoch_latency",
+            "Time from the last written epoch's input closing to its output written",
+            Unit::Seconds,
+            last_epoch_seconds.clone(),
+        );
+        let checkpoint_seconds = Seconds::default();
+        registry.register_with_unit(
+            "checkpoint_write",
+            "Time spent writing stage states at checkpoints, summed over workers",
+            Unit::Seconds,
+            checkpoint_seconds.clone(),
+        );
+        let consumer_lag = Gauge::default();
+        registry.register(
+            "consumer_lag_records",
+            "Records in the source topic's partitions not read yet (Kafka sources)",
+            consumer_lag.clone(),
         );
         let users = Gauge::default();
         registry.register(
@@ -161,6 +202,12 @@ impl Telemetry {
             suppressed,
             train_seconds,
             score_seconds,
+            epochs_done,
+            epoch_seconds,
+            last_epoch_seconds,
+            checkpoint_writes,
+            checkpoint_seconds,
+            consumer_lag,
             users,
             workers_done,
         }
@@ -239,12 +286,31 @@ impl Publisher {
         let drifted = |s: &Stats| s.drifted.values().sum::<u64>();
         add(&t.drifted_features, drifted(now), self.drifted);
         self.drifted = drifted(now);
-        if now.train_seconds > l.train_seconds {
-            t.train_seconds.inc_by(now.train_seconds - l.train_seconds);
+        add(&t.epochs_done, now.epochs_done, l.epochs_done);
+        add(
+            &t.checkpoint_writes,
+            now.checkpoint_writes,
+            l.checkpoint_writes,
+        );
+        for (c, now, then) in [
+            (&t.train_seconds, now.train_seconds, l.train_seconds),
+            (&t.score_seconds, now.score_seconds, l.score_seconds),
+            (&t.epoch_seconds, now.epoch_seconds, l.epoch_seconds),
+            (
+                &t.checkpoint_seconds,
+                now.checkpoint_seconds,
+                l.checkpoint_seconds,
+            ),
+        ] {
+            if now > then {
+                c.inc_by(now - then);
+            }
         }
-        if now.score_seconds > l.score_seconds {
-            t.score_seconds.inc_by(now.score_seconds - l.score_seconds);
+        if now.epochs_done > l.epochs_done {
+            t.last_epoch_seconds.set(now.last_epoch_seconds);
         }
+        t.consumer_lag
+            .inc_by(now.consumer_lag as i64 - l.consumer_lag as i64);
         t.users.inc_by(now.users.len() as i64 - self.users as i64);
         self.users = now.users.len();
         self.last = Stats {

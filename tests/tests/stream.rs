@@ -157,6 +157,11 @@ fn a_replayed_stream_gives_the_batch_runs_detections_scores_and_models() {
     .unwrap();
     assert_eq!(streamed.stats.rows, batch.stats.rows);
     assert_eq!(streamed.epochs, batch.epochs, "one epoch a day in both");
+    // Read to the end of every partition: no lag left; each epoch timed once, and the
+    // checkpointed stages' states written.
+    assert_eq!(streamed.stats.consumer_lag, 0);
+    assert_eq!(streamed.stats.epochs_done as usize, streamed.epochs);
+    assert!(streamed.stats.checkpoint_writes > 0);
     assert!(streamed.stats.detections > 0, "{}", streamed.line());
     for file in [
         "dfp_detections_azure.csv",

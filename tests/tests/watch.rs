@@ -242,12 +242,19 @@ fn metrics_are_served_while_the_stream_runs_and_add_up_to_its_summary() {
         let text = scrape(&addr).unwrap();
         if metric(&text, "dfp_events_read_total").unwrap() > read_so_far
             && metric(&text, "dfp_events_scored_total").unwrap() > 0.0
+            && metric(&text, "dfp_epochs_written_total").unwrap() > 0.0
         {
             break text;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(text.contains("# TYPE dfp_input_bytes counter"), "{text}");
+    // Epoch latency: each written epoch's time from its input closing to its output.
+    assert!(metric(&text, "dfp_epoch_latency_seconds_total").unwrap() > 0.0);
+    assert!(metric(&text, "dfp_last_epoch_latency_seconds").unwrap() > 0.0);
+    for name in ["dfp_checkpoint_writes_total", "dfp_consumer_lag_records"] {
+        assert!(metric(&text, name).is_some(), "no {name}:\n{text}");
+    }
     assert!(
         !text.contains("@domain.com"),
         "a user in the metrics:\n{text}"
@@ -261,4 +268,5 @@ fn metrics_are_served_while_the_stream_runs_and_add_up_to_its_summary() {
     );
     assert!(summary.stats.rows as f64 >= metric(&text, "dfp_events_read_total").unwrap());
     assert!(summary.stats.scored as f64 >= metric(&text, "dfp_events_scored_total").unwrap());
+    assert!(summary.stats.epochs_done as f64 >= metric(&text, "dfp_epochs_written_total").unwrap());
 }

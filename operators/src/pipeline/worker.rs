@@ -388,6 +388,7 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
             .as_ref()
             .and_then(|m| m.telemetry.clone())
             .map(crate::telemetry::Publisher::new),
+        timing: (me == 0).then(Default::default),
     };
     let mut committed = None;
     let mut on_cut = |source: &mut dyn Source| match &ckpt {

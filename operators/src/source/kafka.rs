@@ -75,7 +75,13 @@ pub struct KafkaSource {
     max_ahead_us: i64,
     /// Messages read at most in one poll.
     batch: usize,
+    /// When the lag was last measured.
+    lag_at: Option<Instant>,
 }
+
+/// How often the consumer lag is measured (a metadata request per partition), besides when a
+/// partition reaches its end.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 impl KafkaSource {
     /// Connects and assigns this worker's partitions, from `resume` (a checkpoint's state and
@@ -143,6 +149,7 @@ impl KafkaSource {
             clock,
             max_ahead_us,
             batch: 10_000,
+            lag_at: None,
         })
     }
 
@@ -211,6 +218,22 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Records in this worker's partitions not read yet (the high watermark less the next
+    /// offset; from the low watermark where nothing has been read); None when the brokers do
+    /// not answer.
+    fn lag(&self) -> Option<u64> {
+        let mut lag = 0;
+        for (&p, progress) in self.epochs.partitions() {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.settings.topic, p, Duration::from_secs(1))
+                .map_err(|e| tracing::debug!(partition = p, error = %e, "measuring the lag"))
+                .ok()?;
+            lag += (high - progress.next.unwrap_or(low)).max(0) as u64;
+        }
+        Some(lag)
+    }
+
     fn commit_progress(&self, partitions: &BTreeMap<i32, Progress>) -> Result<()> {
         let mut tpl = TopicPartitionList::new();
         for (&p, progress) in partitions {
@@ -248,6 +271,7 @@ impl Source for KafkaSource {
         let mut batches: BTreeMap<i32, (Vec<u8>, Vec<i64>)> = BTreeMap::new();
         let mut wait = self.settings.poll;
         let mut messages = 0;
+        let mut reached_end = false;
         while messages < self.batch && !self.epochs.finished() {
             let Some(message) = self.consumer.poll(wait) else {
                 break;
@@ -257,6 +281,7 @@ impl Source for KafkaSource {
                 Ok(m) => m,
                 Err(KafkaError::PartitionEOF(p)) => {
                     self.epochs.at_end(p, Instant::now());
+                    reached_end = true;
                     continue;
                 }
                 Err(e) => return Err(kafka_error("reading messages", e)),
@@ -283,6 +308,10 @@ impl Source for KafkaSource {
             offsets.push(offset);
         }
         tracing::trace!(messages, "kafka poll");
+        if reached_end || self.lag_at.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
+            self.lag_at = Some(Instant::now());
+            polled.lag = self.lag();
+        }
         for (p, (lines, offsets)) in batches {
             self.place(p, &lines, &offsets, &mut polled)?;
         }

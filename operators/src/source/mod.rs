@@ -19,6 +19,7 @@ pub mod kafka;
 pub mod plan;
 pub mod watch;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,8 @@ pub struct Polled {
     pub dead: Vec<DeadLetter>,
     /// Bytes read.
     pub bytes: u64,
+    /// Records in the source not read yet, where it measured that in this poll.
+    pub lag: Option<u64>,
 }
 
 /// One worker's share of a run's input (see the module's doc).
@@ -140,14 +143,39 @@ pub struct Feed {
     pub stats: SharedStats,
     /// Where the worker publishes its counters for `/metrics`, when the run serves them.
     pub publisher: Option<crate::telemetry::Publisher>,
+    /// When each epoch in the dataflow was sent (worker 0 times them; none elsewhere).
+    pub timing: Option<VecDeque<(u64, Instant)>>,
 }
 
 impl Feed {
-    /// Publishes the worker's counters for `/metrics` (at most every 200 ms).
-    fn tick(&mut self) {
-        if let Some(p) = self.publisher.as_mut() {
-            p.tick(&self.stats.borrow());
+    fn tick(&mut self, probe: &ProbeHandle<u64>) {
+        tick(&self.stats, &mut self.publisher, &mut self.timing, probe);
+    }
+}
+
+/// Counts the epochs the dataflow has written (those the probe has passed) with their time,
+/// and publishes the worker's counters for `/metrics` (at most every 200 ms).
+fn tick(
+    stats: &SharedStats,
+    publisher: &mut Option<crate::telemetry::Publisher>,
+    timing: &mut Option<VecDeque<(u64, Instant)>>,
+    probe: &ProbeHandle<u64>,
+) {
+    if let Some(sent) = timing.as_mut() {
+        while let Some(&(t, at)) = sent.front() {
+            if probe.less_equal(&t) {
+                break;
+            }
+            sent.pop_front();
+            let secs = at.elapsed().as_secs_f64();
+            let mut s = stats.borrow_mut();
+            s.epochs_done += 1;
+            s.epoch_seconds += secs;
+            s.last_epoch_seconds = secs;
         }
+    }
+    if let Some(p) = publisher.as_mut() {
+        p.tick(&stats.borrow());
     }
 }
 
@@ -246,7 +274,12 @@ pub fn drive(
             }
             Ok(Some(polled)) => {
                 backoff.reset();
-                stats.borrow_mut().bytes += polled.bytes;
+                let mut s = stats.borrow_mut();
+                s.bytes += polled.bytes;
+                if let Some(lag) = polled.lag {
+                    s.consumer_lag = lag;
+                }
+                drop(s);
                 feed.send_dead(polled.dead);
                 if !polled.epochs.is_empty() {
                     sent += send_epochs(worker, polled.epochs, &mut feed, source, probe);
@@ -267,17 +300,23 @@ pub fn drive(
             }
         }
         worker.step();
-        feed.tick();
+        feed.tick(probe);
     }
     if source.stateful() {
         feed.snapshots.offer(u64::MAX, || source.state(&[]), &stats);
     }
-    let mut publisher = feed.publisher.take();
-    drop(feed);
+    let Feed {
+        files,
+        rows,
+        dead,
+        mut publisher,
+        mut timing,
+        ..
+    } = feed;
+    // Closing the inputs lets the dataflow run to its end.
+    drop((files, rows, dead));
     while worker.step_or_park(None) {
-        if let Some(p) = publisher.as_mut() {
-            p.tick(&stats.borrow());
-        }
+        tick(&stats, &mut publisher, &mut timing, probe);
     }
     let committed = match on_cut {
         Some(cb) => cb(source),
@@ -308,11 +347,14 @@ fn send_epochs(
         let batch = std::mem::replace(&mut epochs[i].1, Batch::Files(Vec::new()));
         feed.send(epoch, batch);
         feed.advance(epoch + 1, source, &epochs[i + 1..]);
+        if let Some(sent) = feed.timing.as_mut() {
+            sent.push_back((epoch, Instant::now()));
+        }
         // The dataflow is stepped until only `in_flight` epochs are in it, so an epoch moves
         // through every stage at once instead of one step per poll of the source.
         while probe.less_than(&(epoch + 2).saturating_sub(in_flight)) {
             worker.step();
-            feed.tick();
+            feed.tick(probe);
         }
     }
     epochs.len()
