@@ -15,8 +15,19 @@
 //! drifts by chance). Drifted features of `all` count in the run's summary and in
 //! `dfp_drifted_features_total`.
 //!
-//! State: an epoch's tallies, until it closes. A resumed stream replays the epochs after its
-//! cut, so drift needs no checkpointed state.
+//! Retraining (`[drift] retrain_after = N`): a [`Retrainer`] counts, per model (`retrain =
+//! "models"`: a model whose own lines have a drifted feature) or over all models (`"all"`),
+//! the epochs in a row that drifted (an epoch where the model has no judged line leaves the
+//! count as it is); at `N` it asks the rolling window, at the next epoch, for a training window
+//! of that model's user (or of every user) even though `min_increment` new rows have not
+//! arrived, and starts counting again. The retrained model goes through the run's lifecycle
+//! policy like any other (champion at once, or challenger). A request for a user whose window
+//! holds no row since its last training is not acted on (it would train the same model again).
+//!
+//! State: an epoch's tallies, until it closes (a resumed stream replays the epochs after its
+//! cut); with retraining, the [`Retrainer`] (the counts, and the requests sent to the next
+//! epoch, which a cut at that epoch finds in flight: [`Retrainer::in_flight`]) is
+//! checkpointed.
 
 use std::collections::BTreeMap;
 
@@ -26,12 +37,15 @@ use dfp_engine::model::profile::Rows;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use crate::config::DriftConfig;
+use crate::checkpoint::{Cut, component, frontier_cut};
+use crate::config::{DriftConfig, RetrainScope};
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
 use crate::serialize::{Line, OutKind, csv_line};
+use crate::state::{StageState, Stateful, timed};
 
 /// The header of `dfp_drift_{source}.csv`.
 pub const HEADER: &str = "epoch,model,feature,rows,psi,js,ks,drifted";
@@ -180,40 +194,165 @@ fn line(epoch: u64, d: &Drift) -> Line {
     Line::unkeyed(OutKind::Drift, csv_line(&cells))
 }
 
+/// A training window asked for because of drift.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Retrain {
+    /// The window of this user (`generic_user`: the generic model's).
+    User(String),
+    /// Every user's.
+    All,
+}
+
+impl Retrain {
+    /// Whether it asks for `user`'s window.
+    pub fn covers(&self, user: &str) -> bool {
+        match self {
+            Retrain::User(u) => u == user,
+            Retrain::All => true,
+        }
+    }
+}
+
+/// Retraining in flight at the cut a run resumes from: the cut's epoch and the requests.
+pub type InFlight = Option<(u64, Vec<Retrain>)>;
+
+/// Counts drifted epochs in a row and asks for retraining (see the module's doc).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Retrainer {
+    /// Drifted epochs in a row, by model name (or [`ALL`]).
+    streaks: BTreeMap<String, u32>,
+    /// The requests of the last judged epoch, with the epoch they go to.
+    announced: Option<(u64, Vec<Retrain>)>,
+}
+
+impl Stateful for Retrainer {
+    fn snapshot(&mut self) -> dfp_engine::Result<Vec<u8>> {
+        crate::checkpoint::encode(&*self)
+    }
+}
+
+impl Retrainer {
+    /// Judges epoch `t`'s lines of `source`'s models: the retraining they ask for at `t + 1`.
+    pub fn judge(
+        &mut self,
+        t: u64,
+        lines: &[Drift],
+        cfg: &DriftConfig,
+        source: &str,
+    ) -> Vec<Retrain> {
+        let Some(after) = cfg.retrain_after else {
+            return Vec::new();
+        };
+        // Per key: judged this epoch, and drifted.
+        let mut now: BTreeMap<String, bool> = BTreeMap::new();
+        for d in lines.iter().filter(|d| d.stats.rows >= cfg.min_rows as f64) {
+            let key = match (cfg.retrain, d.model == ALL) {
+                (RetrainScope::All, true) => ALL,
+                (RetrainScope::Models, false) => dfp_engine::registry::split_label(&d.model).0,
+                _ => continue,
+            };
+            *now.entry(key.to_string()).or_default() |= d.drifted;
+        }
+        let prefix = dfp_engine::registry::model_name(source, "");
+        let mut out = Vec::new();
+        for (key, drifted) in now {
+            let streak = self.streaks.entry(key.clone()).or_default();
+            *streak = if drifted { *streak + 1 } else { 0 };
+            if *streak >= after {
+                *streak = 0;
+                out.push(match key.strip_prefix(&prefix) {
+                    Some(user) => Retrain::User(user.to_string()),
+                    None => Retrain::All,
+                });
+            }
+        }
+        self.streaks.retain(|_, s| *s > 0);
+        self.announced = Some((t + 1, out.clone()));
+        out
+    }
+
+    /// The requests in flight to the rolling window at `cut` (sent by the epoch before it; the
+    /// drift stage runs on worker 0).
+    pub fn in_flight(cut: &Cut) -> dfp_engine::Result<Vec<Retrain>> {
+        let name = component("drift", 0);
+        let r: Retrainer = crate::checkpoint::decode(&cut.read(&name)?, &cut.path(&name))?;
+        Ok(match r.announced {
+            Some((at, requests)) if at == cut.time => requests,
+            _ => Vec::new(),
+        })
+    }
+}
+
 /// The drift stage as a timely operator.
 pub trait DriftLines<'s> {
-    /// Each epoch's drift lines, on worker 0, once the epoch is complete.
-    fn drift(self, cfg: &DriftConfig, stats: SharedStats) -> StreamVec<'s, u64, Line>;
+    /// Each epoch's drift lines, on worker 0, once the epoch is complete; and the retraining
+    /// they ask for, at the next epoch (with a retrainer: its state and checkpoint writer).
+    fn drift(
+        self,
+        cfg: &DriftConfig,
+        source: &str,
+        retrainer: (Retrainer, StageState),
+        stats: SharedStats,
+    ) -> (StreamVec<'s, u64, Line>, StreamVec<'s, u64, Retrain>);
+}
+
+/// One output of the drift stage, before it is split.
+#[derive(Debug, Clone)]
+enum Out {
+    Line(Line),
+    Retrain(Retrain),
 }
 
 impl<'s> DriftLines<'s> for StreamVec<'s, u64, FeatureTally> {
-    fn drift(self, cfg: &DriftConfig, stats: SharedStats) -> StreamVec<'s, u64, Line> {
+    fn drift(
+        self,
+        cfg: &DriftConfig,
+        source: &str,
+        (mut retrainer, mut snapshots): (Retrainer, StageState),
+        stats: SharedStats,
+    ) -> (StreamVec<'s, u64, Line>, StreamVec<'s, u64, Retrain>) {
         let cfg = cfg.clone();
-        self.unary_frontier(
+        let source = source.to_string();
+        let out: StreamVec<'s, u64, Out> = self.unary_frontier(
             Exchange::new(|_: &FeatureTally| 0),
             "Drift",
             move |_cap, _info| {
                 let mut pending = Pending::<FeatureTally>::default();
                 move |(input, frontier), output| {
                     input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
-                    for (cap, tallies) in pending.ready(&[frontier]) {
-                        let lines = epoch(tallies, &cfg);
-                        let mut s = stats.borrow_mut();
-                        for d in lines.iter().filter(|d| d.drifted) {
-                            if d.model == ALL {
-                                *s.drifted.entry(d.feature.clone()).or_default() += 1;
-                            } else {
-                                s.drifted_models += 1;
+                    let ready = timed(pending.ready(&[frontier]));
+                    snapshots.epochs(
+                        &mut retrainer,
+                        ready,
+                        frontier_cut(&[frontier]),
+                        &stats,
+                        |retrainer, t, (cap, tallies)| {
+                            let lines = epoch(tallies, &cfg);
+                            let mut s = stats.borrow_mut();
+                            for d in lines.iter().filter(|d| d.drifted) {
+                                if d.model == ALL {
+                                    *s.drifted.entry(d.feature.clone()).or_default() += 1;
+                                } else {
+                                    s.drifted_models += 1;
+                                }
                             }
-                        }
-                        let t = *cap.time();
-                        output
-                            .session(&cap)
-                            .give_iterator(lines.iter().map(|d| line(t, d)));
-                    }
+                            let requests = retrainer.judge(t, &lines, &cfg, &source);
+                            s.retrain_requests += requests.len() as u64;
+                            output
+                                .session(&cap)
+                                .give_iterator(lines.iter().map(|d| Out::Line(line(t, d))));
+                            output
+                                .session(&cap.delayed(&(t + 1)))
+                                .give_iterator(requests.into_iter().map(Out::Retrain));
+                        },
+                    );
                 }
             },
-        )
+        );
+        out.ok_err(|o| match o {
+            Out::Line(l) => Ok(l),
+            Out::Retrain(r) => Err(r),
+        })
     }
 }
 
@@ -274,4 +413,51 @@ mod tests {
         };
         assert!(line(7, &categorical).text.ends_with(",,true"));
     }
+
+    #[test]
+    fn drift_lasting_retrain_after_epochs_asks_for_the_models_user_once_then_counts_again() {
+        let cfg = DriftConfig {
+            enabled: true,
+            retrain_after: Some(2),
+            ..DriftConfig::default()
+        };
+        let line = |model: &str, rows: f64, drifted: bool| Drift {
+            model: model.into(),
+            feature: "browser".into(),
+            stats: Statistics {
+                rows,
+                psi: if drifted { 1.0 } else { 0.0 },
+                js: 0.0,
+                ks: None,
+            },
+            drifted,
+        };
+        let mut r = Retrainer::default();
+        let a = |v: u32, drifted: bool| line(&format!("DFP-azure-a:{v}"), 500.0, drifted);
+        let g = |drifted: bool| line("DFP-azure-generic_user:1", 500.0, drifted);
+        // Epoch 1: both drift; 2: a has too few rows to be judged, the generic model drifts
+        // again; 3: a drifts again (a new version: the same model).
+        assert!(r.judge(1, &[a(1, true), g(true)], &cfg, "azure").is_empty());
+        let two = r.judge(2, &[line("DFP-azure-a:1", 10.0, true), g(true)], &cfg, "azure");
+        assert_eq!(two, [Retrain::User("generic_user".into())]);
+        assert_eq!(r.announced, Some((3, two)));
+        assert_eq!(
+            r.judge(3, &[a(2, true), g(true)], &cfg, "azure"),
+            [Retrain::User("a".into())]
+        );
+        // A calm epoch starts the count again.
+        assert!(r.judge(4, &[g(false)], &cfg, "azure").is_empty());
+        assert!(r.judge(5, &[g(true)], &cfg, "azure").is_empty());
+        // Over all models.
+        let all = DriftConfig {
+            retrain: RetrainScope::All,
+            ..cfg.clone()
+        };
+        let mut r = Retrainer::default();
+        let both = [line(ALL, 500.0, true), a(1, true)];
+        assert!(r.judge(1, &both, &all, "azure").is_empty());
+        assert_eq!(r.judge(2, &both, &all, "azure"), [Retrain::All]);
+        assert!(Retrain::All.covers("x") && !Retrain::User("a".into()).covers("b"));
+    }
 }
+

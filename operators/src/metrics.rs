@@ -61,6 +61,10 @@ pub struct Stats {
     pub drifted: BTreeMap<String, u64>,
     /// Lines of single models that drifted (a model and a feature in an epoch).
     pub drifted_models: u64,
+    /// Retraining asked for because drift lasted (`[drift] retrain_after`).
+    pub retrain_requests: u64,
+    /// Training windows emitted for those requests.
+    pub retrained: u64,
     /// Epochs the dataflow has written to the sinks (counted by worker 0).
     pub epochs_done: u64,
     /// Seconds from each epoch being sent into the dataflow (its input closed) to its output
@@ -140,6 +144,8 @@ impl Stats {
             *self.drifted.entry(f).or_default() += n;
         }
         self.drifted_models += o.drifted_models;
+        self.retrain_requests += o.retrain_requests;
+        self.retrained += o.retrained;
         self.epochs_done += o.epochs_done;
         self.epoch_seconds += o.epoch_seconds;
         self.last_epoch_seconds = self.last_epoch_seconds.max(o.last_epoch_seconds);

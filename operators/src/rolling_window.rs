@@ -39,15 +39,16 @@ use dfp_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::{Capability, Operator};
 
 use crate::checkpoint::{self, frontier_cut};
 use crate::dead_letter::DeadLetter;
+use crate::drift::{InFlight, Retrain};
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
 use crate::split_users::UserRows;
-use crate::state::{StageState, Stateful, timed};
+use crate::state::{StageState, Stateful};
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -360,16 +361,19 @@ impl UserWindow {
         late
     }
 
-    /// The window for `user` at `epoch`, if the triggers of `cfg` fire.
+    /// The window for `user` at `epoch`, if the triggers of `cfg` fire (`forced`: whatever
+    /// `min_increment` says, once a row arrived since the last emission).
     pub fn emit(
         &mut self,
         user: &str,
-        epoch: u64,
-        train: bool,
+        (epoch, train, forced): (u64, bool, bool),
         cfg: &WindowConfig,
         plan: &DerivedPlan,
     ) -> Option<Window> {
-        if self.fresh == 0 || self.fresh < cfg.min_increment || self.rows < cfg.min_history {
+        if self.fresh == 0
+            || (self.fresh < cfg.min_increment && !forced)
+            || self.rows < cfg.min_history
+        {
             return None;
         }
         let since = self.last_emit;
@@ -512,7 +516,36 @@ impl RollingWindows {
             }
             if !history_only {
                 out.windows
-                    .extend(state.emit(&user, epoch, purpose, cfg, &self.plan));
+                    .extend(state.emit(&user, (epoch, purpose, false), cfg, &self.plan));
+            }
+        }
+        out
+    }
+
+    /// Training windows at `epoch` for the users `requests` ask for (drift lasted), those that
+    /// have not emitted one at this epoch already and have rows since their last one.
+    pub fn retrain(&mut self, requests: &[Retrain], epoch: u64) -> Vec<Window> {
+        let mut users: Vec<&String> = self
+            .users
+            .keys()
+            .filter(|(u, train)| *train && requests.iter().any(|r| r.covers(u)))
+            .map(|(u, _)| u)
+            .collect();
+        users.sort();
+        let users: Vec<String> = users.into_iter().cloned().collect();
+        let mut out = Vec::new();
+        for user in users {
+            let Some(state) = self.users.get_mut(&(user.clone(), true)) else {
+                continue;
+            };
+            if state.last_emit == Some(epoch) {
+                continue;
+            }
+            match state.emit(&user, (epoch, true, true), &self.training, &self.plan) {
+                Some(w) => out.push(w),
+                None => {
+                    tracing::info!(user = %user, epoch, "drift asked to retrain, but no row arrived since the last training (or too few rows): not retrained")
+                }
             }
         }
         out
@@ -522,61 +555,101 @@ impl RollingWindows {
 /// The rolling-window stage as a timely operator.
 pub trait RollingWindowExt<'s> {
     /// Maintains every user's windows (input already exchanged by user) and emits windows at
-    /// each epoch once the frontier has passed it.
+    /// each epoch once the frontiers have passed it; `retrain`: the drift stage's requests
+    /// (broadcast), and those in flight at the cut the run resumes from (epoch, requests).
     fn rolling_window(
         self,
         windows: RollingWindows,
+        retrain: (StreamVec<'s, u64, Retrain>, InFlight),
         snapshots: StageState,
         stats: SharedStats,
     ) -> (StreamVec<'s, u64, Window>, StreamVec<'s, u64, DeadLetter>);
 }
 
+/// An epoch's work: a user's rows (in pieces), and retraining asked for.
+type Work = (Vec<UserRows>, Vec<Retrain>);
+
 impl<'s> RollingWindowExt<'s> for StreamVec<'s, u64, UserRows> {
     fn rolling_window(
         self,
         mut windows: RollingWindows,
+        (requests, resumed): (StreamVec<'s, u64, Retrain>, InFlight),
         mut snapshots: StageState,
         stats: SharedStats,
     ) -> (StreamVec<'s, u64, Window>, StreamVec<'s, u64, DeadLetter>) {
-        self.unary_frontier(Pipeline, "RollingWindow", move |_cap, _info| {
-            let mut pending = Pending::<UserRows>::default();
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
-                let ready = timed(pending.ready(&[frontier]));
-                snapshots.epochs(
-                    &mut windows,
-                    ready,
-                    frontier_cut(&[frontier]),
-                    &stats,
-                    |windows, epoch, (cap, pieces)| {
-                        // A user's rows come in pieces (one per file); windows see them at once.
-                        let mut users: BTreeMap<(String, bool), UserRows> = BTreeMap::new();
-                        for piece in pieces {
-                            match users.entry((piece.user.clone(), piece.generic)) {
-                                std::collections::btree_map::Entry::Vacant(v) => {
-                                    v.insert(piece);
-                                }
-                                std::collections::btree_map::Entry::Occupied(mut o) => {
-                                    o.get_mut().rows.extend(piece.rows);
+        self.binary_frontier(
+            requests,
+            Pipeline,
+            Pipeline,
+            "RollingWindow",
+            move |cap, _info| {
+                let mut pending = Pending::<UserRows>::default();
+                let mut asked = Pending::<Retrain>::default();
+                // Requests sent before the cut the run resumes from, held at their epoch.
+                let mut resumed = resumed
+                    .filter(|(_, r)| !r.is_empty())
+                    .map(|(at, r)| (cap.delayed(&at), r));
+                move |(input, f1), (retrain, f2), output| {
+                    input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
+                    retrain.for_each_stamp(|cap, data| asked.stash(cap, data, 0));
+                    let mut work: BTreeMap<u64, (Capability<u64>, Work)> = BTreeMap::new();
+                    let done = |t: &u64| !f1.less_equal(t) && !f2.less_equal(t);
+                    if resumed.as_ref().is_some_and(|(c, _)| done(c.time()))
+                        && let Some((c, r)) = resumed.take()
+                    {
+                        work.insert(*c.time(), (c, (Vec::new(), r)));
+                    }
+                    for (c, rows) in pending.ready(&[f1, f2]) {
+                        let e = work
+                            .entry(*c.time())
+                            .or_insert_with(|| (c, Default::default()));
+                        e.1.0.extend(rows);
+                    }
+                    for (c, r) in asked.ready(&[f1, f2]) {
+                        let e = work
+                            .entry(*c.time())
+                            .or_insert_with(|| (c, Default::default()));
+                        e.1.1.extend(r);
+                    }
+                    snapshots.epochs(
+                        &mut windows,
+                        work.into_iter().collect(),
+                        frontier_cut(&[f1, f2]),
+                        &stats,
+                        |windows, epoch, (cap, (pieces, requests))| {
+                            // A user's rows come in pieces (one per file); windows see them at once.
+                            let mut users: BTreeMap<(String, bool), UserRows> = BTreeMap::new();
+                            for piece in pieces {
+                                match users.entry((piece.user.clone(), piece.generic)) {
+                                    std::collections::btree_map::Entry::Vacant(v) => {
+                                        v.insert(piece);
+                                    }
+                                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                                        o.get_mut().rows.extend(piece.rows);
+                                    }
                                 }
                             }
-                        }
-                        let mut session = output.session(&cap);
-                        let mut s = stats.borrow_mut();
-                        for ((user, generic), rows) in users {
-                            if !generic {
-                                s.users.insert(user);
+                            let mut session = output.session(&cap);
+                            let mut s = stats.borrow_mut();
+                            for ((user, generic), rows) in users {
+                                if !generic {
+                                    s.users.insert(user);
+                                }
+                                let e = windows.push(rows, epoch);
+                                s.training_windows +=
+                                    e.windows.iter().filter(|w| w.train).count() as u64;
+                                session.give_iterator(e.windows.into_iter().map(Ok));
+                                session.give_iterator(e.late.into_iter().map(Err));
                             }
-                            let e = windows.push(rows, epoch);
-                            s.training_windows +=
-                                e.windows.iter().filter(|w| w.train).count() as u64;
-                            session.give_iterator(e.windows.into_iter().map(Ok));
-                            session.give_iterator(e.late.into_iter().map(Err));
-                        }
-                    },
-                );
-            }
-        })
+                            let retrained = windows.retrain(&requests, epoch);
+                            s.training_windows += retrained.len() as u64;
+                            s.retrained += retrained.len() as u64;
+                            session.give_iterator(retrained.into_iter().map(Ok));
+                        },
+                    );
+                }
+            },
+        )
         .container::<Vec<std::result::Result<Window, DeadLetter>>>()
         .ok_err(|r| r)
     }
@@ -678,7 +751,7 @@ mod tests {
                     // Late only if its day ended more than max_history before the newest row.
                     assert!((r.ts.div_euclid(DAY_US) + 1) * DAY_US <= newest - us);
                 }
-                let Some(win) = w.emit("u", epoch, true, &cfg, &plan) else {
+                let Some(win) = w.emit("u", (epoch, true, false), &cfg, &plan) else {
                     assert_eq!(late.len(), n, "no window although rows were placed");
                     continue;
                 };
@@ -737,18 +810,24 @@ mod tests {
         let mut w = UserWindow::default();
         w.insert(vec![row(0.1, 0, 1), row(0.2, 1, 1)], us, &plan);
         assert!(
-            w.emit("u", 1, true, &train, &plan).is_none(),
+            w.emit("u", (1, true, false), &train, &plan).is_none(),
             "2 < min_history"
         );
         w.insert(vec![row(0.3, 2, 2)], us, &plan);
-        assert_eq!(w.emit("u", 2, true, &train, &plan).unwrap().rows.len(), 3);
+        assert_eq!(
+            w.emit("u", (2, true, false), &train, &plan)
+                .unwrap()
+                .rows
+                .len(),
+            3
+        );
         w.insert(vec![row(0.4, 3, 3)], us, &plan);
         assert!(
-            w.emit("u", 3, true, &train, &plan).is_none(),
+            w.emit("u", (3, true, false), &train, &plan).is_none(),
             "1 < min_increment"
         );
         w.insert(vec![row(0.05, 4, 4)], us, &plan);
-        let all = w.emit("u", 4, true, &train, &plan).unwrap();
+        let all = w.emit("u", (4, true, false), &train, &plan).unwrap();
         assert_eq!(all.rows.len(), 5);
         // The out-of-order row is first of its day and pushes the others' logcount up.
         assert_eq!(all.rows[0].origin.record, 4);
@@ -761,14 +840,14 @@ mod tests {
         let us = infer.max_history_us().unwrap();
         let mut w = UserWindow::default();
         w.insert(vec![row(0.1, 0, 1), row(0.2, 1, 1)], us, &plan);
-        let first = w.emit("u", 1, false, &infer, &plan).unwrap();
+        let first = w.emit("u", (1, false, false), &infer, &plan).unwrap();
         assert_eq!(first.rows.len(), 2);
         assert!(
-            w.emit("u", 1, false, &infer, &plan).is_none(),
+            w.emit("u", (1, false, false), &infer, &plan).is_none(),
             "nothing new"
         );
         w.insert(vec![row(0.3, 2, 2)], us, &plan);
-        let second = w.emit("u", 2, false, &infer, &plan).unwrap();
+        let second = w.emit("u", (2, false, false), &infer, &plan).unwrap();
         assert_eq!(second.rows.len(), 1, "only the new row is scored");
         assert_eq!(second.derived, vec![vec![2]], "in the context of its day");
         // Two days later the first day has left the 1-day window; a row for it is late.
@@ -806,7 +885,7 @@ mod tests {
             us,
             &plan,
         );
-        let first = w.emit("u", 1, false, &infer, &plan).unwrap();
+        let first = w.emit("u", (1, false, false), &infer, &plan).unwrap();
         assert_eq!(first.derived, vec![vec![1, 1, 1], vec![2, 2, 2]]);
         // (40, 100]: minutes 50 and 100; only 50 failed; values c10 and c0.
         w.insert(
@@ -814,7 +893,7 @@ mod tests {
             us,
             &plan,
         );
-        let second = w.emit("u", 2, false, &infer, &plan).unwrap();
+        let second = w.emit("u", (2, false, false), &infer, &plan).unwrap();
         assert_eq!(second.rows.len(), 2, "only the new rows are scored");
         assert_eq!(second.derived, vec![vec![3, 3, 2], vec![2, 1, 2]]);
     }
@@ -845,7 +924,8 @@ mod tests {
         let (out, stats) = run_stage(epochs, move |s, stats| {
             let windows =
                 RollingWindows::new(&schema, cfg.training_window, cfg.inference_window).unwrap();
-            both(s.rolling_window(windows, StageState::default(), stats))
+            let none = timely::dataflow::operators::generic::operator::empty(s.scope());
+            both(s.rolling_window(windows, (none, None), StageState::default(), stats))
         });
         let windows: Vec<(u64, &Window)> = out
             .iter()

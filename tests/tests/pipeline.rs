@@ -627,6 +627,55 @@ fn drift_flags_the_browser_most_users_move_to_and_no_other_feature_alike_for_1_a
 }
 
 #[test]
+fn drift_that_lasts_retrains_every_model_at_the_next_epoch_alike_for_1_and_2_workers() {
+    use dfp_engine::generate::Rollout;
+    use dfp_operators::config::RetrainScope;
+    let base = tempfile::tempdir().unwrap();
+    // One epoch a day, each trains and scores; from day 8 (2022-08-09) most users use a new
+    // browser.
+    let stream = r#"{"inputs": [{
+      "metadata": {"data_type": "streaming",
+                   "batching_options": {"period": "D", "start_time": "2022-08-01", "end_time": "2022-08-13"}},
+      "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": ["logs/*.json"]}},
+                {"type": "training", "properties": {}},
+                {"type": "inference", "properties": {}}]}]}"#;
+    let run_with = |retrain: Option<u32>, workers: usize| {
+        let root = base.path().join(format!("{retrain:?}-w{workers}"));
+        common::rollout_logs(&root, Some(Rollout { day: 8, share: 0.8 }));
+        let control = root.join("stream.json");
+        std::fs::write(&control, stream).unwrap();
+        let mut opts = options("azure", common::control(&control), &root, workers);
+        opts.config.drift.enabled = true;
+        opts.config.drift.retrain_after = retrain;
+        opts.config.drift.retrain = RetrainScope::All;
+        let summary = run(opts).unwrap();
+        let drift = read(&root.join("output/dfp_drift_azure.csv"));
+        (summary, drift)
+    };
+    let (plain, _) = run_with(None, 1);
+    let (retrained, drift) = run_with(Some(2), 1);
+    let s = &retrained.stats;
+    // The browser drifts over all models from the rollout on; after two epochs of it every
+    // user with rows since their last training gets a training window at the next epoch.
+    assert!(s.drifted.get("browser").is_some_and(|n| *n >= 2), "{drift}");
+    assert!(s.retrain_requests >= 1, "{}", retrained.line());
+    assert!(s.retrained > 0, "{}", retrained.line());
+    assert_eq!(plain.stats.retrain_requests + plain.stats.retrained, 0);
+    assert!(
+        s.models_trained > plain.stats.models_trained,
+        "{} vs {}",
+        s.models_trained,
+        plain.stats.models_trained
+    );
+    let (two, drift2) = run_with(Some(2), 2);
+    assert_eq!(drift, drift2, "drift differs between 1 and 2 workers");
+    assert_eq!(
+        (two.stats.retrained, two.stats.models_trained),
+        (s.retrained, s.models_trained)
+    );
+}
+
+#[test]
 fn notifications_wait_in_the_outbox_while_the_webhook_is_down_and_arrive_once_later() {
     use dfp_bench::net::free_port;
     use dfp_bench::webhook::Webhook;

@@ -151,6 +151,22 @@ pub struct DriftConfig {
     pub psi: f64,
     /// Rows a line needs in the epoch to be judged (and a user's model to get lines of its own).
     pub min_rows: u64,
+    /// Retrain when drift lasts this many epochs in a row (none: never).
+    pub retrain_after: Option<u32>,
+    /// What is retrained: `models` (each model whose own lines drifted) or `all` (every model,
+    /// when a feature drifted over all models).
+    pub retrain: RetrainScope,
+}
+
+/// What drift retrains (`[drift] retrain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrainScope {
+    /// Each model whose own lines drifted `retrain_after` epochs in a row.
+    #[default]
+    Models,
+    /// Every model, when any feature drifted over all models `retrain_after` epochs in a row.
+    All,
 }
 
 impl Default for DriftConfig {
@@ -160,6 +176,8 @@ impl Default for DriftConfig {
             bins: 10,
             psi: 0.2,
             min_rows: 100,
+            retrain_after: None,
+            retrain: RetrainScope::Models,
         }
     }
 }
@@ -177,6 +195,12 @@ impl DriftConfig {
         }
         if self.min_rows == 0 {
             p.push(key("min_rows"), "at least 1");
+        }
+        if self.retrain_after == Some(0) {
+            p.push(key("retrain_after"), "at least 1 epoch");
+        }
+        if self.retrain_after.is_some() && !self.enabled {
+            p.push(key("retrain_after"), "needs [drift] enabled = true");
         }
     }
 }

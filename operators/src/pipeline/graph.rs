@@ -33,7 +33,7 @@ use crate::budget::{AlertBudget, Budget};
 use crate::config::RunConfig;
 use crate::data_prep::DataPrep;
 use crate::dead_letter::{DeadLetter, Originals};
-use crate::drift::DriftLines;
+use crate::drift::{DriftLines, InFlight, Retrain, Retrainer};
 use crate::feedback::{Silence, Suppressions};
 use crate::file_to_batch::{FileRows, FileTask, FileToBatch};
 use crate::filter_detections::{FilterDetections, Rule};
@@ -66,6 +66,9 @@ pub(crate) struct Stages {
     pub write_scores: bool,
     pub stats: SharedStats,
     pub windows: (RollingWindows, StageState),
+    /// Drift's retraining: its state and checkpoint writer, and the requests in flight at the
+    /// cut the run resumes from (epoch, requests).
+    pub retrainer: (Retrainer, StageState, InFlight),
     pub scorer: (Scorer, StageState),
     /// The sinks (worker 0 only) and their checkpoint writer.
     pub sinks: (Option<SinkSet>, StageState),
@@ -102,7 +105,23 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         .file_to_batch(s.reader.clone(), s.stats.clone());
     let rows = scope.concatenate(vec![read, rows_in.to_stream(scope)]);
     let (users, no_user) = rows.split_users(cfg.split.clone(), s.stats.clone());
-    let (windows, late) = users.rolling_window(s.windows.0, s.windows.1, s.stats.clone());
+    // Drift feeds the retraining it asks for back to the rolling window, for the next epoch.
+    let (retrain_loop, requests) = if cfg.drift.retrain_after.is_some() {
+        let (handle, requests) = scope.feedback::<Vec<Retrain>>(1);
+        (Some(handle), requests.broadcast())
+    } else {
+        (
+            None,
+            timely::dataflow::operators::generic::operator::empty(scope),
+        )
+    };
+    let (retrainer, retrainer_state, resumed) = s.retrainer;
+    let (windows, late) = users.rolling_window(
+        s.windows.0,
+        (requests, resumed),
+        s.windows.1,
+        s.stats.clone(),
+    );
     let (train_w, infer_w) = windows.ok_err(|w| if w.train { Ok(w) } else { Err(w) });
     let (train_p, bad_train) = train_w.data_prep(s.schema.clone());
     let (models, failed) = train_p.training(
@@ -180,7 +199,16 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
     ];
     lines.extend(parity);
     if cfg.drift.enabled {
-        lines.push(tallies.drift(&cfg.drift, s.stats.clone()));
+        let (drift, requests) = tallies.drift(
+            &cfg.drift,
+            &s.schema.name,
+            (retrainer, retrainer_state),
+            s.stats.clone(),
+        );
+        lines.push(drift);
+        if let Some(handle) = retrain_loop {
+            requests.connect_loop(handle);
+        }
     }
     if let Some((suppressor, state)) = s.alerts {
         lines.push(detections.alerts(

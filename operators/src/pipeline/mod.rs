@@ -266,6 +266,12 @@ impl RunSummary {
                 .collect();
             parity += &format!(", drift in {}", features.join(", "));
         }
+        if s.retrain_requests > 0 {
+            parity += &format!(
+                " ({} retraining asked for, {} models retrained)",
+                s.retrain_requests, s.retrained
+            );
+        }
         let mut mlflow = self
             .mlflow
             .as_ref()

@@ -27,6 +27,7 @@ use crate::budget::Budget;
 use crate::config::SinkConfig;
 use crate::dead_letter::FileIndex;
 use crate::dead_letter::Originals;
+use crate::drift::Retrainer;
 use crate::inference::Scorer;
 use crate::kafka::KafkaSettings;
 use crate::metrics::{SharedStats, Stats};
@@ -41,7 +42,7 @@ use crate::source::kafka::KafkaSource;
 use crate::source::plan::PlanSource;
 use crate::source::watch::WatchSource;
 use crate::source::{self, Source};
-use crate::state::StateRegistry;
+use crate::state::{StageState, StateRegistry};
 
 /// What a run's workers read.
 pub(crate) enum Feed {
@@ -306,6 +307,17 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
     } else {
         None
     };
+    let retrainer = if o.config.drift.retrain_after.is_some() {
+        let (state, restored) = states.register::<Retrainer>("drift")?;
+        // Retraining asked for just before the cut had not reached the rolling window yet.
+        let resumed = match ckpt.as_ref().and_then(|c| c.cut.as_ref()) {
+            Some(cut) => Some((cut.time, Retrainer::in_flight(cut)?)),
+            None => None,
+        };
+        (restored.unwrap_or_default(), state, resumed)
+    } else {
+        (Retrainer::default(), StageState::default(), None)
+    };
     let from = states.from();
     states.finish()?;
     let originals = match &run.feed {
@@ -327,6 +339,7 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
         write_scores: o.write_scores,
         stats: stats.clone(),
         windows: (windows, window_state),
+        retrainer,
         scorer: (scorer, scorer_state),
         sinks: (sinks, sink_state),
         budget,
