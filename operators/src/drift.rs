@@ -438,7 +438,12 @@ mod tests {
         // Epoch 1: both drift; 2: a has too few rows to be judged, the generic model drifts
         // again; 3: a drifts again (a new version: the same model).
         assert!(r.judge(1, &[a(1, true), g(true)], &cfg, "azure").is_empty());
-        let two = r.judge(2, &[line("DFP-azure-a:1", 10.0, true), g(true)], &cfg, "azure");
+        let two = r.judge(
+            2,
+            &[line("DFP-azure-a:1", 10.0, true), g(true)],
+            &cfg,
+            "azure",
+        );
         assert_eq!(two, [Retrain::User("generic_user".into())]);
         assert_eq!(r.announced, Some((3, two)));
         assert_eq!(
@@ -460,4 +465,3 @@ mod tests {
         assert!(Retrain::All.covers("x") && !Retrain::User("a".into()).covers("b"));
     }
 }
-

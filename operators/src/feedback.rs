@@ -368,6 +368,17 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Detections judged so far (their latest verdict) and how many of them were true
+    /// positives.
+    pub fn precision(&self) -> (u64, u64) {
+        let tp = self
+            .latest
+            .values()
+            .filter(|l| **l == Label::TruePositive)
+            .count();
+        (self.latest.len() as u64, tp as u64)
+    }
+
     /// The verdicts recorded so far in `output` for `source`.
     pub fn open(output: &Path, source: &str) -> Result<Journal> {
         let latest = read(output, source)?
@@ -684,12 +695,13 @@ pub struct FeedbackTopic {
 }
 
 impl FeedbackTopic {
-    /// Starts reading `topic` through `kafka` in consumer group `group`.
+    /// Starts reading `topic` through `kafka` in consumer group `group` (publishing the
+    /// precision of the verdicts to `telemetry`, when the run serves `/metrics`).
     pub fn start(
         kafka: &crate::kafka::KafkaSettings,
-        topic: &str,
-        group: &str,
+        (topic, group): (&str, &str),
         place: FeedbackPlace,
+        telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     ) -> Result<FeedbackTopic> {
         let consumer = kafka.consumer(group)?;
         crate::kafka::assign_all(&consumer, kafka, topic, &BTreeMap::new())?;
@@ -698,7 +710,7 @@ impl FeedbackTopic {
         let topic = topic.to_string();
         let handle = std::thread::Builder::new()
             .name("dfp-feedback".to_string())
-            .spawn(move || read_topic(&consumer, &topic, &place, &flag))
+            .spawn(move || read_topic(&consumer, &topic, &place, &flag, telemetry.as_deref()))
             .map_err(|e| Error::stage("feedback", format!("starting the topic reader: {e}")))?;
         Ok(FeedbackTopic { stop, handle })
     }
@@ -718,6 +730,7 @@ fn read_topic(
     topic: &str,
     place: &FeedbackPlace,
     stop: &std::sync::atomic::AtomicBool,
+    telemetry: Option<&crate::telemetry::Telemetry>,
 ) -> Result<TopicReport> {
     use rdkafka::Message;
     use rdkafka::consumer::{CommitMode, Consumer};
@@ -734,7 +747,13 @@ fn read_topic(
                   report: &mut TopicReport|
      -> Result<()> {
         match r {
-            Recorded::New(_) | Recorded::Changed(_) => report.recorded += 1,
+            Recorded::New(_) | Recorded::Changed(_) => {
+                report.recorded += 1;
+                if let Some(t) = telemetry {
+                    let (judged, tp) = journal.precision();
+                    t.feedback(judged, tp);
+                }
+            }
             Recorded::Duplicate => report.duplicates += 1,
             Recorded::Unknown(_) => {
                 report.unmatched += 1;
@@ -904,6 +923,7 @@ mod tests {
         let mut journal = Journal::open(out, "azure").unwrap();
         journal.record(&verdict(0, Label::TruePositive)).unwrap();
         journal.record(&verdict(2, Label::FalsePositive)).unwrap();
+        assert_eq!(journal.precision(), (2, 1));
         let r = report(out, "azure").unwrap();
         assert_eq!(r.by_kind["user"].judged, 2);
         assert_eq!(r.by_pattern["a+b"].precision, Some(0.5));

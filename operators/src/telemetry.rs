@@ -53,6 +53,8 @@ pub struct Telemetry {
     checkpoint_writes: Counter,
     checkpoint_seconds: Seconds,
     consumer_lag: Gauge,
+    feedback_judged: Gauge,
+    feedback_precision: Gauge<f64, AtomicU64>,
     users: Gauge,
     workers_done: Gauge,
 }
@@ -169,6 +171,18 @@ impl Telemetry {
             "Records in the source topic's partitions not read yet (Kafka sources)",
             consumer_lag.clone(),
         );
+        let feedback_judged = Gauge::default();
+        registry.register(
+            "feedback_judged_detections",
+            "Detections of the run's output with an analyst's verdict (from the feedback topic)",
+            feedback_judged.clone(),
+        );
+        let feedback_precision = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "feedback_precision_ratio",
+            "Share of judged detections that were true positives",
+            feedback_precision.clone(),
+        );
         let users = Gauge::default();
         registry.register(
             "users",
@@ -208,8 +222,19 @@ impl Telemetry {
             checkpoint_writes,
             checkpoint_seconds,
             consumer_lag,
+            feedback_judged,
+            feedback_precision,
             users,
             workers_done,
+        }
+    }
+
+    /// The analysts' verdicts so far: detections judged, true positives among them.
+    pub fn feedback(&self, judged: u64, true_positives: u64) {
+        self.feedback_judged.set(judged as i64);
+        if judged > 0 {
+            self.feedback_precision
+                .set(true_positives as f64 / judged as f64);
         }
     }
 
@@ -455,6 +480,7 @@ mod tests {
         a.publish(&s);
         s.rows = 25;
         a.publish(&s);
+        t.feedback(4, 3);
         b.finish(&Stats {
             rows: 5,
             ..Stats::default()
@@ -466,6 +492,8 @@ mod tests {
             "dfp_detections_total 2",
             "dfp_scoring_seconds_total 0.5",
             "dfp_workers_finished 1",
+            "dfp_feedback_judged_detections 4",
+            "dfp_feedback_precision_ratio 0.75",
             "# TYPE dfp_input_bytes counter",
             "# EOF",
         ] {

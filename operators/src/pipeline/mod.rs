@@ -341,11 +341,12 @@ pub fn run(mut opts: RunOptions) -> Result<RunSummary> {
                 source: opts.schema.name.clone(),
                 registry: opts.registry.clone(),
             };
+            let telemetry = opts.metrics.as_ref().and_then(|m| m.telemetry.clone());
             Some(FeedbackTopic::start(
                 &kafka,
-                &topic,
-                &opts.config.feedback.group,
+                (&topic, &opts.config.feedback.group),
                 place,
+                telemetry,
             )?)
         }
         _ => None,
