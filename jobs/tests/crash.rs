@@ -161,13 +161,16 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
     cfg.files_per_day = 2;
     cfg.anomaly_days = 4;
     generate(&cfg, &logs).unwrap();
-    // Retrained models wait as challengers, score in the shadow, and are promoted by the run.
+    // Retrained models wait as challengers, score in the shadow, and are promoted by the run;
+    // drift that lasts retrains every model at the next epoch (a request in flight at a cut
+    // is taken from the drift stage's checkpoint).
     let config = root.path().join("config.toml");
     std::fs::write(
         &config,
         format!(
             "{FAST_CONFIG}\n[lifecycle]\npromotion = \"auto\"\nmin_epochs = 2\nmin_rows = 20\n\
-             min_agreement = 0.9\nmax_alert_rate_increase = 0.05\n"
+             min_agreement = 0.9\nmax_alert_rate_increase = 0.05\n\
+             [drift]\nenabled = true\nretrain_after = 1\nretrain = \"all\"\n"
         ),
     )
     .unwrap();
@@ -268,6 +271,7 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
         "dfp_dead_letter_azure.jsonl",
         "dfp_alerts_azure.jsonl",
         "dfp_shadow_azure.csv",
+        "dfp_drift_azure.csv",
     ] {
         let want = std::fs::read_to_string(reference.join("output").join(file)).unwrap();
         let got = std::fs::read_to_string(crashed.join("output").join(file)).unwrap();
@@ -292,6 +296,14 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
         &reference.join("output/dfp_detections_azure.csv"),
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/golden/stream/dfp_detections_azure.csv"),
+    );
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(reference.join("output/dfp_run_azure.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        summary["stats"]["retrained"].as_u64() > Some(0),
+        "the run must retrain on drift: {summary}"
     );
     let detections = std::fs::read_to_string(reference.join("output/dfp_detections_azure.jsonl"))
         .unwrap()

@@ -286,7 +286,8 @@ impl Retrainer {
 /// The drift stage as a timely operator.
 pub trait DriftLines<'s> {
     /// Each epoch's drift lines, on worker 0, once the epoch is complete; and the retraining
-    /// they ask for, at the next epoch (with a retrainer: its state and checkpoint writer).
+    /// they ask for, at the same epoch (the feedback edge to the rolling window takes them to
+    /// the next; with a retrainer: its state and checkpoint writer).
     fn drift(
         self,
         cfg: &DriftConfig,
@@ -338,12 +339,10 @@ impl<'s> DriftLines<'s> for StreamVec<'s, u64, FeatureTally> {
                             }
                             let requests = retrainer.judge(t, &lines, &cfg, &source);
                             s.retrain_requests += requests.len() as u64;
-                            output
-                                .session(&cap)
-                                .give_iterator(lines.iter().map(|d| Out::Line(line(t, d))));
-                            output
-                                .session(&cap.delayed(&(t + 1)))
-                                .give_iterator(requests.into_iter().map(Out::Retrain));
+                            // Requests go at `t`: the feedback edge takes them to `t + 1`.
+                            let mut session = output.session(&cap);
+                            session.give_iterator(lines.iter().map(|d| Out::Line(line(t, d))));
+                            session.give_iterator(requests.into_iter().map(Out::Retrain));
                         },
                     );
                 }
