@@ -4,21 +4,12 @@
 #
 #   bash bench/peers/setup_evidently.sh [VENV_DIR]     (default: target/peers/evidently-venv)
 #
-# Idempotent: a stamp file records the pins after an import check passed; a warm run does
-# nothing. Never part of the default test run; needs PyPI the first time. Python: $PYTHON, else
-# python3 (3.11). pandas is pinned below 3: evidently 0.7.23 fails to import under pandas 3
-# (it imports pandas.core.dtypes.common.infer_dtype_from_object, removed there).
+# Idempotent (bench/peers/venv.sh). Never part of the default test run; needs PyPI the first
+# time. pandas is pinned below 3: evidently 0.7.23 fails to import under pandas 3 (it imports
+# pandas.core.dtypes.common.infer_dtype_from_object, removed there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-venv=${1:-target/peers/evidently-venv}
-pins="evidently==${EVIDENTLY_VERSION:-0.7.23} pandas==2.3.3 scipy==1.17.1"
-stamp="$venv/.dfp-stamp"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$pins" ] && [ -x "$venv/bin/python" ]; then
-  exit 0
-fi
-"${PYTHON:-python3}" -m venv "$venv"
-# shellcheck disable=SC2086  # $pins is a space-separated list of requirements
-"$venv/bin/pip" install -q $pins
-"$venv/bin/python" -c 'import evidently.legacy.calculations.stattests, scipy.stats'
-echo "$pins" > "$stamp"
-echo "Evidently venv ready: $venv ($pins)" >&2
+. bench/peers/venv.sh
+peer_venv "${1:-target/peers/evidently-venv}" \
+  "evidently==${EVIDENTLY_VERSION:-0.7.23} pandas==2.3.3 scipy==1.17.1" \
+  "evidently.legacy.calculations.stattests, scipy.stats"

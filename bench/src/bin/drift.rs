@@ -55,28 +55,17 @@ fn cases(n_ref: usize, n_cur: usize, seed: u64) -> Vec<(&'static str, Values, Va
     let mut num = |n: usize, mean: f64, sd: f64| -> Values {
         Values::Numeric((0..n).map(|_| mean + sd * normal(&mut rng)).collect())
     };
-    let mut out = vec![
-        (
-            "numeric_unchanged",
-            num(n_ref, 0.0, 1.0),
-            num(n_cur, 0.0, 1.0),
-        ),
-        (
-            "numeric_shift_0.1sd",
-            num(n_ref, 0.0, 1.0),
-            num(n_cur, 0.1, 1.0),
-        ),
-        (
-            "numeric_shift_0.5sd",
-            num(n_ref, 0.0, 1.0),
-            num(n_cur, 0.5, 1.0),
-        ),
-        (
-            "numeric_scale_2x",
-            num(n_ref, 0.0, 1.0),
-            num(n_cur, 0.0, 2.0),
-        ),
+    // Reference N(0, 1); current N(mean, sd).
+    let numeric = [
+        ("numeric_unchanged", 0.0, 1.0),
+        ("numeric_shift_0.1sd", 0.1, 1.0),
+        ("numeric_shift_0.5sd", 0.5, 1.0),
+        ("numeric_scale_2x", 0.0, 2.0),
     ];
+    let mut out: Vec<(&str, Values, Values)> = numeric
+        .into_iter()
+        .map(|(name, mean, sd)| (name, num(n_ref, 0.0, 1.0), num(n_cur, mean, sd)))
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 1);
     let mut hours = |n: usize, shift: f64| -> Values {
         Values::Numeric(
