@@ -147,6 +147,7 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         "dfp demo: {} logs, {} users x {} days; training on the first {} days, scoring the rest",
         args.source, args.users, args.days, args.train_days
     );
+    let rule = dfp_operators::filter_detections::Rule::of(&config.detection);
     let report = dfp_operators::demo::demo(&DemoOptions {
         source,
         users: args.users,
@@ -184,6 +185,12 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     for p in &report.run.outputs {
         println!("  output           {}", p.display());
     }
+    let output = args.dir.join("output");
+    let page = crate::report::write(&output, &args.source, None, rule, 5000)?;
+    println!(
+        "  report           {}  (open it in a browser)",
+        page.display()
+    );
     println!();
     println!(
         "everything the demo wrote is under {}/ (replaced by the next demo; remove it with: rm -rf {})",

@@ -45,7 +45,7 @@ pub struct FeedbackArgs {
 }
 
 /// The source whose detections `output` holds, when there is exactly one.
-fn source_of(output: &Path) -> Result<String> {
+pub(crate) fn source_of(output: &Path) -> Result<String> {
     let entries = std::fs::read_dir(output)
         .with_context(|| format!("no run output at {}", output.display()))?;
     let mut sources: Vec<String> = entries

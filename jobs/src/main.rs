@@ -14,6 +14,7 @@ mod cluster;
 mod data;
 mod feedback;
 mod inspect;
+mod report;
 mod run;
 
 use data::{DemoArgs, GenerateArgs, ReplayArgs};
@@ -78,6 +79,9 @@ enum Command {
     /// Record an analyst's verdict on a detection (by its detection_id), or report the
     /// precision of the verdicts so far.
     Feedback(feedback::FeedbackArgs),
+    /// Write one self-contained HTML page of a run's outputs: summary, alert timeline, score
+    /// distributions, leading features, alerts and detections, drift, precision, parity.
+    Report(report::ReportArgs),
     /// The model registry: list and show versions, promote and roll back champions, push to
     /// MLflow.
     Models {
@@ -162,6 +166,7 @@ fn run(command: Command) -> Result<ExitCode> {
             scope,
         } => inspect::plan(&control_messages, &scope),
         Command::Feedback(args) => feedback::feedback(args),
+        Command::Report(args) => report::report(args),
         Command::Models { registry, action } => inspect::models(&registry, action),
         Command::Cluster {
             action:

@@ -130,6 +130,105 @@ fn demo_trains_scores_and_prints_the_detection_table() {
     );
 }
 
+/// A headless chromium (`DFP_CHROMIUM`, else `chromium`; `bash .ci/run` installs Debian's)
+/// run on `args`; panics saying how to install it when it cannot start.
+fn chromium(args: &[&str]) -> Output {
+    let bin = std::env::var("DFP_CHROMIUM").unwrap_or_else(|_| "chromium".to_string());
+    std::process::Command::new(&bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {bin:?} ({e}): bash .ci/run installs chromium"))
+}
+
+#[test]
+fn the_report_of_a_run_loads_in_a_real_browser_with_its_charts_drawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let out = small_demo(&demo);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The demo writes the report and says where.
+    let page = demo.join("output/dfp_report_azure.html");
+    assert!(
+        stdout(&out).contains(page.to_str().unwrap()),
+        "{}",
+        stdout(&out)
+    );
+    let detections = std::fs::read_to_string(demo.join("output/dfp_detections_azure.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(detections > 5, "{detections} detections");
+    // `dfp report` writes it again, capped at 5 points.
+    let capped = dir.path().join("capped.html");
+    let out = dfp(&[
+        "report",
+        "--output",
+        demo.join("output").to_str().unwrap(),
+        "--to",
+        capped.to_str().unwrap(),
+        "--max-points",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&capped).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page loads nothing"
+    );
+    let url = |p: &Path| format!("file://{}", p.display());
+    for (file, points) in [(&page, detections.min(5000)), (&capped, 5)] {
+        let dom = chromium(&["--dump-dom", &url(file)]);
+        let dom = String::from_utf8_lossy(&dom.stdout);
+        let root = dom
+            .lines()
+            .find(|l| l.starts_with("<html"))
+            .unwrap_or_default();
+        // The script ran to its end with no error, and every chart has drawn: the timeline
+        // with one point per detection shown, a distribution per model, the features, drift.
+        assert!(root.contains("data-ready=\"1\""), "{root}");
+        assert!(!root.contains("data-errors"), "script errors: {root}");
+        assert!(
+            root.contains(&format!("data-points=\"{points}\"")),
+            "{root}"
+        );
+        let charts: usize = root
+            .split("data-charts=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next()?.parse().ok())
+            .unwrap();
+        assert!(charts >= 5, "{root}");
+        assert!(dom.contains("<h2>Drift per feature</h2>") && dom.contains("<h2>Alerts</h2>"));
+    }
+    assert!(html.contains("the timeline and the detection table show the 5 strongest"));
+    let shot = dir.path().join("report.png");
+    let out = chromium(&[
+        "--window-size=1200,1600",
+        &format!("--screenshot={}", shot.display()),
+        &url(&page),
+    ]);
+    assert!(shot.is_file(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+}
+
 #[test]
 fn validate_rejects_a_broken_message_listing_every_problem() {
     let dir = tempfile::tempdir().unwrap();

@@ -105,6 +105,15 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The score the rule compares and its threshold: `calibrated_z` against the target rate's
+    /// quantile, else `mean_abs_z` against the fixed threshold.
+    pub fn cut(&self) -> (&'static str, f64) {
+        match self.calibrated {
+            Some(q) => ("calibrated_z", q),
+            None => ("mean_abs_z", self.floor),
+        }
+    }
+
     /// The rule of `cfg`.
     pub fn of(cfg: &DetectionConfig) -> Self {
         match cfg.false_alert_rate {

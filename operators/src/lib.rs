@@ -41,6 +41,7 @@ pub mod post_proc;
 pub mod promotion;
 pub mod registry_writer;
 pub mod replay;
+pub mod report;
 pub mod retry;
 pub mod rolling_window;
 pub mod run_status;
