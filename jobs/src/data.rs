@@ -186,7 +186,7 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         println!("  output           {}", p.display());
     }
     let output = args.dir.join("output");
-    let page = crate::report::write(&output, &args.source, None, rule, 5000)?;
+    let page = crate::report::write(&output, &args.source, None, rule, 2000)?;
     println!(
         "  report           {}  (open it in a browser)",
         page.display()

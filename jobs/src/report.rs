@@ -22,7 +22,7 @@ pub struct ReportArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Most points per chart and rows per table.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 2000)]
     max_points: usize,
 }
 

@@ -190,7 +190,7 @@ fn the_report_of_a_run_loads_in_a_real_browser_with_its_charts_drawn() {
         "the page loads nothing"
     );
     let url = |p: &Path| format!("file://{}", p.display());
-    for (file, points) in [(&page, detections.min(5000)), (&capped, 5)] {
+    for (file, points) in [(&page, detections.min(2000)), (&capped, 5)] {
         let dom = chromium(&["--dump-dom", &url(file)]);
         let dom = String::from_utf8_lossy(&dom.stdout);
         let root = dom

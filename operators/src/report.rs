@@ -409,21 +409,32 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
     let mut per_model: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let from_scores = scores_path.exists();
     if from_scores {
-        for r in csv_rows(&scores_path)? {
-            let (Some(m), Some(u), Some(s)) =
-                (r.get("model_version"), r.get("username"), r.get(column))
-            else {
-                continue;
-            };
-            let Ok(s) = s.parse::<f64>() else { continue };
-            let name = split_label(m).0;
-            let kind = if is_own_model(name, u) {
-                "(all user models)"
-            } else {
-                "(generic model)"
-            };
-            per_model.entry(kind.to_string()).or_default().push(s);
-            per_model.entry(m.clone()).or_default().push(s);
+        // Streamed, three columns kept: a month of 2,000 users is over 100 MB of scores.
+        let bad = |e: csv::Error| Error::stage("report", format!("{}: {e}", scores_path.display()));
+        let mut r = csv::Reader::from_path(&scores_path).map_err(bad)?;
+        let head = r.headers().map_err(bad)?.clone();
+        let at = |k: &str| head.iter().position(|h| h == k);
+        if let (Some(mi), Some(ui), Some(si)) = (at("model_version"), at("username"), at(column)) {
+            let mut rec = csv::StringRecord::new();
+            while r.read_record(&mut rec).map_err(bad)? {
+                let (Some(m), Some(u), Some(Ok(s))) =
+                    (rec.get(mi), rec.get(ui), rec.get(si).map(str::parse::<f64>))
+                else {
+                    continue;
+                };
+                let kind = if is_own_model(split_label(m).0, u) {
+                    "(all user models)"
+                } else {
+                    "(generic model)"
+                };
+                per_model.entry(kind.to_string()).or_default().push(s);
+                match per_model.get_mut(m) {
+                    Some(v) => v.push(s),
+                    None => {
+                        per_model.insert(m.to_string(), vec![s]);
+                    }
+                }
+            }
         }
     } else {
         notes.push(
@@ -551,6 +562,7 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
                 esc(&d.event_id),
                 format!("{:.2}", d.mean_abs_z),
                 format!("{:.2}", d.calibrated_z),
+                esc(&d.top.join(", ")),
                 z.join("<br>"),
                 esc(&d.model),
             ]
@@ -566,7 +578,8 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
                 "event",
                 "mean_abs_z",
                 "calibrated_z",
-                "leading z-losses",
+                "top features",
+                "largest z-losses",
                 "model"
             ],
             &det_rows
