@@ -99,6 +99,16 @@ fn csv_rows(path: &Path) -> Result<Vec<BTreeMap<String, String>>> {
         .collect())
 }
 
+/// A CSV row's cell by column name; empty when the file has no such column.
+fn cell<'a>(r: &'a BTreeMap<String, String>, column: &str) -> &'a str {
+    r.get(column).map_or("", String::as_str)
+}
+
+/// Appends a section: its title, then `body` (HTML).
+fn section(html: &mut String, title: &str, body: &str) {
+    let _ = write!(html, "<section><h2>{}</h2>{body}</section>", esc(title));
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -272,11 +282,14 @@ fn histogram(id: &str, scores: &[f64], threshold: f64) -> String {
 /// PSI per feature over epochs (model `all`), one line per feature.
 fn drift_chart(rows: &[BTreeMap<String, String>]) -> String {
     let mut by: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r["model"] == "all") {
-        let (Ok(e), Ok(p)) = (r["epoch"].parse::<f64>(), r["psi"].parse::<f64>()) else {
+    for r in rows.iter().filter(|r| cell(r, "model") == "all") {
+        let (Ok(e), Ok(p)) = (
+            cell(r, "epoch").parse::<f64>(),
+            cell(r, "psi").parse::<f64>(),
+        ) else {
             continue;
         };
-        by.entry(&r["feature"]).or_default().push((e, p));
+        by.entry(cell(r, "feature")).or_default().push((e, p));
     }
     let pts: Vec<&(f64, f64)> = by.values().flatten().collect();
     let (e0, e1) = pts
@@ -532,10 +545,10 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
         })
         .collect();
     if !alerts.is_empty() {
-        let _ = write!(
-            html,
-            "<section><h2>Alerts</h2>{}</section>",
-            table(
+        section(
+            &mut html,
+            "Alerts",
+            &table(
                 &[
                     "user",
                     "first",
@@ -543,10 +556,10 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
                     "detections",
                     "max mean_abs_z",
                     "features",
-                    "model"
+                    "model",
                 ],
-                &alert_rows
-            )
+                &alert_rows,
+            ),
         );
     }
     let det_rows: Vec<Vec<String>> = shown
@@ -568,10 +581,10 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
             ]
         })
         .collect();
-    let _ = write!(
-        html,
-        "<section><h2>Detections</h2>{}</section>",
-        table(
+    section(
+        &mut html,
+        "Detections",
+        &table(
             &[
                 "user",
                 "time",
@@ -580,10 +593,10 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
                 "calibrated_z",
                 "top features",
                 "largest z-losses",
-                "model"
+                "model",
             ],
-            &det_rows
-        )
+            &det_rows,
+        ),
     );
 
     // Champion against challenger.
@@ -607,18 +620,18 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
             .iter()
             .map(|(k, (n, a, b))| vec![esc(k), n.to_string(), a.to_string(), b.to_string()])
             .collect();
-        let _ = write!(
-            html,
-            "<section><h2>Champion and challenger</h2>{}</section>",
-            table(
+        section(
+            &mut html,
+            "Champion and challenger",
+            &table(
                 &[
                     "models",
                     "rows scored by both",
                     "champion alerts",
-                    "challenger alerts"
+                    "challenger alerts",
                 ],
-                &rows
-            )
+                &rows,
+            ),
         );
     }
 
@@ -627,12 +640,12 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
     if !drift.is_empty() {
         let drifted: Vec<Vec<String>> = drift
             .iter()
-            .filter(|r| r["drifted"] == "true")
+            .filter(|r| cell(r, "drifted") == "true")
             .take(opts.max_points)
             .map(|r| {
                 ["epoch", "model", "feature", "rows", "psi", "js", "ks"]
                     .iter()
-                    .map(|k| esc(&r[*k]))
+                    .map(|k| esc(cell(r, k)))
                     .collect()
             })
             .collect();
@@ -666,10 +679,10 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
                 ]
             })
             .collect();
-        let _ = write!(
-            html,
-            "<section><h2>Analysts' precision</h2>{}</section>",
-            table(&["", "judged", "true positives", "precision"], &rows)
+        section(
+            &mut html,
+            "Analysts' precision",
+            &table(&["", "judged", "true positives", "precision"], &rows),
         );
     }
 
@@ -678,7 +691,7 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
     if !parity.is_empty() {
         let rows: Vec<Vec<String>> = parity
             .iter()
-            .filter(|r| r["flagged"] == "true" || r["group"] == "(all)")
+            .filter(|r| cell(r, "flagged") == "true" || cell(r, "group") == "(all)")
             .take(opts.max_points)
             .map(|r| {
                 [
@@ -692,19 +705,19 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
                     "flagged",
                 ]
                 .iter()
-                .map(|k| esc(&r[*k]))
+                .map(|k| esc(cell(r, k)))
                 .collect()
             })
             .collect();
-        let _ = write!(
-            html,
-            "<section><h2>Alert-rate parity</h2>{}</section>",
-            table(
+        section(
+            &mut html,
+            "Alert-rate parity",
+            &table(
                 &[
-                    "epoch", "field", "group", "rows", "alerts", "rate", "ratio", "flagged"
+                    "epoch", "field", "group", "rows", "alerts", "rate", "ratio", "flagged",
                 ],
-                &rows
-            )
+                &rows,
+            ),
         );
     }
 
