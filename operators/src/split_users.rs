@@ -43,6 +43,9 @@ pub struct SplitConfig {
     pub fallback_username: Option<String>,
     /// The generic model's user name.
     pub generic_user: String,
+    /// The most rows the generic model trains on (none: all of its window): a stratified
+    /// sample, see [`crate::training::sample_generic`].
+    pub generic_max_rows: Option<usize>,
 }
 
 impl Default for SplitConfig {
@@ -54,6 +57,7 @@ impl Default for SplitConfig {
             only_users: Vec::new(),
             fallback_username: None,
             generic_user: "generic_user".into(),
+            generic_max_rows: None,
         }
     }
 }

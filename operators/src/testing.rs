@@ -185,10 +185,11 @@ impl Fixture {
             .map(|(epoch, ws)| {
                 let training: Vec<Prepared> =
                     ws.iter().filter(|w| w.window.train).cloned().collect();
-                let models = train_windows(backend.as_ref(), &self.schema, &cfg.model, &training)
-                    .into_iter()
-                    .map(|m| m.unwrap_or_else(|d| panic!("{d:?}")))
-                    .collect();
+                let models =
+                    train_windows(backend.as_ref(), &self.schema, &cfg.model, &training, None)
+                        .into_iter()
+                        .map(|m| m.unwrap_or_else(|d| panic!("{d:?}")))
+                        .collect();
                 (*epoch, models)
             })
             .collect()

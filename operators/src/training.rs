@@ -7,13 +7,15 @@
 //! frontier has not passed yet; an epoch trains once all of its windows are in, so a model is
 //! trained exactly once per window.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use dfp_engine::batch::{string_column, take};
 use dfp_engine::model::{Backend, Model, ModelConfig, TrainingSet, train_models};
 use dfp_engine::registry::model_name;
-use dfp_engine::schema::SourceSchema;
+use dfp_engine::schema::{SourceSchema, USERNAME};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
@@ -24,23 +26,96 @@ use crate::dead_letter::DeadLetter;
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
 
-/// Trains the windows of one epoch: a model or a dead letter per window, in window order.
+/// How the generic model's window is sampled (`[split] generic_max_rows`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenericSample {
+    /// The generic model's user.
+    pub user: String,
+    /// The most rows it trains on.
+    pub max_rows: usize,
+    /// Users with fewer rows than this in the window (the training window's `min_history`:
+    /// they have no model of their own, and the generic model scores them) come first.
+    pub sparse_below: usize,
+}
+
+/// The rows of the generic model's window to train on, given each row's user (rows in event
+/// time order), or None to keep them all (no more than `max_rows`): first the users with fewer
+/// than `sparse_below` rows, whom the generic model scores, then the others with what is left;
+/// within each group the rows are shared equally (water-filling: a user with fewer than an
+/// equal share keeps all theirs, the rest is shared among the others), a user's kept rows
+/// evenly spaced over their window. Deterministic: the same window gives the same sample.
+pub fn sample_generic(users: &[Option<&str>], cfg: &GenericSample) -> Option<Vec<usize>> {
+    if users.len() <= cfg.max_rows {
+        return None;
+    }
+    let mut by_user: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, u) in users.iter().enumerate() {
+        by_user.entry(u.unwrap_or("")).or_default().push(i);
+    }
+    let (sparse, dense): (Vec<&Vec<usize>>, Vec<&Vec<usize>>) = by_user
+        .values()
+        .partition(|rows| rows.len() < cfg.sparse_below);
+    let mut left = cfg.max_rows;
+    let mut kept = Vec::with_capacity(cfg.max_rows);
+    for mut group in [sparse, dense] {
+        group.sort_by_key(|rows| rows.len());
+        let mut users_left = group.len();
+        for rows in group {
+            let share = left / users_left.max(1);
+            let take = rows.len().min(share);
+            kept.extend((0..take).map(|i| rows[i * rows.len() / take]));
+            left -= take;
+            users_left -= 1;
+        }
+    }
+    kept.sort_unstable();
+    Some(kept)
+}
+
+/// The rows the generic model trains on (its window sampled as `sample` says), or None when
+/// `w` is another window or is kept whole.
+fn sampled(w: &Prepared, sample: Option<&GenericSample>) -> Option<arrow::array::RecordBatch> {
+    let cfg = sample.filter(|s| s.user == w.window.user)?;
+    let users = string_column(&w.batch, USERNAME).ok()?;
+    let rows = sample_generic(&users, cfg)?;
+    match take(&w.batch, &rows) {
+        Ok(b) => {
+            tracing::info!(
+                rows = w.batch.num_rows(),
+                kept = b.num_rows(),
+                "the generic model trains on a sample of its window"
+            );
+            Some(b)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "sampling the generic model's window; it trains on all of it");
+            None
+        }
+    }
+}
+
+/// Trains the windows of one epoch: a model or a dead letter per window, in window order (the
+/// generic model's window sampled as `sample` says).
 pub fn train_windows(
     backend: &dyn Backend,
     schema: &SourceSchema,
     config: &ModelConfig,
     windows: &[Prepared],
+    sample: Option<&GenericSample>,
 ) -> Vec<Result<Arc<Model>, DeadLetter>> {
     let names: Vec<String> = windows
         .iter()
         .map(|w| model_name(&schema.name, &w.window.user))
         .collect();
+    let samples: Vec<Option<arrow::array::RecordBatch>> =
+        windows.iter().map(|w| sampled(w, sample)).collect();
     let sets: Vec<TrainingSet<'_>> = windows
         .iter()
+        .zip(&samples)
         .zip(&names)
-        .map(|(w, name)| TrainingSet {
+        .map(|((w, s), name)| TrainingSet {
             name,
-            rows: &w.batch,
+            rows: s.as_ref().unwrap_or(&w.batch),
         })
         .collect();
     train_models(backend, schema, config, &sets)
@@ -64,6 +139,7 @@ pub trait Training<'s> {
         backend: Rc<dyn Backend>,
         schema: Arc<SourceSchema>,
         config: ModelConfig,
+        sample: Option<GenericSample>,
         stats: SharedStats,
     ) -> (
         StreamVec<'s, u64, Arc<Model>>,
@@ -77,6 +153,7 @@ impl<'s> Training<'s> for StreamVec<'s, u64, Prepared> {
         backend: Rc<dyn Backend>,
         schema: Arc<SourceSchema>,
         config: ModelConfig,
+        sample: Option<GenericSample>,
         stats: SharedStats,
     ) -> (
         StreamVec<'s, u64, Arc<Model>>,
@@ -89,7 +166,13 @@ impl<'s> Training<'s> for StreamVec<'s, u64, Prepared> {
                 for (cap, mut windows) in pending.ready(&[frontier]) {
                     windows.sort_by(|a, b| a.window.user.cmp(&b.window.user));
                     let started = Instant::now();
-                    let models = train_windows(backend.as_ref(), &schema, &config, &windows);
+                    let models = train_windows(
+                        backend.as_ref(),
+                        &schema,
+                        &config,
+                        &windows,
+                        sample.as_ref(),
+                    );
                     let mut s = stats.borrow_mut();
                     s.train_seconds += started.elapsed().as_secs_f64();
                     s.train_failed += models.iter().filter(|m| m.is_err()).count() as u64;
@@ -137,7 +220,7 @@ mod tests {
         assert!(!want.is_empty());
         let (schema, model) = (f.schema.clone(), cfg.model.clone());
         let (out, stats) = run_stage(epochs, move |s, stats| {
-            both(s.training(cpu(), schema, model, stats))
+            both(s.training(cpu(), schema, model, None, stats))
         });
         let got: Vec<(u64, String, usize)> = out
             .iter()
@@ -153,5 +236,48 @@ mod tests {
         assert_eq!(stats.train_failed, 0);
         // The training time is recorded at all (not a speed check: speed is bench/'s).
         assert!(stats.train_seconds > 0.0);
+    }
+
+    #[test]
+    fn the_generic_sample_keeps_sparse_users_whole_and_shares_the_rest_equally() {
+        // a: 5 rows, b: 3 (both sparse: under 10), c: 40, d: 12 (dense).
+        let mut users: Vec<Option<&str>> = Vec::new();
+        for (u, n) in [("a", 5), ("c", 40), ("b", 3), ("d", 12)] {
+            users.extend(std::iter::repeat_n(Some(u), n));
+        }
+        let cfg = GenericSample {
+            user: "generic_user".into(),
+            max_rows: 30,
+            sparse_below: 10,
+        };
+        let kept = sample_generic(&users, &cfg).unwrap();
+        let count = |u: &str| kept.iter().filter(|&&i| users[i] == Some(u)).count();
+        // 8 sparse rows kept whole; 22 left: d keeps its 11 (half), c the other 11.
+        assert_eq!(
+            (count("a"), count("b"), count("c"), count("d")),
+            (5, 3, 11, 11)
+        );
+        assert_eq!(kept.len(), 30);
+        assert!(kept.windows(2).all(|w| w[0] < w[1]), "in window order");
+        // c's rows spread over its window: its first and one of its last rows.
+        let c: Vec<usize> = kept
+            .iter()
+            .copied()
+            .filter(|&i| users[i] == Some("c"))
+            .collect();
+        assert_eq!(c[0], 5);
+        assert!(*c.last().unwrap() >= 5 + 36);
+        assert_eq!(kept, sample_generic(&users, &cfg).unwrap(), "deterministic");
+        // A window within the bound is kept whole.
+        let all = GenericSample {
+            max_rows: 60,
+            ..cfg.clone()
+        };
+        assert_eq!(sample_generic(&users, &all), None);
+        // Sparse users beyond the bound share it; dense users get nothing.
+        let tight = GenericSample { max_rows: 6, ..cfg };
+        let kept = sample_generic(&users, &tight).unwrap();
+        assert_eq!(kept.len(), 6);
+        assert!(kept.iter().all(|&i| matches!(users[i], Some("a" | "b"))));
     }
 }

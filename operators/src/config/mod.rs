@@ -369,6 +369,9 @@ impl RunConfig {
         for (i, sink) in self.sinks.iter().enumerate() {
             sink.check(&format!("sinks[{i}]"), &mut p);
         }
+        if self.split.generic_max_rows == Some(0) {
+            p.push("split.generic_max_rows", "at least 1 row");
+        }
         if self.split.generic_user.is_empty() {
             p.push("split.generic_user", "must not be empty");
         }

@@ -49,7 +49,7 @@ use crate::shadow::ShadowLines;
 use crate::sink::{SinkSet, WriteSinks};
 use crate::split_users::SplitUsers;
 use crate::state::StageState;
-use crate::training::Training;
+use crate::training::{GenericSample, Training};
 
 /// Everything one worker's graph is built from: the settings, and each stateful stage with
 /// its checkpoint writer.
@@ -124,10 +124,16 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
     );
     let (train_w, infer_w) = windows.ok_err(|w| if w.train { Ok(w) } else { Err(w) });
     let (train_p, bad_train) = train_w.data_prep(s.schema.clone());
+    let sample = cfg.split.generic_max_rows.map(|max_rows| GenericSample {
+        user: cfg.split.generic_user.clone(),
+        max_rows,
+        sparse_below: cfg.training_window.min_history,
+    });
     let (models, failed) = train_p.training(
         s.backend.clone(),
         s.schema.clone(),
         cfg.model.clone(),
+        sample,
         s.stats.clone(),
     );
     let (notes, unregistered) = models.registry_writer(
