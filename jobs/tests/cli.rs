@@ -168,7 +168,12 @@ fn the_report_of_a_run_loads_in_a_real_browser_with_its_charts_drawn() {
         .lines()
         .count();
     assert!(detections > 5, "{detections} detections");
-    // `dfp report` writes it again, capped at 5 points.
+    // `dfp report` writes it again, capped at 5 points; a line of the alerts that is not JSON
+    // is counted on the page.
+    let alerts = demo.join("output/dfp_alerts_azure.jsonl");
+    let mut text = std::fs::read_to_string(&alerts).unwrap();
+    text.push_str("{not json\n");
+    std::fs::write(&alerts, text).unwrap();
     let capped = dir.path().join("capped.html");
     let out = dfp(&[
         "report",
@@ -214,6 +219,9 @@ fn the_report_of_a_run_loads_in_a_real_browser_with_its_charts_drawn() {
         assert!(dom.contains("<h2>Drift per feature</h2>") && dom.contains("<h2>Alerts</h2>"));
     }
     assert!(html.contains("the timeline and the detection table show the 5 strongest"));
+    assert!(html.contains("1 lines of") && html.contains("that are not JSON"));
+    // Each detection's own fields are in its row.
+    assert!(html.contains("<th>event</th>") && html.contains("appDisplayName="));
     let shot = dir.path().join("report.png");
     let out = chromium(&[
         "--window-size=1200,1600",

@@ -62,15 +62,38 @@ struct Detection {
     calibrated_z: f64,
     top: Vec<String>,
     z: Vec<(String, f64)>,
+    /// The event's own fields (input and derived columns), `name=value`.
+    event: Vec<String>,
 }
 
-fn json_lines(path: &Path) -> Result<Vec<Value>> {
+/// Columns of a detection line that are not the event's own.
+const NOT_EVENT: [&str; 11] = [
+    "timestamp",
+    "username",
+    "event_id",
+    "event_time",
+    "model_version",
+    "max_abs_z",
+    "mean_abs_z",
+    "calibrated_z",
+    "top_features",
+    "detection_id",
+    "z_loss_scaler_type",
+];
+
+/// A JSON-lines file's values (none when it is not there), and how many lines were not JSON
+/// (the page says so).
+fn json_lines(path: &Path) -> Result<(Vec<Value>, usize)> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(text) => {
+            let mut bad = 0;
+            let values = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).map_err(|_| bad += 1).ok())
+                .collect();
+            Ok((values, bad))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), 0)),
         Err(e) => Err(Error::io(path, "reading", e)),
     }
 }
@@ -132,6 +155,18 @@ fn detection(v: &Value) -> Detection {
     z.sort_by(|a, b| b.1.total_cmp(&a.1));
     z.truncate(3);
     let ts = s("timestamp");
+    let event = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| {
+            !NOT_EVENT.contains(&k.as_str()) && !["_loss", "_pred"].iter().any(|x| k.ends_with(x))
+        })
+        .map(|(k, x)| match x.as_str() {
+            Some(text) => format!("{k}={text}"),
+            None => format!("{k}={x}"),
+        })
+        .collect();
     Detection {
         user: s("username"),
         t: seconds(&ts),
@@ -147,6 +182,7 @@ fn detection(v: &Value) -> Detection {
             .filter_map(|x| x.as_str().map(str::to_string))
             .collect(),
         z,
+        event,
     }
 }
 
@@ -344,15 +380,26 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
                 source: e,
             })
         })?;
-    let mut all: Vec<Detection> = json_lines(&output_path(out, src, OutKind::DetectionsJson))?
+    let mut notes: Vec<String> = Vec::new();
+    let mut read = |kind: OutKind| -> Result<Vec<Value>> {
+        let path = output_path(out, src, kind);
+        let (values, bad) = json_lines(&path)?;
+        if bad > 0 {
+            notes.push(format!(
+                "{bad} lines of {} that are not JSON",
+                path.display()
+            ));
+        }
+        Ok(values)
+    };
+    let mut all: Vec<Detection> = read(OutKind::DetectionsJson)?
         .iter()
         .map(detection)
         .collect();
+    let alerts = read(OutKind::Alerts)?;
+    let dead = read(OutKind::DeadLetters)?;
     all.sort_by(|a, b| b.mean_abs_z.total_cmp(&a.mean_abs_z));
     let shown: Vec<&Detection> = all.iter().take(opts.max_points).collect();
-    let alerts = json_lines(&output_path(out, src, OutKind::Alerts))?;
-    let dead = json_lines(&output_path(out, src, OutKind::DeadLetters))?;
-    let mut notes: Vec<String> = Vec::new();
 
     let mut html = String::new();
     let st = &run["stats"];
@@ -577,6 +624,7 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
                 format!("{:.2}", d.calibrated_z),
                 esc(&d.top.join(", ")),
                 z.join("<br>"),
+                esc(&d.event.join("; ")),
                 esc(&d.model),
             ]
         })
@@ -593,6 +641,7 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
                 "calibrated_z",
                 "top features",
                 "largest z-losses",
+                "event",
                 "model",
             ],
             &det_rows,
