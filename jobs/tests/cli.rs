@@ -151,11 +151,7 @@ fn the_report_of_a_run_loads_in_a_real_browser_with_its_charts_drawn() {
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
     let out = small_demo(&demo);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     // The demo writes the report and says where.
     let page = demo.join("output/dfp_report_azure.html");
     assert!(
@@ -184,11 +180,7 @@ fn the_report_of_a_run_loads_in_a_real_browser_with_its_charts_drawn() {
         "--max-points",
         "5",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     let html = std::fs::read_to_string(&capped).unwrap();
     assert!(
         !html.contains("http://") && !html.contains("https://"),
@@ -294,11 +286,7 @@ fn ingest_dead_letters_bad_records_and_broken_files_and_goes_on() {
         "--dead-letter",
         dead.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(summary["files"], 3);
     assert_eq!(summary["rows"], 4);
@@ -373,11 +361,7 @@ fn generate_writes_morpheus_shaped_files_a_json_reader_loads() {
             out.to_str().unwrap(),
         ];
         let run = dfp(&args);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        common::succeeded(&run);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&out)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -556,11 +540,7 @@ fn models_promote_and_rollback_move_the_champion_and_refuse_what_does_not_exist(
             "--registry",
             reg,
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::succeeded(&out);
     }
     assert_eq!(listed(), ("2".into(), "-".into()));
     let out = dfp(&[
@@ -610,11 +590,7 @@ fn models_shadow_compares_each_challenger_with_its_champion() {
     let shown = dfp(&[
         "models", "shadow", "--output", out, "--source", "duo", "--json",
     ]);
-    assert!(
-        shown.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shown.stderr)
-    );
+    common::succeeded(&shown);
     let v: serde_json::Value = serde_json::from_str(stdout(&shown).trim()).unwrap();
     assert_eq!(v["model"], "DFP-duo-u");
     assert_eq!(v["rows"], 2);
@@ -731,11 +707,7 @@ fn models_with_an_mlflow_registry_push_promotions_and_sync_says_what_it_could_no
     // Up: sync pushes both versions and the champion; a rollback is pushed at once.
     let server = MlflowServer::on(port);
     let out = with(&["models", "sync"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     assert!(
         stdout(&out).contains("2 versions and 1 alias updates pushed"),
         "{}",
@@ -769,11 +741,7 @@ fn feedback_records_verdicts_by_detection_id_and_reports_precision() {
     let dir = tempfile::tempdir().unwrap();
     let ids = |demo: &Path| -> Vec<String> {
         let out = small_demo(demo);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::succeeded(&out);
         std::fs::read_to_string(demo.join("output/dfp_detections_azure.jsonl"))
             .unwrap()
             .lines()
@@ -808,11 +776,7 @@ fn feedback_records_verdicts_by_detection_id_and_reports_precision() {
         (&first[2], "true_positive"),
     ] {
         let out = give(id, label);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::succeeded(&out);
         assert!(stdout(&out).contains(label));
     }
     // Again: reported, not written twice; changed: the latest counts.
@@ -844,11 +808,7 @@ fn feedback_records_verdicts_by_detection_id_and_reports_precision() {
         std::fs::read_to_string(dir.path().join("a/output/dfp_feedback_azure.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4, "{lines}");
     let out = dfp(&["feedback", "--output", output, "--report", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let all = &r["overall"];
     assert_eq!(
@@ -891,11 +851,7 @@ fn feedback_records_verdicts_by_detection_id_and_reports_precision() {
         "--registry",
         models,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     assert!(
         stdout(&out).contains("silenced for 30 days"),
         "{}",
@@ -956,11 +912,7 @@ fn feedback_records_verdicts_by_detection_id_and_reports_precision() {
         "--output",
         again.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     assert!(
         stdout(&out).contains(&format!("({silenced} silenced by feedback)")),
         "{}",

@@ -23,11 +23,7 @@ fn logs(dir: &Path) {
         "--out",
         dir.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     std::fs::remove_file(dir.join("labels.jsonl")).unwrap();
 }
 

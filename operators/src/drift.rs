@@ -96,10 +96,10 @@ impl Tallies {
             .entry(label.to_string())
             .or_insert_with(|| (0, generic, BTreeMap::new()));
         entry.0 += batch.num_rows();
-        for (name, tally) in model.preprocessor.feature_names().zip(&tallies) {
+        for (name, tally) in model.preprocessor.feature_names().zip(tallies) {
             let Some(t) = tally else { continue };
-            add_to(&mut self.all, name, t);
-            add_to(&mut entry.2, name, t);
+            add_to(&mut self.all, name.to_string(), t.clone());
+            add_to(&mut entry.2, name.to_string(), t);
         }
     }
 
@@ -128,13 +128,14 @@ impl Tallies {
     }
 }
 
-fn add_to(map: &mut BTreeMap<String, Tally>, feature: &str, tally: &Tally) {
-    match map.get_mut(feature) {
-        Some(t) => {
-            t.merge(tally);
+/// Adds `tally` to the one `map` holds under `key`, or holds it there.
+fn add_to<K: Ord>(map: &mut BTreeMap<K, Tally>, key: K, tally: Tally) {
+    match map.entry(key) {
+        std::collections::btree_map::Entry::Occupied(mut o) => {
+            o.get_mut().merge(&tally);
         }
-        None => {
-            map.insert(feature.to_string(), tally.clone());
+        std::collections::btree_map::Entry::Vacant(v) => {
+            v.insert(tally);
         }
     }
 }
@@ -157,14 +158,7 @@ pub struct Drift {
 pub fn epoch(tallies: Vec<FeatureTally>, cfg: &DriftConfig) -> Vec<Drift> {
     let mut sums: BTreeMap<(String, String), Tally> = BTreeMap::new();
     for t in tallies {
-        match sums.get_mut(&(t.model.clone(), t.feature.clone())) {
-            Some(s) => {
-                s.merge(&t.tally);
-            }
-            None => {
-                sums.insert((t.model, t.feature), t.tally);
-            }
-        }
+        add_to(&mut sums, (t.model, t.feature), t.tally);
     }
     sums.into_iter()
         .map(|((model, feature), tally)| {

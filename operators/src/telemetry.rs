@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use dfp_engine::{Error, Result};
 
@@ -71,129 +71,157 @@ impl Default for Telemetry {
     }
 }
 
+/// A new metric of type `M`, registered in `registry` under `name` (with its unit, if any).
+fn metric<M: Metric + Clone + Default>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+) -> M {
+    let m = M::default();
+    match unit {
+        Some(u) => registry.register_with_unit(name, help, u, m.clone()),
+        None => registry.register(name, help, m.clone()),
+    }
+    m
+}
+
 impl Telemetry {
     /// Every metric, registered.
     pub fn new() -> Telemetry {
         let mut registry = Registry::with_prefix("dfp");
-        let mut counter = |name: &str, help: &str| {
-            let c = Counter::default();
-            registry.register(name, help, c.clone());
-            c
-        };
-        let files = counter("files_read", "Log files read");
-        let rows = counter("events_read", "Log records read into rows");
-        let dead_letters = counter(
+        let r = &mut registry;
+        let files: Counter = metric(r, "files_read", "Log files read", None);
+        let rows: Counter = metric(r, "events_read", "Log records read into rows", None);
+        let dead_letters: Counter = metric(
+            r,
             "dead_letters",
             "Records, files and rows written to the dead-letter output (bad input, late records, unscored rows)",
+            None,
         );
-        let models_trained = counter("models_trained", "Model versions trained");
-        let training_failures = counter("training_failures", "Models whose training failed");
-        let train_epochs = counter("training_epochs", "Epochs with a training task");
-        let infer_epochs = counter("inference_epochs", "Epochs with an inference task");
-        let scored = counter("events_scored", "Rows scored");
-        let generic_fallbacks = counter(
+        let models_trained: Counter = metric(r, "models_trained", "Model versions trained", None);
+        let training_failures: Counter =
+            metric(r, "training_failures", "Models whose training failed", None);
+        let train_epochs: Counter =
+            metric(r, "training_epochs", "Epochs with a training task", None);
+        let infer_epochs: Counter =
+            metric(r, "inference_epochs", "Epochs with an inference task", None);
+        let scored: Counter = metric(r, "events_scored", "Rows scored", None);
+        let generic_fallbacks: Counter = metric(
+            r,
             "generic_fallbacks",
             "Rows scored by the generic model because their user had none",
+            None,
         );
-        let detections = counter("detections", "Detections written");
-        let over_budget = counter(
+        let detections: Counter = metric(r, "detections", "Detections written", None);
+        let over_budget: Counter = metric(
+            r,
             "detections_over_budget",
             "Detections held back by the alert budget",
+            None,
         );
-        let alerts = counter(
+        let alerts: Counter = metric(
+            r,
             "alerts",
             "Alerts opened (detections grouped by suppression)",
+            None,
         );
-        let promoted = counter(
+        let promoted: Counter = metric(
+            r,
             "challengers_promoted",
             "Challengers promoted by the automatic policy",
+            None,
         );
-        let parity_breaches = counter(
+        let parity_breaches: Counter = metric(
+            r,
             "parity_breaches",
             "Groups flagged outside the alert-rate parity band",
+            None,
         );
-        let drifted_features = counter(
+        let drifted_features: Counter = metric(
+            r,
             "drifted_features",
             "Features drifted across all models, one per epoch and feature",
+            None,
         );
-        let suppressed = counter(
+        let suppressed: Counter = metric(
+            r,
             "detections_suppressed",
             "Detections silenced by analysts' suppression rules",
+            None,
         );
-        let epochs_done = counter(
+        let epochs_done: Counter = metric(
+            r,
             "epochs_written",
             "Epochs whose output the dataflow has written",
+            None,
         );
-        let checkpoint_writes = counter(
+        let checkpoint_writes: Counter = metric(
+            r,
             "checkpoint_writes",
             "Stage states written at checkpoints, summed over workers",
+            None,
         );
-        let bytes = Counter::default();
-        registry.register_with_unit("input", "Input read", Unit::Bytes, bytes.clone());
-        let train_seconds = Seconds::default();
-        registry.register_with_unit(
+        let bytes: Counter = metric(r, "input", "Input read", Some(Unit::Bytes));
+        let train_seconds: Seconds = metric(
+            r,
             "training",
             "Time spent training models, summed over workers",
-            Unit::Seconds,
-            train_seconds.clone(),
+            Some(Unit::Seconds),
         );
-        let score_seconds = Seconds::default();
-        registry.register_with_unit(
+        let score_seconds: Seconds = metric(
+            r,
             "scoring",
             "Time spent scoring rows, summed over workers",
-            Unit::Seconds,
-            score_seconds.clone(),
+            Some(Unit::Seconds),
         );
-        let epoch_seconds = Seconds::default();
-        registry.register_with_unit(
+        let epoch_seconds: Seconds = metric(
+            r,
             "epoch_latency",
             "Time from an epoch's input closing to its output written, summed over epochs",
-            Unit::Seconds,
-            epoch_seconds.clone(),
+            Some(Unit::Seconds),
         );
-        let last_epoch_seconds = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
+        let last_epoch_seconds: Gauge<f64, AtomicU64> = metric(
+            r,
             "last_epoch_latency",
             "Time from the last written epoch's input closing to its output written",
-            Unit::Seconds,
-            last_epoch_seconds.clone(),
+            Some(Unit::Seconds),
         );
-        let checkpoint_seconds = Seconds::default();
-        registry.register_with_unit(
+        let checkpoint_seconds: Seconds = metric(
+            r,
             "checkpoint_write",
             "Time spent writing stage states at checkpoints, summed over workers",
-            Unit::Seconds,
-            checkpoint_seconds.clone(),
+            Some(Unit::Seconds),
         );
-        let consumer_lag = Gauge::default();
-        registry.register(
+        let consumer_lag: Gauge = metric(
+            r,
             "consumer_lag_records",
             "Records in the source topic's partitions not read yet (Kafka sources)",
-            consumer_lag.clone(),
+            None,
         );
-        let feedback_judged = Gauge::default();
-        registry.register(
+        let feedback_judged: Gauge = metric(
+            r,
             "feedback_judged_detections",
             "Detections of the run's output with an analyst's verdict (from the feedback topic)",
-            feedback_judged.clone(),
+            None,
         );
-        let feedback_precision = Gauge::<f64, AtomicU64>::default();
-        registry.register(
+        let feedback_precision: Gauge<f64, AtomicU64> = metric(
+            r,
             "feedback_precision_ratio",
             "Share of judged detections that were true positives",
-            feedback_precision.clone(),
+            None,
         );
-        let users = Gauge::default();
-        registry.register(
+        let users: Gauge = metric(
+            r,
             "users",
             "Users seen by the workers (each counted by the worker that owns it)",
-            users.clone(),
+            None,
         );
-        let workers_done = Gauge::default();
-        registry.register(
+        let workers_done: Gauge = metric(
+            r,
             "workers_finished",
             "Workers that have finished the run",
-            workers_done.clone(),
+            None,
         );
         Telemetry {
             registry,

@@ -19,6 +19,16 @@ pub fn dfp(args: &[&str]) -> Output {
         .expect("run dfp")
 }
 
+/// Asserts that a `dfp` run exited 0, showing its stderr when it did not.
+#[track_caller]
+pub fn succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `dfp`, to be started by the caller.
 pub fn dfp_command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dfp"));
