@@ -525,6 +525,9 @@ impl RollingWindows {
     /// Training windows at `epoch` for the users `requests` ask for (drift lasted), those that
     /// have not emitted one at this epoch already and have rows since their last one.
     pub fn retrain(&mut self, requests: &[Retrain], epoch: u64) -> Vec<Window> {
+        if requests.is_empty() {
+            return Vec::new();
+        }
         let mut users: Vec<&String> = self
             .users
             .keys()
