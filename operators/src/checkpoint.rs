@@ -37,7 +37,7 @@ use timely::progress::frontier::MutableAntichain;
 /// The first bytes of every state file.
 pub const MAGIC: &[u8; 8] = b"DFPSTATE";
 /// The state format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const PREFIX: usize = 8 + 4 + 8 + 8 + 8;
 const LIMIT: usize = 1 << 34;
 

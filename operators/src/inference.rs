@@ -298,6 +298,12 @@ impl Scorer {
                 .filter_map(|((w, ..), s)| s.as_ref().map(|(_, m)| (m.as_ref(), &w.batch))),
         );
         let mut results = score(backend, &requests, self.batch_size);
+        let explains: Vec<Vec<String>> = self
+            .schema
+            .familiar
+            .iter()
+            .map(|f| f.explains.clone())
+            .collect();
         let mut shadow_results = results.split_off(chosen.len()).into_iter();
         let mut scored = Vec::new();
         let mut tallies = Tallies::default();
@@ -305,14 +311,20 @@ impl Scorer {
             chosen.into_iter().zip(results).zip(shadows)
         {
             let shadow = shadow.and_then(|(label, m)| match shadow_results.next()? {
-                Ok(s) => Some((label, m, s)),
+                Ok(mut s) => {
+                    s.explain(&w.window.familiar, &explains);
+                    Some((label, m, s))
+                }
                 Err(e) => {
                     tracing::error!(model = %label, error = %e.chain(), "shadow scoring failed: no challenger scores for these rows");
                     None
                 }
             });
             let s = match result {
-                Ok(s) => s,
+                Ok(mut s) => {
+                    s.explain(&w.window.familiar, &explains);
+                    s
+                }
                 Err(e) => {
                     let reason = format!("scoring with {label} failed: {}", e.chain());
                     tracing::error!(model = %label, error = %reason, "scoring failed");

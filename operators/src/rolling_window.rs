@@ -34,7 +34,7 @@ use dfp_engine::config::{Problems, join};
 use dfp_engine::period::parse_duration;
 use dfp_engine::rows::{Row, Value};
 use dfp_engine::schema::MISSING_STRING as MISSING;
-use dfp_engine::schema::{DerivedKind, SourceSchema};
+use dfp_engine::schema::{DerivedKind, ProfileKind, SourceSchema};
 use dfp_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
@@ -110,6 +110,153 @@ impl WindowConfig {
         if let Err(e) = self.max_history_us() {
             p.push(join(at, "max_history"), e);
         }
+    }
+}
+
+/// Familiar values (`[familiarity]`): what the rolling window tracks per user for the
+/// schema's `[[familiar]]` entries, and when a value counts as familiar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FamiliarityConfig {
+    /// Track familiar values and let them explain the features the schema names.
+    pub enabled: bool,
+    /// How long before a row the user must first have had its value ("4h"): a burst of new
+    /// activity is never familiar to itself.
+    pub after: String,
+    /// How far back a first sighting counts ("14d"), in whole UTC days kept.
+    pub within: String,
+}
+
+impl Default for FamiliarityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            after: "4h".into(),
+            within: "14d".into(),
+        }
+    }
+}
+
+impl FamiliarityConfig {
+    /// `(after, within)` in µs, if both parse and `after < within`.
+    fn spans_us(&self) -> std::result::Result<(i64, i64), (&'static str, String)> {
+        let us = |key: &'static str, text: &str| {
+            parse_duration(text)
+                .ok()
+                .and_then(|d| d.num_microseconds())
+                .filter(|&us| us > 0)
+                .ok_or((
+                    key,
+                    format!("{text:?} must be a positive duration like \"4h\""),
+                ))
+        };
+        let (after, within) = (us("after", &self.after)?, us("within", &self.within)?);
+        if after >= within {
+            return Err((
+                "after",
+                format!("must be shorter than within ({:?})", self.within),
+            ));
+        }
+        Ok((after, within))
+    }
+
+    /// Records every problem at `at`.
+    pub fn check(&self, at: &str, p: &mut Problems) {
+        if let Err((key, e)) = self.spans_us() {
+            p.push(join(at, key), e);
+        }
+    }
+}
+
+/// What one `[[familiar]]` entry tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tracked {
+    /// A column's value ([`Row::values`] index).
+    Value(usize),
+    /// The UTC hour, familiar when the hour before, the hour or the hour after is.
+    Hour,
+}
+
+/// The schema's familiar entries with the run's spans.
+#[derive(Debug, Clone)]
+pub struct FamiliarPlan {
+    tracked: Vec<Tracked>,
+    after_us: i64,
+    within_us: i64,
+}
+
+impl FamiliarPlan {
+    /// The keys under which entry `k` records `row` (the column's value, or the hour).
+    fn key(&self, k: usize, ts: i64, row: &Row) -> String {
+        match self.tracked[k] {
+            Tracked::Value(c) => distinct_key(row, c),
+            Tracked::Hour => hour_of(ts).to_string(),
+        }
+    }
+}
+
+fn hour_of(ts: i64) -> i64 {
+    ts.div_euclid(3_600_000_000).rem_euclid(24)
+}
+
+/// When a user first had each tracked value on each UTC day, over the last `within`: a row is
+/// familiar for an entry when some day's first sighting of its value lies in
+/// `[ts - within, ts - after]`. First sightings only, so the state is a day per value, and the
+/// answer does not depend on the order rows arrived in within an epoch.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Familiar {
+    /// By (entry, value): (UTC day, first event time that day), days ascending.
+    first: BTreeMap<(u8, String), Vec<(i64, i64)>>,
+    newest: Option<i64>,
+}
+
+impl Familiar {
+    /// Records `rows` and forgets days older than `within` before the newest row.
+    fn see<'r>(&mut self, plan: &FamiliarPlan, rows: impl Iterator<Item = &'r Row>) {
+        for row in rows {
+            let day = row.ts.div_euclid(DAY_US);
+            for k in 0..plan.tracked.len() {
+                let days = self
+                    .first
+                    .entry((k as u8, plan.key(k, row.ts, row)))
+                    .or_default();
+                let at = days.partition_point(|&(d, _)| d < day);
+                match days.get_mut(at) {
+                    Some((d, first)) if *d == day => *first = (*first).min(row.ts),
+                    _ => days.insert(at, (day, row.ts)),
+                }
+            }
+            self.newest = Some(self.newest.map_or(row.ts, |n| n.max(row.ts)));
+        }
+        if let Some(newest) = self.newest {
+            let oldest = newest.saturating_sub(plan.within_us).div_euclid(DAY_US);
+            self.first.retain(|_, days| {
+                days.retain(|&(d, _)| d >= oldest);
+                !days.is_empty()
+            });
+        }
+    }
+
+    /// Bit `k` set when `row` is familiar for entry `k`.
+    fn bits(&self, plan: &FamiliarPlan, row: &Row) -> u64 {
+        let seen = |k: usize, key: String| {
+            let lo = row.ts.saturating_sub(plan.within_us);
+            let hi = row.ts.saturating_sub(plan.after_us);
+            self.first
+                .get(&(k as u8, key))
+                .is_some_and(|days| days.iter().any(|&(_, t)| (lo..=hi).contains(&t)))
+        };
+        (0..plan.tracked.len())
+            .filter(|&k| match plan.tracked[k] {
+                Tracked::Value(_) => seen(k, plan.key(k, row.ts, row)),
+                Tracked::Hour => {
+                    let h = hour_of(row.ts);
+                    [h + 23, h, h + 1]
+                        .iter()
+                        .any(|n| seen(k, (n % 24).to_string()))
+                }
+            })
+            .fold(0, |bits, k| bits | (1 << k))
     }
 }
 
@@ -296,6 +443,10 @@ pub struct Window {
     pub rows: Vec<Row>,
     /// Per row, the derived feature values (schema order).
     pub derived: Vec<Vec<i64>>,
+    /// Per row of a scoring window, with `[familiarity]` on: bit `k` set when the row's value
+    /// of the schema's `familiar[k]` was familiar to its user (else empty).
+    #[serde(default)]
+    pub familiar: Vec<u64>,
 }
 
 /// One user's window state.
@@ -308,6 +459,8 @@ pub struct UserWindow {
     fresh: usize,
     newest: Option<i64>,
     last_emit: Option<u64>,
+    /// The user's familiar values (inference windows, with `[familiarity]` on).
+    familiar: Familiar,
 }
 
 impl UserWindow {
@@ -393,6 +546,7 @@ impl UserWindow {
             train,
             rows: Vec::new(),
             derived: Vec::new(),
+            familiar: Vec::new(),
         };
         for (row, derived) in held {
             let mut derived = derived.clone();
@@ -427,6 +581,7 @@ pub struct RollingWindows {
     training_us: i64,
     inference_us: i64,
     plan: DerivedPlan,
+    familiar: Option<FamiliarPlan>,
     users: WindowState,
 }
 
@@ -466,8 +621,53 @@ impl RollingWindows {
             training,
             inference,
             plan: DerivedPlan::new(schema)?,
+            familiar: None,
             users: HashMap::new(),
         })
+    }
+
+    /// Tracks the schema's familiar values per user when `cfg` turns them on: every row of a
+    /// user (training or scoring) is recorded, and each scoring window says per row which
+    /// entries were familiar ([`Window::familiar`]).
+    pub fn with_familiarity(
+        mut self,
+        schema: &SourceSchema,
+        cfg: &FamiliarityConfig,
+    ) -> Result<Self> {
+        if !cfg.enabled || schema.familiar.is_empty() {
+            return Ok(self);
+        }
+        let invalid = |e: String| Error::model("rolling window", format!("familiarity: {e}"));
+        let (after_us, within_us) = cfg
+            .spans_us()
+            .map_err(|(k, e)| invalid(format!("{k}: {e}")))?;
+        if schema.familiar.len() > 64 {
+            return Err(invalid(format!(
+                "at most 64 [[familiar]] entries, not {}",
+                schema.familiar.len()
+            )));
+        }
+        let arrow = schema.arrow_schema();
+        let tracked = schema
+            .familiar
+            .iter()
+            .map(|f| match (f.kind, f.column.as_deref()) {
+                (ProfileKind::HourOfDay, _) => Ok(Tracked::Hour),
+                (ProfileKind::Value, Some(c)) => arrow
+                    .index_of(c)
+                    .ok()
+                    .and_then(|i| i.checked_sub(2))
+                    .map(Tracked::Value)
+                    .ok_or_else(|| invalid(format!("unknown column {c:?}"))),
+                (ProfileKind::Value, None) => Err(invalid("a value entry needs a column".into())),
+            })
+            .collect::<Result<_>>()?;
+        self.familiar = Some(FamiliarPlan {
+            tracked,
+            after_us,
+            within_us,
+        });
+        Ok(self)
     }
 
     /// Replaces every user's window with a checkpoint's (its state at a cut).
@@ -481,13 +681,21 @@ impl RollingWindows {
         let mut out = Emitted::default();
         let UserRows {
             user,
+            generic,
             train,
             infer,
             payload,
             history_only,
             rows,
-            ..
         } = rows;
+        if let Some(plan) = &self.familiar
+            && !generic
+        {
+            let mut sorted: Vec<&Row> = rows.iter().collect();
+            sorted.sort_by_key(|r| r.key());
+            let state = self.users.entry((user.clone(), false)).or_default();
+            state.familiar.see(plan, sorted.into_iter());
+        }
         let purposes: Vec<bool> = [(true, train), (false, infer)]
             .into_iter()
             .filter_map(|(purpose, on)| on.then_some(purpose))
@@ -515,8 +723,18 @@ impl RollingWindows {
                     .push(DeadLetter::late(&user, row, &cfg.max_history));
             }
             if !history_only {
-                out.windows
-                    .extend(state.emit(&user, (epoch, purpose, false), cfg, &self.plan));
+                let mut window = state.emit(&user, (epoch, purpose, false), cfg, &self.plan);
+                if let (Some(plan), Some(w)) = (&self.familiar, &mut window)
+                    && !purpose
+                    && let Some(known) = self.users.get(&(user.clone(), false))
+                {
+                    w.familiar = w
+                        .rows
+                        .iter()
+                        .map(|r| known.familiar.bits(plan, r))
+                        .collect();
+                }
+                out.windows.extend(window);
             }
         }
         out
@@ -899,6 +1117,106 @@ mod tests {
         let second = w.emit("u", (2, false, false), &infer, &plan).unwrap();
         assert_eq!(second.rows.len(), 2, "only the new rows are scored");
         assert_eq!(second.derived, vec![vec![3, 3, 2], vec![2, 1, 2]]);
+    }
+
+    #[test]
+    fn a_value_is_familiar_once_its_user_first_had_it_after_hours_earlier_within_the_lookback() {
+        let schema = SourceSchema::from_toml(
+            r#"
+            name = "s"
+            [timestamp]
+            path = "t"
+            [username]
+            path = "u"
+            [event_id]
+            path = "id"
+            [[columns]]
+            name = "app"
+            path = "app"
+            [[familiar]]
+            kind = "value"
+            column = "app"
+            explains = ["app"]
+            [[familiar]]
+            kind = "hour_of_day"
+            explains = ["app"]
+            [features]
+            categorical = ["app"]
+            "#,
+            "s.toml",
+        )
+        .unwrap();
+        let hour = 3_600_000_000;
+        let at = |user: &str, hours: i64, app: &str| Row {
+            ts: hours * hour,
+            user: Some(user.into()),
+            origin: Origin {
+                epoch: 0,
+                file: 0,
+                record: hours as u64,
+            },
+            values: vec![Value::Null, Value::Str(app.into())],
+        };
+        let piece = |user: &str, generic: bool, train: bool, rows: Vec<Row>| UserRows {
+            user: user.into(),
+            generic,
+            train,
+            infer: !train,
+            payload: false,
+            history_only: false,
+            rows,
+        };
+        let cfg = FamiliarityConfig {
+            enabled: true,
+            ..Default::default()
+        };
+        let mut windows =
+            RollingWindows::new(&schema, WindowConfig::training(), WindowConfig::inference())
+                .and_then(|w| w.with_familiarity(&schema, &cfg))
+                .unwrap();
+        // Training rows count (a payload or a stream alike); the generic user's copies do not
+        // count twice, and another user's values never count.
+        windows.push(piece("u", false, true, vec![at("u", 9, "mail")]), 1);
+        windows.push(
+            piece("generic_user", true, true, vec![at("u", 9, "vpn")]),
+            1,
+        );
+        windows.push(piece("v", false, false, vec![at("v", 9, "crm")]), 1);
+        let scored = |windows: &mut RollingWindows, epoch, mut rows: Vec<Row>| {
+            rows.iter_mut().for_each(|r| r.origin.epoch = epoch);
+            let out = windows.push(piece("u", false, false, rows), epoch);
+            assert_eq!(out.windows.len(), 1);
+            let w = &out.windows[0];
+            assert_eq!(w.familiar.len(), w.rows.len());
+            w.familiar.clone()
+        };
+        // (bit 0: the app; bit 1: the hour, within one hour)
+        let bits = scored(
+            &mut windows,
+            2,
+            vec![
+                at("u", 14, "mail"),
+                at("u", 11, "mail"),
+                at("u", 15, "crm"),
+                at("u", 16, "vpn"),
+                at("u", 24 + 10, "mail"),
+            ],
+        );
+        // In time order: 11 h, 2 h after the app's first sighting (not yet); 14 h, 5 h after
+        // (the app; hours 13-15 first had this epoch); 15 h, another user's app; 16 h, only in
+        // the generic user's copy; the next day at 10 h, the app and the hour (9 h) both.
+        assert_eq!(bits, [0, 0b01, 0, 0, 0b11]);
+        // 16 days later every sighting is older than the 14 days looked back over.
+        let bits = scored(&mut windows, 3, vec![at("u", 16 * 24 + 10, "mail")]);
+        assert_eq!(bits, [0]);
+
+        // Off: no bits.
+        let mut off =
+            RollingWindows::new(&schema, WindowConfig::training(), WindowConfig::inference())
+                .unwrap();
+        off.push(piece("u", false, true, vec![at("u", 9, "mail")]), 1);
+        let out = off.push(piece("u", false, false, vec![at("u", 14, "mail")]), 2);
+        assert!(out.windows[0].familiar.is_empty());
     }
 
     #[test]

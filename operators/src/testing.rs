@@ -152,6 +152,7 @@ impl Fixture {
             cfg.training_window.clone(),
             cfg.inference_window.clone(),
         )
+        .and_then(|w| w.with_familiarity(&self.schema, &cfg.familiarity))
         .unwrap_or_else(|e| panic!("{e}"));
         let arrow = self.schema.arrow_schema();
         self.days()

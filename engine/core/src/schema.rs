@@ -64,6 +64,10 @@ pub struct SourceSchema {
     /// Features each model computes from its training rows (how rare a value is for the user).
     #[serde(default)]
     pub profiles: Vec<ProfileSpec>,
+    /// Values a user has made familiar since a model was trained, and the features whose
+    /// surprise such a value explains (used when a run turns `[familiarity]` on).
+    #[serde(default)]
+    pub familiar: Vec<FamiliarSpec>,
     /// The autoencoder's inputs.
     pub features: FeatureSpec,
     /// Morpheus' own feature lists and output columns for this source, for runs that ask for
@@ -263,6 +267,22 @@ pub struct ProfileSpec {
     pub column: Option<String>,
 }
 
+/// A value whose familiarity the rolling window tracks per user: a row's value of `column`
+/// (`kind = "value"`) or its UTC hour within one hour (`kind = "hour_of_day"`). A row whose
+/// value the user first had at least the run's `after` earlier, on a day within its `within`,
+/// is familiar, and the features in `explains` count as unsurprising for it (their z-loss 0).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FamiliarSpec {
+    /// What is tracked.
+    pub kind: ProfileKind,
+    /// For `value`: the column.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// The features (columns, derived or profile features) a familiar value explains.
+    pub explains: Vec<String>,
+}
+
 /// The autoencoder's inputs, by kind.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -454,6 +474,34 @@ impl SourceSchema {
                     p.push(join(&at, "column"), "hour_of_day takes no column")
                 }
                 _ => {}
+            }
+        }
+
+        for (i, f) in self.familiar.iter().enumerate() {
+            let at = format!("familiar[{i}]");
+            match (f.kind, &f.column) {
+                (ProfileKind::Value, None) => p.push(join(&at, "column"), "value needs a column"),
+                (ProfileKind::Value, Some(col)) if self.column(col).is_none() => {
+                    p.push(join(&at, "column"), format!("unknown column {col:?}"))
+                }
+                (ProfileKind::HourOfDay, Some(_)) => {
+                    p.push(join(&at, "column"), "hour_of_day takes no column")
+                }
+                _ => {}
+            }
+            if f.explains.is_empty() {
+                p.push(join(&at, "explains"), "names no feature");
+            }
+            for (k, name) in f.explains.iter().enumerate() {
+                let known = self.column(name).is_some()
+                    || self.derived.iter().any(|d| &d.name == name)
+                    || self.profiles.iter().any(|d| &d.name == name);
+                if !known {
+                    p.push(
+                        format!("{at}.explains[{k}]"),
+                        format!("{name:?} is neither a column, a derived nor a profile feature"),
+                    );
+                }
             }
         }
 
@@ -700,6 +748,14 @@ mod tests {
             [[profiles]]
             name = "inc"
             kind = "value"
+            [[familiar]]
+            kind = "value"
+            column = "ghost"
+            explains = ["x", "nothing"]
+            [[familiar]]
+            kind = "hour_of_day"
+            column = "x"
+            explains = []
             [features]
             categorical = ["x", "ghost"]
             numeric = ["inc", "hours"]
@@ -727,6 +783,10 @@ mod tests {
             "profiles[0].column",
             "profiles[1].name",
             "profiles[1].column",
+            "familiar[0].column",
+            "familiar[0].explains[1]",
+            "familiar[1].column",
+            "familiar[1].explains",
             "features.categorical[1]",
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");

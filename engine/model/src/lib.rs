@@ -134,6 +134,40 @@ pub struct Scores {
     pub pred: Vec<String>,
 }
 
+impl Scores {
+    /// Takes the features that familiar values explain as unsurprising: for row `i`, every
+    /// feature named by an entry `k` of `explains` whose bit is set in `familiar[i]` gets a
+    /// z-loss of 0, and the row's `max_abs_z` and `mean_abs_z` are taken again. Names that are
+    /// not among this model's features are skipped; rows without bits are left as they are.
+    pub fn explain(&mut self, familiar: &[u64], explains: &[Vec<String>]) {
+        let f = self.features.len();
+        if f == 0 || familiar.iter().all(|&b| b == 0) {
+            return;
+        }
+        let index: Vec<Vec<usize>> = explains
+            .iter()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| self.features.iter().position(|x| x == n))
+                    .collect()
+            })
+            .collect();
+        for (i, &bits) in familiar.iter().enumerate().take(self.rows) {
+            if bits == 0 {
+                continue;
+            }
+            let z = &mut self.z_loss[i * f..(i + 1) * f];
+            for (k, features) in index.iter().enumerate().take(64) {
+                if bits & (1 << k) != 0 {
+                    features.iter().for_each(|&j| z[j] = 0.0);
+                }
+            }
+            (self.max_abs_z[i], self.mean_abs_z[i]) = network::max_and_mean(z);
+        }
+    }
+}
+
 /// Row indices of `batch` sorted by its `timestamp` column (stable; batch order without one).
 fn time_order(batch: &RecordBatch) -> (Vec<usize>, Option<i64>, Option<i64>) {
     let mut order: Vec<usize> = (0..batch.num_rows()).collect();
@@ -549,6 +583,25 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::{config, models, users};
     use super::*;
+
+    #[test]
+    fn familiar_values_zero_the_features_they_explain_and_the_row_scores_follow() {
+        let mut s = Scores {
+            features: vec!["a".into(), "b".into(), "c".into()],
+            rows: 3,
+            loss: vec![0.0; 9],
+            z_loss: vec![6.0, 3.0, 0.0, 6.0, 3.0, 0.0, 6.0, 3.0, 9.0],
+            max_abs_z: vec![6.0, 6.0, 9.0],
+            mean_abs_z: vec![3.0, 3.0, 6.0],
+            pred: vec![String::new(); 9],
+        };
+        // Entry 0 explains `a` and a feature this model does not have; entry 1 explains `c`.
+        let explains = vec![vec!["a".to_string(), "gone".into()], vec!["c".to_string()]];
+        s.explain(&[0, 0b01, 0b11], &explains);
+        assert_eq!(s.z_loss, [6.0, 3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 3.0, 0.0]);
+        assert_eq!(s.max_abs_z, [6.0, 3.0, 3.0]);
+        assert_eq!(s.mean_abs_z, [3.0, 1.0, 1.0]);
+    }
 
     #[test]
     fn trains_many_users_in_one_call_and_scores_them() {

@@ -97,6 +97,13 @@ pub struct Network {
     pub layers: Vec<Dense>,
 }
 
+/// A row's largest and mean |z| (0 for no feature).
+pub(crate) fn max_and_mean(z: &[f32]) -> (f32, f32) {
+    let max = z.iter().copied().fold(0.0, f32::max);
+    let mean = z.iter().map(|&v| f64::from(v)).sum::<f64>() as f32 / z.len().max(1) as f32;
+    (max, mean)
+}
+
 /// Per-row outputs of a forward pass on clean input: losses and predictions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Evaluation {
@@ -145,10 +152,9 @@ impl Evaluation {
                     .zip(mean.iter().zip(std))
                     .map(|(&l, (m, sd))| ((f64::from(l) - m) / sd).abs() as f32),
             );
-            let z = &self.z_loss[start..];
-            self.max_abs_z.push(z.iter().copied().fold(0.0, f32::max));
-            self.mean_abs_z
-                .push(z.iter().map(|&v| f64::from(v)).sum::<f64>() as f32 / f.max(1) as f32);
+            let (max, mean) = max_and_mean(&self.z_loss[start..]);
+            self.max_abs_z.push(max);
+            self.mean_abs_z.push(mean);
         }
     }
 

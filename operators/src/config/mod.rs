@@ -18,7 +18,7 @@ use crate::alerts::AlertConfig;
 use crate::filter_detections::DetectionConfig;
 use crate::inference::InferenceConfig;
 use crate::notify::NotifyConfig;
-use crate::rolling_window::WindowConfig;
+use crate::rolling_window::{FamiliarityConfig, WindowConfig};
 use crate::split_users::SplitConfig;
 
 pub use streams::{CheckpointConfig, SinkConfig, SourceConfig, SourceKind};
@@ -36,6 +36,8 @@ pub struct RunConfig {
     /// The inference window (Morpheus: 1 row, 0 new, 1 day, batch); keys left out keep these.
     #[serde(deserialize_with = "inference_window")]
     pub inference_window: WindowConfig,
+    /// Familiar values explaining features away (dfp's; off under Morpheus' defaults).
+    pub familiarity: FamiliarityConfig,
     /// The autoencoder's hyperparameters.
     pub model: ModelConfig,
     /// Inference.
@@ -313,6 +315,7 @@ impl Default for RunConfig {
             split: SplitConfig::default(),
             training_window: WindowConfig::training(),
             inference_window: WindowConfig::inference(),
+            familiarity: FamiliarityConfig::default(),
             model: ModelConfig::default(),
             inference: InferenceConfig::default(),
             detection: DetectionConfig::default(),
@@ -351,6 +354,7 @@ impl RunConfig {
         let mut p = Problems::new();
         self.training_window.check("training_window", &mut p);
         self.inference_window.check("inference_window", &mut p);
+        self.familiarity.check("familiarity", &mut p);
         self.model.check("model", &mut p);
         self.detection.check("detection", &mut p);
         self.alerts.check("alerts", &mut p);
@@ -434,12 +438,13 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_path() {
         let e = RunConfig::from_toml(
-            "[training_window]\nmax_history = \"soon\"\n[model]\nlr = -1.0\n[inference]\ncache_models = 0\n",
+            "[training_window]\nmax_history = \"soon\"\n[model]\nlr = -1.0\n[inference]\ncache_models = 0\n[familiarity]\nafter = \"20d\"\n",
             "cfg.toml",
         )
         .unwrap_err()
         .to_string();
         for key in [
+            "familiarity.after",
             "training_window.max_history",
             "model.lr",
             "inference.cache_models",

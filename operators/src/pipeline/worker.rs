@@ -247,7 +247,8 @@ fn work(worker: &mut timely::worker::Worker, run: &Shared) -> Result<Stats> {
         &o.schema,
         o.config.training_window.clone(),
         o.config.inference_window.clone(),
-    )?;
+    )?
+    .with_familiarity(&o.schema, &o.config.familiarity)?;
     let (window_state, restored) = states.register::<WindowState>("windows")?;
     if let Some(users) = restored {
         windows.restore(users);
