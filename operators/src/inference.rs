@@ -81,6 +81,9 @@ pub struct Scored {
     pub calibrated_z: f32,
     /// Whether the generic model scored the row (the user had no usable model of their own).
     pub generic: bool,
+    /// Bit `k` set when the row's value of the schema's `familiar[k]` was familiar to its user,
+    /// so the features that entry explains got a z-loss of 0 (`[familiarity]`).
+    pub familiar: u64,
     /// The challenger's scores of the row, where the model that scored it has one.
     pub shadow: Option<Shadow>,
 }
@@ -340,6 +343,7 @@ impl Scorer {
             }
             let f = s.features.len();
             let user = w.window.user;
+            let familiar = w.window.familiar;
             for (i, (row, derived)) in w.window.rows.into_iter().zip(w.window.derived).enumerate() {
                 scored.push(Scored {
                     user: user.clone(),
@@ -353,6 +357,7 @@ impl Scorer {
                     mean_abs_z: s.mean_abs_z[i],
                     calibrated_z: model.calibration.z(s.mean_abs_z[i], &user),
                     generic,
+                    familiar: familiar.get(i).copied().unwrap_or(0),
                     shadow: shadow.as_ref().map(|(label, m, s)| Shadow {
                         model_version: label.clone(),
                         mean_abs_z: s.mean_abs_z[i],

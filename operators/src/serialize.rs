@@ -2,7 +2,8 @@
 //! rows into output lines, CSV and JSON. dfp's columns: the input columns (the source schema's,
 //! `event_id` included, then the derived features), `event_time`, `model_version`,
 //! `max_abs_z`, `mean_abs_z`, per feature `<f>_loss`, `<f>_z_loss`, `<f>_pred`,
-//! `top_features` and `detection_id` (the id analysts give feedback by). Morpheus' ([`Columns::morpheus`], `[morpheus] columns = true`): its columns
+//! `top_features`, `detection_id` (the id analysts give feedback by) and `familiar` (the values
+//! familiar to the user that explained features away, `[familiarity]`). Morpheus' ([`Columns::morpheus`], `[morpheus] columns = true`): its columns
 //! first, named and ordered as its detections file has them (`timestamp`, `username`, the
 //! schema's `[morpheus] columns`, per feature `<f>_pred`, `<f>_loss`, `<f>_z_loss`, then
 //! `max_abs_z`, `mean_abs_z`, `z_loss_scaler_type`, `model_version`, `event_time` to the
@@ -79,6 +80,8 @@ pub struct Columns {
     input: Vec<String>,
     derived: Vec<String>,
     features: Vec<String>,
+    /// The schema's familiar entries, as the `familiar` column names them.
+    familiar: Vec<String>,
     /// Morpheus' order: indices into dfp's cells (with `z_loss_scaler_type` after them).
     morpheus: Option<Vec<usize>>,
 }
@@ -102,6 +105,11 @@ impl Columns {
                 .chain(&f.binary)
                 .chain(&f.categorical)
                 .cloned()
+                .collect(),
+            familiar: schema
+                .familiar
+                .iter()
+                .map(|f| f.column.clone().unwrap_or_else(|| "hour_of_day".into()))
                 .collect(),
             morpheus: None,
         }
@@ -221,7 +229,20 @@ impl Columns {
         }
         n.push("top_features".into());
         n.push("detection_id".into());
+        n.push("familiar".into());
         n
+    }
+
+    /// The familiar entries of `bits`, `;`-separated (`location;hour_of_day`).
+    fn familiar_names(&self, bits: u64) -> String {
+        let names: Vec<&str> = self
+            .familiar
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| bits & (1 << k) != 0)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        names.join(";")
     }
 
     /// The CSV header line.
@@ -278,6 +299,7 @@ impl Columns {
         }
         cells.push(d.top_features.clone().into());
         cells.push(self.detection_id(&s.row).into());
+        cells.push(self.familiar_names(s.familiar).into());
         match &self.morpheus {
             None => self.names().into_iter().zip(cells).collect(),
             Some(order) => {
@@ -428,6 +450,48 @@ mod tests {
             String::new(),
         ];
         assert_eq!(csv_line(&cells), "a,\"b,c\",\"say \"\"hi\"\"\",");
+    }
+
+    #[test]
+    fn familiar_values_are_named_in_their_column_and_the_features_they_explain_score_zero() {
+        use crate::testing::{Fixture, fast_config};
+
+        let f = Fixture::duo(3, 3);
+        let mut cfg = fast_config();
+        cfg.familiarity.enabled = true;
+        let scored = f.scored(&cfg);
+        let columns = Columns::new(&f.schema);
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let location = f
+            .schema
+            .familiar
+            .iter()
+            .position(|e| e.column.as_deref() == Some("location"))
+            .unwrap();
+        let explained: Vec<usize> = f.schema.familiar[location]
+            .explains
+            .iter()
+            .filter_map(|n| columns.features().iter().position(|x| x == n))
+            .collect();
+        assert!(!explained.is_empty());
+        let familiar: Vec<_> = scored
+            .iter()
+            .filter(|s| s.familiar & (1 << location) != 0)
+            .collect();
+        assert!(
+            !familiar.is_empty(),
+            "no row of a habitual place was familiar"
+        );
+        for s in &familiar {
+            assert!(explained.iter().all(|&j| s.z_loss[j] == 0.0));
+            let d = crate::post_proc::post_process((*s).clone(), columns.features(), now);
+            let json: serde_json::Value = serde_json::from_str(&columns.json(&d)).unwrap();
+            let names = json["familiar"].as_str().unwrap();
+            assert!(names.split(';').any(|n| n == "location"), "{names}");
+        }
+        // Off: no row is familiar, nothing is named.
+        let off = f.scored(&fast_config());
+        assert!(off.iter().all(|s| s.familiar == 0));
     }
 
     #[test]

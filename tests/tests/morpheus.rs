@@ -380,7 +380,10 @@ fn morpheus_columns_come_first_with_its_names() {
     assert_eq!(&header[..want.len()], want.as_slice());
     // dfp's own columns after Morpheus'.
     assert!(header[want.len()..].contains(&"event_id"));
-    assert_eq!(header[header.len() - 2..], ["top_features", "detection_id"]);
+    assert_eq!(
+        header[header.len() - 3..],
+        ["top_features", "detection_id", "familiar"]
+    );
     let first: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
     let at = |c: &str| header.iter().position(|h| *h == c).unwrap();
     assert_eq!(first[at("event_time")], "2024-01-02T03:04:05Z");
