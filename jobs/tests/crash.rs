@@ -163,14 +163,16 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
     generate(&cfg, &logs).unwrap();
     // Retrained models wait as challengers, score in the shadow, and are promoted by the run;
     // drift that lasts retrains every model at the next epoch (a request in flight at a cut
-    // is taken from the drift stage's checkpoint).
+    // is taken from the drift stage's checkpoint); familiar values are tracked (their state is
+    // checkpointed with the windows).
     let config = root.path().join("config.toml");
     std::fs::write(
         &config,
         format!(
             "{FAST_CONFIG}\n[lifecycle]\npromotion = \"auto\"\nmin_epochs = 2\nmin_rows = 20\n\
              min_agreement = 0.9\nmax_alert_rate_increase = 0.05\n\
-             [drift]\nenabled = true\nretrain_after = 1\nretrain = \"all\"\n"
+             [drift]\nenabled = true\nretrain_after = 1\nretrain = \"all\"\n\
+             [familiarity]\nenabled = true\n"
         ),
     )
     .unwrap();
