@@ -3,7 +3,9 @@
 //! has none or theirs cannot be used, all windows of an epoch on this worker in one backend
 //! call. Where that model has a challenger, the challenger scores the same rows in the shadow:
 //! its scores travel with the row ([`Scored::shadow`]) to the shadow file and never raise a
-//! detection.
+//! detection. A row's familiar values (`[familiarity]`, from the rolling window) zero the
+//! z-losses of the features they explain before its scores are taken
+//! ([`dfp_engine::model::Scores::explain`]).
 //!
 //! Inputs: [`Prepared`] scoring windows, and [`ModelNote`]s broadcast from every worker's
 //! registry writer. Output: one [`Scored`] row per scored row, and [`DeadLetter`]s for rows no

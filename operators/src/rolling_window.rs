@@ -20,7 +20,10 @@
 //! last emission. Cache modes: `aggregate` emits the whole window (training), `batch` only the
 //! rows that arrived since the last emission, with features computed in the window's context
 //! (inference: each row is scored once). `payload` epochs skip the state: the window is the
-//! epoch's rows alone.
+//! epoch's rows alone. With `[familiarity]` on, each user's inference state also keeps when the
+//! user first had each of the schema's `[[familiar]]` values per UTC day (every row of the
+//! user, training, scoring or payload, is recorded), and each scoring window says per row which
+//! were familiar ([`Familiar`]).
 //!
 //! The operator keeps a capability per pending epoch and processes an epoch only when the input
 //! frontier has passed it, so every window is emitted exactly once and does not depend on how
@@ -186,11 +189,11 @@ pub struct FamiliarPlan {
 }
 
 impl FamiliarPlan {
-    /// The keys under which entry `k` records `row` (the column's value, or the hour).
-    fn key(&self, k: usize, ts: i64, row: &Row) -> String {
+    /// The key under which entry `k` records `row` (the column's value, or the hour).
+    fn key(&self, k: usize, row: &Row) -> String {
         match self.tracked[k] {
             Tracked::Value(c) => distinct_key(row, c),
-            Tracked::Hour => hour_of(ts).to_string(),
+            Tracked::Hour => hour_of(row.ts).to_string(),
         }
     }
 }
@@ -216,10 +219,7 @@ impl Familiar {
         for row in rows {
             let day = row.ts.div_euclid(DAY_US);
             for k in 0..plan.tracked.len() {
-                let days = self
-                    .first
-                    .entry((k as u8, plan.key(k, row.ts, row)))
-                    .or_default();
+                let days = self.first.entry((k as u8, plan.key(k, row))).or_default();
                 let at = days.partition_point(|&(d, _)| d < day);
                 match days.get_mut(at) {
                     Some((d, first)) if *d == day => *first = (*first).min(row.ts),
@@ -248,7 +248,7 @@ impl Familiar {
         };
         (0..plan.tracked.len())
             .filter(|&k| match plan.tracked[k] {
-                Tracked::Value(_) => seen(k, plan.key(k, row.ts, row)),
+                Tracked::Value(_) => seen(k, plan.key(k, row)),
                 Tracked::Hour => {
                     let h = hour_of(row.ts);
                     [h + 23, h, h + 1]
@@ -691,10 +691,8 @@ impl RollingWindows {
         if let Some(plan) = &self.familiar
             && !generic
         {
-            let mut sorted: Vec<&Row> = rows.iter().collect();
-            sorted.sort_by_key(|r| r.key());
             let state = self.users.entry((user.clone(), false)).or_default();
-            state.familiar.see(plan, sorted.into_iter());
+            state.familiar.see(plan, rows.iter());
         }
         let purposes: Vec<bool> = [(true, train), (false, infer)]
             .into_iter()

@@ -465,30 +465,12 @@ impl SourceSchema {
                     format!("duplicate column name {:?}", f.name),
                 );
             }
-            match (f.kind, &f.column) {
-                (ProfileKind::Value, None) => p.push(join(&at, "column"), "value needs a column"),
-                (ProfileKind::Value, Some(col)) if self.column(col).is_none() => {
-                    p.push(join(&at, "column"), format!("unknown column {col:?}"))
-                }
-                (ProfileKind::HourOfDay, Some(_)) => {
-                    p.push(join(&at, "column"), "hour_of_day takes no column")
-                }
-                _ => {}
-            }
+            self.check_kind_column(f.kind, f.column.as_deref(), &at, &mut p);
         }
 
         for (i, f) in self.familiar.iter().enumerate() {
             let at = format!("familiar[{i}]");
-            match (f.kind, &f.column) {
-                (ProfileKind::Value, None) => p.push(join(&at, "column"), "value needs a column"),
-                (ProfileKind::Value, Some(col)) if self.column(col).is_none() => {
-                    p.push(join(&at, "column"), format!("unknown column {col:?}"))
-                }
-                (ProfileKind::HourOfDay, Some(_)) => {
-                    p.push(join(&at, "column"), "hour_of_day takes no column")
-                }
-                _ => {}
-            }
+            self.check_kind_column(f.kind, f.column.as_deref(), &at, &mut p);
             if f.explains.is_empty() {
                 p.push(join(&at, "explains"), "names no feature");
             }
@@ -577,6 +559,26 @@ impl SourceSchema {
             features: m.features.clone(),
             ..self.clone()
         })
+    }
+
+    /// A profile's or a familiar entry's `column` against its `kind` (problems under `at`).
+    fn check_kind_column(
+        &self,
+        kind: ProfileKind,
+        column: Option<&str>,
+        at: &str,
+        p: &mut Problems,
+    ) {
+        match (kind, column) {
+            (ProfileKind::Value, None) => p.push(join(at, "column"), "value needs a column"),
+            (ProfileKind::Value, Some(col)) if self.column(col).is_none() => {
+                p.push(join(at, "column"), format!("unknown column {col:?}"))
+            }
+            (ProfileKind::HourOfDay, Some(_)) => {
+                p.push(join(at, "column"), "hour_of_day takes no column")
+            }
+            _ => {}
+        }
     }
 
     /// The profile feature named `name`, if the schema has it.
