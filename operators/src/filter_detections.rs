@@ -2,7 +2,10 @@
 //! the scored rows that are detections by the run's rule:
 //!
 //! - a fixed threshold (Morpheus' rule, the default): `mean_abs_z` strictly above `threshold`
-//!   (Morpheus: 2.0);
+//!   (Morpheus: 2.0), or, with `max_threshold` (dfp's), one feature's z-loss (`max_abs_z`)
+//!   strictly above that: a single feature far out of its model's range (a sign-in at an hour
+//!   the user never signs in, from their usual place and app) is not averaged away over all
+//!   the features;
 //! - a target false-alert rate: `calibrated_z` (the score against what the scoring model's
 //!   scores of ordinary rows look like, for the generic model this user's own; see
 //!   `dfp_engine::model::calibration`) above `Φ⁻¹(1 - false_alert_rate)`, so about that share
@@ -32,6 +35,8 @@ pub struct DetectionConfig {
     pub false_alert_rate: Option<f64>,
     /// With `false_alert_rate`: rows whose `mean_abs_z` is not above this are never detections.
     pub min_score: f64,
+    /// With `threshold`: a row whose `max_abs_z` is above this is a detection too.
+    pub max_threshold: Option<f64>,
     /// At most this many detections per user and UTC day, the strongest first.
     pub max_per_user_day: Option<u32>,
     /// At most this many detections per UTC day over all users, the strongest first.
@@ -44,6 +49,7 @@ impl Default for DetectionConfig {
             threshold: 2.0,
             false_alert_rate: None,
             min_score: 0.0,
+            max_threshold: None,
             max_per_user_day: None,
             max_per_day: None,
         }
@@ -70,6 +76,16 @@ impl DetectionConfig {
         }
         if !(self.min_score.is_finite() && self.min_score >= 0.0) {
             p.push(key("min_score"), "must be a finite number >= 0");
+        }
+        match (self.max_threshold, self.false_alert_rate) {
+            (Some(m), _) if !(m.is_finite() && m >= 0.0) => {
+                p.push(key("max_threshold"), "must be a finite number >= 0")
+            }
+            (Some(_), Some(_)) => p.push(
+                key("max_threshold"),
+                "applies to the fixed threshold rule, not with false_alert_rate",
+            ),
+            _ => {}
         }
         for (k, v) in [
             ("max_per_user_day", self.max_per_user_day),
@@ -102,6 +118,7 @@ impl DetectionConfig {
 pub struct Rule {
     calibrated: Option<f64>,
     floor: f64,
+    max: Option<f64>,
 }
 
 impl Rule {
@@ -120,23 +137,26 @@ impl Rule {
             Some(r) => Rule {
                 calibrated: Some(normal_quantile(1.0 - r)),
                 floor: cfg.min_score,
+                max: None,
             },
             None => Rule {
                 calibrated: None,
                 floor: cfg.threshold,
+                max: cfg.max_threshold,
             },
         }
     }
 
     /// Whether `s` is a detection.
     pub fn is_detection(&self, s: &Scored) -> bool {
-        self.flags(s.mean_abs_z, s.calibrated_z)
+        self.flags(s.mean_abs_z, s.max_abs_z, s.calibrated_z)
     }
 
     /// Whether a row with these scores would be a detection.
-    pub fn flags(&self, mean_abs_z: f32, calibrated_z: f32) -> bool {
-        f64::from(mean_abs_z) > self.floor
-            && self.calibrated.is_none_or(|z| f64::from(calibrated_z) > z)
+    pub fn flags(&self, mean_abs_z: f32, max_abs_z: f32, calibrated_z: f32) -> bool {
+        (f64::from(mean_abs_z) > self.floor
+            && self.calibrated.is_none_or(|z| f64::from(calibrated_z) > z))
+            || self.max.is_some_and(|m| f64::from(max_abs_z) > m)
     }
 }
 
@@ -177,6 +197,40 @@ mod tests {
         let got: Vec<f32> = out.iter().map(|(_, s)| s.mean_abs_z).collect();
         assert_eq!(got, want);
         assert!(got.contains(&2.5) && !got.contains(&2.0));
+    }
+
+    #[test]
+    fn one_feature_far_out_is_a_detection_with_a_max_threshold() {
+        let f = Fixture::duo(3, 3);
+        let mut s = f.scored(&fast_config()).remove(0);
+        let cfg = DetectionConfig {
+            threshold: 3.5,
+            max_threshold: Some(30.0),
+            ..DetectionConfig::default()
+        };
+        for (mean, max, with, without) in [
+            (3.6, 10.0, true, true),
+            (3.0, 30.5, true, false),
+            (3.0, 30.0, false, false),
+            (1.0, 29.0, false, false),
+        ] {
+            s.mean_abs_z = mean;
+            s.max_abs_z = max;
+            assert_eq!(Rule::of(&cfg).is_detection(&s), with, "{mean} {max}");
+            let plain = DetectionConfig {
+                max_threshold: None,
+                ..cfg.clone()
+            };
+            assert_eq!(Rule::of(&plain).is_detection(&s), without, "{mean} {max}");
+        }
+        let mut p = Problems::new();
+        DetectionConfig {
+            false_alert_rate: Some(0.01),
+            ..cfg
+        }
+        .check("detection", &mut p);
+        let e = p.finish("cfg", ()).unwrap_err().to_string();
+        assert!(e.contains("detection.max_threshold"), "{e}");
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct Shadow {
     pub model_version: String,
     /// Its mean |z|.
     pub mean_abs_z: f32,
+    /// Its largest |z|.
+    pub max_abs_z: f32,
     /// Its calibrated z.
     pub calibrated_z: f32,
 }
@@ -363,6 +365,7 @@ impl Scorer {
                     shadow: shadow.as_ref().map(|(label, m, s)| Shadow {
                         model_version: label.clone(),
                         mean_abs_z: s.mean_abs_z[i],
+                        max_abs_z: s.max_abs_z[i],
                         calibrated_z: m.calibration.z(s.mean_abs_z[i], &user),
                     }),
                 });

@@ -57,8 +57,8 @@ impl ShadowVote {
         Some(ShadowVote {
             model: model.to_string(),
             challenger: version?.parse().ok()?,
-            champion_alert: rule.flags(s.mean_abs_z, s.calibrated_z),
-            challenger_alert: rule.flags(shadow.mean_abs_z, shadow.calibrated_z),
+            champion_alert: rule.flags(s.mean_abs_z, s.max_abs_z, s.calibrated_z),
+            challenger_alert: rule.flags(shadow.mean_abs_z, shadow.max_abs_z, shadow.calibrated_z),
         })
     }
 }

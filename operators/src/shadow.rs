@@ -45,8 +45,9 @@ pub fn shadow_line(columns: &Columns, rule: &Rule, s: &Scored) -> Option<Line> {
         shadow.mean_abs_z.to_string(),
         s.calibrated_z.to_string(),
         shadow.calibrated_z.to_string(),
-        rule.flags(s.mean_abs_z, s.calibrated_z).to_string(),
-        rule.flags(shadow.mean_abs_z, shadow.calibrated_z)
+        rule.flags(s.mean_abs_z, s.max_abs_z, s.calibrated_z)
+            .to_string(),
+        rule.flags(shadow.mean_abs_z, shadow.max_abs_z, shadow.calibrated_z)
             .to_string(),
     ];
     Some(Line {
