@@ -211,6 +211,8 @@ fn the_report_of_a_run_loads_in_a_real_browser_with_its_charts_drawn() {
         assert!(dom.contains("<h2>Drift per feature</h2>") && dom.contains("<h2>Alerts</h2>"));
     }
     assert!(html.contains("the timeline and the detection table show the 5 strongest"));
+    // dfp's rule: one feature far out is a detection too, and the page says so.
+    assert!(html.contains("Rows whose max_abs_z is above 30 are detections too"));
     assert!(html.contains("1 lines of") && html.contains("that are not JSON"));
     // Each detection's own fields are in its row.
     assert!(html.contains("<th>event</th>") && html.contains("appDisplayName="));

@@ -131,6 +131,11 @@ impl Rule {
         }
     }
 
+    /// With the fixed threshold: the `max_abs_z` above which a row is a detection too.
+    pub fn max_cut(&self) -> Option<f64> {
+        self.max
+    }
+
     /// The rule of `cfg`.
     pub fn of(cfg: &DetectionConfig) -> Self {
         match cfg.false_alert_rate {

@@ -524,8 +524,11 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
         ));
     }
     models.extend(ranked.into_iter().take(12));
+    let also = opts.rule.max_cut().map_or_else(String::new, |m| {
+        format!(" Rows whose max_abs_z is above {m} are detections too, whatever their {column}.")
+    });
     html += &format!(
-        "<section><h2>Score distributions</h2><p>{column} per model (log scale), with the rule's threshold.</p><div class=\"grid\">"
+        "<section><h2>Score distributions</h2><p>{column} per model (log scale), with the rule's threshold.{also}</p><div class=\"grid\">"
     );
     for (i, m) in models.iter().enumerate() {
         let _ = write!(
