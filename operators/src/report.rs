@@ -639,7 +639,7 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
             &[
                 "user",
                 "time",
-                "event",
+                "event id",
                 "mean_abs_z",
                 "calibrated_z",
                 "top features",
@@ -656,17 +656,16 @@ pub fn render(opts: &ReportOptions) -> Result<Report> {
     if !shadow.is_empty() {
         let mut by: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
         for r in &shadow {
-            let cell = |k: &str| r.get(k).map_or("", String::as_str);
             let key = format!(
                 "{}: {} vs {}",
-                cell("model"),
-                cell("champion_version"),
-                cell("challenger_version")
+                cell(r, "model"),
+                cell(r, "champion_version"),
+                cell(r, "challenger_version")
             );
             let e = by.entry(key).or_default();
             e.0 += 1;
-            e.1 += usize::from(cell("champion_alert") == "true");
-            e.2 += usize::from(cell("challenger_alert") == "true");
+            e.1 += usize::from(cell(r, "champion_alert") == "true");
+            e.2 += usize::from(cell(r, "challenger_alert") == "true");
         }
         let rows: Vec<Vec<String>> = by
             .iter()

@@ -475,10 +475,7 @@ impl SourceSchema {
                 p.push(join(&at, "explains"), "names no feature");
             }
             for (k, name) in f.explains.iter().enumerate() {
-                let known = self.column(name).is_some()
-                    || self.derived.iter().any(|d| &d.name == name)
-                    || self.profiles.iter().any(|d| &d.name == name);
-                if !known {
+                if self.column(name).is_none() && !self.is_computed(name) {
                     p.push(
                         format!("{at}.explains[{k}]"),
                         format!("{name:?} is neither a column, a derived nor a profile feature"),
@@ -519,8 +516,7 @@ impl SourceSchema {
                     continue;
                 }
                 let column_ty = self.column(f).map(|c| c.ty);
-                let is_derived = self.derived.iter().any(|d| &d.name == f)
-                    || self.profiles.iter().any(|d| &d.name == f);
+                let is_derived = self.is_computed(f);
                 let ok = match kind {
                     "categorical" => column_ty == Some(ColumnType::String),
                     "binary" => column_ty == Some(ColumnType::Bool),
@@ -559,6 +555,11 @@ impl SourceSchema {
             features: m.features.clone(),
             ..self.clone()
         })
+    }
+
+    /// Whether `name` is a derived or a profile feature (computed, not read from a record).
+    fn is_computed(&self, name: &str) -> bool {
+        self.derived.iter().any(|d| d.name == name) || self.profiles.iter().any(|d| d.name == name)
     }
 
     /// A profile's or a familiar entry's `column` against its `kind` (problems under `at`).
