@@ -171,6 +171,16 @@ impl Scorer {
         self
     }
 
+    /// The champions and challengers it scores with.
+    pub fn versions(&self) -> &Serving {
+        &self.versions
+    }
+
+    /// Scores with `versions` from now on (the registry read again: `dfp serve`).
+    pub fn set_versions(&mut self, versions: Serving) {
+        self.versions = versions;
+    }
+
     /// Makes a new version known: a champion scores from now on, a challenger in the shadow.
     pub fn apply(&mut self, note: ModelNote) {
         let Serving {

@@ -34,6 +34,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod mlflow;
 pub mod notify;
+pub mod online;
 pub mod parity;
 pub mod pipeline;
 pub mod plan;

@@ -675,6 +675,19 @@ impl RollingWindows {
         self.users = users;
     }
 
+    /// Hands in one user's inference window (kept outside between calls: `dfp serve` keeps
+    /// each user's in NATS' key-value store).
+    pub fn insert_user(&mut self, user: &str, window: UserWindow) {
+        self.users.insert((user.to_string(), false), window);
+    }
+
+    /// Takes one user's inference window out (empty if the user has none).
+    pub fn remove_user(&mut self, user: &str) -> UserWindow {
+        self.users
+            .remove(&(user.to_string(), false))
+            .unwrap_or_default()
+    }
+
     /// Pushes one user's rows of `epoch` and returns what that emits: a training window if the
     /// rows train, a scoring window if they score, each when its triggers fire.
     pub fn push(&mut self, rows: UserRows, epoch: u64) -> Emitted {

@@ -153,6 +153,19 @@ impl Columns {
         Ok(c)
     }
 
+    /// The output columns a run config asks for: dfp's, or Morpheus' layout
+    /// (`[morpheus] columns`).
+    pub fn for_config(
+        schema: &SourceSchema,
+        config: &crate::config::RunConfig,
+    ) -> Result<Self, dfp_engine::Error> {
+        if config.morpheus.columns {
+            Self::morpheus(schema)
+        } else {
+            Ok(Self::new(schema))
+        }
+    }
+
     /// The stable id of the detection of `row` ([`crate::feedback::detection_id`]).
     pub fn detection_id(&self, row: &Row) -> String {
         crate::feedback::detection_id(

@@ -100,7 +100,8 @@ pub struct Split {
     pub dead: Vec<DeadLetter>,
 }
 
-fn generic_name_taken(user: &str, cfg: &SplitConfig) -> bool {
+/// Whether `user` is the generic model's name while the generic model trains.
+pub fn generic_name_taken(user: &str, cfg: &SplitConfig) -> bool {
     cfg.include_generic && user == cfg.generic_user
 }
 

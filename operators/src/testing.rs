@@ -16,6 +16,7 @@ use timely::dataflow::operators::capture::{Capture, Event};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{InputHandleVec, StreamVec};
 
+use dfp_engine::lifecycle::Serving;
 use dfp_engine::model::{Backend, Device, Model};
 use dfp_engine::registry::Registry;
 
@@ -196,22 +197,34 @@ impl Fixture {
             .collect()
     }
 
-    /// The last day's rows scored with every model trained before it (a registry made for
-    /// the purpose and dropped).
-    pub fn scored(&self, cfg: &RunConfig) -> Vec<Scored> {
-        let prepared = self.prepared(cfg);
-        let Some(((_, last), before)) = prepared.split_last() else {
-            return Vec::new();
-        };
+    /// A registry (in the returned directory) of the models every day but the last of
+    /// `prepared` trains, and those models as champions.
+    pub fn registry_before_last(
+        &self,
+        cfg: &RunConfig,
+        prepared: &[(u64, Vec<Prepared>)],
+    ) -> (tempfile::TempDir, Registry, Serving) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let registry = Registry::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let mut versions = dfp_engine::lifecycle::Serving::default();
+        let mut versions = Serving::default();
+        let before = prepared.split_last().map_or(&[][..], |(_, b)| b);
         for (_, models) in self.models(cfg, before) {
             for m in models {
                 let v = registry.register(&m).unwrap_or_else(|e| panic!("{e}"));
                 versions.champions.insert(m.header.name.clone(), v.version);
             }
         }
+        (dir, registry, versions)
+    }
+
+    /// The last day's rows scored with every model trained before it (a registry made for
+    /// the purpose and dropped).
+    pub fn scored(&self, cfg: &RunConfig) -> Vec<Scored> {
+        let prepared = self.prepared(cfg);
+        let Some(((_, last), _)) = prepared.split_last() else {
+            return Vec::new();
+        };
+        let (_dir, registry, versions) = self.registry_before_last(cfg, &prepared);
         let mut scorer = Scorer::new(
             self.schema.clone(),
             registry,

@@ -151,11 +151,7 @@ impl RunOptions {
 
     /// The output columns: dfp's, or Morpheus' layout when the config asks for it.
     pub(crate) fn columns(&self) -> Result<Columns> {
-        if self.config.morpheus.columns {
-            Columns::morpheus(&self.schema)
-        } else {
-            Ok(Columns::new(&self.schema))
-        }
+        Columns::for_config(&self.schema, &self.config)
     }
 
     /// Whether this process writes the output files (global worker 0 is in process 0).

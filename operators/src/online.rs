@@ -1,0 +1,516 @@
+//! Online scoring, the core of `dfp serve`: the records of one request read by the source
+//! schema, grouped by user, and each user's rows scored as the batch pipeline's inference
+//! scores them: the inference window's derived features and familiar values, the user's
+//! champion else the generic model (a challenger in the shadow), the run config's detection
+//! rule. The caller keeps each user's [`UserState`] between requests (`dfp serve` keeps it in
+//! NATS' key-value store) and hands it in, so any instance can answer any request; a request
+//! id a user's state has already applied is answered from the state's memo and not applied
+//! twice.
+//!
+//! Input: a request's body (a JSON array of records as Morpheus' files hold them, or JSON
+//! lines). Output: per record an [`Answer`]: its scores as a JSON object (the detections
+//! file's JSON line, with the record's index, whether it would alert and whether the generic
+//! model scored it), or an error naming the problem and the record's index. State: the
+//! rolling-window settings and the scorer's model cache; every user's state is the caller's.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::Utc;
+use dfp_engine::ingest::{InputFormat, Reader};
+use dfp_engine::lifecycle::Serving;
+use dfp_engine::model::Backend;
+use dfp_engine::registry::Registry;
+use dfp_engine::rows::{Row, rows_from_batch};
+use dfp_engine::schema::{MISSING_STRING, NULL_STRING, SourceSchema};
+use dfp_engine::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::config::RunConfig;
+use crate::data_prep::prepare;
+use crate::filter_detections::Rule;
+use crate::inference::Scorer;
+use crate::post_proc::post_process;
+use crate::rolling_window::{RollingWindows, UserWindow};
+use crate::serialize::Columns;
+use crate::split_users::{SplitConfig, UserRows, generic_name_taken};
+
+/// How many requests' answers a user's state keeps for retries.
+const REMEMBERED: usize = 32;
+
+/// One user's state between requests.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct UserState {
+    /// Requests applied so far (the next one's rows arrive at epoch `requests + 1`).
+    requests: u64,
+    /// The user's inference window (derived features, familiar values).
+    window: UserWindow,
+    /// The answers of the last requests applied, by request id.
+    answered: VecDeque<(String, Vec<Answer>)>,
+}
+
+impl UserState {
+    /// The state as stored.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        checkpoint::encode(self)
+    }
+
+    /// A stored state; `key` names it in errors.
+    pub fn decode(bytes: &[u8], key: &str) -> Result<Self> {
+        checkpoint::decode(bytes, Path::new(key))
+    }
+}
+
+/// The answer for one record of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The record's index in the request (from 0).
+    pub index: usize,
+    /// Whether it was scored (else the answer is an error).
+    pub scored: bool,
+    /// Whether the run config's rule makes it a detection.
+    pub alert: bool,
+    /// The answer as one JSON object: `index`, then `error`, or `alert`, `generic` and the
+    /// detections file's fields.
+    pub json: String,
+}
+
+impl Answer {
+    /// A record that could not be scored, and why.
+    pub fn error(index: usize, reason: &str) -> Self {
+        Answer {
+            index,
+            scored: false,
+            alert: false,
+            json: serde_json::json!({"index": index, "error": reason}).to_string(),
+        }
+    }
+}
+
+/// A request's records read: the rows by user (each row's `origin.record` is its index in the
+/// request), and the answers of the records that could not be read.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Rows by user, users in first-seen order.
+    pub users: Vec<(String, Vec<Row>)>,
+    /// Records that could not be read or have no usable user.
+    pub errors: Vec<Answer>,
+}
+
+/// Scores requests' records as the batch pipeline's inference does.
+pub struct Online {
+    schema: Arc<SourceSchema>,
+    reader: Reader,
+    columns: Columns,
+    rule: Rule,
+    split: SplitConfig,
+    windows: Mutex<RollingWindows>,
+    scorer: Mutex<Scorer>,
+    backend: Box<dyn Backend>,
+}
+
+fn locked<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>> {
+    m.lock()
+        .map_err(|_| Error::stage("serve", format!("the {what} lock is poisoned")))
+}
+
+impl Online {
+    /// Scoring for `schema` under `config`, with the models of `registry` that `versions` name.
+    pub fn new(
+        schema: SourceSchema,
+        config: &RunConfig,
+        registry: Registry,
+        versions: Serving,
+        backend: Box<dyn Backend>,
+    ) -> Result<Self> {
+        config.validate("run config")?;
+        let schema = if config.morpheus.features {
+            schema.with_morpheus_features()?
+        } else {
+            schema
+        };
+        let windows = RollingWindows::new(
+            &schema,
+            config.training_window.clone(),
+            config.inference_window.clone(),
+        )?
+        .with_familiarity(&schema, &config.familiarity)?;
+        let schema = Arc::new(schema);
+        let scorer = Scorer::new(
+            schema.clone(),
+            registry,
+            versions,
+            &config.split.generic_user,
+            &config.inference,
+            config.model.eval_batch_size,
+        );
+        Ok(Self {
+            reader: Reader::new(schema.clone()),
+            columns: Columns::for_config(&schema, config)?,
+            rule: Rule::of(&config.detection),
+            split: config.split.clone(),
+            windows: Mutex::new(windows),
+            scorer: Mutex::new(scorer),
+            backend,
+            schema,
+        })
+    }
+
+    /// The source schema's name.
+    pub fn source(&self) -> &str {
+        &self.schema.name
+    }
+
+    /// The champions and challengers it scores with.
+    pub fn versions(&self) -> Result<Serving> {
+        Ok(locked(&self.scorer, "scorer")?.versions().clone())
+    }
+
+    /// Scores with `versions` from now on.
+    pub fn set_versions(&self, versions: Serving) -> Result<()> {
+        locked(&self.scorer, "scorer")?.set_versions(versions);
+        Ok(())
+    }
+
+    /// Reads a request's body: every record by the schema, grouped by user.
+    pub fn read(&self, body: &[u8]) -> Parsed {
+        let mut out = Parsed::default();
+        let read = self
+            .reader
+            .read_bytes(Path::new("request"), body, InputFormat::Auto);
+        let mut rejected: Vec<usize> = read.rejected.iter().map(|r| r.record).collect();
+        rejected.sort_unstable();
+        for r in &read.rejected {
+            out.errors.push(Answer::error(r.record, &r.reason));
+        }
+        let rows = match rows_from_batch(&read.batch, 0, 0) {
+            Ok(rows) => rows,
+            Err(e) => {
+                let records = read.batch.num_rows() + rejected.len();
+                out.errors.push(Answer::error(0, &e.chain().to_string()));
+                tracing::error!(records, error = %e.chain(), "a request's batch could not become rows");
+                return out;
+            }
+        };
+        // The k-th good record is the k-th index no rejection took.
+        let mut index = 0usize;
+        let mut skip = rejected.iter().peekable();
+        for mut row in rows {
+            while skip.next_if(|&&r| r <= index).is_some() {
+                index += 1;
+            }
+            row.origin.record = index as u64;
+            match self.user_of(&mut row) {
+                Ok(user) => match out.users.iter_mut().find(|(u, _)| *u == user) {
+                    Some((_, rows)) => rows.push(row),
+                    None => out.users.push((user, vec![row])),
+                },
+                Err(reason) => out.errors.push(Answer::error(index, &reason)),
+            }
+            index += 1;
+        }
+        if let Some(e) = read.broken {
+            let at = index.max(rejected.last().map_or(0, |r| r + 1));
+            out.errors.push(Answer::error(
+                at,
+                &format!("the request broke off at this record: {}", e.chain()),
+            ));
+        }
+        out
+    }
+
+    /// The user a row belongs to, or why it has none that can be scored.
+    fn user_of(&self, row: &mut Row) -> std::result::Result<String, String> {
+        let unnamed = row
+            .user
+            .as_deref()
+            .is_none_or(|u| u == MISSING_STRING || u == NULL_STRING);
+        if unnamed {
+            match &self.split.fallback_username {
+                Some(f) => row.user = Some(f.clone()),
+                None => {
+                    return Err(format!(
+                        "the record has no user: {:?} is missing or null (or set split.fallback_username)",
+                        self.schema.username.path
+                    ));
+                }
+            }
+        }
+        let user = row.user.clone().unwrap_or_default();
+        if generic_name_taken(&user, &self.split) {
+            return Err(format!(
+                "the user id is the generic model's name {:?}; set split.generic_user to another name",
+                self.split.generic_user
+            ));
+        }
+        if self.split.skip_users.contains(&user)
+            || !(self.split.only_users.is_empty() || self.split.only_users.contains(&user))
+        {
+            return Err(format!(
+                "user {user:?} is left out by split.skip_users / split.only_users"
+            ));
+        }
+        Ok(user)
+    }
+
+    /// Scores one user's rows of one request against the user's `state`, which it updates
+    /// (unless `request` was already applied to it: then its answers are given again).
+    pub fn apply(
+        &self,
+        state: &mut UserState,
+        user: &str,
+        mut rows: Vec<Row>,
+        request: Option<&str>,
+    ) -> Result<Vec<Answer>> {
+        if let Some(id) = request
+            && let Some((_, answers)) = state.answered.iter().find(|(r, _)| r == id)
+        {
+            return Ok(answers.clone());
+        }
+        state.requests += 1;
+        let epoch = state.requests;
+        for row in &mut rows {
+            row.origin.epoch = epoch;
+        }
+        let emitted = {
+            let mut windows = locked(&self.windows, "windows")?;
+            windows.insert_user(user, std::mem::take(&mut state.window));
+            let emitted = windows.push(
+                UserRows {
+                    user: user.to_string(),
+                    generic: false,
+                    train: false,
+                    infer: true,
+                    payload: false,
+                    history_only: false,
+                    rows,
+                },
+                epoch,
+            );
+            state.window = windows.remove_user(user);
+            emitted
+        };
+        let mut answers: Vec<Answer> = Vec::new();
+        let dead_answer = |d: &crate::dead_letter::DeadLetter| {
+            d.record
+                .map(|r| Answer::error(usize::try_from(r).unwrap_or(usize::MAX), &d.reason))
+        };
+        answers.extend(emitted.late.iter().filter_map(dead_answer));
+        let arrow = self.reader.arrow_schema();
+        let mut prepared = Vec::new();
+        for w in emitted.windows {
+            let indices: Vec<u64> = w.rows.iter().map(|r| r.origin.record).collect();
+            match prepare(w, &self.schema, &arrow) {
+                Ok(p) => prepared.push(p),
+                Err(e) => answers.extend(indices.into_iter().map(|i| {
+                    Answer::error(usize::try_from(i).unwrap_or(usize::MAX), &e.to_string())
+                })),
+            }
+        }
+        let outcome = locked(&self.scorer, "scorer")?.score(self.backend.as_ref(), prepared);
+        for d in &outcome.dead {
+            match dead_answer(d) {
+                Some(a) => answers.push(a),
+                None => tracing::warn!(user = ?d.user, reason = %d.reason, "model problem"),
+            }
+        }
+        let now = Utc::now();
+        for s in outcome.scored {
+            let index = usize::try_from(s.row.origin.record).unwrap_or(usize::MAX);
+            let alert = self.rule.is_detection(&s);
+            let generic = s.generic;
+            let d = post_process(s, self.columns.features(), now);
+            let fields = self.columns.json(&d);
+            answers.push(Answer {
+                index,
+                scored: true,
+                alert,
+                json: format!(
+                    "{{\"index\":{index},\"alert\":{alert},\"generic\":{generic},{}",
+                    fields.strip_prefix('{').unwrap_or(&fields)
+                ),
+            });
+        }
+        answers.sort_by_key(|a| a.index);
+        if let Some(id) = request {
+            state.answered.push_back((id.to_string(), answers.clone()));
+            while state.answered.len() > REMEMBERED {
+                state.answered.pop_front();
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// A request's reply: `{"request_id": ..., "records": [...], "scored": n, "errors": m}`, the
+/// records in index order.
+pub fn reply(request: Option<&str>, mut answers: Vec<Answer>) -> String {
+    answers.sort_by_key(|a| a.index);
+    let errors = answers.iter().filter(|a| !a.scored).count();
+    let records: Vec<&str> = answers.iter().map(|a| a.json.as_str()).collect();
+    format!(
+        "{{\"request_id\":{},\"records\":[{}],\"scored\":{},\"errors\":{errors}}}",
+        serde_json::Value::from(request),
+        records.join(","),
+        answers.len() - errors,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::testing::{Fixture, fast_config};
+
+    fn field(json: &str, key: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"));
+        v[key].clone()
+    }
+
+    #[test]
+    fn a_users_requests_score_as_the_batch_pipelines_inference_and_a_retry_is_not_applied_twice() {
+        let f = Fixture::duo(3, 4);
+        let mut cfg = fast_config();
+        cfg.familiarity.enabled = true;
+        let prepared = f.prepared(&cfg);
+        let batch = f.scored(&cfg);
+        assert!(batch.len() > 10, "{} rows scored", batch.len());
+        let (_dir, registry, versions) = f.registry_before_last(&cfg, &prepared);
+        let backend = dfp_engine::device::backend(dfp_engine::model::Device::Cpu, 1).unwrap();
+        let online = Online::new((*f.schema).clone(), &cfg, registry, versions, backend).unwrap();
+        // Every day, one request per user with the user's rows of the day, as a client that
+        // streams its users' sign-ins would send them.
+        let mut states: HashMap<String, UserState> = HashMap::new();
+        let mut last_day: HashMap<String, Answer> = HashMap::new();
+        let days = f.days();
+        let n = days.len();
+        for (day, (_, files)) in days.into_iter().enumerate() {
+            let mut by_user: Vec<(String, Vec<Row>)> = Vec::new();
+            for row in files.into_iter().flat_map(|f| f.rows) {
+                let user = row.user.clone().unwrap();
+                match by_user.iter_mut().find(|(u, _)| *u == user) {
+                    Some((_, rows)) => rows.push(row),
+                    None => by_user.push((user, vec![row])),
+                }
+            }
+            for (user, mut rows) in by_user {
+                for (i, r) in rows.iter_mut().enumerate() {
+                    r.origin.record = i as u64;
+                }
+                let state = states.entry(user.clone()).or_default();
+                let id = format!("{user}-{day}");
+                let answers = online.apply(state, &user, rows.clone(), Some(&id)).unwrap();
+                assert!(answers.iter().all(|a| a.scored), "{answers:?}");
+                // The same request again: the same answers, and the state not moved.
+                let requests = state.requests;
+                let again = online.apply(state, &user, rows, Some(&id)).unwrap();
+                assert_eq!(again, answers);
+                assert_eq!(state.requests, requests);
+                if day + 1 == n {
+                    for a in answers {
+                        let id = field(&a.json, "event_id").as_str().unwrap().to_string();
+                        last_day.insert(id, a);
+                    }
+                }
+            }
+        }
+        let columns = Columns::new(&f.schema);
+        let rule = Rule::of(&cfg.detection);
+        let mut familiar = 0;
+        for s in batch {
+            let id = columns.event_id(&s.row).unwrap();
+            let a = &last_day[&id];
+            assert_eq!(
+                field(&a.json, "mean_abs_z"),
+                crate::serialize::f32_json(s.mean_abs_z)
+            );
+            assert_eq!(
+                field(&a.json, "max_abs_z"),
+                crate::serialize::f32_json(s.max_abs_z)
+            );
+            assert_eq!(field(&a.json, "model_version"), s.model_version.as_str());
+            assert_eq!(field(&a.json, "generic"), s.generic);
+            assert_eq!(a.alert, rule.is_detection(&s));
+            familiar += usize::from(s.familiar != 0);
+        }
+        assert!(
+            familiar > 0,
+            "no familiar value on the last day: the test would not see them"
+        );
+    }
+
+    #[test]
+    fn a_requests_bad_records_are_answered_by_index_and_the_others_read() {
+        let f = Fixture::duo(2, 2);
+        let mut cfg = fast_config();
+        cfg.split.skip_users = vec!["skipped".into()];
+        let registry = Registry::open(tempfile::tempdir().unwrap().path()).unwrap();
+        let backend = dfp_engine::device::backend(dfp_engine::model::Device::Cpu, 1).unwrap();
+        let online = Online::new(
+            (*f.schema).clone(),
+            &cfg,
+            registry,
+            Serving::default(),
+            backend,
+        )
+        .unwrap();
+        let good = |user: &str| {
+            format!(
+                r#"{{"timestamp":1659340800,"user":{{"name":"{user}"}},"access_device":{{"browser":"Chrome"}},"result":"SUCCESS","txid":"t-{user}"}}"#
+            )
+        };
+        let body = [
+            good("alice"),
+            "{\"timestamp\": 1659340800, \"user\": ".to_string(),
+            r#"{"timestamp":1659340800,"access_device":{}}"#.to_string(),
+            good("bob"),
+            good("skipped"),
+            r#"{"timestamp":"yesterday","user":{"name":"carol"}}"#.to_string(),
+            good("alice"),
+        ]
+        .join("\n");
+        let parsed = online.read(body.as_bytes());
+        let users: Vec<(&str, Vec<u64>)> = parsed
+            .users
+            .iter()
+            .map(|(u, rows)| (u.as_str(), rows.iter().map(|r| r.origin.record).collect()))
+            .collect();
+        assert_eq!(users, vec![("alice", vec![0, 6]), ("bob", vec![3])]);
+        let mut errors: Vec<(usize, String)> = parsed
+            .errors
+            .iter()
+            .map(|a| {
+                (
+                    a.index,
+                    field(&a.json, "error").as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        errors.sort();
+        let indices: Vec<usize> = errors.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indices, vec![1, 2, 4, 5], "{errors:?}");
+        assert!(errors[1].1.contains("no user"), "{}", errors[1].1);
+        assert!(errors[2].1.contains("skip_users"), "{}", errors[2].1);
+        assert!(errors[3].1.contains("timestamp"), "{}", errors[3].1);
+        // With no model at all, each row is answered with the reason, by index.
+        let (user, rows) = parsed.users[0].clone();
+        let answers = online
+            .apply(&mut UserState::default(), &user, rows, None)
+            .unwrap();
+        assert_eq!(
+            answers.iter().map(|a| a.index).collect::<Vec<_>>(),
+            vec![0, 6]
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|a| !a.scored && a.json.contains("no usable model"))
+        );
+        let text = reply(Some("r1"), answers);
+        assert_eq!(field(&text, "errors"), 2);
+        assert_eq!(field(&text, "request_id"), "r1");
+    }
+}
