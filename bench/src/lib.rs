@@ -1,9 +1,10 @@
 //! Shared helpers of dfp's benchmark programs: arguments, timing, JSON reports written to
-//! stdout and to `target/bench/<name>.json`, and a Kafka broker ([`broker`], used by the
-//! streaming tests too).
+//! stdout and to `target/bench/<name>.json`, a Kafka broker ([`broker`], used by the streaming
+//! tests too) and a NATS server ([`nats`], used by `dfp serve`'s tests too).
 
 pub mod broker;
 pub mod mlflow;
+pub mod nats;
 pub mod net;
 pub mod webhook;
 

@@ -16,6 +16,7 @@ mod feedback;
 mod inspect;
 mod report;
 mod run;
+mod serve;
 
 use data::{DemoArgs, GenerateArgs, ReplayArgs};
 use inspect::{IngestArgs, ModelsCommand};
@@ -82,6 +83,9 @@ enum Command {
     /// Write one self-contained HTML page of a run's outputs: summary, alert timeline, score
     /// distributions, leading features, alerts and detections, drift, precision, parity.
     Report(report::ReportArgs),
+    /// Score log records online: answer requests on NATS (dfp.score.{source}) with each
+    /// record's scores, users' state in NATS' key-value store, detections published as events.
+    Serve(Box<serve::ServeArgs>),
     /// The model registry: list and show versions, promote and roll back champions, push to
     /// MLflow.
     Models {
@@ -167,6 +171,7 @@ fn run(command: Command) -> Result<ExitCode> {
         } => inspect::plan(&control_messages, &scope),
         Command::Feedback(args) => feedback::feedback(args),
         Command::Report(args) => report::report(args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Models { registry, action } => inspect::models(&registry, action),
         Command::Cluster {
             action:

@@ -52,6 +52,11 @@ pub struct UserState {
 }
 
 impl UserState {
+    /// Requests applied to the user so far.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
     /// The state as stored.
     pub fn encode(&self) -> Result<Vec<u8>> {
         checkpoint::encode(self)

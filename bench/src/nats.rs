@@ -1,0 +1,60 @@
+//! A real NATS server for the `dfp serve` tests and benchmarks: Debian's `nats-server` with
+//! JetStream (its key-value store keeps users' state), on a free port of 127.0.0.1 with its
+//! storage in a temporary directory, stopped when dropped. `bash .ci/run` installs it;
+//! `DFP_NATS_SERVER` names another binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // set-up helpers: a failure is the caller's
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A nats-server with JetStream on a free port of 127.0.0.1, stopped when dropped.
+pub struct NatsServer {
+    child: Child,
+    _store: tempfile::TempDir,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl NatsServer {
+    /// Starts one; panics (saying how to install nats-server) when it cannot.
+    pub fn start() -> NatsServer {
+        let binary = std::env::var("DFP_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string());
+        let port = crate::net::free_port();
+        let store = tempfile::tempdir().expect("a temporary directory");
+        let child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {binary:?} ({e}): bash .ci/run installs it (apt-get install nats-server)"
+                )
+            });
+        let address = format!("127.0.0.1:{port}");
+        let started = Instant::now();
+        while TcpStream::connect(&address).is_err() {
+            // Only stops a wait for a server that never listens.
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "nats-server did not listen on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer {
+            child,
+            _store: store,
+            url: format!("nats://{address}"),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

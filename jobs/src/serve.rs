@@ -1,0 +1,487 @@
+//! `dfp serve`: online scoring over NATS request/reply. Each instance answers the subject
+//! `dfp.score.{source}` in the queue group `dfp-serve-{source}` (several instances share the
+//! load) through NATS' service API (so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` answer too).
+//! A request's body is a JSON array of raw log records (as Morpheus' files hold them) or JSON
+//! lines; its header `Dfp-Request-Id` makes a retry idempotent. The reply says per record the
+//! model version, `mean_abs_z`, `max_abs_z`, the per-feature z-losses, `top_features` and
+//! whether it would alert, or what is wrong with it (see `dfp_operators::online`).
+//!
+//! State: each user's inference window and the answers of its last requests live in the
+//! JetStream key-value bucket `dfp-serve-{source}` (one key per user), read and written back
+//! with a compare-and-set on the entry's revision: whichever instance answers, and after an
+//! instance dies, a user's next request starts from the state the last applied request left,
+//! and a retried request id is answered from that state without being applied twice. Cost per
+//! request: one read and one write of the key-value store per user in the request.
+//!
+//! Events: every detection is published on `dfp.events.detection.{source}` (the record's
+//! answer object), and every change of a model's champion or challenger found in the
+//! registry (read again every `--reload-every`) on `dfp.events.model.{source}` (`model`,
+//! `role`, `version`, `previous`). SIGTERM or Ctrl-C drains: no new request is taken, those
+//! already received are answered, then the process exits 0.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream::kv::{Operation, Store};
+use async_nats::service::{Request, ServiceExt};
+use dfp_engine::lifecycle::Serving;
+use dfp_engine::registry::Registry;
+use dfp_engine::schema::SourceSchema;
+use dfp_operators::online::{Answer, Online, UserState, reply};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::run::{RegistryArgs, run_config};
+
+/// The request header that makes a retry idempotent.
+pub const REQUEST_ID: &str = "Dfp-Request-Id";
+
+/// How often a user's state is read again when another request wrote it first.
+const WRITE_ATTEMPTS: usize = 50;
+
+/// `dfp serve`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The NATS server, nats://HOST:PORT, with JetStream on (`nats-server -js`): users' state
+    /// is kept in its key-value store.
+    #[arg(long, value_name = "URL")]
+    nats: String,
+    /// The log source: azure, duo, or a source schema file (.toml).
+    #[arg(long, default_value = "azure")]
+    source: String,
+    /// Run config (TOML): the windows, familiarity and detection rule requests are scored
+    /// with (default: configs/dfp.toml, as `dfp run`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// The key-value bucket of users' state (default: dfp-serve-{source}).
+    #[arg(long)]
+    bucket: Option<String>,
+    /// Days a user's state is kept after their last request.
+    #[arg(long, default_value_t = 30)]
+    state_days: u64,
+    /// Requests this instance works on at once; the ones beyond are answered "busy".
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// The most records one request may carry.
+    #[arg(long, default_value_t = 10_000)]
+    max_records: usize,
+    /// Seconds between two reads of the registry for new champions and challengers.
+    #[arg(long, default_value_t = 2.0)]
+    reload_every: f64,
+    /// Where models score: cpu, cuda, wgpu, or auto.
+    #[arg(long, default_value = "cpu")]
+    device: dfp_engine::model::Device,
+    /// Model threads (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// What every request's task shares.
+struct Ctx {
+    online: Online,
+    client: async_nats::Client,
+    kv: Store,
+    source: String,
+    max_records: usize,
+}
+
+/// Runs `dfp serve` until SIGTERM or Ctrl-C.
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let schema = SourceSchema::resolve(&args.source)?;
+    let config = run_config(args.config.as_deref())?;
+    let spec = args.registry.spec()?;
+    let registry = Registry::open(&spec.local)?;
+    let versions = registry.serving_all()?;
+    let backend = dfp_engine::device::backend(args.device, args.threads)?;
+    let online = Online::new(schema, &config, registry.clone(), versions, backend)?;
+    if !(args.reload_every > 0.0 && args.reload_every.is_finite()) {
+        bail!("--reload-every must be a positive number of seconds");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(args, online, registry))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(args: ServeArgs, online: Online, registry: Registry) -> Result<()> {
+    let source = online.source().to_string();
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("dfp-serve-{source}"))
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&args.nats)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats))?;
+    let bucket = args
+        .bucket
+        .clone()
+        .unwrap_or_else(|| format!("dfp-serve-{source}"));
+    let kv = open_bucket(&client, &bucket, args.state_days).await?;
+    let service = client
+        .service_builder()
+        .description(format!("dfp online scoring of {source} logs"))
+        .queue_group(format!("dfp-serve-{source}"))
+        .start("dfp", env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;
+    let subject = format!("dfp.score.{source}");
+    let mut endpoint = service
+        .endpoint_builder()
+        .name(format!("score-{source}"))
+        .add(subject.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to {subject}: {e}"))?;
+    let ctx = Arc::new(Ctx {
+        online,
+        client: client.clone(),
+        kv,
+        source: source.clone(),
+        max_records: args.max_records,
+    });
+    let in_flight = Arc::new(Semaphore::new(args.max_in_flight.max(1)));
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut terminate = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+    let mut reload = tokio::time::interval(Duration::from_secs_f64(args.reload_every));
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut breaker = Breaker::default();
+    tracing::info!(%subject, nats = %args.nats, %bucket, "serving");
+    let dispatch = |tasks: &mut JoinSet<()>, request: Request| {
+        let ctx = ctx.clone();
+        match in_flight.clone().try_acquire_owned() {
+            Ok(permit) => tasks.spawn(async move {
+                answer(&ctx, request).await;
+                drop(permit);
+            }),
+            Err(_) => tasks.spawn(async move {
+                let text = serde_json::json!({
+                    "request_id": request_id(&request),
+                    "error": "busy: this instance has as many requests in flight as --max-in-flight allows; retry later",
+                    "busy": true,
+                });
+                respond(&request, text.to_string()).await;
+            }),
+        };
+    };
+    loop {
+        tokio::select! {
+            request = futures_next(&mut endpoint) => match request {
+                Some(r) => dispatch(&mut tasks, r),
+                None => {
+                    tracing::error!("the NATS subscription ended");
+                    break;
+                }
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a request's task failed");
+                }
+            }
+            _ = reload.tick() => breaker.reload(&ctx, &registry).await,
+        }
+    }
+    tracing::info!(
+        in_flight = tasks.len(),
+        "draining: no new requests; answering those received"
+    );
+    if let Err(e) = endpoint.stop().await {
+        tracing::warn!(error = %e, "unsubscribing");
+    }
+    // What the subscription had already received is answered too. The deadline only stops a
+    // wait for a subscription that never reports its end.
+    while let Ok(Some(r)) =
+        tokio::time::timeout(Duration::from_secs(2), futures_next(&mut endpoint)).await
+    {
+        dispatch(&mut tasks, r);
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a request's task failed");
+        }
+    }
+    client.flush().await.context("flushing the replies")?;
+    tracing::info!("drained");
+    Ok(())
+}
+
+async fn futures_next(endpoint: &mut async_nats::service::endpoint::Endpoint) -> Option<Request> {
+    use futures_util::StreamExt;
+    endpoint.next().await
+}
+
+/// The users' state bucket, created when it is not there yet. Created as the stream a
+/// key-value bucket is (`KV_{bucket}` on `$KV.{bucket}.>`, one message per subject, rollups,
+/// direct gets): async-nats' own `create_key_value` first reads account fields that
+/// nats-server 2.9 (Debian's) does not send.
+async fn open_bucket(client: &async_nats::Client, bucket: &str, days: u64) -> Result<Store> {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    let js = async_nats::jetstream::new(client.clone());
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    let created = js
+        .create_stream(Config {
+            name: format!("KV_{bucket}"),
+            description: Some("dfp serve: users' inference windows and last answers".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: Duration::from_secs(days.saturating_mul(86_400)),
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    let problem = created.err().map(|e| e.to_string());
+    // Another instance may have created it meanwhile.
+    js.get_key_value(bucket).await.map_err(|e| {
+        anyhow::anyhow!(
+            "opening the key-value bucket {bucket:?}: {} (is JetStream on? start nats-server with -js)",
+            problem.unwrap_or_else(|| e.to_string())
+        )
+    })
+}
+
+fn request_id(request: &Request) -> Option<String> {
+    request
+        .message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(REQUEST_ID))
+        .map(|v| v.as_str().to_string())
+}
+
+async fn respond(request: &Request, text: String) {
+    if let Err(e) = request.respond(Ok(text.into())).await {
+        tracing::warn!(error = %e, "the reply could not be sent");
+    }
+}
+
+/// Scores one request and replies.
+async fn answer(ctx: &Ctx, request: Request) {
+    let id = request_id(&request);
+    tracing::debug!(request_id = ?id, bytes = request.message.payload.len(), "request received");
+    let text = match score(ctx, id.as_deref(), &request.message.payload).await {
+        Ok(text) => text,
+        Err(e) => serde_json::json!({"request_id": id, "error": format!("{e:#}")}).to_string(),
+    };
+    respond(&request, text).await;
+}
+
+async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        bail!("the request has no records: send a JSON array of log records, or JSON lines");
+    }
+    let parsed = tokio::task::block_in_place(|| ctx.online.read(body));
+    let records = parsed.errors.len() + parsed.users.iter().map(|(_, r)| r.len()).sum::<usize>();
+    if records > ctx.max_records {
+        bail!(
+            "the request has {records} records; at most {} (--max-records)",
+            ctx.max_records
+        );
+    }
+    let mut answers = parsed.errors;
+    for (user, rows) in parsed.users {
+        let indices: Vec<usize> = rows
+            .iter()
+            .map(|r| usize::try_from(r.origin.record).unwrap_or(usize::MAX))
+            .collect();
+        match score_user(ctx, &user, rows, id).await {
+            Ok(scored) => {
+                publish_detections(ctx, &scored).await;
+                answers.extend(scored);
+            }
+            Err(e) => {
+                tracing::error!(user = %user, error = %format!("{e:#}"), "a user's records could not be scored");
+                let reason = format!("{e:#}");
+                answers.extend(indices.into_iter().map(|i| Answer::error(i, &reason)));
+            }
+        }
+    }
+    Ok(reply(id, answers))
+}
+
+/// The key of a user's state: `u.` and the user id in hex (key-value keys allow few
+/// characters).
+fn user_key(user: &str) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(2 + 2 * user.len());
+    key.push_str("u.");
+    for b in user.bytes() {
+        let _ = write!(key, "{b:02x}");
+    }
+    key
+}
+
+/// Scores one user's rows against their stored state and writes the state back, again from a
+/// fresh read whenever another request wrote it first (a request id it had applied already is
+/// answered from the state, which is not written again).
+async fn score_user(
+    ctx: &Ctx,
+    user: &str,
+    rows: Vec<dfp_engine::rows::Row>,
+    id: Option<&str>,
+) -> Result<Vec<Answer>> {
+    let key = user_key(user);
+    for _ in 0..WRITE_ATTEMPTS {
+        let entry = ctx
+            .kv
+            .entry(key.clone())
+            .await
+            .with_context(|| format!("reading user {user:?}'s state"))?;
+        let (mut state, revision) = match entry {
+            Some(e) if e.operation == Operation::Put => (
+                UserState::decode(&e.value, &key)
+                    .with_context(|| format!("user {user:?}'s stored state"))?,
+                Some(e.revision),
+            ),
+            Some(e) => (UserState::default(), Some(e.revision)),
+            None => (UserState::default(), None),
+        };
+        let before = state.requests();
+        let answers =
+            tokio::task::block_in_place(|| ctx.online.apply(&mut state, user, rows.clone(), id))?;
+        if state.requests() == before {
+            return Ok(answers);
+        }
+        let bytes = state.encode()?.into();
+        let written = match revision {
+            Some(r) => ctx
+                .kv
+                .update(key.clone(), bytes, r)
+                .await
+                .map_err(|e| e.to_string()),
+            None => ctx
+                .kv
+                .create(key.clone(), bytes)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(_) => return Ok(answers),
+            Err(e) => {
+                tracing::debug!(user = %user, error = %e, "state written meanwhile: scoring again")
+            }
+        }
+    }
+    bail!("user {user:?}'s state changed under {WRITE_ATTEMPTS} attempts in a row; retry")
+}
+
+/// Publishes the detections among `answers`, each with its `detection_id` as `Nats-Msg-Id`:
+/// an answer given again (a retried request) is published again, so that no detection is
+/// lost with an instance that died between writing the user's state and publishing; a
+/// JetStream stream on the subject drops the copies, other consumers see the same id twice.
+async fn publish_detections(ctx: &Ctx, answers: &[Answer]) {
+    let subject = format!("dfp.events.detection.{}", ctx.source);
+    for a in answers.iter().filter(|a| a.alert) {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&a.json)
+            && let Some(id) = v["detection_id"].as_str()
+        {
+            headers.insert("Nats-Msg-Id", id);
+        }
+        let published = ctx
+            .client
+            .publish_with_headers(subject.clone(), headers, a.json.clone().into())
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "a detection event could not be published");
+        }
+    }
+}
+
+/// The registry read again for new champions and challengers, behind a circuit breaker:
+/// after `OPEN_AFTER` failures in a row it stops reading for `OPEN_FOR` (the last good
+/// versions keep serving), then tries once (half-open) and closes on success.
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<tokio::time::Instant>,
+}
+
+const OPEN_AFTER: u32 = 3;
+const OPEN_FOR: Duration = Duration::from_secs(30);
+
+impl Breaker {
+    async fn reload(&mut self, ctx: &Arc<Ctx>, registry: &Registry) {
+        if self
+            .open_until
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            return;
+        }
+        let registry = registry.clone();
+        let read = tokio::task::spawn_blocking(move || registry.serving_all()).await;
+        let versions = match read {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return self.failed(&e.chain().to_string()),
+            Err(e) => return self.failed(&e.to_string()),
+        };
+        if self.failures > 0 {
+            tracing::info!("the registry reads again: circuit closed");
+        }
+        self.failures = 0;
+        self.open_until = None;
+        let current = match ctx.online.versions() {
+            Ok(v) => v,
+            Err(e) => return tracing::error!(error = %e, "reading the serving versions"),
+        };
+        if current == versions {
+            return;
+        }
+        let events = changes(&current, &versions);
+        if let Err(e) = ctx.online.set_versions(versions) {
+            return tracing::error!(error = %e, "switching to the registry's versions");
+        }
+        let subject = format!("dfp.events.model.{}", ctx.source);
+        for event in events {
+            tracing::info!(event = %event, "model change");
+            if let Err(e) = ctx.client.publish(subject.clone(), event.into()).await {
+                tracing::warn!(error = %e, "a model event could not be published");
+            }
+        }
+    }
+
+    fn failed(&mut self, why: &str) {
+        self.failures += 1;
+        if self.failures >= OPEN_AFTER {
+            self.open_until = Some(tokio::time::Instant::now() + OPEN_FOR);
+            tracing::error!(failures = self.failures, error = %why, "the registry cannot be read: circuit open, the last good models keep serving");
+        } else {
+            tracing::warn!(error = %why, "the registry could not be read");
+        }
+    }
+}
+
+/// One JSON event per model whose champion or challenger differs between `old` and `new`.
+fn changes(old: &Serving, new: &Serving) -> Vec<String> {
+    let mut out = Vec::new();
+    for (role, before, after) in [
+        ("champion", &old.champions, &new.champions),
+        ("challenger", &old.challengers, &new.challengers),
+    ] {
+        let names: BTreeMap<&String, ()> =
+            before.keys().chain(after.keys()).map(|n| (n, ())).collect();
+        for name in names.keys() {
+            let (was, is) = (before.get(*name), after.get(*name));
+            if was != is {
+                out.push(
+                    serde_json::json!({"model": name, "role": role, "version": is, "previous": was})
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,479 @@
+//! `dfp serve` against a real nats-server with JetStream: a stream of single-record requests
+//! answered by two instances of one queue group, one killed with SIGKILL half-way and the
+//! client retrying by request id, gets exactly the scores `dfp run` gives the same events;
+//! detections are published as events; SIGTERM drains; bad records are answered by index.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use common::{dfp, dfp_command, succeeded};
+use dfp_bench::nats::NatsServer;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+/// The run config both `dfp run` and `dfp serve` score with: small models, familiarity on,
+/// the fixed threshold with a max_abs_z cut.
+const CONFIG: &str = r#"
+[training_window]
+min_history = 60
+min_increment = 60
+[model]
+epochs = 3
+encoder_layers = [16]
+decoder_layers = [16]
+[detection]
+threshold = 3.5
+max_threshold = 30.0
+[familiarity]
+enabled = true
+"#;
+
+/// A registry trained on a week of 10 users' Azure logs, the eighth day's records in event
+/// time order (raw JSON), and `dfp run`'s scores of them by event id.
+struct Scenario {
+    dir: tempfile::TempDir,
+    records: Vec<String>,
+    /// event id -> (mean_abs_z, max_abs_z, model_version)
+    scores: HashMap<String, (f32, f32, String)>,
+    /// The event ids `dfp run` detected.
+    detected: HashSet<String>,
+}
+
+impl Scenario {
+    fn path(&self, p: &str) -> String {
+        self.dir.path().join(p).to_str().unwrap().to_string()
+    }
+}
+
+fn scenario() -> Scenario {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    std::fs::write(d("serve.toml"), CONFIG).unwrap();
+    let demo = d("demo");
+    let out = dfp(&[
+        "demo",
+        "--users",
+        "10",
+        "--days",
+        "8",
+        "--train-days",
+        "7",
+        "--dir",
+        &demo,
+        "--config",
+        &d("serve.toml"),
+        "-q",
+    ]);
+    succeeded(&out);
+    // The eighth day scored on its own, from empty windows, as `dfp serve` starts.
+    let control = serde_json::json!({"inputs": [{
+        "tasks": [
+            {"type": "load", "properties": {"loader_id": "fsspec", "files": [format!("{demo}/logs/*.json")]}},
+            {"type": "inference", "properties": {}}
+        ],
+        "metadata": {"data_type": "streaming", "batching_options":
+            {"period": "D", "start_time": "2022-08-08", "end_time": "2022-08-09"}}
+    }]});
+    std::fs::write(d("infer.json"), control.to_string()).unwrap();
+    let out = dfp(&[
+        "run",
+        "--source",
+        "azure",
+        "--control-messages",
+        &d("infer.json"),
+        "--registry",
+        &format!("{demo}/models"),
+        "--output",
+        &d("batch"),
+        "--write-scores",
+        "--config",
+        &d("serve.toml"),
+    ]);
+    succeeded(&out);
+    let text = std::fs::read_to_string(d("batch/dfp_scores_azure.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let names: Vec<&str> = header.split(',').collect();
+    let col = |n: &str| names.iter().position(|c| *c == n).unwrap();
+    let (id, mean, max, version) = (
+        col("event_id"),
+        col("mean_abs_z"),
+        col("max_abs_z"),
+        col("model_version"),
+    );
+    let scores: HashMap<String, (f32, f32, String)> = lines
+        .map(|l| {
+            let c = dfp_operators::serialize::csv_cells(l, header).unwrap();
+            let z = |i: usize| c[i].parse::<f32>().unwrap();
+            (c[id].clone(), (z(mean), z(max), c[version].clone()))
+        })
+        .collect();
+    let text = std::fs::read_to_string(d("batch/dfp_detections_azure.jsonl")).unwrap();
+    let detected = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["event_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let mut records: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(format!("{demo}/logs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue; // labels.jsonl
+        }
+        let text = std::fs::read_to_string(path).unwrap();
+        let file: Vec<Value> = serde_json::from_str(&text).unwrap();
+        for r in file {
+            let time = r["time"].as_str().unwrap().to_string();
+            if time.as_str() >= "2022-08-08" {
+                records.push((time, r.to_string()));
+            }
+        }
+    }
+    records.sort();
+    assert_eq!(
+        records.len(),
+        scores.len(),
+        "every record of the day is scored once"
+    );
+    Scenario {
+        dir,
+        records: records.into_iter().map(|(_, r)| r).collect(),
+        scores,
+        detected,
+    }
+}
+
+/// A `dfp serve` process whose log is kept in a file.
+struct Instance {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Instance {
+    fn start(nats: &NatsServer, s: &Scenario, name: &str) -> Instance {
+        Self::logging(nats, s, name, "info")
+    }
+
+    /// One logging at `level` (`DFP_LOG`).
+    fn logging(nats: &NatsServer, s: &Scenario, name: &str, level: &str) -> Instance {
+        let log = s.dir.path().join(format!("{name}.log"));
+        let child = dfp_command()
+            .args([
+                "serve",
+                "--nats",
+                &nats.url,
+                "--source",
+                "azure",
+                "--registry",
+                &s.path("demo/models"),
+                "--config",
+                &s.path("serve.toml"),
+            ])
+            .env("DFP_LOG", level)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut i = Instance { child, log };
+        i.wait_for("serving");
+        i
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&mut self, text: &str) {
+        self.wait_for_count(text, 1);
+    }
+
+    /// Waits until `text` is in the log `n` times.
+    fn wait_for_count(&mut self, text: &str, n: usize) {
+        let started = Instant::now();
+        while self.log().matches(text).count() < n {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("dfp serve ended ({status}):\n{}", self.log());
+            }
+            // Only stops a wait for a line that never comes.
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no {text:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(nats: &NatsServer) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_secs(3)))
+        .connect(&nats.url)
+        .await
+        .unwrap()
+}
+
+/// Asks until answered: a request that times out or finds no instance is sent again with the
+/// same id, as a client of an at-least-once service does.
+async fn ask(client: &async_nats::Client, id: &str, body: String) -> Value {
+    let mut headers = HeaderMap::new();
+    headers.insert("Dfp-Request-Id", id);
+    for _ in 0..40 {
+        match client
+            .request_with_headers("dfp.score.azure", headers.clone(), body.clone().into())
+            .await
+        {
+            Ok(m) => return serde_json::from_slice(&m.payload).unwrap(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("request {id} was never answered");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn two_instances_answer_a_stream_with_the_batch_scores_and_a_killed_one_loses_nothing() {
+    let s = scenario();
+    let nats = NatsServer::start();
+    let a = Instance::start(&nats, &s, "a");
+    let b = Instance::start(&nats, &s, "b");
+    // Each user's records in event-time order, one request each; the users side by side.
+    let mut by_user: Vec<(String, Vec<(usize, String)>)> = Vec::new();
+    for (i, record) in s.records.iter().enumerate() {
+        let v: Value = serde_json::from_str(record).unwrap();
+        let user = v["properties"]["userPrincipalName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        match by_user.iter_mut().find(|(u, _)| *u == user) {
+            Some((_, rs)) => rs.push((i, record.clone())),
+            None => by_user.push((user, vec![(i, record.clone())])),
+        }
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&nats).await;
+        let mut events = client
+            .subscribe("dfp.events.detection.azure")
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let mut streams = Vec::new();
+        for (_, records) in by_user {
+            let (client, answered) = (client.clone(), answered.clone());
+            streams.push(tokio::spawn(async move {
+                let mut replies = Vec::new();
+                for (i, record) in records {
+                    let id = format!("req-{i}");
+                    let reply = ask(&client, &id, format!("[{record}]")).await;
+                    // Sent again: the same answer, not applied twice.
+                    if i % 25 == 0 {
+                        let again = ask(&client, &id, format!("[{record}]")).await;
+                        assert_eq!(again, reply, "request {id} answered twice differently");
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    replies.push((i, reply));
+                }
+                replies
+            }));
+        }
+        // SIGKILL to one instance half-way, with requests of several users in flight.
+        while answered.load(Ordering::SeqCst) < s.records.len() / 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        a.signal("KILL");
+        let mut alerts = HashSet::new();
+        for stream in streams {
+            for (i, reply) in stream.await.unwrap() {
+                assert_eq!(reply["errors"], 0, "{reply}");
+                let r = &reply["records"][0];
+                let id = r["event_id"].as_str().unwrap();
+                let (mean, max, version) = &s.scores[id];
+                // One row at a time, against the batch's whole day per user: the same up to
+                // the float rounding of another batch size in the network's matrix products.
+                let close = |k: &str, want: f32| {
+                    let got = r[k].as_f64().unwrap() as f32;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "record {i} ({id}): {k} {got} against the batch's {want}: {r}"
+                    );
+                };
+                close("mean_abs_z", *mean);
+                close("max_abs_z", *max);
+                assert_eq!(r["model_version"], version.as_str(), "record {i}: {r}");
+                assert_eq!(r["alert"], s.detected.contains(id), "record {i}: {r}");
+                if r["alert"] == true {
+                    alerts.insert(r["detection_id"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        assert!(
+            !alerts.is_empty(),
+            "no detection: the events would not be seen"
+        );
+        // Every detection was published, at least once (again when its request is retried).
+        let mut seen = HashSet::new();
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(500), events.next()).await
+        {
+            let e: Value = serde_json::from_slice(&m.payload).unwrap();
+            let id = e["detection_id"].as_str().unwrap().to_string();
+            assert!(alerts.contains(&id), "an event for no alert: {e}");
+            let header = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+            assert_eq!(header.map(|v| v.as_str()), Some(id.as_str()));
+            seen.insert(id);
+        }
+        assert_eq!(seen, alerts);
+    });
+    assert!(b.log().contains("serving"));
+}
+
+#[test]
+fn sigterm_drains_the_requests_in_flight_and_exits_0() {
+    let s = scenario();
+    let nats = NatsServer::start();
+    let mut i = Instance::logging(&nats, &s, "drain", "info,dfp=debug");
+    let rt = runtime();
+    rt.block_on(async {
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(Duration::from_secs(60)))
+            .connect(&nats.url)
+            .await
+            .unwrap();
+        // Eight requests of 300 users each: one state read and write per user, long enough
+        // to be in flight when the signal comes.
+        let mut pending = Vec::new();
+        for n in 0..8 {
+            let body: Vec<String> = (0..300)
+                .map(|k| {
+                    let mut r: Value =
+                        serde_json::from_str(&s.records[k % s.records.len()]).unwrap();
+                    r["properties"]["userPrincipalName"] =
+                        format!("drain-{n}-{k}@domain.com").into();
+                    r.to_string()
+                })
+                .collect();
+            let client = client.clone();
+            pending.push(tokio::spawn(async move {
+                client
+                    .request("dfp.score.azure", format!("[{}]", body.join(",")).into())
+                    .await
+            }));
+        }
+        i.wait_for_count("request received", 8);
+        i.signal("TERM");
+        for p in pending {
+            let reply = p
+                .await
+                .unwrap()
+                .expect("every request received is answered");
+            let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+            assert_eq!(reply["scored"], 300, "{}", reply["records"][0]);
+        }
+        // No instance takes requests any more.
+        let after = client.request("dfp.score.azure", "[]".into()).await;
+        assert!(after.is_err(), "answered after draining: {after:?}");
+    });
+    let status = i.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", i.log());
+    let log = i.log();
+    let in_flight = log
+        .split("in_flight=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(in_flight.is_some_and(|n| n >= 1), "{log}");
+    assert!(log.contains("drained"), "{log}");
+}
+
+#[test]
+fn bad_requests_are_answered_with_the_problem_and_the_record_index() {
+    let s = scenario();
+    let nats = NatsServer::start();
+    let _i = Instance::start(&nats, &s, "bad");
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&nats).await;
+        let good = &s.records[0];
+        let no_user = {
+            let mut r: Value = serde_json::from_str(good).unwrap();
+            r["properties"]
+                .as_object_mut()
+                .unwrap()
+                .remove("userPrincipalName");
+            r.to_string()
+        };
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let body = [
+            good.clone(),
+            "{\"time\": ".into(),
+            no_user,
+            deep,
+            good.clone(),
+        ]
+        .join("\n");
+        let reply = ask(&client, "bad-1", body).await;
+        assert_eq!(reply["scored"], 2, "{reply}");
+        assert_eq!(reply["errors"], 3, "{reply}");
+        let records = reply["records"].as_array().unwrap();
+        let index: Vec<i64> = records
+            .iter()
+            .map(|r| r["index"].as_i64().unwrap())
+            .collect();
+        assert_eq!(index, vec![0, 1, 2, 3, 4]);
+        assert!(
+            records[2]["error"].as_str().unwrap().contains("no user"),
+            "{reply}"
+        );
+        for k in [1, 3] {
+            assert!(records[k]["error"].is_string(), "{reply}");
+        }
+        let huge = "{}\n".repeat(10_001);
+        let reply = ask(&client, "bad-huge", huge).await;
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("10001 records") && error.contains("--max-records"),
+            "{reply}"
+        );
+        for body in ["", "not json at all", "{\"time\": 5"] {
+            let reply = ask(&client, &format!("bad-{body}"), body.to_string()).await;
+            assert!(
+                reply["error"].is_string() || reply["errors"] == 1,
+                "{body:?}: {reply}"
+            );
+        }
+    });
+}
