@@ -162,11 +162,11 @@ struct Instance {
 
 impl Instance {
     fn start(nats: &NatsServer, s: &Scenario, name: &str) -> Instance {
-        Self::logging(nats, s, name, "info")
+        Self::with(nats, s, name, "info", &[])
     }
 
-    /// One logging at `level` (`DFP_LOG`).
-    fn logging(nats: &NatsServer, s: &Scenario, name: &str, level: &str) -> Instance {
+    /// One logging at `level` (`DFP_LOG`), with more flags.
+    fn with(nats: &NatsServer, s: &Scenario, name: &str, level: &str, flags: &[&str]) -> Instance {
         let log = s.dir.path().join(format!("{name}.log"));
         let child = dfp_command()
             .args([
@@ -180,6 +180,7 @@ impl Instance {
                 "--config",
                 &s.path("serve.toml"),
             ])
+            .args(flags)
             .env("DFP_LOG", level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -365,7 +366,7 @@ fn two_instances_answer_a_stream_with_the_batch_scores_and_a_killed_one_loses_no
 fn sigterm_drains_the_requests_in_flight_and_exits_0() {
     let s = scenario();
     let nats = NatsServer::start();
-    let mut i = Instance::logging(&nats, &s, "drain", "info,dfp=debug");
+    let mut i = Instance::with(&nats, &s, "drain", "info,dfp=debug", &[]);
     let rt = runtime();
     rt.block_on(async {
         let client = async_nats::ConnectOptions::new()
@@ -476,4 +477,89 @@ fn bad_requests_are_answered_with_the_problem_and_the_record_index() {
             );
         }
     });
+}
+
+#[test]
+fn a_new_champion_serves_without_a_restart_and_is_announced() {
+    let s = scenario();
+    let nats = NatsServer::start();
+    let _i = Instance::with(&nats, &s, "reload", "info", &["--reload-every", "0.1"]);
+    let record = format!("[{}]", s.records[0]);
+    let user: Value = serde_json::from_str(&s.records[0]).unwrap();
+    let user = user["properties"]["userPrincipalName"].as_str().unwrap();
+    let model = format!("DFP-azure-{user}");
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&nats).await;
+        let mut events = client.subscribe("dfp.events.model.azure").await.unwrap();
+        client.flush().await.unwrap();
+        let version = |reply: &Value| {
+            reply["records"][0]["model_version"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let reply = ask(&client, "v1", record.clone()).await;
+        assert_eq!(version(&reply), format!("{model}:1"));
+        // Trained again (the demo's control message): every model gets a version 2 champion.
+        let out = dfp(&[
+            "run",
+            "--source",
+            "azure",
+            "--control-messages",
+            &s.path("demo/control.json"),
+            "--registry",
+            &s.path("demo/models"),
+            "--output",
+            &s.path("retrain"),
+            "--config",
+            &s.path("serve.toml"),
+            "-q",
+        ]);
+        succeeded(&out);
+        let event = next_event(&mut events, &model).await;
+        assert_eq!(
+            (
+                event["role"].as_str(),
+                event["version"].as_u64(),
+                event["previous"].as_u64()
+            ),
+            (Some("champion"), Some(2), Some(1)),
+            "{event}"
+        );
+        // The same record under a new request id: scored again, now by version 2.
+        let reply = ask(&client, "v2", record.clone()).await;
+        assert_eq!(version(&reply), format!("{model}:2"), "{reply}");
+        let out = dfp(&[
+            "models",
+            "--registry",
+            &s.path("demo/models"),
+            "rollback",
+            &model,
+        ]);
+        succeeded(&out);
+        let event = next_event(&mut events, &model).await;
+        assert_eq!(
+            (event["version"].as_u64(), event["previous"].as_u64()),
+            (Some(1), Some(2)),
+            "{event}"
+        );
+        let reply = ask(&client, "v3", record).await;
+        assert_eq!(version(&reply), format!("{model}:1"), "{reply}");
+    });
+}
+
+/// The next model event about `model`.
+async fn next_event(events: &mut async_nats::Subscriber, model: &str) -> Value {
+    loop {
+        // Only stops a wait for an event that never comes.
+        let m = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .expect("a model event within 30 s")
+            .unwrap();
+        let e: Value = serde_json::from_slice(&m.payload).unwrap();
+        if e["model"] == model {
+            return e;
+        }
+    }
 }
