@@ -1,4 +1,4 @@
-//! Plain networking for the tests and benchmarks: a free port of 127.0.0.1, and an HTTP GET
+//! Plain networking for the tests and benchmarks: a free port of 127.0.0.1, and HTTP calls
 //! without a client library (what a scraper or a team's own tool sees).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // set-up helpers: a failure is the caller's
@@ -19,9 +19,26 @@ pub fn free_port() -> u16 {
 /// GET `path` from `address` (HTTP/1.0, so the answer ends with the connection): the status
 /// line's code and the body, or None when nothing answered.
 pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    http(address, "GET", path, None, "")
+}
+
+/// `method` `path` on `address` with an `Authorization: Bearer` token when given and `body`
+/// (HTTP/1.0, so the answer ends with the connection): the status line's code and the body,
+/// or None when nothing answered.
+pub fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(address).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(request.as_bytes()).ok()?;
     let mut answer = String::new();
     s.read_to_string(&mut answer).ok()?;

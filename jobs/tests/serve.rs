@@ -563,3 +563,141 @@ async fn next_event(events: &mut async_nats::Subscriber, model: &str) -> Value {
         }
     }
 }
+
+#[test]
+fn the_admin_api_enforces_roles_on_every_route_and_serves_each_role_its_calls() {
+    use dfp_bench::net::{free_port, http};
+    let s = scenario();
+    let nats = NatsServer::start();
+    let tokens = [
+        ("olivia", "owner", "owner-token-0123456789"),
+        ("uma", "user", "user-token-0123456789"),
+        ("carl", "consumer", "consumer-token-0123456789"),
+    ];
+    let file: String = tokens
+        .iter()
+        .map(|(n, r, t)| format!("[[token]]\nname = \"{n}\"\nrole = \"{r}\"\ntoken = \"{t}\"\n"))
+        .collect();
+    std::fs::write(s.dir.path().join("tokens.toml"), file).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut i = Instance::with(
+        &nats,
+        &s,
+        "admin",
+        "info",
+        &["--http", &addr, "--tokens", &s.path("tokens.toml")],
+    );
+    i.wait_for("admin API");
+    let model = {
+        let v: Value = serde_json::from_str(&s.records[0]).unwrap();
+        format!(
+            "DFP-azure-{}",
+            v["properties"]["userPrincipalName"].as_str().unwrap()
+        )
+    };
+    let day = format!("[{}]", s.records.join(","));
+    let call = |method: &str, path: &str, token: Option<&str>, body: &str| {
+        http(&addr, method, path, token, body).unwrap()
+    };
+    // Liveness and readiness need no token.
+    assert_eq!(call("GET", "/health", None, "").0, 200);
+    assert_eq!(call("GET", "/ready", None, "").0, 200);
+    // Every route: who may call it.
+    let routes: Vec<(&str, String, &str, Vec<&str>)> = vec![
+        ("GET", "/metrics".into(), "", vec!["owner", "user"]),
+        ("GET", "/models".into(), "", vec!["owner", "user"]),
+        ("GET", format!("/models/{model}"), "", vec!["owner", "user"]),
+        (
+            "POST",
+            "/feedback".into(),
+            r#"{"detection_id": "none", "label": "benign"}"#,
+            vec!["owner", "user"],
+        ),
+        ("GET", "/detections".into(), "", vec!["owner", "user"]),
+        ("POST", "/score".into(), &day, vec!["owner", "consumer"]),
+        ("GET", "/config".into(), "", vec!["owner"]),
+        (
+            "POST",
+            format!("/models/{model}/promote"),
+            r#"{"version": 1, "why": "a test"}"#,
+            vec!["owner"],
+        ),
+        (
+            "POST",
+            format!("/models/{model}/rollback"),
+            "",
+            vec!["owner"],
+        ),
+    ];
+    for (method, path, body, allowed) in &routes {
+        let (code, text) = call(method, path, None, body);
+        assert_eq!(code, 401, "{method} {path} without a token: {text}");
+        let (code, _) = call(method, path, Some("not-a-token-at-all"), body);
+        assert_eq!(code, 401, "{method} {path} with an unknown token");
+        for (name, role, token) in &tokens {
+            let (code, text) = call(method, path, Some(token), body);
+            if allowed.contains(role) {
+                assert!(
+                    code != 401 && code != 403,
+                    "{method} {path} as {name}: {code} {text}"
+                );
+            } else {
+                assert_eq!(code, 403, "{method} {path} as {name} ({role}): {text}");
+                assert!(text.contains(&format!("{method} ")), "{text}");
+            }
+        }
+    }
+    // What each role gets: the consumer's day of records scored, the detections listed to a
+    // user, who judges one under her name.
+    let (code, text) = call("POST", "/score", Some(tokens[2].2), &day);
+    let reply: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (code, reply["scored"].as_u64()),
+        (200, Some(s.records.len() as u64)),
+        "{text}"
+    );
+    let started = Instant::now();
+    let listed = loop {
+        let (_, text) = call("GET", "/detections?limit=5", Some(tokens[1].2), "");
+        let listed: Vec<Value> = serde_json::from_str(&text).unwrap();
+        if !listed.is_empty() {
+            break listed;
+        }
+        // Only stops a wait for events that never come.
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no detection listed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(listed.len() <= 5);
+    let id = listed[0]["detection_id"].as_str().unwrap();
+    let body = format!(r#"{{"detection_id": "{id}", "label": "benign", "note": "a trip"}}"#);
+    let (code, text) = call("POST", "/feedback", Some(tokens[1].2), &body);
+    assert_eq!(code, 201, "{text}");
+    let recorded: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(recorded["verdict"]["by"], "uma");
+    assert_eq!(recorded["detection"]["detection_id"], id);
+    let (code, text) = call(
+        "POST",
+        "/feedback",
+        Some(tokens[1].2),
+        r#"{"detection_id": "x", "label": "maybe"}"#,
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("label") || text.contains("maybe"), "{text}");
+    let (_, metrics) = call("GET", "/metrics", Some(tokens[1].2), "");
+    assert!(
+        metrics.contains("dfp_serve_records_scored_total"),
+        "{metrics}"
+    );
+    let (_, config) = call("GET", "/config", Some(tokens[0].2), "");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["detection"]["max_threshold"], 30.0);
+    // Refusals are logged, tokens never.
+    let log = i.log();
+    assert!(log.contains("refused"), "{log}");
+    for (_, _, token) in &tokens {
+        assert!(!log.contains(token), "a token in the log");
+    }
+}

@@ -14,16 +14,21 @@
 //! request: one read and one write of the key-value store per user in the request.
 //!
 //! Events: every detection is published on `dfp.events.detection.{source}` (the record's
-//! answer object), and every change of a model's champion or challenger found in the
-//! registry (read again every `--reload-every`) on `dfp.events.model.{source}` (`model`,
-//! `role`, `version`, `previous`). SIGTERM or Ctrl-C drains: no new request is taken, those
-//! already received are answered, then the process exits 0.
+//! answer object, at least once: again when a retried request is answered again), and every
+//! change of a model's champion or challenger found in the registry (read again every
+//! `--reload-every`) on `dfp.events.model.{source}` (`model`, `role`, `version`, `previous`;
+//! every instance announces it); each event's `Nats-Msg-Id` header is the same for its copies,
+//! so a JetStream stream on the subjects keeps one. With `--http`, the admin API (`admin`)
+//! serves health, readiness, metrics, models, promotions, feedback, recent detections and
+//! scoring, by role. SIGTERM or Ctrl-C drains: no new request is taken, those already
+//! received are answered, then the process exits 0.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::kv::{Operation, Store};
@@ -36,7 +41,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use dfp_operators::config::RunConfig;
+
 use crate::run::{RegistryArgs, run_config};
+
+mod admin;
+mod metrics;
+
+use metrics::Metrics;
 
 /// The request header that makes a retry idempotent.
 pub const REQUEST_ID: &str = "Dfp-Request-Id";
@@ -81,6 +93,16 @@ pub struct ServeArgs {
     /// Model threads (0: one per core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Serve the admin HTTP API on HOST:PORT (needs --tokens).
+    #[arg(long, value_name = "HOST:PORT", requires = "tokens")]
+    http: Option<String>,
+    /// The admin API's bearer tokens: a TOML file of [[token]] entries with name, role (owner,
+    /// user or consumer) and token (at least 16 characters).
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Detections the admin API keeps for GET /detections and POST /feedback.
+    #[arg(long, default_value_t = 1000)]
+    recent: usize,
 }
 
 /// What every request's task shares.
@@ -90,6 +112,11 @@ struct Ctx {
     kv: Store,
     source: String,
     max_records: usize,
+    registry: Registry,
+    config: RunConfig,
+    metrics: Metrics,
+    /// Set once SIGTERM or Ctrl-C came: readiness turns 503.
+    draining: AtomicBool,
 }
 
 /// Runs `dfp serve` until SIGTERM or Ctrl-C.
@@ -104,15 +131,26 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     if !(args.reload_every > 0.0 && args.reload_every.is_finite()) {
         bail!("--reload-every must be a positive number of seconds");
     }
+    let tokens = args
+        .tokens
+        .as_deref()
+        .map(admin::Tokens::load)
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args, online, registry))?;
+    runtime.block_on(run(args, online, registry, config, tokens))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(args: ServeArgs, online: Online, registry: Registry) -> Result<()> {
+async fn run(
+    args: ServeArgs,
+    online: Online,
+    registry: Registry,
+    config: RunConfig,
+    tokens: Option<admin::Tokens>,
+) -> Result<()> {
     let source = online.source().to_string();
     let client = async_nats::ConnectOptions::new()
         .name(format!("dfp-serve-{source}"))
@@ -145,7 +183,14 @@ async fn run(args: ServeArgs, online: Online, registry: Registry) -> Result<()> 
         kv,
         source: source.clone(),
         max_records: args.max_records,
+        registry: registry.clone(),
+        config,
+        metrics: Metrics::new(),
+        draining: AtomicBool::new(false),
     });
+    if let (Some(addr), Some(tokens)) = (&args.http, tokens) {
+        start_admin(&ctx, addr, tokens, args.recent).await?;
+    }
     let in_flight = Arc::new(Semaphore::new(args.max_in_flight.max(1)));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut terminate = signal(SignalKind::terminate()).context("catching SIGTERM")?;
@@ -162,6 +207,8 @@ async fn run(args: ServeArgs, online: Online, registry: Registry) -> Result<()> 
                 drop(permit);
             }),
             Err(_) => tasks.spawn(async move {
+                ctx.metrics.busy.inc();
+                ctx.metrics.requests.inc();
                 let text = serde_json::json!({
                     "request_id": request_id(&request),
                     "error": "busy: this instance has as many requests in flight as --max-in-flight allows; retry later",
@@ -190,6 +237,7 @@ async fn run(args: ServeArgs, online: Online, registry: Registry) -> Result<()> 
             _ = reload.tick() => breaker.reload(&ctx, &registry).await,
         }
     }
+    ctx.draining.store(true, Ordering::SeqCst);
     tracing::info!(
         in_flight = tasks.len(),
         "draining: no new requests; answering those received"
@@ -272,11 +320,51 @@ async fn respond(request: &Request, text: String) {
 async fn answer(ctx: &Ctx, request: Request) {
     let id = request_id(&request);
     tracing::debug!(request_id = ?id, bytes = request.message.payload.len(), "request received");
-    let text = match score(ctx, id.as_deref(), &request.message.payload).await {
+    let text = scored_reply(ctx, id.as_deref(), &request.message.payload).await;
+    respond(&request, text).await;
+}
+
+/// The reply to a request (`id`: its request id): its records' answers, or what is wrong
+/// with the request as a whole; counted in the metrics.
+async fn scored_reply(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> String {
+    let started = Instant::now();
+    let text = match score(ctx, id, body).await {
         Ok(text) => text,
         Err(e) => serde_json::json!({"request_id": id, "error": format!("{e:#}")}).to_string(),
     };
-    respond(&request, text).await;
+    ctx.metrics.requests.inc();
+    ctx.metrics.seconds.observe(started.elapsed().as_secs_f64());
+    text
+}
+
+/// Starts the admin API on `addr`, and keeps the detections every instance publishes for it.
+async fn start_admin(ctx: &Arc<Ctx>, addr: &str, tokens: admin::Tokens, keep: usize) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin API to {addr}"))?;
+    let api = admin::Admin::new(ctx.clone(), tokens, keep);
+    let mut detections = ctx
+        .client
+        .subscribe(format!("dfp.events.detection.{}", ctx.source))
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to the detection events: {e}"))?;
+    let keeper = api.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(m) = detections.next().await {
+            if let Ok(v) = serde_json::from_slice(&m.payload) {
+                keeper.detection(v);
+            }
+        }
+    });
+    let router = admin::router(api);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the admin API stopped");
+        }
+    });
+    tracing::info!(%addr, "admin API");
+    Ok(())
 }
 
 async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
@@ -292,6 +380,7 @@ async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
         );
     }
     let mut answers = parsed.errors;
+    ctx.metrics.failed.inc_by(answers.len() as u64);
     for (user, rows) in parsed.users {
         let indices: Vec<usize> = rows
             .iter()
@@ -299,12 +388,19 @@ async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
             .collect();
         match score_user(ctx, &user, rows, id).await {
             Ok(scored) => {
+                let ok = scored.iter().filter(|a| a.scored).count() as u64;
+                ctx.metrics.scored.inc_by(ok);
+                ctx.metrics.failed.inc_by(scored.len() as u64 - ok);
+                ctx.metrics
+                    .detections
+                    .inc_by(scored.iter().filter(|a| a.alert).count() as u64);
                 publish_detections(ctx, &scored).await;
                 answers.extend(scored);
             }
             Err(e) => {
                 tracing::error!(user = %user, error = %format!("{e:#}"), "a user's records could not be scored");
                 let reason = format!("{e:#}");
+                ctx.metrics.failed.inc_by(indices.len() as u64);
                 answers.extend(indices.into_iter().map(|i| Answer::error(i, &reason)));
             }
         }
@@ -312,16 +408,14 @@ async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
     Ok(reply(id, answers))
 }
 
-/// The key of a user's state: `u.` and the user id in hex (key-value keys allow few
-/// characters).
-fn user_key(user: &str) -> String {
+/// `text` in hex: key-value keys allow few characters (a user's state is under `u.{hex}`).
+fn hex(text: &str) -> String {
     use std::fmt::Write;
-    let mut key = String::with_capacity(2 + 2 * user.len());
-    key.push_str("u.");
-    for b in user.bytes() {
-        let _ = write!(key, "{b:02x}");
+    let mut out = String::with_capacity(2 * text.len());
+    for b in text.bytes() {
+        let _ = write!(out, "{b:02x}");
     }
-    key
+    out
 }
 
 /// Scores one user's rows against their stored state and writes the state back, again from a
@@ -333,7 +427,7 @@ async fn score_user(
     rows: Vec<dfp_engine::rows::Row>,
     id: Option<&str>,
 ) -> Result<Vec<Answer>> {
-    let key = user_key(user);
+    let key = format!("u.{}", hex(user));
     for _ in 0..WRITE_ATTEMPTS {
         let entry = ctx
             .kv
@@ -371,7 +465,8 @@ async fn score_user(
         match written {
             Ok(_) => return Ok(answers),
             Err(e) => {
-                tracing::debug!(user = %user, error = %e, "state written meanwhile: scoring again")
+                ctx.metrics.conflicts.inc();
+                tracing::debug!(user = %user, error = %e, "state written meanwhile: scoring again");
             }
         }
     }
@@ -445,9 +540,15 @@ impl Breaker {
             return tracing::error!(error = %e, "switching to the registry's versions");
         }
         let subject = format!("dfp.events.model.{}", ctx.source);
-        for event in events {
+        for (id, event) in events {
             tracing::info!(event = %event, "model change");
-            if let Err(e) = ctx.client.publish(subject.clone(), event.into()).await {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let published = ctx
+                .client
+                .publish_with_headers(subject.clone(), headers, event.into())
+                .await;
+            if let Err(e) = published {
                 tracing::warn!(error = %e, "a model event could not be published");
             }
         }
@@ -464,8 +565,9 @@ impl Breaker {
     }
 }
 
-/// One JSON event per model whose champion or challenger differs between `old` and `new`.
-fn changes(old: &Serving, new: &Serving) -> Vec<String> {
+/// One JSON event per model whose champion or challenger differs between `old` and `new`,
+/// with its id (`{model}:{role}:{version}`).
+fn changes(old: &Serving, new: &Serving) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (role, before, after) in [
         ("champion", &old.champions, &new.champions),
@@ -476,10 +578,12 @@ fn changes(old: &Serving, new: &Serving) -> Vec<String> {
         for name in names.keys() {
             let (was, is) = (before.get(*name), after.get(*name));
             if was != is {
-                out.push(
+                let id = format!("{name}:{role}:{}", is.map_or("none".into(), u32::to_string));
+                out.push((
+                    id,
                     serde_json::json!({"model": name, "role": role, "version": is, "previous": was})
                         .to_string(),
-                );
+                ));
             }
         }
     }
