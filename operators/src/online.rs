@@ -8,16 +8,16 @@
 //! twice.
 //!
 //! Input: a request's body (a JSON array of records as Morpheus' files hold them, or JSON
-//! lines). Output: per record an [`Answer`]: its scores as a JSON object (the detections
-//! file's JSON line, with the record's index, whether it would alert and whether the generic
-//! model scored it), or an error naming the problem and the record's index. State: the
+//! lines). Output: per record an [`Answer`]: its scores as a JSON object (the model
+//! version, `mean_abs_z`, `max_abs_z`, `calibrated_z`, the z-loss per feature, the top
+//! features, the familiar values, whether it would alert, named as in the detections file),
+//! or an error naming the problem and the record's index. State: the
 //! rolling-window settings and the scorer's model cache; every user's state is the caller's.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::Utc;
 use dfp_engine::ingest::{InputFormat, Reader};
 use dfp_engine::lifecycle::Serving;
 use dfp_engine::model::Backend;
@@ -31,17 +31,17 @@ use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::data_prep::prepare;
 use crate::filter_detections::Rule;
-use crate::inference::Scorer;
-use crate::post_proc::post_process;
+use crate::inference::{Scored, Scorer};
+use crate::post_proc::{TOP_FEATURES, top_indices};
 use crate::rolling_window::{RollingWindows, UserWindow};
-use crate::serialize::Columns;
+use crate::serialize::{Columns, f32_json};
 use crate::split_users::{SplitConfig, UserRows, generic_name_taken};
 
 /// How many requests' answers a user's state keeps for retries.
-const REMEMBERED: usize = 32;
+const REMEMBERED: usize = 8;
 
 /// One user's state between requests.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct UserState {
     /// Requests applied so far (the next one's rows arrive at epoch `requests + 1`).
     requests: u64,
@@ -77,8 +77,7 @@ pub struct Answer {
     pub scored: bool,
     /// Whether the run config's rule makes it a detection.
     pub alert: bool,
-    /// The answer as one JSON object: `index`, then `error`, or `alert`, `generic` and the
-    /// detections file's fields.
+    /// The answer as one JSON object: `index` and `error`, or the scores ([`Online::answer`]).
     pub json: String,
 }
 
@@ -266,86 +265,153 @@ impl Online {
         &self,
         state: &mut UserState,
         user: &str,
-        mut rows: Vec<Row>,
+        rows: Vec<Row>,
         request: Option<&str>,
     ) -> Result<Vec<Answer>> {
-        if let Some(id) = request
-            && let Some((_, answers)) = state.answered.iter().find(|(r, _)| r == id)
-        {
-            return Ok(answers.clone());
-        }
-        state.requests += 1;
-        let epoch = state.requests;
-        for row in &mut rows {
-            row.origin.epoch = epoch;
-        }
-        let emitted = {
-            let mut windows = locked(&self.windows, "windows")?;
-            windows.insert_user(user, std::mem::take(&mut state.window));
-            let emitted = windows.push(
-                UserRows {
-                    user: user.to_string(),
-                    generic: false,
-                    train: false,
-                    infer: true,
-                    payload: false,
-                    history_only: false,
-                    rows,
-                },
-                epoch,
-            );
-            state.window = windows.remove_user(user);
-            emitted
-        };
-        let mut answers: Vec<Answer> = Vec::new();
+        Ok(self
+            .apply_all(vec![(state, user, rows)], request)?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// Scores several users' rows of one request (distinct users) against their states, all
+    /// in one backend call, and updates each state; a state that had applied `request`
+    /// already gives its answers again. Answers per user, in the order given.
+    pub fn apply_all(
+        &self,
+        mut users: Vec<(&mut UserState, &str, Vec<Row>)>,
+        request: Option<&str>,
+    ) -> Result<Vec<Vec<Answer>>> {
+        let mut answers: Vec<Vec<Answer>> = vec![Vec::new(); users.len()];
+        let mut fresh = vec![false; users.len()];
+        let mut owner: HashMap<String, usize> = HashMap::new();
         let dead_answer = |d: &crate::dead_letter::DeadLetter| {
             d.record
                 .map(|r| Answer::error(usize::try_from(r).unwrap_or(usize::MAX), &d.reason))
         };
-        answers.extend(emitted.late.iter().filter_map(dead_answer));
         let arrow = self.reader.arrow_schema();
         let mut prepared = Vec::new();
-        for w in emitted.windows {
-            let indices: Vec<u64> = w.rows.iter().map(|r| r.origin.record).collect();
-            match prepare(w, &self.schema, &arrow) {
-                Ok(p) => prepared.push(p),
-                Err(e) => answers.extend(indices.into_iter().map(|i| {
-                    Answer::error(usize::try_from(i).unwrap_or(usize::MAX), &e.to_string())
-                })),
+        for (k, (state, user, rows)) in users.iter_mut().enumerate() {
+            if let Some(id) = request
+                && let Some((_, memo)) = state.answered.iter().find(|(r, _)| r == id)
+            {
+                answers[k] = memo.clone();
+                continue;
+            }
+            fresh[k] = true;
+            owner.insert(user.to_string(), k);
+            state.requests += 1;
+            let epoch = state.requests;
+            let mut rows = std::mem::take(rows);
+            for row in &mut rows {
+                row.origin.epoch = epoch;
+            }
+            let emitted = {
+                let mut windows = locked(&self.windows, "windows")?;
+                windows.insert_user(user, std::mem::take(&mut state.window));
+                let emitted = windows.push(
+                    UserRows {
+                        user: user.to_string(),
+                        generic: false,
+                        train: false,
+                        infer: true,
+                        payload: false,
+                        history_only: false,
+                        rows,
+                    },
+                    epoch,
+                );
+                state.window = windows.remove_user(user);
+                emitted
+            };
+            answers[k].extend(emitted.late.iter().filter_map(dead_answer));
+            for w in emitted.windows {
+                let indices: Vec<u64> = w.rows.iter().map(|r| r.origin.record).collect();
+                match prepare(w, &self.schema, &arrow) {
+                    Ok(p) => prepared.push(p),
+                    Err(e) => answers[k].extend(indices.into_iter().map(|i| {
+                        Answer::error(usize::try_from(i).unwrap_or(usize::MAX), &e.to_string())
+                    })),
+                }
             }
         }
-        let outcome = locked(&self.scorer, "scorer")?.score(self.backend.as_ref(), prepared);
-        for d in &outcome.dead {
-            match dead_answer(d) {
-                Some(a) => answers.push(a),
-                None => tracing::warn!(user = ?d.user, reason = %d.reason, "model problem"),
+        if !prepared.is_empty() {
+            let outcome = locked(&self.scorer, "scorer")?.score(self.backend.as_ref(), prepared);
+            for d in &outcome.dead {
+                let k = d.user.as_ref().and_then(|u| owner.get(u));
+                match (k, dead_answer(d)) {
+                    (Some(&k), Some(a)) => answers[k].push(a),
+                    _ => tracing::warn!(user = ?d.user, reason = %d.reason, "model problem"),
+                }
+            }
+            for s in outcome.scored {
+                let Some(&k) = owner.get(&s.user) else {
+                    continue;
+                };
+                answers[k].push(self.answer(s));
             }
         }
-        let now = Utc::now();
-        for s in outcome.scored {
-            let index = usize::try_from(s.row.origin.record).unwrap_or(usize::MAX);
-            let alert = self.rule.is_detection(&s);
-            let generic = s.generic;
-            let d = post_process(s, self.columns.features(), now);
-            let fields = self.columns.json(&d);
-            answers.push(Answer {
-                index,
-                scored: true,
-                alert,
-                json: format!(
-                    "{{\"index\":{index},\"alert\":{alert},\"generic\":{generic},{}",
-                    fields.strip_prefix('{').unwrap_or(&fields)
-                ),
-            });
-        }
-        answers.sort_by_key(|a| a.index);
-        if let Some(id) = request {
-            state.answered.push_back((id.to_string(), answers.clone()));
-            while state.answered.len() > REMEMBERED {
-                state.answered.pop_front();
+        for (k, (state, _, _)) in users.iter_mut().enumerate() {
+            answers[k].sort_by_key(|a| a.index);
+            if let Some(id) = request
+                && fresh[k]
+            {
+                state
+                    .answered
+                    .push_back((id.to_string(), answers[k].clone()));
+                while state.answered.len() > REMEMBERED {
+                    state.answered.pop_front();
+                }
             }
         }
         Ok(answers)
+    }
+}
+
+impl Online {
+    /// A scored record's answer: `index`, `alert`, `generic`, `username`, `timestamp`,
+    /// `event_id`, `detection_id`, `model_version`, `mean_abs_z`, `max_abs_z`,
+    /// `calibrated_z`, `z_loss` (by feature), `top_features` and `familiar` (the familiar
+    /// entries that explained features away), named as in the detections file.
+    fn answer(&self, s: Scored) -> Answer {
+        let index = usize::try_from(s.row.origin.record).unwrap_or(usize::MAX);
+        let alert = self.rule.is_detection(&s);
+        let features = self.columns.features();
+        let z_loss: serde_json::Map<String, serde_json::Value> = features
+            .iter()
+            .zip(&s.z_loss)
+            .map(|(f, &z)| (f.clone(), f32_json(z)))
+            .collect();
+        let top: Vec<&String> = top_indices(&s.z_loss, TOP_FEATURES)
+            .into_iter()
+            .filter_map(|i| features.get(i))
+            .collect();
+        let timestamp = chrono::DateTime::from_timestamp_micros(s.row.ts).map_or_else(
+            || s.row.ts.to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        );
+        let json = serde_json::json!({
+            "index": index,
+            "alert": alert,
+            "generic": s.generic,
+            "username": s.user,
+            "timestamp": timestamp,
+            "event_id": self.columns.event_id(&s.row),
+            "detection_id": self.columns.detection_id(&s.row),
+            "model_version": s.model_version,
+            "mean_abs_z": f32_json(s.mean_abs_z),
+            "max_abs_z": f32_json(s.max_abs_z),
+            "calibrated_z": f32_json(s.calibrated_z),
+            "z_loss": z_loss,
+            "top_features": top,
+            "familiar": self.columns.familiar_names(s.familiar),
+        });
+        Answer {
+            index,
+            scored: true,
+            alert,
+            json: json.to_string(),
+        }
     }
 }
 
@@ -365,8 +431,6 @@ pub fn reply(request: Option<&str>, mut answers: Vec<Answer>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
     use crate::testing::{Fixture, fast_config};
 
@@ -390,6 +454,8 @@ mod tests {
         // streams its users' sign-ins would send them.
         let mut states: HashMap<String, UserState> = HashMap::new();
         let mut last_day: HashMap<String, Answer> = HashMap::new();
+        let mut before: std::collections::BTreeMap<String, (UserState, Vec<Row>)> =
+            Default::default();
         let days = f.days();
         let n = days.len();
         for (day, (_, files)) in days.into_iter().enumerate() {
@@ -406,6 +472,9 @@ mod tests {
                     r.origin.record = i as u64;
                 }
                 let state = states.entry(user.clone()).or_default();
+                if day + 1 == n {
+                    before.insert(user.clone(), (state.clone(), rows.clone()));
+                }
                 let id = format!("{user}-{day}");
                 let answers = online.apply(state, &user, rows.clone(), Some(&id)).unwrap();
                 assert!(answers.iter().all(|a| a.scored), "{answers:?}");
@@ -421,6 +490,34 @@ mod tests {
                     }
                 }
             }
+        }
+        // The last day again from the day before's states, every user in one call: the same
+        // answers (up to the float rounding of another batch size).
+        let together = online
+            .apply_all(
+                before
+                    .iter_mut()
+                    .map(|(u, (st, rows))| (st, u.as_str(), rows.clone()))
+                    .collect(),
+                Some("together"),
+            )
+            .unwrap();
+        let together: Vec<&Answer> = together.iter().flatten().collect();
+        assert_eq!(together.len(), last_day.len());
+        for a in together {
+            let id = field(&a.json, "event_id").as_str().unwrap().to_string();
+            let one = &last_day[&id];
+            for k in ["mean_abs_z", "max_abs_z"] {
+                let (x, y) = (
+                    field(&a.json, k).as_f64().unwrap(),
+                    field(&one.json, k).as_f64().unwrap(),
+                );
+                assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{k}: {x} {y}");
+            }
+            assert_eq!(
+                field(&a.json, "model_version"),
+                field(&one.json, "model_version")
+            );
         }
         let columns = Columns::new(&f.schema);
         let rule = Rule::of(&cfg.detection);

@@ -35,6 +35,7 @@ use async_nats::jetstream::kv::{Operation, Store};
 use async_nats::service::{Request, ServiceExt};
 use dfp_engine::lifecycle::Serving;
 use dfp_engine::registry::Registry;
+use dfp_engine::rows::Row;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::online::{Answer, Online, UserState, reply};
 use tokio::signal::unix::{SignalKind, signal};
@@ -100,6 +101,10 @@ pub struct ServeArgs {
     /// user or consumer) and token (at least 16 characters).
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// Users whose state this instance keeps in memory between their requests (it still
+    /// checks each write against the key-value store's revision).
+    #[arg(long, default_value_t = 100_000)]
+    cache_users: usize,
     /// Detections the admin API keeps for GET /detections and POST /feedback.
     #[arg(long, default_value_t = 1000)]
     recent: usize,
@@ -117,6 +122,12 @@ struct Ctx {
     metrics: Metrics,
     /// Set once SIGTERM or Ctrl-C came: readiness turns 503.
     draining: AtomicBool,
+    /// Lock stripes by user ([`stripe`]).
+    locks: Vec<tokio::sync::Mutex<()>>,
+    /// The users' states this instance wrote last, with their revisions.
+    cache: std::sync::Mutex<std::collections::HashMap<String, Stored>>,
+    /// The most users `cache` keeps.
+    cache_users: usize,
 }
 
 /// Runs `dfp serve` until SIGTERM or Ctrl-C.
@@ -187,6 +198,9 @@ async fn run(
         config,
         metrics: Metrics::new(),
         draining: AtomicBool::new(false),
+        locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        cache: Default::default(),
+        cache_users: args.cache_users.max(1),
     });
     if let (Some(addr), Some(tokens)) = (&args.http, tokens) {
         start_admin(&ctx, addr, tokens, args.recent).await?;
@@ -381,31 +395,90 @@ async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
     }
     let mut answers = parsed.errors;
     ctx.metrics.failed.inc_by(answers.len() as u64);
-    for (user, rows) in parsed.users {
-        let indices: Vec<usize> = rows
-            .iter()
-            .map(|r| usize::try_from(r.origin.record).unwrap_or(usize::MAX))
-            .collect();
-        match score_user(ctx, &user, rows, id).await {
-            Ok(scored) => {
-                let ok = scored.iter().filter(|a| a.scored).count() as u64;
-                ctx.metrics.scored.inc_by(ok);
-                ctx.metrics.failed.inc_by(scored.len() as u64 - ok);
-                ctx.metrics
-                    .detections
-                    .inc_by(scored.iter().filter(|a| a.alert).count() as u64);
-                publish_detections(ctx, &scored).await;
-                answers.extend(scored);
-            }
-            Err(e) => {
-                tracing::error!(user = %user, error = %format!("{e:#}"), "a user's records could not be scored");
-                let reason = format!("{e:#}");
-                ctx.metrics.failed.inc_by(indices.len() as u64);
-                answers.extend(indices.into_iter().map(|i| Answer::error(i, &reason)));
-            }
+    // This instance applies one request at a time per user: the users' lock stripes, taken in
+    // order.
+    let stripes: std::collections::BTreeSet<usize> =
+        parsed.users.iter().map(|(u, _)| stripe(u)).collect();
+    let mut guards = Vec::with_capacity(stripes.len());
+    for s in stripes {
+        guards.push(ctx.locks[s].lock().await);
+    }
+    let loaded =
+        futures_util::future::join_all(parsed.users.iter().map(|(u, _)| load(ctx, u))).await;
+    let mut users = Vec::new();
+    for ((user, rows), state) in parsed.users.into_iter().zip(loaded) {
+        match state {
+            Ok(state) => users.push((user, rows, state)),
+            Err(e) => answers.extend(failed(ctx, &user, &rows, &e)),
         }
     }
+    let before: Vec<u64> = users.iter().map(|(_, _, (s, _))| s.requests()).collect();
+    let all = tokio::task::block_in_place(|| {
+        ctx.online.apply_all(
+            users
+                .iter_mut()
+                .map(|(user, rows, (state, _))| (state, user.as_str(), rows.clone()))
+                .collect(),
+            id,
+        )
+    })?;
+    let writes = futures_util::future::join_all(users.iter().zip(&before).map(
+        |((user, _, (state, revision)), &was)| async move {
+            if state.requests() == was {
+                return Ok(*revision);
+            }
+            store(ctx, user, state, *revision).await.map(Some)
+        },
+    ))
+    .await;
+    for (((user, rows, (state, _)), scored), written) in users.into_iter().zip(all).zip(writes) {
+        let scored = match written {
+            Ok(revision) => {
+                cache(ctx, &user, state, revision);
+                scored
+            }
+            // Another instance wrote the user's state first: scored again from it.
+            Err(_) => match score_user(ctx, &user, rows.clone(), id).await {
+                Ok(scored) => scored,
+                Err(e) => {
+                    answers.extend(failed(ctx, &user, &rows, &e));
+                    continue;
+                }
+            },
+        };
+        let ok = scored.iter().filter(|a| a.scored).count() as u64;
+        ctx.metrics.scored.inc_by(ok);
+        ctx.metrics.failed.inc_by(scored.len() as u64 - ok);
+        ctx.metrics
+            .detections
+            .inc_by(scored.iter().filter(|a| a.alert).count() as u64);
+        publish_detections(ctx, &scored).await;
+        answers.extend(scored);
+    }
+    drop(guards);
     Ok(reply(id, answers))
+}
+
+/// The answers of a user's records that could not be scored, and why.
+fn failed(ctx: &Ctx, user: &str, rows: &[Row], e: &anyhow::Error) -> Vec<Answer> {
+    tracing::error!(user = %user, error = %format!("{e:#}"), "a user's records could not be scored");
+    let reason = format!("{e:#}");
+    ctx.metrics.failed.inc_by(rows.len() as u64);
+    rows.iter()
+        .map(|r| {
+            Answer::error(
+                usize::try_from(r.origin.record).unwrap_or(usize::MAX),
+                &reason,
+            )
+        })
+        .collect()
+}
+
+/// Lock stripes: requests of users in one stripe are applied one at a time on an instance.
+const STRIPES: usize = 256;
+
+fn stripe(user: &str) -> usize {
+    (dfp_engine::hash::fnv1a64(user.as_bytes()) % STRIPES as u64) as usize
 }
 
 /// `text` in hex: key-value keys allow few characters (a user's state is under `u.{hex}`).
@@ -418,57 +491,91 @@ fn hex(text: &str) -> String {
     out
 }
 
-/// Scores one user's rows against their stored state and writes the state back, again from a
-/// fresh read whenever another request wrote it first (a request id it had applied already is
-/// answered from the state, which is not written again).
+fn user_key(user: &str) -> String {
+    format!("u.{}", hex(user))
+}
+
+/// A user's state and the revision of its key it was read at (None: no key yet).
+type Stored = (UserState, Option<u64>);
+
+/// The user's state: the copy this instance wrote last, else the key-value store's. A copy
+/// another instance has since overwritten fails its write, and the user is scored again from
+/// the store.
+async fn load(ctx: &Ctx, user: &str) -> Result<Stored> {
+    if let Some(stored) = ctx.cache.lock().ok().and_then(|mut c| c.remove(user)) {
+        return Ok(stored);
+    }
+    read_state(ctx, user).await
+}
+
+async fn read_state(ctx: &Ctx, user: &str) -> Result<Stored> {
+    let key = user_key(user);
+    let entry = ctx
+        .kv
+        .entry(key.clone())
+        .await
+        .with_context(|| format!("reading user {user:?}'s state"))?;
+    Ok(match entry {
+        Some(e) if e.operation == Operation::Put => (
+            UserState::decode(&e.value, &key)
+                .with_context(|| format!("user {user:?}'s stored state"))?,
+            Some(e.revision),
+        ),
+        Some(e) => (UserState::default(), Some(e.revision)),
+        None => (UserState::default(), None),
+    })
+}
+
+/// Writes `state` if the user's key is still at `revision`; its new revision.
+async fn store(ctx: &Ctx, user: &str, state: &UserState, revision: Option<u64>) -> Result<u64> {
+    let key = user_key(user);
+    let bytes = state.encode()?.into();
+    let written = match revision {
+        Some(r) => ctx
+            .kv
+            .update(key, bytes, r)
+            .await
+            .map_err(|e| e.to_string()),
+        None => ctx.kv.create(key, bytes).await.map_err(|e| e.to_string()),
+    };
+    written.map_err(|e| {
+        ctx.metrics.conflicts.inc();
+        tracing::debug!(user = %user, error = %e, "state written meanwhile");
+        anyhow::anyhow!("user {user:?}'s state was written meanwhile: {e}")
+    })
+}
+
+/// Keeps this instance's copy of a user's state (at most `--cache-users`; one is forgotten to
+/// make room).
+fn cache(ctx: &Ctx, user: &str, state: UserState, revision: Option<u64>) {
+    if let Ok(mut c) = ctx.cache.lock() {
+        if c.len() >= ctx.cache_users
+            && let Some(k) = c.keys().next().cloned()
+        {
+            c.remove(&k);
+        }
+        c.insert(user.to_string(), (state, revision));
+    }
+}
+
+/// Scores one user's rows against their stored state read afresh, and writes the state back,
+/// again from a fresh read whenever another request wrote it first (a request id it had
+/// applied already is answered from the state, which is not written again).
 async fn score_user(
     ctx: &Ctx,
     user: &str,
-    rows: Vec<dfp_engine::rows::Row>,
+    rows: Vec<Row>,
     id: Option<&str>,
 ) -> Result<Vec<Answer>> {
-    let key = format!("u.{}", hex(user));
     for _ in 0..WRITE_ATTEMPTS {
-        let entry = ctx
-            .kv
-            .entry(key.clone())
-            .await
-            .with_context(|| format!("reading user {user:?}'s state"))?;
-        let (mut state, revision) = match entry {
-            Some(e) if e.operation == Operation::Put => (
-                UserState::decode(&e.value, &key)
-                    .with_context(|| format!("user {user:?}'s stored state"))?,
-                Some(e.revision),
-            ),
-            Some(e) => (UserState::default(), Some(e.revision)),
-            None => (UserState::default(), None),
-        };
+        let (mut state, revision) = read_state(ctx, user).await?;
         let before = state.requests();
         let answers =
             tokio::task::block_in_place(|| ctx.online.apply(&mut state, user, rows.clone(), id))?;
-        if state.requests() == before {
-            return Ok(answers);
+        if state.requests() != before && store(ctx, user, &state, revision).await.is_err() {
+            continue;
         }
-        let bytes = state.encode()?.into();
-        let written = match revision {
-            Some(r) => ctx
-                .kv
-                .update(key.clone(), bytes, r)
-                .await
-                .map_err(|e| e.to_string()),
-            None => ctx
-                .kv
-                .create(key.clone(), bytes)
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match written {
-            Ok(_) => return Ok(answers),
-            Err(e) => {
-                ctx.metrics.conflicts.inc();
-                tracing::debug!(user = %user, error = %e, "state written meanwhile: scoring again");
-            }
-        }
+        return Ok(answers);
     }
     bail!("user {user:?}'s state changed under {WRITE_ATTEMPTS} attempts in a row; retry")
 }
