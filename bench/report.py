@@ -253,6 +253,29 @@ def section_drift(d):
                  "Evidently JS (dfp's deciles)", "dfp KS", "scipy KS", "verdicts agree"], rows) + "\n")
 
 
+def section_serve(d):
+    """dfp serve on a real nats-server beside the batch pipeline (bench/src/bin/serve.rs)."""
+    r = load(d, "serve.json")
+    if not r:
+        return "Not run.\n"
+    one, b, burst = r["single"], r["batched"], r["burst"]
+    rows = [
+        [f"single records, {fmt(one['rate_per_s'])}/s for {fmt(one['seconds'])} s",
+         f"p50 {fmt(one['p50_ms'])} ms, p99 {fmt(one['p99_ms'])} ms, max {fmt(one['max_ms'])} ms "
+         f"(sends late by up to {fmt(one['send_late_p99_ms'])} ms at p99)",
+         f"{one['answered']} answered, {one['busy']} busy, {one['errors']} errors, {one['no_reply']} no reply"],
+        [f"batches of {b['batch']} records, 4 in flight",
+         f"{fmt(b['records_per_s'])} records/s; batch pipeline {fmt(b['batch_pipeline_rows_per_s'])} rows/s; "
+         f"ratio {fmt(b['ratio'])}", f"{b['scored']} of {b['records']} scored"],
+        [f"burst: {fmt(burst['rate_per_s'])}/s for {fmt(burst['seconds'])} s",
+         f"peak RSS {fmt(burst['peak_rss_mib_before'])} -> {fmt(burst['peak_rss_mib_after'])} MiB",
+         f"{burst['answered']} answered, {burst['busy']} busy, {burst['no_reply']} no reply"],
+    ]
+    return (f"One `dfp serve` instance, nats-server 2.9 with JetStream, the client in the benchmark's "
+            f"process, all on this machine; {r['users']} users, {r['records']} records of a week.\n\n"
+            + table(["workload", "figures", "answers"], rows) + "\n")
+
+
 def section_targets(d):
     """The issue's targets, each against this run's figure."""
     rows = []
@@ -275,6 +298,15 @@ def section_targets(d):
                      r["train_speedup_per_model"] >= 2.5])
         rows.append([f"model {src}: ROC-AUC >= dfencoder's (difference)", r["roc_auc_dfp_minus_dfencoder"],
                      r["roc_auc_dfp_minus_dfencoder"] >= 0])
+    sv = load(d, "serve.json")
+    if sv:
+        one, b, burst = sv["single"], sv["batched"], sv["burst"]
+        rows.append([f"serve: single-record p99 < 5 ms at {fmt(one['rate_per_s'])}/s", one["p99_ms"],
+                     one["p99_ms"] < 5])
+        rows.append(["serve: batched >= half the batch pipeline's scoring throughput", b["ratio"],
+                     b["ratio"] >= 0.5])
+        rows.append(["serve: a 10x burst answered or refused busy, memory bounded (no-reply count)",
+                     burst["no_reply"], burst["no_reply"] == 0])
     if not rows:
         return "Nothing measured.\n"
     return table(["target", "this run", "met"], rows) + "\n"
@@ -285,7 +317,7 @@ def main():
     results = os.path.join(out, "results")
     os.makedirs(results, exist_ok=True)
     reports = ["ingest.json", "windows.json", "model.json", "parity-azure.json", "parity-duo.json",
-               "e2e-azure.json", "stream.json", "quality-novelty.json", "quality-stable.json", "drift.json",
+               "e2e-azure.json", "stream.json", "quality-novelty.json", "quality-stable.json", "drift.json", "serve.json",
                "gpu-summary.json", "gpu-dfp.json", "gpu-torch.json"]
     reports += [os.path.join("scaling", n, "e2e-azure.json") for n in sorted(
         os.listdir(os.path.join(d, "scaling")))] if os.path.isdir(os.path.join(d, "scaling")) else []
@@ -337,6 +369,9 @@ unless a column says otherwise. The JSON reports are in `bench/results/`.
 ## 8. Drift statistics against Evidently
 
 {section_drift(d)}
+## 9. Online scoring (dfp serve)
+
+{section_serve(d)}
 ## GPU
 
 {section_gpu(d)}

@@ -10,7 +10,8 @@
 #
 # Rows: 1 ingest vs the JSON-parse limit; 2 per-user rolling aggregates vs Pathway; 3 the model
 # vs dfencoder (and the GEMM peak); 4 end to end, 1 and 2 workers, Morpheus' published times for
-# reference; 5 streaming; 6 how cost grows with users and history; 7 detection quality; GPU
+# reference; 5 streaming; 6 how cost grows with users and history; 7 detection quality; 8 drift;
+# 9 dfp serve on NATS; GPU
 # figures when bench/gpu.sh has run on a GPU machine (target/bench/gpu-summary.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,8 @@ q=${QUICK:-0}
 big() { if [ "$q" = 1 ]; then echo "$1"; else echo "$2"; fi; }
 
 cargo build --release -p dfp-bench --bins
+# dfp serve's row runs the dfp binary.
+cargo build --release -p dfp-jobs
 bin=target/release
 commands=()
 step() {
@@ -37,6 +40,7 @@ step $bin/parity --source duo --users "$(big 8 20)" --epochs "$(big 5 30)"
 step $bin/e2e --users 200 --workers 1,2
 step $bin/drift
 step $bin/stream --users "$(big 50 100)"
+step $bin/serve --users "$(big 50 100)" --seconds "$(big 5 10)"
 # Detection quality: every config, both sources, tuned and held-out seeds, with and without
 # the generator's benign novelty.
 step $bin/quality --users "$(big 40 100)"

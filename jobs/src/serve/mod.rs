@@ -7,11 +7,15 @@
 //! whether it would alert, or what is wrong with it (see `dfp_operators::online`).
 //!
 //! State: each user's inference window and the answers of its last requests live in the
-//! JetStream key-value bucket `dfp-serve-{source}` (one key per user), read and written back
-//! with a compare-and-set on the entry's revision: whichever instance answers, and after an
-//! instance dies, a user's next request starts from the state the last applied request left,
-//! and a retried request id is answered from that state without being applied twice. Cost per
-//! request: one read and one write of the key-value store per user in the request.
+//! JetStream key-value bucket `dfp-serve-{source}` (one key per user), written back with a
+//! compare-and-set on the entry's revision: whichever instance answers, and after an instance
+//! dies, a user's next request starts from the state the last applied request left, and a
+//! retried request id is answered from that state without being applied twice. An instance
+//! applies one request per user at a time (lock stripes) and keeps the states it wrote last
+//! (`--cache-users`): a copy another instance has since overwritten fails its write, and that
+//! user is scored again from the store. Cost per request: one key-value write per user in it,
+//! and a read when this instance did not write that user last. All users of a request are
+//! scored in one backend call.
 //!
 //! Events: every detection is published on `dfp.events.detection.{source}` (the record's
 //! answer object, at least once: again when a retried request is answered again), and every
