@@ -258,21 +258,26 @@ def section_serve(d):
     r = load(d, "serve.json")
     if not r:
         return "Not run.\n"
-    one, b, burst = r["single"], r["batched"], r["burst"]
-    rows = [
-        [f"single records, {fmt(one['rate_per_s'])}/s for {fmt(one['seconds'])} s",
-         f"p50 {fmt(one['p50_ms'])} ms, p99 {fmt(one['p99_ms'])} ms, max {fmt(one['max_ms'])} ms "
-         f"(sends late by up to {fmt(one['send_late_p99_ms'])} ms at p99)",
-         f"{one['answered']} answered, {one['busy']} busy, {one['errors']} errors, {one['no_reply']} no reply"],
-        [f"batches of {b['batch']} records, 4 in flight",
-         f"{fmt(b['records_per_s'])} records/s; batch pipeline {fmt(b['batch_pipeline_rows_per_s'])} rows/s; "
-         f"ratio {fmt(b['ratio'])}", f"{b['scored']} of {b['records']} scored"],
-        [f"burst: {fmt(burst['rate_per_s'])}/s for {fmt(burst['seconds'])} s",
-         f"peak RSS {fmt(burst['peak_rss_mib_before'])} -> {fmt(burst['peak_rss_mib_after'])} MiB",
-         f"{burst['answered']} answered, {burst['busy']} busy, {burst['no_reply']} no reply"],
-    ]
-    return (f"One `dfp serve` instance, nats-server 2.9 with JetStream, the client in the benchmark's "
-            f"process, all on this machine; {r['users']} users, {r['records']} records of a week.\n\n"
+    rows = []
+    for suffix, where in (("", "file"), ("_memory", "memory")):
+        one, b = r.get("single" + suffix), r.get("batched" + suffix)
+        if not one or not b:
+            continue
+        rows.append([f"single records, {fmt(one['rate_per_s'])}/s for {fmt(one['seconds'])} s; state: {where}",
+                     f"p50 {fmt(one['p50_ms'])} ms, p99 {fmt(one['p99_ms'])} ms, max {fmt(one['max_ms'])} ms "
+                     f"(sends late by up to {fmt(one['send_late_p99_ms'])} ms at p99)",
+                     f"{one['answered']} answered, {one['busy']} busy, {one['errors']} errors, "
+                     f"{one['no_reply']} no reply"])
+        rows.append([f"batches of {b['batch']} records, 4 in flight; state: {where}",
+                     f"{fmt(b['records_per_s'])} records/s; batch pipeline {fmt(b['batch_pipeline_rows_per_s'])} "
+                     f"rows/s; ratio {fmt(b['ratio'])}", f"{b['scored']} of {b['records']} scored"])
+    burst = r["burst"]
+    rows.append([f"burst: {fmt(burst['rate_per_s'])}/s for {fmt(burst['seconds'])} s; state: file",
+                 f"peak RSS {fmt(burst['peak_rss_mib_before'])} -> {fmt(burst['peak_rss_mib_after'])} MiB",
+                 f"{burst['answered']} answered, {burst['busy']} busy, {burst['no_reply']} no reply"])
+    return (f"One `dfp serve` instance, nats-server 2.9 with JetStream (a fresh one per storage), the client "
+            f"in the benchmark's process, all on this machine; {r['users']} users, {r['records']} records of a "
+            f"week. State: where the key-value bucket keeps users' state (`--state-storage`).\n\n"
             + table(["workload", "figures", "answers"], rows) + "\n")
 
 
@@ -300,13 +305,16 @@ def section_targets(d):
                      r["roc_auc_dfp_minus_dfencoder"] >= 0])
     sv = load(d, "serve.json")
     if sv:
-        one, b, burst = sv["single"], sv["batched"], sv["burst"]
-        rows.append([f"serve: single-record p99 < 5 ms at {fmt(one['rate_per_s'])}/s", one["p99_ms"],
-                     one["p99_ms"] < 5])
-        rows.append(["serve: batched >= half the batch pipeline's scoring throughput", b["ratio"],
-                     b["ratio"] >= 0.5])
+        for suffix, where in (("", "file"), ("_memory", "memory")):
+            one, b = sv.get("single" + suffix), sv.get("batched" + suffix)
+            if not one or not b:
+                continue
+            rows.append([f"serve ({where} state): single-record p99 < 5 ms at {fmt(one['rate_per_s'])}/s",
+                         one["p99_ms"], one["p99_ms"] < 5])
+            rows.append([f"serve ({where} state): batched >= half the batch pipeline's scoring throughput",
+                         b["ratio"], b["ratio"] >= 0.5])
         rows.append(["serve: a 10x burst answered or refused busy, memory bounded (no-reply count)",
-                     burst["no_reply"], burst["no_reply"] == 0])
+                     sv["burst"]["no_reply"], sv["burst"]["no_reply"] == 0])
     if not rows:
         return "Nothing measured.\n"
     return table(["target", "this run", "met"], rows) + "\n"

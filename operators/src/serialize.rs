@@ -247,7 +247,6 @@ impl Columns {
     }
 
     /// The familiar entries of `bits`, `;`-separated (`location;hour_of_day`).
-    /// The names of the familiar entries whose bits are set, `;`-joined.
     pub fn familiar_names(&self, bits: u64) -> String {
         let names: Vec<&str> = self
             .familiar

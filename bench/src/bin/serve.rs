@@ -14,6 +14,10 @@
 //! 3. a burst of 10x `--rate` for `--burst-seconds`: replies, busy replies, requests that got
 //!    no reply, and the instance's peak resident memory (VmHWM) before and after.
 //!
+//! (1) and (2) run twice, each against its own instance, bucket and nats-server: users' state on the NATS
+//! server's disk (`--state-storage file`, the default) and in its memory (`memory`); (3) with
+//! the default.
+//!
 //!   cargo build --release -p dfp-jobs && cargo run --release -p dfp-bench --bin serve --
 //!       [--users 100] [--rate 1000] [--seconds 10] [--batch 200] [--burst-seconds 2]
 //!
@@ -146,17 +150,17 @@ impl Drop for Serve {
     }
 }
 
-fn start_serve(dfp: &Path, nats: &NatsServer, root: &Path) -> Result<Serve> {
-    let log = root.join("serve.log");
+fn start_serve(dfp: &Path, nats: &NatsServer, root: &Path, storage: &str) -> Result<Serve> {
+    let log = root.join(format!("serve-{storage}.log"));
     let child = Command::new(dfp)
+        .args(["serve", "--nats", &nats.url, "--source", "azure"])
         .args([
-            "serve",
-            "--nats",
-            &nats.url,
-            "--source",
-            "azure",
-            "--registry",
+            "--state-storage",
+            storage,
+            "--bucket",
+            &format!("bench-{storage}"),
         ])
+        .arg("--registry")
         .arg(root.join("models"))
         .env("DFP_LOG", "warn")
         .stdout(Stdio::null())
@@ -283,108 +287,145 @@ fn main() -> Result<()> {
         batch_run.seconds,
         records.len()
     );
-    let nats = NatsServer::start();
-    let serve = start_serve(&dfp, &nats, &root)?;
-    let pid = serve.0.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = rt.block_on(async {
-        let client = async_nats::ConnectOptions::new()
-            .request_timeout(Some(Duration::from_secs(10)))
-            .connect(&nats.url)
-            .await?;
-        // Ready once it answers (an empty array is an error reply naming the problem).
-        let started = Instant::now();
-        while client
-            .request("dfp.score.azure", "[]".into())
-            .await
-            .is_err()
-        {
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!(
-                    "dfp serve did not answer within 60 s: see {}",
-                    root.join("serve.log").display()
-                );
+    let mut feed = Feed {
+        records: records.clone(),
+        next: 0,
+    };
+    let mut report = json!({"users": users, "records": records.len()});
+    for storage in ["file", "memory"] {
+        // Each on a fresh server: nothing left from the other's run.
+        let nats = NatsServer::start();
+        let serve = start_serve(&dfp, &nats, &root, storage)?;
+        let pid = serve.0.id();
+        let measured = rt.block_on(async {
+            let client = async_nats::ConnectOptions::new()
+                .request_timeout(Some(Duration::from_secs(10)))
+                .connect(&nats.url)
+                .await?;
+            ready(&client, &root).await?;
+            let single = single(&client, feed.take((rate * seconds) as usize), rate, storage).await;
+            eprintln!("single ({storage}): {single}");
+            let batched = batched(&client, feed.take(records.len()), batch, storage).await;
+            let ratio = batched["records_per_s"].as_f64().unwrap_or(0.0) / batch_rows_per_s;
+            let batched = json!({
+                "batch": batch, "storage": storage, "records": batched["records"],
+                "scored": batched["scored"], "seconds": batched["seconds"],
+                "records_per_s": batched["records_per_s"],
+                "batch_pipeline_rows_per_s": batch_rows_per_s, "ratio": ratio,
+            });
+            eprintln!("batched ({storage}): {batched}");
+            let mut out = json!({"single": single, "batched": batched});
+            // A burst of 10x the rate, against the default (file) storage.
+            if storage == "file" {
+                let before = vm_hwm_mib(pid);
+                let burst = feed.take((rate * 10.0 * burst_seconds) as usize);
+                let (h, _, busy, failed, lost) =
+                    open_loop(&client, burst, rate * 10.0, "burst").await;
+                let after = vm_hwm_mib(pid);
+                out["burst"] = json!({
+                    "rate_per_s": rate * 10.0, "seconds": burst_seconds,
+                    "sent": (rate * 10.0 * burst_seconds) as u64, "answered": h.len(),
+                    "busy": busy, "errors": failed, "no_reply": lost, "p99_ms": ms(&h, 0.99),
+                    "peak_rss_mib_before": before, "peak_rss_mib_after": after,
+                });
+                eprintln!("burst: {}", out["burst"]);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            anyhow::Ok(out)
+        })?;
+        drop(serve);
+        if storage == "file" {
+            for k in ["single", "batched", "burst"] {
+                report[k] = measured[k].clone();
+            }
+        } else {
+            report["single_memory"] = measured["single"].clone();
+            report["batched_memory"] = measured["batched"].clone();
         }
-        let mut feed = Feed {
-            records: records.clone(),
-            next: 0,
-        };
-        // 1. Single records, open loop.
-        let one = feed.take((rate * seconds) as usize);
-        let (h, late, busy, failed, lost) = open_loop(&client, one, rate, "one").await;
-        let single = json!({
-            "rate_per_s": rate, "seconds": seconds, "answered": h.len(), "busy": busy,
-            "errors": failed, "no_reply": lost,
-            "p50_ms": ms(&h, 0.5), "p99_ms": ms(&h, 0.99), "p999_ms": ms(&h, 0.999),
-            "max_ms": h.max() as f64 / 1000.0,
-            "send_late_p99_ms": ms(&late, 0.99),
-        });
-        eprintln!("single: {single}");
-        // 2. Batched, four in flight.
-        let chunks: Vec<String> = feed
-            .take(records.len())
+    }
+    let p99 = |k: &str| report[k]["p99_ms"].as_f64().unwrap_or(f64::MAX);
+    let ratio = |k: &str| report[k]["ratio"].as_f64().unwrap_or(0.0);
+    report["targets"] = json!({
+        "single_p99_under_5ms": p99("single") < 5.0,
+        "single_p99_under_5ms_memory_state": p99("single_memory") < 5.0,
+        "batched_at_least_half_the_pipeline": ratio("batched") >= 0.5,
+        "batched_at_least_half_the_pipeline_memory_state": ratio("batched_memory") >= 0.5,
+        "burst_every_request_answered_or_busy": report["burst"]["no_reply"] == 0,
+    });
+    write_report("serve", &report)
+}
+
+/// Waits until the instance answers (an empty array is answered with an error naming the
+/// problem).
+async fn ready(client: &async_nats::Client, root: &Path) -> Result<()> {
+    let started = Instant::now();
+    while client
+        .request("dfp.score.azure", "[]".into())
+        .await
+        .is_err()
+    {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "dfp serve did not answer within 60 s: see its log under {}",
+                root.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Single-record requests, open loop at `rate`.
+async fn single(client: &async_nats::Client, records: Vec<String>, rate: f64, tag: &str) -> Value {
+    let n = records.len();
+    let (h, late, busy, failed, lost) =
+        open_loop(client, records, rate, &format!("one-{tag}")).await;
+    json!({
+        "rate_per_s": rate, "seconds": n as f64 / rate, "storage": tag, "answered": h.len(),
+        "busy": busy, "errors": failed, "no_reply": lost,
+        "p50_ms": ms(&h, 0.5), "p99_ms": ms(&h, 0.99), "p999_ms": ms(&h, 0.999),
+        "max_ms": h.max() as f64 / 1000.0, "send_late_p99_ms": ms(&late, 0.99),
+    })
+}
+
+/// `records` in requests of `batch`, four in flight: records/s.
+async fn batched(
+    client: &async_nats::Client,
+    records: Vec<String>,
+    batch: usize,
+    tag: &str,
+) -> Value {
+    let chunks: Arc<Vec<String>> = Arc::new(
+        records
             .chunks(batch)
             .map(|c| format!("[{}]", c.join(",")))
-            .collect();
-        let next = Arc::new(AtomicU64::new(0));
-        let scored = Arc::new(AtomicU64::new(0));
-        let t = Instant::now();
-        let mut senders = Vec::new();
-        let chunks = Arc::new(chunks);
-        for _ in 0..4 {
-            let (client, next, scored, chunks) =
-                (client.clone(), next.clone(), scored.clone(), chunks.clone());
-            senders.push(tokio::spawn(async move {
-                loop {
-                    let k = next.fetch_add(1, Ordering::SeqCst) as usize;
-                    let Some(body) = chunks.get(k) else { break };
-                    if let Ok(v) = request(&client, &format!("batch-{k}"), body.clone()).await {
-                        scored.fetch_add(v["scored"].as_u64().unwrap_or(0), Ordering::SeqCst);
-                    }
+            .collect(),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let scored = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (client, next, scored, chunks) =
+            (client.clone(), next.clone(), scored.clone(), chunks.clone());
+        let tag = tag.to_string();
+        senders.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::SeqCst) as usize;
+                let Some(body) = chunks.get(k) else { break };
+                if let Ok(v) = request(&client, &format!("batch-{tag}-{k}"), body.clone()).await {
+                    scored.fetch_add(v["scored"].as_u64().unwrap_or(0), Ordering::SeqCst);
                 }
-            }));
-        }
-        for s in senders {
-            let _ = s.await;
-        }
-        let batched_s = t.elapsed().as_secs_f64();
-        let batched_rows = scored.load(Ordering::SeqCst) as f64 / batched_s;
-        let batched = json!({
-            "batch": batch, "records": records.len(), "scored": scored.load(Ordering::SeqCst),
-            "seconds": batched_s, "records_per_s": batched_rows,
-            "batch_pipeline_rows_per_s": batch_rows_per_s,
-            "ratio": batched_rows / batch_rows_per_s,
-        });
-        eprintln!("batched: {batched}");
-        // 3. A burst of 10x the rate.
-        let before = vm_hwm_mib(pid);
-        let burst = feed.take((rate * 10.0 * burst_seconds) as usize);
-        let (h, _, busy, failed, lost) = open_loop(&client, burst, rate * 10.0, "burst").await;
-        let after = vm_hwm_mib(pid);
-        let burst = json!({
-            "rate_per_s": rate * 10.0, "seconds": burst_seconds,
-            "sent": (rate * 10.0 * burst_seconds) as u64, "answered": h.len(), "busy": busy,
-            "errors": failed, "no_reply": lost, "p99_ms": ms(&h, 0.99),
-            "peak_rss_mib_before": before, "peak_rss_mib_after": after,
-        });
-        eprintln!("burst: {burst}");
-        Ok(json!({
-            "users": users,
-            "records": records.len(),
-            "single": single,
-            "batched": batched,
-            "burst": burst,
-            "targets": {
-                "single_p99_under_5ms": single["p99_ms"].as_f64().is_some_and(|p| p < 5.0),
-                "batched_at_least_half_the_pipeline": batched_rows >= 0.5 * batch_rows_per_s,
-                "burst_every_request_answered_or_busy": lost == 0,
-            },
-        }))
-    })?;
-    drop(serve);
-    write_report("serve", &report)
+            }
+        }));
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let scored = scored.load(Ordering::SeqCst);
+    json!({"records": records.len(), "scored": scored, "seconds": seconds,
+           "records_per_s": scored as f64 / seconds})
 }

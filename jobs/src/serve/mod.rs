@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// Days a user's state is kept after their last request.
     #[arg(long, default_value_t = 30)]
     state_days: u64,
+    /// Where the bucket keeps users' state, when this instance creates it: `file` (survives a
+    /// restart of the NATS server) or `memory` (no disk write per request: lower latency; lost
+    /// with the server unless it is replicated in a NATS cluster).
+    #[arg(long, value_enum, default_value_t = StateStorage::File)]
+    state_storage: StateStorage,
     /// Requests this instance works on at once; the ones beyond are answered "busy".
     #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
@@ -112,6 +117,15 @@ pub struct ServeArgs {
     /// Detections the admin API keeps for GET /detections and POST /feedback.
     #[arg(long, default_value_t = 1000)]
     recent: usize,
+}
+
+/// Where the users' state bucket is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateStorage {
+    /// On the NATS server's disk.
+    File,
+    /// In the NATS server's memory.
+    Memory,
 }
 
 /// What every request's task shares.
@@ -177,7 +191,7 @@ async fn run(
         .bucket
         .clone()
         .unwrap_or_else(|| format!("dfp-serve-{source}"));
-    let kv = open_bucket(&client, &bucket, args.state_days).await?;
+    let kv = open_bucket(&client, &bucket, args.state_days, args.state_storage).await?;
     let service = client
         .service_builder()
         .description(format!("dfp online scoring of {source} logs"))
@@ -289,8 +303,13 @@ async fn futures_next(endpoint: &mut async_nats::service::endpoint::Endpoint) ->
 /// key-value bucket is (`KV_{bucket}` on `$KV.{bucket}.>`, one message per subject, rollups,
 /// direct gets): async-nats' own `create_key_value` first reads account fields that
 /// nats-server 2.9 (Debian's) does not send.
-async fn open_bucket(client: &async_nats::Client, bucket: &str, days: u64) -> Result<Store> {
-    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+async fn open_bucket(
+    client: &async_nats::Client,
+    bucket: &str,
+    days: u64,
+    storage: StateStorage,
+) -> Result<Store> {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
     let js = async_nats::jetstream::new(client.clone());
     if let Ok(kv) = js.get_key_value(bucket).await {
         return Ok(kv);
@@ -306,6 +325,10 @@ async fn open_bucket(client: &async_nats::Client, bucket: &str, days: u64) -> Re
             deny_delete: true,
             allow_direct: true,
             discard: DiscardPolicy::New,
+            storage: match storage {
+                StateStorage::File => StorageType::File,
+                StateStorage::Memory => StorageType::Memory,
+            },
             ..Default::default()
         })
         .await;
