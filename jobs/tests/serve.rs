@@ -701,3 +701,46 @@ fn the_admin_api_enforces_roles_on_every_route_and_serves_each_role_its_calls() 
         assert!(!log.contains(token), "a token in the log");
     }
 }
+
+#[test]
+fn an_unreadable_registry_opens_the_circuit_and_the_last_good_models_keep_serving() {
+    let s = scenario();
+    let nats = NatsServer::start();
+    let mut i = Instance::with(
+        &nats,
+        &s,
+        "breaker",
+        "info",
+        &["--reload-every", "0.05", "--breaker-open-for", "0.5"],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&nats).await;
+        let record = |k: usize| format!("[{}]", s.records[k]);
+        let first = ask(&client, "b-0", record(0)).await;
+        assert!(first.get("registry_error").is_none(), "{first}");
+        let version = first["records"][0]["model_version"].clone();
+        // The registry goes away: after three failed reads the circuit opens.
+        let models = s.dir.path().join("demo/models");
+        let away = s.dir.path().join("demo/models-away");
+        std::fs::rename(&models, &away).unwrap();
+        i.wait_for("circuit open");
+        let during = ask(&client, "b-1", record(1)).await;
+        let why = during["registry_error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("cannot be read") && why.contains("models"),
+            "{during}"
+        );
+        // The models already loaded still score.
+        assert_eq!(during["scored"], 1, "{during}");
+        if during["records"][0]["username"] == first["records"][0]["username"] {
+            assert_eq!(during["records"][0]["model_version"], version);
+        }
+        // Back: the half-open read closes the circuit and replies are plain again.
+        std::fs::rename(&away, &models).unwrap();
+        i.wait_for("circuit closed");
+        let after = ask(&client, "b-2", record(2)).await;
+        assert!(after.get("registry_error").is_none(), "{after}");
+        assert_eq!(after["scored"], 1, "{after}");
+    });
+}

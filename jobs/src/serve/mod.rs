@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// Seconds between two reads of the registry for new champions and challengers.
     #[arg(long, default_value_t = 2.0)]
     reload_every: f64,
+    /// Seconds the registry is not read after 3 failed reads in a row (the circuit breaker's
+    /// open state), before one read tries it again.
+    #[arg(long, default_value_t = 30.0)]
+    breaker_open_for: f64,
     /// Where models score: cpu, cuda, wgpu, or auto.
     #[arg(long, default_value = "cpu")]
     device: dfp_engine::model::Device,
@@ -140,6 +144,8 @@ struct Ctx {
     metrics: Metrics,
     /// Set once SIGTERM or Ctrl-C came: readiness turns 503.
     draining: AtomicBool,
+    /// Why the registry cannot be read, while the circuit breaker is open.
+    registry_down: std::sync::Mutex<Option<String>>,
     /// Lock stripes by user ([`stripe`]).
     locks: Vec<tokio::sync::Mutex<()>>,
     /// The users' states this instance wrote last, with their revisions.
@@ -157,8 +163,13 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let versions = registry.serving_all()?;
     let backend = dfp_engine::device::backend(args.device, args.threads)?;
     let online = Online::new(schema, &config, registry.clone(), versions, backend)?;
-    if !(args.reload_every > 0.0 && args.reload_every.is_finite()) {
-        bail!("--reload-every must be a positive number of seconds");
+    for (flag, secs) in [
+        ("--reload-every", args.reload_every),
+        ("--breaker-open-for", args.breaker_open_for),
+    ] {
+        if !(secs > 0.0 && secs.is_finite()) {
+            bail!("{flag} must be a positive number of seconds, not {secs}");
+        }
     }
     let tokens = args
         .tokens
@@ -216,6 +227,7 @@ async fn run(
         config,
         metrics: Metrics::new(),
         draining: AtomicBool::new(false),
+        registry_down: Default::default(),
         locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         cache: Default::default(),
         cache_users: args.cache_users.max(1),
@@ -229,7 +241,11 @@ async fn run(
     let mut interrupt = signal(SignalKind::interrupt()).context("catching SIGINT")?;
     let mut reload = tokio::time::interval(Duration::from_secs_f64(args.reload_every));
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut breaker = Breaker::default();
+    let mut breaker = Breaker {
+        failures: 0,
+        open_until: None,
+        open_for: Duration::from_secs_f64(args.breaker_open_for),
+    };
     tracing::info!(%subject, nats = %args.nats, %bucket, "serving");
     let dispatch = |tasks: &mut JoinSet<()>, request: Request| {
         let ctx = ctx.clone();
@@ -369,10 +385,21 @@ async fn answer(ctx: &Ctx, request: Request) {
 /// with the request as a whole; counted in the metrics.
 async fn scored_reply(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> String {
     let started = Instant::now();
-    let text = match score(ctx, id, body).await {
+    let mut text = match score(ctx, id, body).await {
         Ok(text) => text,
         Err(e) => serde_json::json!({"request_id": id, "error": format!("{e:#}")}).to_string(),
     };
+    // While the registry cannot be read, every reply says so.
+    let down = ctx.registry_down.lock().ok().and_then(|d| d.clone());
+    if let Some(why) = down
+        && text.ends_with('}')
+    {
+        text.pop();
+        text.push_str(&format!(
+            ",\"registry_error\":{}}}",
+            serde_json::Value::from(why)
+        ));
+    }
     ctx.metrics.requests.inc();
     ctx.metrics.seconds.observe(started.elapsed().as_secs_f64());
     text
@@ -631,16 +658,16 @@ async fn publish_detections(ctx: &Ctx, answers: &[Answer]) {
 }
 
 /// The registry read again for new champions and challengers, behind a circuit breaker:
-/// after `OPEN_AFTER` failures in a row it stops reading for `OPEN_FOR` (the last good
-/// versions keep serving), then tries once (half-open) and closes on success.
-#[derive(Default)]
+/// after `OPEN_AFTER` failures in a row it opens: no read for `open_for` (the last good
+/// versions and the models already loaded keep serving, and every reply says the registry is
+/// unavailable), then one read (half-open) closes it on success or opens it again.
 struct Breaker {
     failures: u32,
     open_until: Option<tokio::time::Instant>,
+    open_for: Duration,
 }
 
 const OPEN_AFTER: u32 = 3;
-const OPEN_FOR: Duration = Duration::from_secs(30);
 
 impl Breaker {
     async fn reload(&mut self, ctx: &Arc<Ctx>, registry: &Registry) {
@@ -654,14 +681,17 @@ impl Breaker {
         let read = tokio::task::spawn_blocking(move || registry.serving_all()).await;
         let versions = match read {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => return self.failed(&e.chain().to_string()),
-            Err(e) => return self.failed(&e.to_string()),
+            Ok(Err(e)) => return self.failed(ctx, &e.chain().to_string()),
+            Err(e) => return self.failed(ctx, &e.to_string()),
         };
         if self.failures > 0 {
             tracing::info!("the registry reads again: circuit closed");
         }
         self.failures = 0;
         self.open_until = None;
+        if let Ok(mut down) = ctx.registry_down.lock() {
+            *down = None;
+        }
         let current = match ctx.online.versions() {
             Ok(v) => v,
             Err(e) => return tracing::error!(error = %e, "reading the serving versions"),
@@ -688,11 +718,17 @@ impl Breaker {
         }
     }
 
-    fn failed(&mut self, why: &str) {
+    fn failed(&mut self, ctx: &Ctx, why: &str) {
         self.failures += 1;
         if self.failures >= OPEN_AFTER {
-            self.open_until = Some(tokio::time::Instant::now() + OPEN_FOR);
+            self.open_until = Some(tokio::time::Instant::now() + self.open_for);
             tracing::error!(failures = self.failures, error = %why, "the registry cannot be read: circuit open, the last good models keep serving");
+            if let Ok(mut down) = ctx.registry_down.lock() {
+                *down = Some(format!(
+                    "the model registry cannot be read ({why}): circuit open since {}; the last good models serve",
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ));
+            }
         } else {
             tracing::warn!(error = %why, "the registry could not be read");
         }
