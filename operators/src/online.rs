@@ -47,8 +47,8 @@ pub struct UserState {
     requests: u64,
     /// The user's inference window (derived features, familiar values).
     window: UserWindow,
-    /// The answers of the last requests applied, by request id.
-    answered: VecDeque<(String, Vec<Answer>)>,
+    /// What the last requests applied answered, by request id.
+    answered: VecDeque<(String, Vec<Kept>)>,
 }
 
 impl UserState {
@@ -77,7 +77,9 @@ pub struct Answer {
     pub scored: bool,
     /// Whether the run config's rule makes it a detection.
     pub alert: bool,
-    /// The answer as one JSON object: `index` and `error`, or the scores ([`Online::answer`]).
+    /// Its detection id, when it was scored.
+    pub detection_id: Option<String>,
+    /// The answer as one JSON object: `index` and `error`, or the scores ([`Online::render`]).
     pub json: String,
 }
 
@@ -88,7 +90,45 @@ impl Answer {
             index,
             scored: false,
             alert: false,
+            detection_id: None,
             json: serde_json::json!({"index": index, "error": reason}).to_string(),
+        }
+    }
+}
+
+/// An answer as a user's state keeps it for retries: the scores as numbers (the JSON is
+/// rendered again from them), a few hundred bytes a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Kept {
+    /// A scored record.
+    Scored(Box<Scores>),
+    /// A record that could not be scored: its index and why.
+    Error(usize, String),
+}
+
+/// A scored record's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Scores {
+    index: usize,
+    alert: bool,
+    generic: bool,
+    user: String,
+    ts: i64,
+    event_id: Option<String>,
+    detection_id: String,
+    model_version: String,
+    mean_abs_z: f32,
+    max_abs_z: f32,
+    calibrated_z: f32,
+    z_loss: Vec<f32>,
+    familiar: u64,
+}
+
+impl Kept {
+    fn index(&self) -> usize {
+        match self {
+            Kept::Scored(s) => s.index,
+            Kept::Error(i, _) => *i,
         }
     }
 }
@@ -282,12 +322,12 @@ impl Online {
         mut users: Vec<(&mut UserState, &str, Vec<Row>)>,
         request: Option<&str>,
     ) -> Result<Vec<Vec<Answer>>> {
-        let mut answers: Vec<Vec<Answer>> = vec![Vec::new(); users.len()];
+        let mut kept: Vec<Vec<Kept>> = vec![Vec::new(); users.len()];
         let mut fresh = vec![false; users.len()];
         let mut owner: HashMap<String, usize> = HashMap::new();
         let dead_answer = |d: &crate::dead_letter::DeadLetter| {
             d.record
-                .map(|r| Answer::error(usize::try_from(r).unwrap_or(usize::MAX), &d.reason))
+                .map(|r| Kept::Error(usize::try_from(r).unwrap_or(usize::MAX), d.reason.clone()))
         };
         let arrow = self.reader.arrow_schema();
         let mut prepared = Vec::new();
@@ -295,7 +335,7 @@ impl Online {
             if let Some(id) = request
                 && let Some((_, memo)) = state.answered.iter().find(|(r, _)| r == id)
             {
-                answers[k] = memo.clone();
+                kept[k] = memo.clone();
                 continue;
             }
             fresh[k] = true;
@@ -324,13 +364,13 @@ impl Online {
                 state.window = windows.remove_user(user);
                 emitted
             };
-            answers[k].extend(emitted.late.iter().filter_map(dead_answer));
+            kept[k].extend(emitted.late.iter().filter_map(dead_answer));
             for w in emitted.windows {
                 let indices: Vec<u64> = w.rows.iter().map(|r| r.origin.record).collect();
                 match prepare(w, &self.schema, &arrow) {
                     Ok(p) => prepared.push(p),
-                    Err(e) => answers[k].extend(indices.into_iter().map(|i| {
-                        Answer::error(usize::try_from(i).unwrap_or(usize::MAX), &e.to_string())
+                    Err(e) => kept[k].extend(indices.into_iter().map(|i| {
+                        Kept::Error(usize::try_from(i).unwrap_or(usize::MAX), e.to_string())
                     })),
                 }
             }
@@ -340,7 +380,7 @@ impl Online {
             for d in &outcome.dead {
                 let k = d.user.as_ref().and_then(|u| owner.get(u));
                 match (k, dead_answer(d)) {
-                    (Some(&k), Some(a)) => answers[k].push(a),
+                    (Some(&k), Some(a)) => kept[k].push(a),
                     _ => tracing::warn!(user = ?d.user, reason = %d.reason, "model problem"),
                 }
             }
@@ -348,17 +388,19 @@ impl Online {
                 let Some(&k) = owner.get(&s.user) else {
                     continue;
                 };
-                answers[k].push(self.answer(s));
+                kept[k].push(self.kept(s));
             }
         }
+        let mut answers = Vec::with_capacity(users.len());
         for (k, (state, _, _)) in users.iter_mut().enumerate() {
-            answers[k].sort_by_key(|a| a.index);
+            kept[k].sort_by_key(Kept::index);
+            answers.push(kept[k].iter().map(|x| self.render(x)).collect());
             if let Some(id) = request
                 && fresh[k]
             {
                 state
                     .answered
-                    .push_back((id.to_string(), answers[k].clone()));
+                    .push_back((id.to_string(), std::mem::take(&mut kept[k])));
                 while state.answered.len() > REMEMBERED {
                     state.answered.pop_front();
                 }
@@ -369,13 +411,34 @@ impl Online {
 }
 
 impl Online {
-    /// A scored record's answer: `index`, `alert`, `generic`, `username`, `timestamp`,
+    /// A scored record's figures.
+    fn kept(&self, s: Scored) -> Kept {
+        Kept::Scored(Box::new(Scores {
+            index: usize::try_from(s.row.origin.record).unwrap_or(usize::MAX),
+            alert: self.rule.is_detection(&s),
+            generic: s.generic,
+            event_id: self.columns.event_id(&s.row),
+            detection_id: self.columns.detection_id(&s.row),
+            ts: s.row.ts,
+            user: s.user,
+            model_version: s.model_version,
+            mean_abs_z: s.mean_abs_z,
+            max_abs_z: s.max_abs_z,
+            calibrated_z: s.calibrated_z,
+            z_loss: s.z_loss,
+            familiar: s.familiar,
+        }))
+    }
+
+    /// A record's answer. Scored: `index`, `alert`, `generic`, `username`, `timestamp`,
     /// `event_id`, `detection_id`, `model_version`, `mean_abs_z`, `max_abs_z`,
     /// `calibrated_z`, `z_loss` (by feature), `top_features` and `familiar` (the familiar
     /// entries that explained features away), named as in the detections file.
-    fn answer(&self, s: Scored) -> Answer {
-        let index = usize::try_from(s.row.origin.record).unwrap_or(usize::MAX);
-        let alert = self.rule.is_detection(&s);
+    fn render(&self, kept: &Kept) -> Answer {
+        let s = match kept {
+            Kept::Error(index, reason) => return Answer::error(*index, reason),
+            Kept::Scored(s) => s,
+        };
         let features = self.columns.features();
         let z_loss: serde_json::Map<String, serde_json::Value> = features
             .iter()
@@ -386,18 +449,18 @@ impl Online {
             .into_iter()
             .filter_map(|i| features.get(i))
             .collect();
-        let timestamp = chrono::DateTime::from_timestamp_micros(s.row.ts).map_or_else(
-            || s.row.ts.to_string(),
+        let timestamp = chrono::DateTime::from_timestamp_micros(s.ts).map_or_else(
+            || s.ts.to_string(),
             |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         );
         let json = serde_json::json!({
-            "index": index,
-            "alert": alert,
+            "index": s.index,
+            "alert": s.alert,
             "generic": s.generic,
             "username": s.user,
             "timestamp": timestamp,
-            "event_id": self.columns.event_id(&s.row),
-            "detection_id": self.columns.detection_id(&s.row),
+            "event_id": s.event_id,
+            "detection_id": s.detection_id,
             "model_version": s.model_version,
             "mean_abs_z": f32_json(s.mean_abs_z),
             "max_abs_z": f32_json(s.max_abs_z),
@@ -407,9 +470,10 @@ impl Online {
             "familiar": self.columns.familiar_names(s.familiar),
         });
         Answer {
-            index,
+            index: s.index,
             scored: true,
-            alert,
+            alert: s.alert,
+            detection_id: Some(s.detection_id.clone()),
             json: json.to_string(),
         }
     }

@@ -642,10 +642,8 @@ async fn publish_detections(ctx: &Ctx, answers: &[Answer]) {
     let subject = format!("dfp.events.detection.{}", ctx.source);
     for a in answers.iter().filter(|a| a.alert) {
         let mut headers = async_nats::HeaderMap::new();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&a.json)
-            && let Some(id) = v["detection_id"].as_str()
-        {
-            headers.insert("Nats-Msg-Id", id);
+        if let Some(id) = &a.detection_id {
+            headers.insert("Nats-Msg-Id", id.as_str());
         }
         let published = ctx
             .client
