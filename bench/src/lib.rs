@@ -290,3 +290,30 @@ pub fn random_rows(
             .collect(),
     }
 }
+
+/// A one-worker CPU run of `input` under `config`, with the registry in `root/models` and the
+/// outputs in `root/output`, stamped with the wall clock (the benchmarks' batch and stream runs).
+pub fn run_options(
+    schema: &dfp_engine::schema::SourceSchema,
+    input: dfp_operators::pipeline::Input,
+    root: &Path,
+    config: dfp_operators::config::RunConfig,
+) -> dfp_operators::pipeline::RunOptions {
+    dfp_operators::pipeline::RunOptions {
+        schema: schema.clone(),
+        input,
+        config,
+        workers: 1,
+        threads: 0,
+        device: dfp_engine::model::Device::Cpu,
+        registry: root.join("models"),
+        output: root.join("output"),
+        mlflow: None,
+        metrics: None,
+        write_scores: false,
+        clock: std::sync::Arc::new(chrono::Utc::now),
+        progress: false,
+        cluster: None,
+        stop: Default::default(),
+    }
+}

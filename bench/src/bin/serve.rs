@@ -35,7 +35,6 @@ use anyhow::{Context, Result, bail};
 use async_nats::HeaderMap;
 use dfp_bench::nats::NatsServer;
 use dfp_bench::{arg, azure_month, bench_dir, repo_root, write_report};
-use dfp_engine::model::Device;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::config::RunConfig;
 use dfp_operators::pipeline::{Input, RunOptions, run};
@@ -65,21 +64,13 @@ fn pipeline(
     let path = root.join(format!("{output}.json"));
     std::fs::write(&path, message)?;
     Ok(run(RunOptions {
-        schema: SourceSchema::builtin("azure")?,
-        input: Input::control(path),
-        config: RunConfig::from_toml(DFP_CONFIG, "configs/dfp.toml")?,
-        workers: 1,
-        threads: 0,
-        device: Device::Cpu,
-        registry: root.join("models"),
         output: root.join(output),
-        mlflow: None,
-        metrics: None,
-        write_scores: false,
-        clock: Arc::new(chrono::Utc::now),
-        progress: false,
-        cluster: None,
-        stop: Default::default(),
+        ..dfp_bench::run_options(
+            &SourceSchema::builtin("azure")?,
+            Input::control(path),
+            root,
+            RunConfig::from_toml(DFP_CONFIG, "configs/dfp.toml")?,
+        )
     })?)
 }
 

@@ -22,7 +22,6 @@
 //!
 //! Not part of the test run. Output: stdout and target/bench/stream.json.
 
-use dfp_engine::model::Device;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,26 +50,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn options(schema: &SourceSchema, input: Input, root: &Path, config: RunConfig) -> RunOptions {
-    RunOptions {
-        schema: schema.clone(),
-        input,
-        config,
-        workers: 1,
-        threads: 0,
-        device: Device::Cpu,
-        registry: root.join("models"),
-        output: root.join("output"),
-        mlflow: None,
-        metrics: None,
-        write_scores: false,
-        clock: Arc::new(chrono::Utc::now),
-        progress: false,
-        cluster: None,
-        stop: Default::default(),
-    }
 }
 
 /// A stream of `topic` for the consumer group `group`, checkpointing every epoch to `state`
@@ -175,7 +154,7 @@ fn child(spec: &str) -> Result<()> {
     };
     let opts = RunOptions {
         registry: c.registry.clone(),
-        ..options(&schema, input, &c.dir, config)
+        ..dfp_bench::run_options(&schema, input, &c.dir, config)
     };
     let summary = run(opts)?;
     let _ = watcher.join();
@@ -365,7 +344,7 @@ fn main() -> Result<()> {
     let control = root.path().join("control.json");
     std::fs::write(&control, DAILY_CONTROL)?;
     let t = Instant::now();
-    let batch = run(options(
+    let batch = run(dfp_bench::run_options(
         &schema,
         Input::control(control),
         &root.path().join("batch"),
@@ -407,7 +386,7 @@ fn main() -> Result<()> {
     let replay_s = t.elapsed().as_secs_f64();
     let sustained = |name: &str, state: Option<&Path>| -> Result<(RunSummary, f64)> {
         let t = Instant::now();
-        let summary = run(options(
+        let summary = run(dfp_bench::run_options(
             &schema,
             stream_input(
                 &kafka,
