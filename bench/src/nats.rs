@@ -20,7 +20,7 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts one; panics (saying how to install nats-server) when it cannot.
     pub fn start() -> NatsServer {
-        let binary = std::env::var("DFP_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string());
+        let binary = std::env::var("DFP_NATS_SERVER").unwrap_or_else(|_| executable());
         let port = crate::net::free_port();
         let store = tempfile::tempdir().expect("a temporary directory");
         let child = Command::new(&binary)
@@ -49,6 +49,18 @@ impl NatsServer {
             _store: store,
             url: format!("nats://{address}"),
         }
+    }
+}
+
+/// `nats-server` on the PATH, else Debian's (in /usr/sbin, which a user's PATH may lack).
+fn executable() -> String {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nats-server").is_file()));
+    let debian = "/usr/sbin/nats-server";
+    if !on_path && std::path::Path::new(debian).is_file() {
+        debian.to_string()
+    } else {
+        "nats-server".to_string()
     }
 }
 
