@@ -345,11 +345,15 @@ fn two_instances_answer_a_stream_with_the_batch_scores_and_a_killed_one_loses_no
             !alerts.is_empty(),
             "no detection: the events would not be seen"
         );
-        // Every detection was published, at least once (again when its request is retried).
+        // Every detection was published, at least once (again when its request is retried):
+        // each by the instance that answered, before its reply, so all are on their way here.
         let mut seen = HashSet::new();
-        while let Ok(Some(m)) =
-            tokio::time::timeout(Duration::from_millis(500), events.next()).await
-        {
+        while seen != alerts {
+            // Only stops a wait for an event that never comes.
+            let m = tokio::time::timeout(Duration::from_secs(30), events.next())
+                .await
+                .unwrap_or_else(|_| panic!("{} of {} alerts published", seen.len(), alerts.len()))
+                .unwrap();
             let e: Value = serde_json::from_slice(&m.payload).unwrap();
             let id = e["detection_id"].as_str().unwrap().to_string();
             assert!(alerts.contains(&id), "an event for no alert: {e}");
@@ -374,8 +378,9 @@ fn sigterm_drains_the_requests_in_flight_and_exits_0() {
             .connect(&nats.url)
             .await
             .unwrap();
-        // Eight requests of 300 users each: one state read and write per user, long enough
-        // to be in flight when the signal comes.
+        // Eight requests of 300 users each (one state write per user), all received before
+        // the signal: whether each is still being scored when it comes depends on the machine's
+        // speed, and is not asserted; that each is answered in full is.
         let mut pending = Vec::new();
         for n in 0..8 {
             let body: Vec<String> = (0..300)
@@ -411,13 +416,16 @@ fn sigterm_drains_the_requests_in_flight_and_exits_0() {
     let status = i.child.wait().unwrap();
     assert!(status.success(), "{status:?}\n{}", i.log());
     let log = i.log();
-    let in_flight = log
-        .split("in_flight=")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse::<usize>().ok());
-    assert!(in_flight.is_some_and(|n| n >= 1), "{log}");
-    assert!(log.contains("drained"), "{log}");
+    // The eight requests were received before the drain began, and answered (above).
+    let draining = log
+        .find("draining")
+        .unwrap_or_else(|| panic!("no drain: {log}"));
+    assert_eq!(
+        log[..draining].matches("request received").count(),
+        8,
+        "{log}"
+    );
+    assert!(log[draining..].contains("drained"), "{log}");
 }
 
 #[test]
