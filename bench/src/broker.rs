@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // set-up helpers: a failure is the caller's
 
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A tansu broker (Kafka protocol, in-memory storage) on a free port of 127.0.0.1, stopped
 /// when dropped. `bash .ci/run` installs tansu; without it the test fails saying so.
@@ -42,14 +40,7 @@ impl Broker {
                      (cargo install tansu@0.6.0 --locked --features dynostore)"
                 )
             });
-        let started = Instant::now();
-        while TcpStream::connect(&address).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "tansu did not listen on {address}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::net::wait_listening(&address, "tansu");
         Broker { child, address }
     }
 

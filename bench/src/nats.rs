@@ -5,9 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // set-up helpers: a failure is the caller's
 
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A nats-server with JetStream on a free port of 127.0.0.1, stopped when dropped.
 pub struct NatsServer {
@@ -35,15 +33,7 @@ impl NatsServer {
                 )
             });
         let address = format!("127.0.0.1:{port}");
-        let started = Instant::now();
-        while TcpStream::connect(&address).is_err() {
-            // Only stops a wait for a server that never listens.
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "nats-server did not listen on {address}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::net::wait_listening(&address, "nats-server");
         NatsServer {
             child,
             _store: store,

@@ -1,5 +1,6 @@
-//! Plain networking for the tests and benchmarks: a free port of 127.0.0.1, and HTTP calls
-//! without a client library (what a scraper or a team's own tool sees).
+//! Plain networking for the tests and benchmarks: a free port of 127.0.0.1, a wait for a server
+//! to listen, and HTTP calls without a client library (what a scraper or a team's own tool
+//! sees).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // set-up helpers: a failure is the caller's
 
@@ -14,6 +15,19 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Waits until something listens on `address` (`what` names it when nothing does within 30 s:
+/// the deadline only stops a wait for a server that never listens).
+pub fn wait_listening(address: &str, what: &str) {
+    let started = std::time::Instant::now();
+    while TcpStream::connect(address).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} did not listen on {address}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// GET `path` from `address` (HTTP/1.0, so the answer ends with the connection): the status
