@@ -694,6 +694,14 @@ fn the_admin_api_enforces_roles_on_every_route_and_serves_each_role_its_calls() 
     );
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("label") || text.contains("maybe"), "{text}");
+    for (method, path) in [
+        ("GET", "/models/DFP-azure-nobody"),
+        ("POST", "/models/DFP-azure-nobody/rollback"),
+    ] {
+        let (code, text) = call(method, path, Some(tokens[0].2), "");
+        assert_eq!(code, 404, "{method} {path}: {text}");
+        assert!(text.contains("DFP-azure-nobody"), "{text}");
+    }
     let (_, metrics) = call("GET", "/metrics", Some(tokens[1].2), "");
     assert!(
         metrics.contains("dfp_serve_records_scored_total"),

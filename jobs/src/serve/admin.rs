@@ -206,24 +206,17 @@ async fn ready(State(a): Shared) -> Response {
     }
 }
 
-async fn metrics(State(a): Shared, headers: HeaderMap) -> Response {
-    match a.allow(&headers, READERS, "GET /metrics") {
-        Ok(_) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            a.ctx.metrics.text(),
-        )
-            .into_response(),
-        Err(r) => r,
-    }
+/// A handler's reply: the answer, or the refusal (401/403/400/404/503 with the reason).
+type Reply = std::result::Result<Response, Response>;
+
+async fn metrics(State(a): Shared, headers: HeaderMap) -> Reply {
+    a.allow(&headers, READERS, "GET /metrics")?;
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, kind)], a.ctx.metrics.text()).into_response())
 }
 
-async fn models(State(a): Shared, headers: HeaderMap) -> Response {
-    if let Err(r) = a.allow(&headers, READERS, "GET /models") {
-        return r;
-    }
+async fn models(State(a): Shared, headers: HeaderMap) -> Reply {
+    a.allow(&headers, READERS, "GET /models")?;
     let registry = &a.ctx.registry;
     let listed = tokio::task::block_in_place(|| -> dfp_engine::Result<Vec<Value>> {
         registry
@@ -235,13 +228,25 @@ async fn models(State(a): Shared, headers: HeaderMap) -> Response {
             })
             .collect()
     });
-    answer(listed.map(Value::from), StatusCode::OK)
+    registry_reply(listed.map(Value::from))
 }
 
-async fn model(State(a): Shared, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Err(r) = a.allow(&headers, READERS, "GET /models/{name}") {
-        return r;
+/// 404 unless the registry has a version of model `name`.
+fn known(a: &Admin, name: &str) -> std::result::Result<(), Response> {
+    let versions = tokio::task::block_in_place(|| a.ctx.registry.version_numbers(name));
+    match versions {
+        Ok(v) if v.is_empty() => Err(refusal(
+            StatusCode::NOT_FOUND,
+            &format!("no model {name:?} in the registry"),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(refusal(StatusCode::BAD_REQUEST, &e.chain().to_string())),
     }
+}
+
+async fn model(State(a): Shared, headers: HeaderMap, Path(name): Path<String>) -> Reply {
+    a.allow(&headers, READERS, "GET /models/{name}")?;
+    known(&a, &name)?;
     let registry = &a.ctx.registry;
     let shown = tokio::task::block_in_place(|| -> dfp_engine::Result<Value> {
         Ok(json!({
@@ -250,24 +255,14 @@ async fn model(State(a): Shared, headers: HeaderMap, Path(name): Path<String>) -
             "lifecycle": registry.lifecycle(&name)?,
         }))
     });
-    answer(shown, StatusCode::OK)
+    registry_reply(shown)
 }
 
-/// A registry call's result as a reply: the value, or 404 when the model is not there and
-/// 400 for any other refusal, with the reason.
-fn answer(result: dfp_engine::Result<Value>, ok: StatusCode) -> Response {
-    match result {
-        Ok(v) => (ok, Json(v)).into_response(),
-        Err(e) => {
-            let reason = e.chain().to_string();
-            let status = if reason.contains("no model") || reason.contains("not found") {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            refusal(status, &reason)
-        }
-    }
+/// A registry call's result as a reply: the value, or 400 with the reason the registry gave.
+fn registry_reply(result: dfp_engine::Result<Value>) -> Reply {
+    result
+        .map(|v| Json(v).into_response())
+        .map_err(|e| refusal(StatusCode::BAD_REQUEST, &e.chain().to_string()))
 }
 
 #[derive(Deserialize)]
@@ -296,22 +291,16 @@ async fn promote(
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
-    let who = match a.allow(&headers, OWNERS, "POST /models/{name}/promote") {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let b: PromoteBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let who = a.allow(&headers, OWNERS, "POST /models/{name}/promote")?;
+    let b: PromoteBody = parse(&body)?;
+    known(&a, &name)?;
     let done =
         tokio::task::block_in_place(|| a.ctx.registry.promote(&name, b.version, &who, &b.why));
     tracing::info!(model = %name, version = b.version, who = %who, "promote");
-    answer(
-        done.map(|previous| json!({"model": name, "champion": b.version, "previous": previous, "by": who})),
-        StatusCode::OK,
-    )
+    registry_reply(done.map(
+        |previous| json!({"model": name, "champion": b.version, "previous": previous, "by": who}),
+    ))
 }
 
 async fn rollback(
@@ -319,24 +308,18 @@ async fn rollback(
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
-    let who = match a.allow(&headers, OWNERS, "POST /models/{name}/rollback") {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let who = a.allow(&headers, OWNERS, "POST /models/{name}/rollback")?;
     let b: RollbackBody = if body.is_empty() {
         RollbackBody::default()
     } else {
-        match parse(&body) {
-            Ok(b) => b,
-            Err(r) => return r,
-        }
+        parse(&body)?
     };
+    known(&a, &name)?;
     let done = tokio::task::block_in_place(|| a.ctx.registry.rollback(&name, &who, &b.why));
     tracing::info!(model = %name, who = %who, "rollback");
-    answer(
+    registry_reply(
         done.map(|(from, to)| json!({"model": name, "from": from, "champion": to, "by": who})),
-        StatusCode::OK,
     )
 }
 
@@ -349,15 +332,9 @@ struct FeedbackBody {
     note: String,
 }
 
-async fn feedback(State(a): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let who = match a.allow(&headers, READERS, "POST /feedback") {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let b: FeedbackBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn feedback(State(a): Shared, headers: HeaderMap, body: Bytes) -> Reply {
+    let who = a.allow(&headers, READERS, "POST /feedback")?;
+    let b: FeedbackBody = parse(&body)?;
     let detection = a.recent.lock().ok().and_then(|recent| {
         recent
             .iter()
@@ -365,13 +342,13 @@ async fn feedback(State(a): Shared, headers: HeaderMap, body: Bytes) -> Response
             .cloned()
     });
     let Some(detection) = detection else {
-        return refusal(
+        return Err(refusal(
             StatusCode::NOT_FOUND,
             &format!(
                 "no detection {:?} among the last {} this service saw (judge older ones with dfp feedback against the run's output)",
                 b.detection_id, a.keep
             ),
-        );
+        ));
     };
     let verdict = Verdict {
         detection_id: b.detection_id,
@@ -383,10 +360,10 @@ async fn feedback(State(a): Shared, headers: HeaderMap, body: Bytes) -> Response
     let event = json!({"verdict": verdict, "detection": detection});
     let key = format!("f.{}", super::hex(&verdict.detection_id));
     if let Err(e) = a.ctx.kv.put(key, event.to_string().into()).await {
-        return refusal(
+        return Err(refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("the verdict could not be stored: {e}"),
-        );
+        ));
     }
     let subject = format!("dfp.events.feedback.{}", a.ctx.source);
     if let Err(e) = a
@@ -397,7 +374,7 @@ async fn feedback(State(a): Shared, headers: HeaderMap, body: Bytes) -> Response
     {
         tracing::warn!(error = %e, "a feedback event could not be published");
     }
-    (StatusCode::CREATED, Json(event)).into_response()
+    Ok((StatusCode::CREATED, Json(event)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -405,34 +382,28 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn detections(State(a): Shared, headers: HeaderMap, Query(q): Query<Limit>) -> Response {
-    if let Err(r) = a.allow(&headers, READERS, "GET /detections") {
-        return r;
-    }
+async fn detections(State(a): Shared, headers: HeaderMap, Query(q): Query<Limit>) -> Reply {
+    a.allow(&headers, READERS, "GET /detections")?;
     let limit = q.limit.unwrap_or(100);
     let newest: Vec<Value> = a
         .recent
         .lock()
         .map(|r| r.iter().rev().take(limit).cloned().collect())
         .unwrap_or_default();
-    Json(newest).into_response()
+    Ok(Json(newest).into_response())
 }
 
-async fn score(State(a): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = a.allow(&headers, SCORERS, "POST /score") {
-        return r;
-    }
+async fn score(State(a): Shared, headers: HeaderMap, body: Bytes) -> Reply {
+    a.allow(&headers, SCORERS, "POST /score")?;
     let id = headers
         .get(super::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let text = super::scored_reply(&a.ctx, id.as_deref(), &body).await;
-    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+    Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
 }
 
-async fn config(State(a): Shared, headers: HeaderMap) -> Response {
-    match a.allow(&headers, OWNERS, "GET /config") {
-        Ok(_) => Json(&a.ctx.config).into_response(),
-        Err(r) => r,
-    }
+async fn config(State(a): Shared, headers: HeaderMap) -> Reply {
+    a.allow(&headers, OWNERS, "GET /config")?;
+    Ok(Json(&a.ctx.config).into_response())
 }
