@@ -42,6 +42,7 @@ use dfp_engine::registry::Registry;
 use dfp_engine::rows::Row;
 use dfp_engine::schema::SourceSchema;
 use dfp_operators::online::{Answer, Online, UserState, reply};
+use futures_util::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -223,7 +224,7 @@ async fn run(
         kv,
         source: source.clone(),
         max_records: args.max_records,
-        registry: registry.clone(),
+        registry,
         config,
         metrics: Metrics::new(),
         draining: AtomicBool::new(false),
@@ -268,7 +269,7 @@ async fn run(
     };
     loop {
         tokio::select! {
-            request = futures_next(&mut endpoint) => match request {
+            request = endpoint.next() => match request {
                 Some(r) => dispatch(&mut tasks, r),
                 None => {
                     tracing::error!("the NATS subscription ended");
@@ -282,7 +283,7 @@ async fn run(
                     tracing::error!(error = %e, "a request's task failed");
                 }
             }
-            _ = reload.tick() => breaker.reload(&ctx, &registry).await,
+            _ = reload.tick() => breaker.reload(&ctx).await,
         }
     }
     ctx.draining.store(true, Ordering::SeqCst);
@@ -295,9 +296,7 @@ async fn run(
     }
     // What the subscription had already received is answered too. The deadline only stops a
     // wait for a subscription that never reports its end.
-    while let Ok(Some(r)) =
-        tokio::time::timeout(Duration::from_secs(2), futures_next(&mut endpoint)).await
-    {
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(2), endpoint.next()).await {
         dispatch(&mut tasks, r);
     }
     while let Some(done) = tasks.join_next().await {
@@ -308,11 +307,6 @@ async fn run(
     client.flush().await.context("flushing the replies")?;
     tracing::info!("drained");
     Ok(())
-}
-
-async fn futures_next(endpoint: &mut async_nats::service::endpoint::Endpoint) -> Option<Request> {
-    use futures_util::StreamExt;
-    endpoint.next().await
 }
 
 /// The users' state bucket, created when it is not there yet. Created as the stream a
@@ -418,7 +412,6 @@ async fn start_admin(ctx: &Arc<Ctx>, addr: &str, tokens: admin::Tokens, keep: us
         .map_err(|e| anyhow::anyhow!("subscribing to the detection events: {e}"))?;
     let keeper = api.clone();
     tokio::spawn(async move {
-        use futures_util::StreamExt;
         while let Some(m) = detections.next().await {
             if let Ok(v) = serde_json::from_slice(&m.payload) {
                 keeper.detection(v);
@@ -668,14 +661,14 @@ struct Breaker {
 const OPEN_AFTER: u32 = 3;
 
 impl Breaker {
-    async fn reload(&mut self, ctx: &Arc<Ctx>, registry: &Registry) {
+    async fn reload(&mut self, ctx: &Arc<Ctx>) {
         if self
             .open_until
             .is_some_and(|t| tokio::time::Instant::now() < t)
         {
             return;
         }
-        let registry = registry.clone();
+        let registry = ctx.registry.clone();
         let read = tokio::task::spawn_blocking(move || registry.serving_all()).await;
         let versions = match read {
             Ok(Ok(v)) => v,
