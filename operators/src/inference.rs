@@ -133,6 +133,8 @@ pub struct Outcome {
 /// Picks, loads and caches models, and scores windows.
 pub struct Scorer {
     schema: Arc<SourceSchema>,
+    /// The schema's fingerprint, which every model used is checked against.
+    fingerprint: u64,
     generic_user: String,
     versions: Serving,
     cache: ModelCache,
@@ -154,6 +156,7 @@ impl Scorer {
         batch_size: usize,
     ) -> Self {
         Self {
+            fingerprint: schema.fingerprint(),
             schema,
             generic_user: generic_user.to_string(),
             versions,
@@ -211,7 +214,7 @@ impl Scorer {
             self.cache
                 .get(name, version)
                 .and_then(|m| {
-                    m.check_schema(&self.schema, Path::new(name))?;
+                    m.check_fingerprint(&self.schema.name, self.fingerprint, Path::new(name))?;
                     Ok(m)
                 })
                 .map(|m| (format!("{name}:{version}"), m))

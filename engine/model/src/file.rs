@@ -160,16 +160,19 @@ impl Model {
 
     /// Refuses a model trained on another schema than `schema`; `origin` names the model.
     pub fn check_schema(&self, schema: &SourceSchema, origin: &Path) -> Result<()> {
-        if self.header.schema_fingerprint != schema.fingerprint() {
+        self.check_fingerprint(&schema.name, schema.fingerprint(), origin)
+    }
+
+    /// [`Model::check_schema`] against the schema `name` whose fingerprint is `fingerprint`
+    /// (worked out once by a caller that checks many models).
+    pub fn check_fingerprint(&self, name: &str, fingerprint: u64, origin: &Path) -> Result<()> {
+        if self.header.schema_fingerprint != fingerprint {
             return Err(Error::ModelFile {
                 path: origin.to_path_buf(),
                 problem: format!(
-                    "trained for source schema {:?} (fingerprint {:016x}), not this {:?} \
-                     ({:016x}); retrain it",
-                    self.header.source,
-                    self.header.schema_fingerprint,
-                    schema.name,
-                    schema.fingerprint()
+                    "trained for source schema {:?} (fingerprint {:016x}), not this {name:?} \
+                     ({fingerprint:016x}); retrain it",
+                    self.header.source, self.header.schema_fingerprint,
                 ),
             });
         }
