@@ -268,8 +268,11 @@ fn runtime() -> tokio::runtime::Runtime {
 fn two_instances_answer_a_stream_with_the_batch_scores_and_a_killed_one_loses_nothing() {
     let s = scenario();
     let nats = NatsServer::start();
-    let a = Instance::start(&nats, &s, "a");
-    let b = Instance::start(&nats, &s, "b");
+    // A snapshot every 3 changes (the stream keeps 6 entries a user): the ~15 requests of a
+    // user go through snapshots, dropped entries and reads of both.
+    let flags = ["--snapshot-every", "3"];
+    let a = Instance::with(&nats, &s, "a", "info", &flags);
+    let b = Instance::with(&nats, &s, "b", "info", &flags);
     // Each user's records in event-time order, one request each; the users side by side.
     let mut by_user: Vec<(String, Vec<(usize, String)>)> = Vec::new();
     for (i, record) in s.records.iter().enumerate() {

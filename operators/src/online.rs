@@ -33,7 +33,7 @@ use crate::data_prep::prepare;
 use crate::filter_detections::Rule;
 use crate::inference::{Scored, Scorer};
 use crate::post_proc::{TOP_FEATURES, top_indices};
-use crate::rolling_window::{RollingWindows, UserWindow};
+use crate::rolling_window::{Emitted, RollingWindows, UserWindow};
 use crate::serialize::{Columns, f32_json};
 use crate::split_users::{SplitConfig, UserRows, generic_name_taken};
 
@@ -66,6 +66,25 @@ impl UserState {
     pub fn decode(bytes: &[u8], key: &str) -> Result<Self> {
         checkpoint::decode(bytes, Path::new(key))
     }
+}
+
+/// What applying one request did to one user's state, for [`Online::replay`] on another copy
+/// of the state: the rows the window took and, for a request with an id, the answers kept for
+/// its retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    rows: Vec<Row>,
+    answered: Option<(String, Vec<Kept>)>,
+}
+
+/// One user's part of a request, applied: the answers, and the change made to the user's
+/// state (none when the request had been applied before and was answered from the state).
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The answers, by record index.
+    pub answers: Vec<Answer>,
+    /// The change, to be stored for other copies of the state.
+    pub change: Option<Change>,
 }
 
 /// The answer for one record of a request.
@@ -307,7 +326,7 @@ impl Online {
         user: &str,
         rows: Vec<Row>,
         request: Option<&str>,
-    ) -> Result<Vec<Answer>> {
+    ) -> Result<Applied> {
         Ok(self
             .apply_all(vec![(state, user, rows)], request)?
             .pop()
@@ -316,14 +335,15 @@ impl Online {
 
     /// Scores several users' rows of one request (distinct users) against their states, all
     /// in one backend call, and updates each state; a state that had applied `request`
-    /// already gives its answers again. Answers per user, in the order given.
+    /// already gives its answers again. Per user, in the order given: the answers and the
+    /// change made to the state.
     pub fn apply_all(
         &self,
         mut users: Vec<(&mut UserState, &str, Vec<Row>)>,
         request: Option<&str>,
-    ) -> Result<Vec<Vec<Answer>>> {
+    ) -> Result<Vec<Applied>> {
         let mut kept: Vec<Vec<Kept>> = vec![Vec::new(); users.len()];
-        let mut fresh = vec![false; users.len()];
+        let mut taken: Vec<Option<Vec<Row>>> = vec![None; users.len()];
         let mut owner: HashMap<String, usize> = HashMap::new();
         let dead_answer = |d: &crate::dead_letter::DeadLetter| {
             d.record
@@ -338,32 +358,10 @@ impl Online {
                 kept[k] = memo.clone();
                 continue;
             }
-            fresh[k] = true;
             owner.insert(user.to_string(), k);
-            state.requests += 1;
-            let epoch = state.requests;
-            let mut rows = std::mem::take(rows);
-            for row in &mut rows {
-                row.origin.epoch = epoch;
-            }
-            let emitted = {
-                let mut windows = locked(&self.windows, "windows")?;
-                windows.insert_user(user, std::mem::take(&mut state.window));
-                let emitted = windows.push(
-                    UserRows {
-                        user: user.to_string(),
-                        generic: false,
-                        train: false,
-                        infer: true,
-                        payload: false,
-                        history_only: false,
-                        rows,
-                    },
-                    epoch,
-                );
-                state.window = windows.remove_user(user);
-                emitted
-            };
+            let rows = std::mem::take(rows);
+            taken[k] = Some(rows.clone());
+            let emitted = self.advance(state, user, rows)?;
             kept[k].extend(emitted.late.iter().filter_map(dead_answer));
             for w in emitted.windows {
                 let indices: Vec<u64> = w.rows.iter().map(|r| r.origin.record).collect();
@@ -391,22 +389,64 @@ impl Online {
                 kept[k].push(self.kept(s));
             }
         }
-        let mut answers = Vec::with_capacity(users.len());
+        let mut applied = Vec::with_capacity(users.len());
         for (k, (state, _, _)) in users.iter_mut().enumerate() {
             kept[k].sort_by_key(Kept::index);
-            answers.push(kept[k].iter().map(|x| self.render(x)).collect());
-            if let Some(id) = request
-                && fresh[k]
-            {
-                state
-                    .answered
-                    .push_back((id.to_string(), std::mem::take(&mut kept[k])));
-                while state.answered.len() > REMEMBERED {
-                    state.answered.pop_front();
-                }
+            let answers = kept[k].iter().map(|x| self.render(x)).collect();
+            let change = taken[k].take().map(|rows| Change {
+                rows,
+                answered: request.map(|id| (id.to_string(), std::mem::take(&mut kept[k]))),
+            });
+            if let Some((id, kept)) = change.as_ref().and_then(|c| c.answered.clone()) {
+                remember(state, id, kept);
             }
+            applied.push(Applied { answers, change });
         }
-        Ok(answers)
+        Ok(applied)
+    }
+
+    /// Makes `change` (from [`Online::apply_all`] on another copy of the same state) to
+    /// `state`, without scoring: the state becomes the one that applying the request left.
+    pub fn replay(&self, state: &mut UserState, user: &str, change: Change) -> Result<()> {
+        self.advance(state, user, change.rows)?;
+        if let Some((id, kept)) = change.answered {
+            remember(state, id, kept);
+        }
+        Ok(())
+    }
+
+    /// Pushes a request's rows of `user` through the user's inference window, as the next
+    /// epoch: what that emits.
+    fn advance(&self, state: &mut UserState, user: &str, mut rows: Vec<Row>) -> Result<Emitted> {
+        state.requests += 1;
+        let epoch = state.requests;
+        for row in &mut rows {
+            row.origin.epoch = epoch;
+        }
+        let mut windows = locked(&self.windows, "windows")?;
+        windows.insert_user(user, std::mem::take(&mut state.window));
+        let emitted = windows.push(
+            UserRows {
+                user: user.to_string(),
+                generic: false,
+                train: false,
+                infer: true,
+                payload: false,
+                history_only: false,
+                rows,
+            },
+            epoch,
+        );
+        state.window = windows.remove_user(user);
+        Ok(emitted)
+    }
+}
+
+/// Keeps a request's answers in the user's state for its retries (the last [`REMEMBERED`]).
+fn remember(state: &mut UserState, id: String, kept: Vec<Kept>) {
+    state.answered.push_back((id, kept));
+    while state.answered.len() > REMEMBERED {
+        state.answered.pop_front();
     }
 }
 
@@ -540,12 +580,22 @@ mod tests {
                     before.insert(user.clone(), (state.clone(), rows.clone()));
                 }
                 let id = format!("{user}-{day}");
-                let answers = online.apply(state, &user, rows.clone(), Some(&id)).unwrap();
+                let mut copy = state.clone();
+                let applied = online.apply(state, &user, rows.clone(), Some(&id)).unwrap();
+                let answers = applied.answers;
                 assert!(answers.iter().all(|a| a.scored), "{answers:?}");
+                // The change replayed on a copy of the state before: the user goes on from
+                // the copy, so the last day's comparison with the batch checks the replays.
+                online
+                    .replay(&mut copy, &user, applied.change.unwrap())
+                    .unwrap();
+                assert_eq!(copy.requests, state.requests);
+                *state = copy;
                 // The same request again: the same answers, and the state not moved.
                 let requests = state.requests;
                 let again = online.apply(state, &user, rows, Some(&id)).unwrap();
-                assert_eq!(again, answers);
+                assert_eq!(again.answers, answers);
+                assert!(again.change.is_none());
                 assert_eq!(state.requests, requests);
                 if day + 1 == n {
                     for a in answers {
@@ -566,7 +616,7 @@ mod tests {
                 Some("together"),
             )
             .unwrap();
-        let together: Vec<&Answer> = together.iter().flatten().collect();
+        let together: Vec<&Answer> = together.iter().flat_map(|a| &a.answers).collect();
         assert_eq!(together.len(), last_day.len());
         for a in together {
             let id = field(&a.json, "event_id").as_str().unwrap().to_string();
@@ -665,7 +715,8 @@ mod tests {
         let (user, rows) = parsed.users[0].clone();
         let answers = online
             .apply(&mut UserState::default(), &user, rows, None)
-            .unwrap();
+            .unwrap()
+            .answers;
         assert_eq!(
             answers.iter().map(|a| a.index).collect::<Vec<_>>(),
             vec![0, 6]

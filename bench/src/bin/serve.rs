@@ -14,7 +14,7 @@
 //! 3. a burst of 10x `--rate` for `--burst-seconds`: replies, busy replies, requests that got
 //!    no reply, and the instance's peak resident memory (VmHWM) before and after.
 //!
-//! (1) and (2) run twice, each against its own instance, bucket and nats-server: users' state on the NATS
+//! (1) and (2) run twice, each against its own instance, state stream and nats-server: users' state on the NATS
 //! server's disk (`--state-storage file`, the default) and in its memory (`memory`); (3) with
 //! the default.
 //!
@@ -148,7 +148,7 @@ fn start_serve(dfp: &Path, nats: &NatsServer, root: &Path, storage: &str) -> Res
         .args([
             "--state-storage",
             storage,
-            "--bucket",
+            "--state-stream",
             &format!("bench-{storage}"),
         ])
         .arg("--registry")

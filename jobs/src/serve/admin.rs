@@ -15,8 +15,8 @@
 //!
 //! State: the last `--recent` detections published on `dfp.events.detection.{source}` (by
 //! any instance), which `GET /detections` lists and `POST /feedback` judges; verdicts are
-//! published on `dfp.events.feedback.{source}` and kept in the users' state bucket under
-//! `f.{detection id}`.
+//! published on `dfp.events.feedback.{source}` and kept in the users' state stream under
+//! `dfp.state.{stream}.f.{detection id in hex}`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path as FilePath;
@@ -359,7 +359,7 @@ async fn feedback(State(a): Shared, headers: HeaderMap, body: Bytes) -> Reply {
     };
     let event = json!({"verdict": verdict, "detection": detection});
     let key = format!("f.{}", super::hex(&verdict.detection_id));
-    if let Err(e) = a.ctx.kv.put(key, event.to_string().into()).await {
+    if let Err(e) = a.ctx.states.record(&key, event.to_string().into()).await {
         return Err(refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("the verdict could not be stored: {e}"),

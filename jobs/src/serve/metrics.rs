@@ -56,7 +56,7 @@ impl Metrics {
         );
         registry.register(
             "state_conflicts",
-            "User state writes redone after another request wrote first",
+            "Users scored again because another instance extended their state first",
             conflicts.clone(),
         );
         registry.register_with_unit(

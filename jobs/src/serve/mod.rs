@@ -7,15 +7,15 @@
 //! whether it would alert, or what is wrong with it (see `dfp_operators::online`).
 //!
 //! State: each user's inference window and the answers of its last requests live in the
-//! JetStream key-value bucket `dfp-serve-{source}` (one key per user), written back with a
-//! compare-and-set on the entry's revision: whichever instance answers, and after an instance
-//! dies, a user's next request starts from the state the last applied request left, and a
-//! retried request id is answered from that state without being applied twice. An instance
-//! applies one request per user at a time (lock stripes) and keeps the states it wrote last
-//! (`--cache-users`): a copy another instance has since overwritten fails its write, and that
-//! user is scored again from the store. Cost per request: one key-value write per user in it,
-//! and a read when this instance did not write that user last. All users of a request are
-//! scored in one backend call.
+//! JetStream stream `dfp-serve-{source}`, as a chain of snapshots and per-request changes
+//! appended with a compare-and-set (`state`): whichever instance answers, and after an
+//! instance dies, a user's next request starts from the state the last applied request left,
+//! and a retried request id is answered from that state without being applied twice. An
+//! instance applies one request per user at a time (lock stripes) and keeps the states it
+//! wrote last (`--cache-users`): when another instance extended a state since, the append
+//! fails, the entries missed are replayed, and that user's rows are scored again. Cost per
+//! request: one append per user in it (a few hundred bytes a record). All users of a request
+//! are scored in one backend call.
 //!
 //! Events: every detection is published on `dfp.events.detection.{source}` (the record's
 //! answer object, at least once: again when a retried request is answered again), and every
@@ -35,13 +35,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use async_nats::jetstream::kv::{Operation, Store};
 use async_nats::service::{Request, ServiceExt};
 use dfp_engine::lifecycle::Serving;
 use dfp_engine::registry::Registry;
 use dfp_engine::rows::Row;
 use dfp_engine::schema::SourceSchema;
-use dfp_operators::online::{Answer, Online, UserState, reply};
+use dfp_operators::online::{Answer, Online, reply};
 use futures_util::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
@@ -53,13 +52,15 @@ use crate::run::{RegistryArgs, run_config};
 
 mod admin;
 mod metrics;
+mod state;
 
 use metrics::Metrics;
+use state::{Appended, States};
 
 /// The request header that makes a retry idempotent.
 pub const REQUEST_ID: &str = "Dfp-Request-Id";
 
-/// How often a user's state is read again when another request wrote it first.
+/// How often a user's request is scored again when another instance extended the state first.
 const WRITE_ATTEMPTS: usize = 50;
 
 /// `dfp serve`'s flags.
@@ -78,15 +79,19 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
-    /// The key-value bucket of users' state (default: dfp-serve-{source}).
-    #[arg(long)]
-    bucket: Option<String>,
+    /// The JetStream stream of users' state (default: dfp-serve-{source}).
+    #[arg(long, value_name = "NAME")]
+    state_stream: Option<String>,
     /// Days a user's state is kept after their last request.
     #[arg(long, default_value_t = 30)]
     state_days: u64,
-    /// Where the bucket keeps users' state, when this instance creates it: `file` (survives a
-    /// restart of the NATS server) or `memory` (no disk write per request: lower latency; lost
-    /// with the server unless it is replicated in a NATS cluster).
+    /// A user's whole state is stored after this many requests' changes (the stream keeps
+    /// twice as many entries per user; every instance on a stream must use the same).
+    #[arg(long, default_value_t = 16)]
+    snapshot_every: usize,
+    /// Where the stream keeps users' state, when this instance creates it: `file` (survives a
+    /// restart of the NATS server) or `memory` (lost with the server unless it is replicated
+    /// in a NATS cluster).
     #[arg(long, value_enum, default_value_t = StateStorage::File)]
     state_storage: StateStorage,
     /// Requests this instance works on at once; the ones beyond are answered "busy".
@@ -115,8 +120,8 @@ pub struct ServeArgs {
     /// user or consumer) and token (at least 16 characters).
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
-    /// Users whose state this instance keeps in memory between their requests (it still
-    /// checks each write against the key-value store's revision).
+    /// Users whose state this instance keeps in memory between their requests (each write
+    /// still checks that no other instance extended the state meanwhile).
     #[arg(long, default_value_t = 100_000)]
     cache_users: usize,
     /// Detections the admin API keeps for GET /detections and POST /feedback.
@@ -124,7 +129,7 @@ pub struct ServeArgs {
     recent: usize,
 }
 
-/// Where the users' state bucket is kept.
+/// Where the users' state stream is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StateStorage {
     /// On the NATS server's disk.
@@ -137,7 +142,7 @@ pub enum StateStorage {
 struct Ctx {
     online: Online,
     client: async_nats::Client,
-    kv: Store,
+    states: States,
     source: String,
     max_records: usize,
     registry: Registry,
@@ -149,10 +154,6 @@ struct Ctx {
     registry_down: std::sync::Mutex<Option<String>>,
     /// Lock stripes by user ([`stripe`]).
     locks: Vec<tokio::sync::Mutex<()>>,
-    /// The users' states this instance wrote last, with their revisions.
-    cache: std::sync::Mutex<std::collections::HashMap<String, Stored>>,
-    /// The most users `cache` keeps.
-    cache_users: usize,
 }
 
 /// Runs `dfp serve` until SIGTERM or Ctrl-C.
@@ -199,11 +200,19 @@ async fn run(
         .connect(&args.nats)
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats))?;
-    let bucket = args
-        .bucket
+    let stream = args
+        .state_stream
         .clone()
         .unwrap_or_else(|| format!("dfp-serve-{source}"));
-    let kv = open_bucket(&client, &bucket, args.state_days, args.state_storage).await?;
+    let states = States::open(
+        &client,
+        &stream,
+        args.state_days,
+        args.state_storage,
+        args.snapshot_every,
+        args.cache_users,
+    )
+    .await?;
     let service = client
         .service_builder()
         .description(format!("dfp online scoring of {source} logs"))
@@ -221,7 +230,7 @@ async fn run(
     let ctx = Arc::new(Ctx {
         online,
         client: client.clone(),
-        kv,
+        states,
         source: source.clone(),
         max_records: args.max_records,
         registry,
@@ -230,8 +239,6 @@ async fn run(
         draining: AtomicBool::new(false),
         registry_down: Default::default(),
         locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-        cache: Default::default(),
-        cache_users: args.cache_users.max(1),
     });
     if let (Some(addr), Some(tokens)) = (&args.http, tokens) {
         start_admin(&ctx, addr, tokens, args.recent).await?;
@@ -247,7 +254,7 @@ async fn run(
         open_until: None,
         open_for: Duration::from_secs_f64(args.breaker_open_for),
     };
-    tracing::info!(%subject, nats = %args.nats, %bucket, "serving");
+    tracing::info!(%subject, nats = %args.nats, state = %stream, "serving");
     let dispatch = |tasks: &mut JoinSet<()>, request: Request| {
         let ctx = ctx.clone();
         match in_flight.clone().try_acquire_owned() {
@@ -307,49 +314,6 @@ async fn run(
     client.flush().await.context("flushing the replies")?;
     tracing::info!("drained");
     Ok(())
-}
-
-/// The users' state bucket, created when it is not there yet. Created as the stream a
-/// key-value bucket is (`KV_{bucket}` on `$KV.{bucket}.>`, one message per subject, rollups,
-/// direct gets): async-nats' own `create_key_value` first reads account fields that
-/// nats-server 2.9 (Debian's) does not send.
-async fn open_bucket(
-    client: &async_nats::Client,
-    bucket: &str,
-    days: u64,
-    storage: StateStorage,
-) -> Result<Store> {
-    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
-    let js = async_nats::jetstream::new(client.clone());
-    if let Ok(kv) = js.get_key_value(bucket).await {
-        return Ok(kv);
-    }
-    let created = js
-        .create_stream(Config {
-            name: format!("KV_{bucket}"),
-            description: Some("dfp serve: users' inference windows and last answers".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: Duration::from_secs(days.saturating_mul(86_400)),
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: DiscardPolicy::New,
-            storage: match storage {
-                StateStorage::File => StorageType::File,
-                StateStorage::Memory => StorageType::Memory,
-            },
-            ..Default::default()
-        })
-        .await;
-    let problem = created.err().map(|e| e.to_string());
-    // Another instance may have created it meanwhile.
-    js.get_key_value(bucket).await.map_err(|e| {
-        anyhow::anyhow!(
-            "opening the key-value bucket {bucket:?}: {} (is JetStream on? start nats-server with -js)",
-            problem.unwrap_or_else(|| e.to_string())
-        )
-    })
 }
 
 fn request_id(request: &Request) -> Option<String> {
@@ -450,48 +414,58 @@ async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
     for s in stripes {
         guards.push(ctx.locks[s].lock().await);
     }
-    let loaded =
-        futures_util::future::join_all(parsed.users.iter().map(|(u, _)| load(ctx, u))).await;
+    let loaded = futures_util::future::join_all(
+        parsed
+            .users
+            .iter()
+            .map(|(u, _)| ctx.states.take(&ctx.online, u)),
+    )
+    .await;
     let mut users = Vec::new();
-    for ((user, rows), state) in parsed.users.into_iter().zip(loaded) {
-        match state {
-            Ok(state) => users.push((user, rows, state)),
+    for ((user, rows), stored) in parsed.users.into_iter().zip(loaded) {
+        match stored {
+            Ok(stored) => users.push((user, rows, stored)),
             Err(e) => answers.extend(failed(ctx, &user, &rows, &e)),
         }
     }
-    let before: Vec<u64> = users.iter().map(|(_, _, (s, _))| s.requests()).collect();
     let all = tokio::task::block_in_place(|| {
         ctx.online.apply_all(
             users
                 .iter_mut()
-                .map(|(user, rows, (state, _))| (state, user.as_str(), rows.clone()))
+                .map(|(user, rows, stored)| (&mut stored.state, user.as_str(), rows.clone()))
                 .collect(),
             id,
         )
     })?;
-    let writes = futures_util::future::join_all(users.iter().zip(&before).map(
-        |((user, _, (state, revision)), &was)| async move {
-            if state.requests() == was {
-                return Ok(*revision);
-            }
-            store(ctx, user, state, *revision).await.map(Some)
+    let written = futures_util::future::join_all(users.iter_mut().zip(all).map(
+        |((user, _, stored), applied)| async move {
+            let appended = match applied.change {
+                Some(change) => ctx.states.append(user, stored, change).await,
+                None => Ok(Appended::Done),
+            };
+            appended.map(|a| (a, applied.answers))
         },
     ))
     .await;
-    for (((user, rows, (state, _)), scored), written) in users.into_iter().zip(all).zip(writes) {
+    for ((user, rows, stored), written) in users.into_iter().zip(written) {
         let scored = match written {
-            Ok(revision) => {
-                cache(ctx, &user, state, revision);
-                scored
+            Ok((Appended::Done, scored)) => {
+                ctx.states.keep(&user, stored);
+                Ok(scored)
             }
-            // Another instance wrote the user's state first: scored again from it.
-            Err(_) => match score_user(ctx, &user, rows.clone(), id).await {
-                Ok(scored) => scored,
-                Err(e) => {
-                    answers.extend(failed(ctx, &user, &rows, &e));
-                    continue;
-                }
-            },
+            // Another instance extended the user's state first: scored again from it.
+            Ok((Appended::Stale, _)) => {
+                ctx.metrics.conflicts.inc();
+                score_user(ctx, &user, rows.clone(), id).await
+            }
+            Err(e) => Err(e),
+        };
+        let scored = match scored {
+            Ok(scored) => scored,
+            Err(e) => {
+                answers.extend(failed(ctx, &user, &rows, &e));
+                continue;
+            }
         };
         let ok = scored.iter().filter(|a| a.scored).count() as u64;
         ctx.metrics.scored.inc_by(ok);
@@ -528,7 +502,7 @@ fn stripe(user: &str) -> usize {
     (dfp_engine::hash::fnv1a64(user.as_bytes()) % STRIPES as u64) as usize
 }
 
-/// `text` in hex: key-value keys allow few characters (a user's state is under `u.{hex}`).
+/// `text` in hex: subjects allow few characters (a user's state is under `u.{hex}`).
 fn hex(text: &str) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(2 * text.len());
@@ -538,76 +512,9 @@ fn hex(text: &str) -> String {
     out
 }
 
-fn user_key(user: &str) -> String {
-    format!("u.{}", hex(user))
-}
-
-/// A user's state and the revision of its key it was read at (None: no key yet).
-type Stored = (UserState, Option<u64>);
-
-/// The user's state: the copy this instance wrote last, else the key-value store's. A copy
-/// another instance has since overwritten fails its write, and the user is scored again from
-/// the store.
-async fn load(ctx: &Ctx, user: &str) -> Result<Stored> {
-    if let Some(stored) = ctx.cache.lock().ok().and_then(|mut c| c.remove(user)) {
-        return Ok(stored);
-    }
-    read_state(ctx, user).await
-}
-
-async fn read_state(ctx: &Ctx, user: &str) -> Result<Stored> {
-    let key = user_key(user);
-    let entry = ctx
-        .kv
-        .entry(key.clone())
-        .await
-        .with_context(|| format!("reading user {user:?}'s state"))?;
-    Ok(match entry {
-        Some(e) if e.operation == Operation::Put => (
-            UserState::decode(&e.value, &key)
-                .with_context(|| format!("user {user:?}'s stored state"))?,
-            Some(e.revision),
-        ),
-        Some(e) => (UserState::default(), Some(e.revision)),
-        None => (UserState::default(), None),
-    })
-}
-
-/// Writes `state` if the user's key is still at `revision`; its new revision.
-async fn store(ctx: &Ctx, user: &str, state: &UserState, revision: Option<u64>) -> Result<u64> {
-    let key = user_key(user);
-    let bytes = state.encode()?.into();
-    let written = match revision {
-        Some(r) => ctx
-            .kv
-            .update(key, bytes, r)
-            .await
-            .map_err(|e| e.to_string()),
-        None => ctx.kv.create(key, bytes).await.map_err(|e| e.to_string()),
-    };
-    written.map_err(|e| {
-        ctx.metrics.conflicts.inc();
-        tracing::debug!(user = %user, error = %e, "state written meanwhile");
-        anyhow::anyhow!("user {user:?}'s state was written meanwhile: {e}")
-    })
-}
-
-/// Keeps this instance's copy of a user's state (at most `--cache-users`; one is forgotten to
-/// make room).
-fn cache(ctx: &Ctx, user: &str, state: UserState, revision: Option<u64>) {
-    if let Ok(mut c) = ctx.cache.lock() {
-        if c.len() >= ctx.cache_users
-            && let Some(k) = c.keys().next().cloned()
-        {
-            c.remove(&k);
-        }
-        c.insert(user.to_string(), (state, revision));
-    }
-}
-
-/// Scores one user's rows against their stored state read afresh, and writes the state back,
-/// again from a fresh read whenever another request wrote it first (a request id it had
-/// applied already is answered from the state, which is not written again).
+/// Scores one user's rows against their state read from the stream, and appends the change;
+/// again from a fresh read whenever another instance extended the state first (a request id
+/// it had applied already is answered from the state, and nothing is appended).
 async fn score_user(
     ctx: &Ctx,
     user: &str,
@@ -615,14 +522,23 @@ async fn score_user(
     id: Option<&str>,
 ) -> Result<Vec<Answer>> {
     for _ in 0..WRITE_ATTEMPTS {
-        let (mut state, revision) = read_state(ctx, user).await?;
-        let before = state.requests();
-        let answers =
-            tokio::task::block_in_place(|| ctx.online.apply(&mut state, user, rows.clone(), id))?;
-        if state.requests() != before && store(ctx, user, &state, revision).await.is_err() {
-            continue;
+        let mut stored = ctx.states.read(&ctx.online, user).await?;
+        let applied = tokio::task::block_in_place(|| {
+            ctx.online.apply(&mut stored.state, user, rows.clone(), id)
+        })?;
+        let appended = match applied.change {
+            Some(change) => ctx.states.append(user, &mut stored, change).await?,
+            None => Appended::Done,
+        };
+        match appended {
+            Appended::Done => {
+                ctx.states.keep(user, stored);
+                return Ok(applied.answers);
+            }
+            Appended::Stale => {
+                ctx.metrics.conflicts.inc();
+            }
         }
-        return Ok(answers);
     }
     bail!("user {user:?}'s state changed under {WRITE_ATTEMPTS} attempts in a row; retry")
 }
