@@ -9,7 +9,8 @@
 //!    schedule, whatever the replies do), each with its own request id, in event-time order:
 //!    latency from a request's send to its reply, p50/p99/max from an HDR histogram, and how
 //!    late the sends were against the schedule;
-//! 2. batched requests of `--batch` records, four in flight: records/s, against the batch
+//! 2. the week three times over in batched requests of `--batch` records, four in flight:
+//!    records/s, against the batch
 //!    pipeline's scoring rows/s (its rows scored over its wall time);
 //! 3. a burst of 10x `--rate` for `--burst-seconds`: replies, busy replies, requests that got
 //!    no reply, and the instance's peak resident memory (VmHWM) before and after.
@@ -299,7 +300,7 @@ fn main() -> Result<()> {
             ready(&client, &root).await?;
             let single = single(&client, feed.take((rate * seconds) as usize), rate, storage).await;
             eprintln!("single ({storage}): {single}");
-            let batched = batched(&client, feed.take(records.len()), batch, storage).await;
+            let batched = batched(&client, feed.take(3 * records.len()), batch, storage).await;
             let ratio = batched["records_per_s"].as_f64().unwrap_or(0.0) / batch_rows_per_s;
             let batched = json!({
                 "batch": batch, "storage": storage, "records": batched["records"],

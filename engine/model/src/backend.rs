@@ -105,22 +105,30 @@ impl Backend for CpuBackend {
             .flat_map(|(j, job)| (0..job.input.rows).step_by(size).map(move |s| (j, s)))
             .collect();
         let threads = self.gemm_threads(tasks.len());
-        let parts: Vec<(usize, Evaluation)> = self.pool.install(|| {
-            tasks
-                .par_iter()
-                .with_max_len(1)
-                .map_init(Workspace::default, |ws, &(j, start)| {
-                    let job = &jobs[j];
-                    let end = (start + size).min(job.input.rows);
-                    let rows = job.input.slice(start, end);
-                    let mut ev = job.network.evaluate(&rows, ws, threads);
-                    if let Some((mean, std)) = job.stats {
-                        ev.add_zscores(mean, std);
-                    }
-                    (j, ev)
-                })
-                .collect()
-        });
+        let run = |ws: &mut Workspace, &(j, start): &(usize, usize)| {
+            let job = &jobs[j];
+            let end = (start + size).min(job.input.rows);
+            let rows = job.input.slice(start, end);
+            let mut ev = job.network.evaluate(&rows, ws, threads);
+            if let Some((mean, std)) = job.stats {
+                ev.add_zscores(mean, std);
+            }
+            (j, ev)
+        };
+        let parts: Vec<(usize, Evaluation)> = if self.threads == 1 {
+            // One thread: the caller's, not a hand-over to the pool's thread and back (two
+            // thread switches, which cost more than scoring a handful of rows).
+            let mut ws = Workspace::default();
+            tasks.iter().map(|t| run(&mut ws, t)).collect()
+        } else {
+            self.pool.install(|| {
+                tasks
+                    .par_iter()
+                    .with_max_len(1)
+                    .map_init(Workspace::default, run)
+                    .collect()
+            })
+        };
         let mut out = vec![Evaluation::default(); jobs.len()];
         for (j, ev) in parts {
             out[j].extend(ev);

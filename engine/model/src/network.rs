@@ -179,6 +179,8 @@ impl Evaluation {
 #[derive(Debug, Default)]
 pub struct Workspace {
     capacity: usize,
+    /// The widths it was sized for: input, output, embeddings, then each hidden layer.
+    widths: Vec<usize>,
     x0: Vec<f32>,
     acts: Vec<Vec<f32>>,
     out: Vec<f32>,
@@ -189,7 +191,12 @@ pub struct Workspace {
 
 impl Workspace {
     fn fit(&mut self, shape: &Shape, rows: usize) {
-        if rows <= self.capacity && self.acts.len() == shape.hidden.len() {
+        let emb: usize = shape.embedding_widths().iter().sum();
+        let widths: Vec<usize> = [shape.input_width(), shape.output_width(), emb]
+            .into_iter()
+            .chain(shape.hidden.iter().copied())
+            .collect();
+        if rows <= self.capacity && widths == self.widths {
             return;
         }
         // The two gradient buffers swap roles per layer, so each holds the widest of all.
@@ -200,8 +207,8 @@ impl Workspace {
             .max()
             .unwrap_or(0)
             .max(shape.output_width());
-        let emb: usize = shape.embedding_widths().iter().sum();
         self.capacity = rows;
+        self.widths = widths;
         self.x0 = vec![0.0; rows * shape.input_width()];
         self.acts = shape.hidden.iter().map(|&w| vec![0.0; rows * w]).collect();
         self.out = vec![0.0; rows * shape.output_width()];
@@ -626,6 +633,27 @@ mod tests {
             &mut net.layers[t - n].bias[i]
         } else {
             &mut net.embeddings[t - 2 * n][i]
+        }
+    }
+
+    #[test]
+    fn one_workspace_serves_networks_of_other_widths() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let wide = Network::new(shape(), &mut rng);
+        // The same number of hidden layers, other widths.
+        let narrow = Network::new(
+            Shape {
+                hidden: vec![3, 2, 4],
+                ..shape()
+            },
+            &mut rng,
+        );
+        let input = batch(4, 9);
+        let mut ws = Workspace::default();
+        for net in [&narrow, &wide, &narrow] {
+            let shared = net.evaluate(&input, &mut ws, 1);
+            let fresh = net.evaluate(&input, &mut Workspace::default(), 1);
+            assert_eq!(shared.losses, fresh.losses);
         }
     }
 
