@@ -15,6 +15,7 @@
 //! rolling-window settings and the scorer's model cache; every user's state is the caller's.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,7 +35,7 @@ use crate::filter_detections::Rule;
 use crate::inference::{Scored, Scorer};
 use crate::post_proc::{TOP_FEATURES, top_indices};
 use crate::rolling_window::{Emitted, RollingWindows, UserWindow};
-use crate::serialize::{Columns, f32_json};
+use crate::serialize::Columns;
 use crate::split_users::{SplitConfig, UserRows, generic_name_taken};
 
 /// How many requests' answers a user's state keeps for retries.
@@ -480,42 +481,72 @@ impl Online {
             Kept::Scored(s) => s,
         };
         let features = self.columns.features();
-        let z_loss: serde_json::Map<String, serde_json::Value> = features
-            .iter()
-            .zip(&s.z_loss)
-            .map(|(f, &z)| (f.clone(), f32_json(z)))
-            .collect();
-        let top: Vec<&String> = top_indices(&s.z_loss, TOP_FEATURES)
-            .into_iter()
-            .filter_map(|i| features.get(i))
-            .collect();
         let timestamp = chrono::DateTime::from_timestamp_micros(s.ts).map_or_else(
             || s.ts.to_string(),
             |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         );
-        let json = serde_json::json!({
-            "index": s.index,
-            "alert": s.alert,
-            "generic": s.generic,
-            "username": s.user,
-            "timestamp": timestamp,
-            "event_id": s.event_id,
-            "detection_id": s.detection_id,
-            "model_version": s.model_version,
-            "mean_abs_z": f32_json(s.mean_abs_z),
-            "max_abs_z": f32_json(s.max_abs_z),
-            "calibrated_z": f32_json(s.calibrated_z),
-            "z_loss": z_loss,
-            "top_features": top,
-            "familiar": self.columns.familiar_names(s.familiar),
-        });
+        // Written out directly: a serde_json::Value tree per record cost a tenth of the
+        // service's time on batched requests.
+        let mut json = String::with_capacity(320 + 40 * features.len());
+        let _ = write!(
+            json,
+            "{{\"index\":{},\"alert\":{},\"generic\":{},\"username\":{},\"timestamp\":{},\"event_id\":{},\"detection_id\":{},\"model_version\":{},\"mean_abs_z\":{},\"max_abs_z\":{},\"calibrated_z\":{},\"z_loss\":{{",
+            s.index,
+            s.alert,
+            s.generic,
+            text(&s.user),
+            text(&timestamp),
+            s.event_id
+                .as_deref()
+                .map_or_else(|| "null".to_string(), text),
+            text(&s.detection_id),
+            text(&s.model_version),
+            number(s.mean_abs_z),
+            number(s.max_abs_z),
+            number(s.calibrated_z),
+        );
+        for (k, (f, &z)) in features.iter().zip(&s.z_loss).enumerate() {
+            let comma = if k == 0 { "" } else { "," };
+            let _ = write!(json, "{comma}{}:{}", text(f), number(z));
+        }
+        json.push_str("},\"top_features\":[");
+        let top: Vec<String> = top_indices(&s.z_loss, TOP_FEATURES)
+            .into_iter()
+            .filter_map(|i| features.get(i))
+            .map(|f| text(f))
+            .collect();
+        json.push_str(&top.join(","));
+        let _ = write!(
+            json,
+            "],\"familiar\":{}}}",
+            text(&self.columns.familiar_names(s.familiar))
+        );
         Answer {
             index: s.index,
             scored: true,
             alert: s.alert,
             detection_id: Some(s.detection_id.clone()),
-            json: json.to_string(),
+            json,
         }
+    }
+}
+
+/// `value` as a JSON string.
+fn text(value: &str) -> String {
+    serde_json::Value::from(value).to_string()
+}
+
+/// `value` as a JSON number in its shortest f32 text (as the detections files show it, a
+/// whole number with ".0"), or null when it is not finite.
+fn number(value: f32) -> String {
+    if !value.is_finite() {
+        return "null".to_string();
+    }
+    let text = value.to_string();
+    if text.contains('.') {
+        text
+    } else {
+        text + ".0"
     }
 }
 
@@ -656,6 +687,19 @@ mod tests {
             familiar > 0,
             "no familiar value on the last day: the test would not see them"
         );
+    }
+
+    #[test]
+    fn numbers_are_written_as_the_detections_files_write_them() {
+        for v in [0.0f32, 1.0, -2.5, 0.327_493_37, 1e-7, 3e20] {
+            let parsed: serde_json::Value = serde_json::from_str(&number(v)).unwrap();
+            assert_eq!(parsed, crate::serialize::f32_json(v), "{v}");
+        }
+        for v in [f32::NAN, f32::INFINITY] {
+            assert_eq!(number(v), "null");
+        }
+        let quoted: serde_json::Value = serde_json::from_str(&text("a\"b\\c\n")).unwrap();
+        assert_eq!(quoted, "a\"b\\c\n");
     }
 
     #[test]

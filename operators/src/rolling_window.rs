@@ -549,8 +549,11 @@ impl UserWindow {
             familiar: Vec::new(),
         };
         for (row, derived) in held {
-            let mut derived = derived.clone();
-            if span > 0 {
+            let emitted = cfg.cache_mode == CacheMode::Aggregate
+                || since.is_none_or(|s| row.origin.epoch > s);
+            // Every row enters its user's trailing rows; only an emitted row's trailing
+            // features are worked out (and its row copied).
+            let mine = (span > 0).then(|| {
                 let mine = recent.entry(row.user.as_deref()).or_default();
                 while mine
                     .front()
@@ -559,13 +562,17 @@ impl UserWindow {
                     mine.pop_front();
                 }
                 mine.push_back(row);
+                mine
+            });
+            if !emitted {
+                continue;
+            }
+            let mut derived = derived.clone();
+            if let Some(mine) = mine {
                 plan.fill_trailing(mine, &mut derived);
             }
-            if cfg.cache_mode == CacheMode::Aggregate || since.is_none_or(|s| row.origin.epoch > s)
-            {
-                w.rows.push(row.clone());
-                w.derived.push(derived);
-            }
+            w.rows.push(row.clone());
+            w.derived.push(derived);
         }
         self.fresh = 0;
         self.last_emit = Some(epoch);
