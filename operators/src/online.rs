@@ -2,10 +2,11 @@
 //! schema, grouped by user, and each user's rows scored as the batch pipeline's inference
 //! scores them: the inference window's derived features and familiar values, the user's
 //! champion else the generic model (a challenger in the shadow), the run config's detection
-//! rule. The caller keeps each user's [`UserState`] between requests (`dfp serve` keeps it in
-//! NATS' key-value store) and hands it in, so any instance can answer any request; a request
-//! id a user's state has already applied is answered from the state's memo and not applied
-//! twice.
+//! rule. The caller keeps each user's [`UserState`] between requests and hands it in (`dfp
+//! serve` keeps it in a NATS JetStream stream as snapshots and the [`Change`] each request made,
+//! which [`Online::replay`] makes to another copy), so any instance can answer any request; a
+//! request id a user's state has already applied is answered from the state's memo and not
+//! applied twice.
 //!
 //! Input: a request's body (a JSON array of records as Morpheus' files hold them, or JSON
 //! lines). Output: per record an [`Answer`]: its scores as a JSON object (the model

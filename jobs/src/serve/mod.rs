@@ -67,7 +67,7 @@ const WRITE_ATTEMPTS: usize = 50;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The NATS server, nats://HOST:PORT, with JetStream on (`nats-server -js`): users' state
-    /// is kept in its key-value store.
+    /// is kept in one of its streams.
     #[arg(long, value_name = "URL")]
     nats: String,
     /// The log source: azure, duo, or a source schema file (.toml).
