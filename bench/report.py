@@ -277,7 +277,7 @@ def section_serve(d):
                  f"{burst['answered']} answered, {burst['busy']} busy, {burst['no_reply']} no reply"])
     return (f"One `dfp serve` instance, nats-server 2.9 with JetStream (a fresh one per storage), the client "
             f"in the benchmark's process, all on this machine; {r['users']} users, {r['records']} records of a "
-            f"week. State: where the key-value bucket keeps users' state (`--state-storage`).\n\n"
+            f"week. State: where the state stream keeps users' state (`--state-storage`).\n\n"
             + table(["workload", "figures", "answers"], rows) + "\n")
 
 

@@ -9,9 +9,9 @@
 //!    schedule, whatever the replies do), each with its own request id, in event-time order:
 //!    latency from a request's send to its reply, p50/p99/max from an HDR histogram, and how
 //!    late the sends were against the schedule;
-//! 2. the week three times over in batched requests of `--batch` records, four in flight:
-//!    records/s, against the batch
-//!    pipeline's scoring rows/s (its rows scored over its wall time);
+//! 2. the week in batched requests of `--batch` records, four in flight, three rounds: the best
+//!    round's records/s against the best of three runs of the batch pipeline (its rows scored
+//!    over its wall time; the machine is shared, so each side's best is its least disturbed);
 //! 3. a burst of 10x `--rate` for `--burst-seconds`: replies, busy replies, requests that got
 //!    no reply, and the instance's peak resident memory (VmHWM) before and after.
 //!
@@ -44,6 +44,9 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 const DFP_CONFIG: &str = include_str!("../../../configs/dfp.toml");
+
+/// Runs of the batch pipeline, and rounds of the batched phase; the best of each is compared.
+const REPEATS: usize = 3;
 
 fn control(task: &str, data_type: &str, period: &str, from: &str, to: &str) -> String {
     json!({"inputs": [{
@@ -265,18 +268,21 @@ fn main() -> Result<()> {
         &control("training", "payload", "Y", "2022-08-01", "2022-08-24"),
         "train",
     )?;
-    let batch_run = pipeline(
-        &root,
-        &control("inference", "streaming", "D", "2022-08-24", "2022-08-31"),
-        "batch",
-    )?;
-    let batch_rows_per_s = batch_run.stats.scored as f64 / batch_run.seconds;
+    // The best of three runs, as for the service's batched phase: the machine is shared.
+    let mut batch_runs = Vec::new();
+    for k in 0..REPEATS {
+        let run = pipeline(
+            &root,
+            &control("inference", "streaming", "D", "2022-08-24", "2022-08-31"),
+            &format!("batch-{k}"),
+        )?;
+        batch_runs.push(run.stats.scored as f64 / run.seconds);
+    }
+    let batch_rows_per_s = batch_runs.iter().copied().fold(0.0, f64::max);
     let records = scored_records(&root.join("logs"), "2022-08-24")?;
     eprintln!(
-        "trained {} models; batch scored {} rows in {:.2} s ({batch_rows_per_s:.0}/s); {} records to send",
+        "trained {} models; batch scored {batch_runs:.0?} rows/s; {} records to send",
         trained.stats.models_trained,
-        batch_run.stats.scored,
-        batch_run.seconds,
         records.len()
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -300,13 +306,24 @@ fn main() -> Result<()> {
             ready(&client, &root).await?;
             let single = single(&client, feed.take((rate * seconds) as usize), rate, storage).await;
             eprintln!("single ({storage}): {single}");
-            let batched = batched(&client, feed.take(3 * records.len()), batch, storage).await;
-            let ratio = batched["records_per_s"].as_f64().unwrap_or(0.0) / batch_rows_per_s;
+            let mut rounds = Vec::new();
+            for _ in 0..REPEATS {
+                rounds.push(batched(&client, feed.take(records.len()), batch, storage).await);
+            }
+            let speed = |r: &Value| r["records_per_s"].as_f64().unwrap_or(0.0);
+            let best = rounds
+                .iter()
+                .max_by(|a, b| speed(a).total_cmp(&speed(b)))
+                .cloned()
+                .unwrap_or_default();
             let batched = json!({
-                "batch": batch, "storage": storage, "records": batched["records"],
-                "scored": batched["scored"], "seconds": batched["seconds"],
-                "records_per_s": batched["records_per_s"],
-                "batch_pipeline_rows_per_s": batch_rows_per_s, "ratio": ratio,
+                "batch": batch, "storage": storage, "records": best["records"],
+                "scored": best["scored"], "seconds": best["seconds"],
+                "records_per_s": best["records_per_s"],
+                "rounds_records_per_s": rounds.iter().map(speed).collect::<Vec<_>>(),
+                "batch_pipeline_rows_per_s": batch_rows_per_s,
+                "batch_pipeline_runs_rows_per_s": batch_runs,
+                "ratio": speed(&best) / batch_rows_per_s,
             });
             eprintln!("batched ({storage}): {batched}");
             let mut out = json!({"single": single, "batched": batched});

@@ -27,7 +27,7 @@
 //! scoring, by role. SIGTERM or Ctrl-C drains: no new request is taken, those already
 //! received are answered, then the process exits 0.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -406,38 +406,82 @@ async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
     }
     let mut answers = parsed.errors;
     ctx.metrics.failed.inc_by(answers.len() as u64);
-    // This instance applies one request at a time per user: the users' lock stripes, taken in
-    // order.
-    let stripes: std::collections::BTreeSet<usize> =
-        parsed.users.iter().map(|(u, _)| stripe(u)).collect();
-    let mut guards = Vec::with_capacity(stripes.len());
-    for s in stripes {
-        guards.push(ctx.locks[s].lock().await);
+    // This instance applies one request at a time per user (the users' lock stripes): the
+    // users whose stripes are free are scored together, then the others as theirs free up,
+    // so that requests with users in common overlap instead of queueing whole.
+    let mut waiting = parsed.users;
+    while !waiting.is_empty() {
+        let (guards, ready) = free_users(ctx, &mut waiting).await;
+        answers.extend(score_users(ctx, ready, id).await?);
+        drop(guards);
     }
-    let loaded = futures_util::future::join_all(
-        parsed
-            .users
-            .iter()
-            .map(|(u, _)| ctx.states.take(&ctx.online, u)),
-    )
-    .await;
-    let mut users = Vec::new();
-    for ((user, rows), stored) in parsed.users.into_iter().zip(loaded) {
+    Ok(reply(id, answers))
+}
+
+/// Takes the lock stripes of the `waiting` users that are free, or waits for the first
+/// user's when none is (holding no other): those users, taken out of `waiting`, and their
+/// stripes' guards.
+async fn free_users<'a>(
+    ctx: &'a Ctx,
+    waiting: &mut Vec<(String, Vec<Row>)>,
+) -> (
+    Vec<tokio::sync::MutexGuard<'a, ()>>,
+    Vec<(String, Vec<Row>)>,
+) {
+    let mut guards = HashMap::new();
+    let (mut ready, mut rest) = (Vec::new(), Vec::new());
+    for (user, rows) in waiting.drain(..) {
+        if let std::collections::hash_map::Entry::Vacant(free) = guards.entry(stripe(&user)) {
+            match ctx.locks[*free.key()].try_lock() {
+                Ok(g) => {
+                    free.insert(g);
+                }
+                Err(_) => {
+                    rest.push((user, rows));
+                    continue;
+                }
+            }
+        }
+        ready.push((user, rows));
+    }
+    if ready.is_empty() {
+        let s = stripe(&rest[0].0);
+        guards.insert(s, ctx.locks[s].lock().await);
+        let (mine, others) = rest.into_iter().partition(|(u, _)| stripe(u) == s);
+        (ready, rest) = (mine, others);
+    }
+    *waiting = rest;
+    (guards.into_values().collect(), ready)
+}
+
+/// Scores users' rows of one request (their stripes held), all in one backend call, and
+/// appends each user's change to their state.
+async fn score_users(
+    ctx: &Ctx,
+    users: Vec<(String, Vec<Row>)>,
+    id: Option<&str>,
+) -> Result<Vec<Answer>> {
+    let mut answers = Vec::new();
+    let loaded =
+        futures_util::future::join_all(users.iter().map(|(u, _)| ctx.states.take(&ctx.online, u)))
+            .await;
+    let mut taken = Vec::new();
+    for ((user, rows), stored) in users.into_iter().zip(loaded) {
         match stored {
-            Ok(stored) => users.push((user, rows, stored)),
+            Ok(stored) => taken.push((user, rows, stored)),
             Err(e) => answers.extend(failed(ctx, &user, &rows, &e)),
         }
     }
     let all = tokio::task::block_in_place(|| {
         ctx.online.apply_all(
-            users
+            taken
                 .iter_mut()
                 .map(|(user, rows, stored)| (&mut stored.state, user.as_str(), rows.clone()))
                 .collect(),
             id,
         )
     })?;
-    let written = futures_util::future::join_all(users.iter_mut().zip(all).map(
+    let written = futures_util::future::join_all(taken.iter_mut().zip(all).map(
         |((user, _, stored), applied)| async move {
             let appended = match applied.change {
                 Some(change) => ctx.states.append(user, stored, change).await,
@@ -447,7 +491,7 @@ async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
         },
     ))
     .await;
-    for ((user, rows, stored), written) in users.into_iter().zip(written) {
+    for ((user, rows, stored), written) in taken.into_iter().zip(written) {
         let scored = match written {
             Ok((Appended::Done, scored)) => {
                 ctx.states.keep(&user, stored);
@@ -476,8 +520,7 @@ async fn score(ctx: &Ctx, id: Option<&str>, body: &[u8]) -> Result<String> {
         publish_detections(ctx, &scored).await;
         answers.extend(scored);
     }
-    drop(guards);
-    Ok(reply(id, answers))
+    Ok(answers)
 }
 
 /// The answers of a user's records that could not be scored, and why.
