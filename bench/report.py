@@ -268,9 +268,12 @@ def section_serve(d):
                      f"(sends late by up to {fmt(one['send_late_p99_ms'])} ms at p99)",
                      f"{one['answered']} answered, {one['busy']} busy, {one['errors']} errors, "
                      f"{one['no_reply']} no reply"])
-        rows.append([f"batches of {b['batch']} records, 4 in flight; state: {where}",
-                     f"{fmt(b['records_per_s'])} records/s; batch pipeline {fmt(b['batch_pipeline_rows_per_s'])} "
-                     f"rows/s; ratio {fmt(b['ratio'])}", f"{b['scored']} of {b['records']} scored"])
+        rounds = ", ".join(fmt(x) for x in b.get("rounds_records_per_s", [b["records_per_s"]]))
+        runs = ", ".join(fmt(x) for x in b.get("batch_pipeline_runs_rows_per_s", [b["batch_pipeline_rows_per_s"]]))
+        rows.append([f"batches of {b['batch']} records, 4 in flight (best round); state: {where}",
+                     f"{fmt(b['records_per_s'])} records/s (rounds: {rounds}); batch pipeline "
+                     f"{fmt(b['batch_pipeline_rows_per_s'])} rows/s (best of {runs}); ratio {fmt(b['ratio'])}",
+                     f"{b['scored']} of {b['records']} scored"])
     burst = r["burst"]
     rows.append([f"burst: {fmt(burst['rate_per_s'])}/s for {fmt(burst['seconds'])} s; state: file",
                  f"peak RSS {fmt(burst['peak_rss_mib_before'])} -> {fmt(burst['peak_rss_mib_after'])} MiB",
