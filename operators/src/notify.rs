@@ -1,5 +1,6 @@
 //! Notifications (`[notifications]`): rules over each epoch's output send a JSON event to a
-//! webhook and/or a Kafka topic, through an outbox so that none is dropped silently.
+//! webhook, a Kafka topic and/or NATS subjects (`dfp.events.notification.{source}`, and
+//! `dfp.events.drift.{source}` for drift), through an outbox so that none is dropped silently.
 //!
 //! Rules, judged on the lines an epoch writes (the notifier is a [`Sink`] after the files):
 //! `alert_volume` when the epoch writes more alerts (or, without the alerts file, detections)
@@ -11,7 +12,8 @@
 //! Delivery: each notification is appended to the outbox (`dfp_notifications_outbox.jsonl` in
 //! the output directory, fsynced) before the epoch counts as written; a courier thread sends
 //! what the outbox holds to each destination (POSTed to the webhook; produced to the topic,
-//! keyed by its id, acknowledged by the brokers) that its `.delivered` companion does not
+//! keyed by its id, acknowledged by the brokers; published to NATS with its id as
+//! `Nats-Msg-Id`, flushed to the server) that its `.delivered` companion does not
 //! record as done for it (lines `DESTINATION ID`), at most `max_per_minute` sends a minute,
 //! retrying with backoff (0.5 s to 30 s). At the end of the run it keeps trying for
 //! `flush_seconds`; what is left stays in the outbox and the next run with the same output
@@ -46,8 +48,12 @@ pub struct NotifyConfig {
     /// The webhook (`http://HOST:PORT/PATH`) each notification is POSTed to.
     pub webhook: Option<String>,
     /// The topic (`kafka://HOST:PORT/TOPIC`) each notification is produced to (`[source]
-    /// options` pass to its producer). Neither this nor a webhook: off.
+    /// options` pass to its producer).
     pub kafka: Option<String>,
+    /// The NATS server (`nats://HOST:PORT`) each notification is published to, on
+    /// `dfp.events.notification.{source}` (a `feature_drift` one on `dfp.events.drift.{source}`
+    /// too), header `Nats-Msg-Id` = its id. None of the three: off.
+    pub nats: Option<String>,
     /// `alert_volume` when an epoch writes more alerts than this; none: never.
     pub max_alerts_per_epoch: Option<u64>,
     /// `parity_breach` for each group flagged by `[parity]`.
@@ -69,6 +75,7 @@ impl Default for NotifyConfig {
         Self {
             webhook: None,
             kafka: None,
+            nats: None,
             max_alerts_per_epoch: None,
             parity: true,
             drift: true,
@@ -96,6 +103,11 @@ impl NotifyConfig {
             && let Err(e) = crate::kafka::parse_kafka_url(url)
         {
             p.push(key("kafka"), e.to_string());
+        }
+        if let Some(url) = &self.nats
+            && !url.starts_with("nats://")
+        {
+            p.push(key("nats"), "a nats://HOST:PORT URL");
         }
         if self.max_per_minute == 0 {
             p.push(key("max_per_minute"), "at least 1");
@@ -318,7 +330,7 @@ impl Outbox {
 
 /// Where notifications go.
 trait Destination: Send {
-    /// Its name in the `.delivered` file and in logs (`webhook`, `kafka`).
+    /// Its name in the `.delivered` file and in logs (`webhook`, `kafka`, `nats`).
     fn name(&self) -> &'static str;
     /// Sends one notification (its JSON `body`), returning once it is taken.
     fn send(&mut self, n: &Notification, body: &str) -> std::result::Result<(), String>;
@@ -369,6 +381,70 @@ impl Destination for Topic {
     }
 }
 
+/// Publishes on NATS subjects ([`subjects`]); sent once the server has it (flushed). Connects
+/// on the first send, so an unreachable server leaves notifications in the outbox.
+struct Subjects {
+    url: String,
+    runtime: tokio::runtime::Runtime,
+    client: Option<async_nats::Client>,
+}
+
+/// The subjects a notification is published on: `dfp.events.notification.{source}`, and
+/// `dfp.events.drift.{source}` for a `feature_drift` one.
+fn subjects(n: &Notification) -> Vec<String> {
+    let mut out = vec![format!("dfp.events.notification.{}", n.source)];
+    if n.kind == "feature_drift" {
+        out.push(format!("dfp.events.drift.{}", n.source));
+    }
+    out
+}
+
+/// How long a send to NATS may take before it counts as failed (and is retried).
+const NATS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Destination for Subjects {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn send(&mut self, n: &Notification, body: &str) -> std::result::Result<(), String> {
+        let url = self.url.clone();
+        let known = self.client.clone();
+        let publish = async move {
+            let client = match known {
+                Some(c) => c,
+                None => async_nats::ConnectOptions::new()
+                    .connection_timeout(NATS_TIMEOUT)
+                    .connect(&url)
+                    .await
+                    .map_err(|e| format!("{url}: {e}"))?,
+            };
+            for subject in subjects(n) {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", n.id.as_str());
+                client
+                    .publish_with_headers(subject, headers, body.to_string().into())
+                    .await
+                    .map_err(|e| format!("{url}: {e}"))?;
+            }
+            client.flush().await.map_err(|e| format!("{url}: {e}"))?;
+            Ok::<_, String>(client)
+        };
+        // The timer is made inside the runtime, which it needs.
+        let sent = self
+            .runtime
+            .block_on(async { tokio::time::timeout(NATS_TIMEOUT, publish).await });
+        match sent {
+            Ok(Ok(client)) => {
+                self.client = Some(client);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("{}: no answer within {NATS_TIMEOUT:?}", self.url)),
+        }
+    }
+}
+
 /// When the last epoch was written, for `stream_stalled`.
 #[derive(Debug)]
 struct Progress {
@@ -389,8 +465,8 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// A notifier of `source`'s epochs through the outbox in `output`, to `cfg.webhook` and/or
-    /// `cfg.kafka` (one must be set; `options`: the Kafka producer's librdkafka settings); the
+    /// A notifier of `source`'s epochs through the outbox in `output`, to `cfg.webhook`,
+    /// `cfg.kafka` and/or `cfg.nats` (one must be set; `options`: the Kafka producer's librdkafka settings); the
     /// courier starts at once with what an earlier run left.
     pub fn start(
         cfg: &NotifyConfig,
@@ -416,10 +492,22 @@ impl Notifier {
                 producer: KafkaSink::new(&kafka, &topic)?,
             }));
         }
+        if let Some(url) = &cfg.nats {
+            destinations.push(Box::new(Subjects {
+                url: url.clone(),
+                runtime: tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        Error::stage("notifications", format!("starting a NATS client: {e}"))
+                    })?,
+                client: None,
+            }));
+        }
         if destinations.is_empty() {
             return Err(Error::stage(
                 "notifications",
-                "no webhook and no topic to notify",
+                "no webhook, topic or NATS server to notify",
             ));
         }
         std::fs::create_dir_all(output).map_err(|e| Error::io(output, "creating", e))?;
@@ -650,6 +738,19 @@ mod tests {
 
     fn line(kind: OutKind, text: &str) -> Line {
         Line::unkeyed(kind, text)
+    }
+
+    #[test]
+    fn drift_notifications_go_on_the_drift_subject_too() {
+        let n = |kind: &str| notification("azure", 3, kind, "x", String::new(), json!({}));
+        assert_eq!(
+            subjects(&n("feature_drift")),
+            ["dfp.events.notification.azure", "dfp.events.drift.azure"]
+        );
+        assert_eq!(
+            subjects(&n("alert_volume")),
+            ["dfp.events.notification.azure"]
+        );
     }
 
     #[test]

@@ -676,6 +676,56 @@ fn drift_that_lasts_retrains_every_model_at_the_next_epoch_alike_for_1_and_2_wor
 }
 
 #[test]
+fn notifications_are_published_on_nats_subjects_with_their_ids() {
+    let nats = dfp_bench::nats::NatsServer::start();
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path();
+    logs(GenSource::Azure, 8, 9, &root.join("logs"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The client and the subscription are dropped inside the runtime.
+    let _inside = rt.enter();
+    let (client, mut events) = rt.block_on(async {
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let events = client
+            .subscribe("dfp.events.notification.azure")
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        (client, events)
+    });
+    let mut opts = options("azure", common::split_control(root, "control", 7), root, 2);
+    let n = &mut opts.config.notifications;
+    n.nats = Some(nats.url.clone());
+    n.max_alerts_per_epoch = Some(0);
+    let summary = run(opts).unwrap();
+    assert!(summary.stats.alerts > 0, "{}", summary.line());
+    // Everything was delivered: the outbox is gone.
+    assert!(!root.join("output/dfp_notifications_outbox.jsonl").exists());
+    // Every event was flushed to the server before the run ended, so all are on their way
+    // here: read until an alert_volume one comes (the deadline only stops a hang).
+    rt.block_on(async {
+        use futures_util::StreamExt;
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(30), events.next())
+                .await
+                .expect("no alert_volume notification on dfp.events.notification.azure")
+                .unwrap();
+            let e: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let header = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+            assert_eq!(header.map(|v| v.as_str()), e["id"].as_str(), "{e}");
+            assert_eq!(e["source"], "azure", "{e}");
+            if e["kind"] == "alert_volume" && e["details"]["count"].as_u64() > Some(0) {
+                break;
+            }
+        }
+    });
+    drop(client);
+}
+
+#[test]
 fn notifications_wait_in_the_outbox_while_the_webhook_is_down_and_arrive_once_later() {
     use dfp_bench::net::free_port;
     use dfp_bench::webhook::Webhook;

@@ -52,7 +52,7 @@ pub struct RunConfig {
     pub parity: ParityConfig,
     /// Drift of the scored features from the models' training windows.
     pub drift: DriftConfig,
-    /// Notifications to a webhook.
+    /// Notifications to a webhook, a Kafka topic or NATS subjects.
     pub notifications: NotifyConfig,
     /// Analysts' verdicts from a Kafka topic.
     pub feedback: FeedbackConfig,

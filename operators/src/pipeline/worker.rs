@@ -91,7 +91,10 @@ pub(crate) fn other_sinks(
         }
     }
     let notifications = &opts.config.notifications;
-    if notifications.webhook.is_some() || notifications.kafka.is_some() {
+    if notifications.webhook.is_some()
+        || notifications.kafka.is_some()
+        || notifications.nats.is_some()
+    {
         out.push(Box::new(crate::notify::Notifier::start(
             notifications,
             &opts.schema.name,
