@@ -13,9 +13,9 @@
 //! and a retried request id is answered from that state without being applied twice. An
 //! instance applies one request per user at a time (lock stripes) and keeps the states it
 //! wrote last (`--cache-users`): when another instance extended a state since, the append
-//! fails, the entries missed are replayed, and that user's rows are scored again. Cost per
-//! request: one append per user in it (a few hundred bytes a record). All users of a request
-//! are scored in one backend call.
+//! fails, the state is read again (its snapshot and the changes after it) and that user's
+//! rows are scored again. Cost per request: one append per user in it (a few hundred bytes a
+//! record). All users of a request are scored in one backend call.
 //!
 //! Events: every detection is published on `dfp.events.detection.{source}` (the record's
 //! answer object, at least once: again when a retried request is answered again), and every

@@ -310,14 +310,23 @@ impl States {
         stored.at = Some(at);
         stored.since += 1;
         if stored.since >= self.snapshot_every {
-            // Another instance may extend the chain first; then a later change snapshots.
-            if let Some(at) = self
+            // The change is stored: a snapshot that is not (another instance extended the
+            // chain first, or the server failed) is left to a later change.
+            match self
                 .put(user, stored.at, &Entry::Snapshot(stored.state.clone()))
-                .await?
+                .await
             {
-                stored.at = Some(at);
-                stored.base = Some(at);
-                stored.since = 0;
+                Ok(Some(at)) => {
+                    stored.at = Some(at);
+                    stored.base = Some(at);
+                    stored.since = 0;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    user = %user,
+                    error = %format!("{e:#}"),
+                    "a snapshot could not be stored; a later change stores one"
+                ),
             }
         }
         Ok(Appended::Done)
