@@ -20,13 +20,13 @@ use std::fmt::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use dfp_engine::Result;
 use dfp_engine::ingest::{InputFormat, Reader};
 use dfp_engine::lifecycle::Serving;
 use dfp_engine::model::Backend;
 use dfp_engine::registry::Registry;
 use dfp_engine::rows::{Row, rows_from_batch};
 use dfp_engine::schema::{MISSING_STRING, NULL_STRING, SourceSchema};
-use dfp_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
@@ -176,9 +176,16 @@ pub struct Online {
     backend: Box<dyn Backend>,
 }
 
-fn locked<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>> {
-    m.lock()
-        .map_err(|_| Error::stage("serve", format!("the {what} lock is poisoned")))
+/// `m` locked, also after a call panicked while it held it: the windows keep no user's state
+/// between calls (each is handed in and taken out again, and one left behind is replaced when
+/// its user comes back), and the scorer's versions and model cache are whole between its
+/// calls; so the lock is taken back rather than failing every later request.
+fn locked<'a, T>(m: &'a Mutex<T>, what: &str) -> MutexGuard<'a, T> {
+    m.lock().unwrap_or_else(|poisoned| {
+        tracing::warn!("the {what} lock was held by a call that panicked; going on");
+        m.clear_poison();
+        poisoned.into_inner()
+    })
 }
 
 impl Online {
@@ -229,14 +236,13 @@ impl Online {
     }
 
     /// The champions and challengers it scores with.
-    pub fn versions(&self) -> Result<Serving> {
-        Ok(locked(&self.scorer, "scorer")?.versions().clone())
+    pub fn versions(&self) -> Serving {
+        locked(&self.scorer, "scorer").versions().clone()
     }
 
     /// Scores with `versions` from now on.
-    pub fn set_versions(&self, versions: Serving) -> Result<()> {
-        locked(&self.scorer, "scorer")?.set_versions(versions);
-        Ok(())
+    pub fn set_versions(&self, versions: Serving) {
+        locked(&self.scorer, "scorer").set_versions(versions);
     }
 
     /// Reads a request's body: every record by the schema, grouped by user.
@@ -376,7 +382,7 @@ impl Online {
             }
         }
         if !prepared.is_empty() {
-            let outcome = locked(&self.scorer, "scorer")?.score(self.backend.as_ref(), prepared);
+            let outcome = locked(&self.scorer, "scorer").score(self.backend.as_ref(), prepared);
             for d in &outcome.dead {
                 let k = d.user.as_ref().and_then(|u| owner.get(u));
                 match (k, dead_answer(d)) {
@@ -425,7 +431,7 @@ impl Online {
         for row in &mut rows {
             row.origin.epoch = epoch;
         }
-        let mut windows = locked(&self.windows, "windows")?;
+        let mut windows = locked(&self.windows, "windows");
         windows.insert_user(user, std::mem::take(&mut state.window));
         let emitted = windows.push(
             UserRows {
@@ -688,6 +694,43 @@ mod tests {
             familiar > 0,
             "no familiar value on the last day: the test would not see them"
         );
+    }
+
+    #[test]
+    fn a_call_that_panicked_holding_a_lock_does_not_fail_the_next_ones() {
+        let f = Fixture::duo(2, 2);
+        let cfg = fast_config();
+        let registry = Registry::open(tempfile::tempdir().unwrap().path()).unwrap();
+        let backend = dfp_engine::device::backend(dfp_engine::model::Device::Cpu, 1).unwrap();
+        let online = Online::new(
+            (*f.schema).clone(),
+            &cfg,
+            registry,
+            Serving::default(),
+            backend,
+        )
+        .unwrap();
+        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _scorer = online.scorer.lock().unwrap();
+            let _windows = online.windows.lock().unwrap();
+            panic!("a call panics holding both locks");
+        }));
+        assert!(poisoned.is_err());
+        assert!(online.scorer.is_poisoned() && online.windows.is_poisoned());
+        let body =
+            r#"{"timestamp":1659340800,"user":{"name":"alice"},"result":"SUCCESS","txid":"t"}"#;
+        let (user, rows) = online.read(body.as_bytes()).users.remove(0);
+        let applied = online
+            .apply(&mut UserState::default(), &user, rows, Some("r"))
+            .unwrap();
+        // Answered (no model here: the reason, by index), not "poisoned".
+        assert_eq!(applied.answers.len(), 1);
+        assert!(
+            applied.answers[0].json.contains("no usable model"),
+            "{:?}",
+            applied.answers
+        );
+        assert!(!online.scorer.is_poisoned() && !online.windows.is_poisoned());
     }
 
     #[test]

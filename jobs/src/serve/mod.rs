@@ -642,17 +642,12 @@ impl Breaker {
         if let Ok(mut down) = ctx.registry_down.lock() {
             *down = None;
         }
-        let current = match ctx.online.versions() {
-            Ok(v) => v,
-            Err(e) => return tracing::error!(error = %e, "reading the serving versions"),
-        };
+        let current = ctx.online.versions();
         if current == versions {
             return;
         }
         let events = changes(&current, &versions);
-        if let Err(e) = ctx.online.set_versions(versions) {
-            return tracing::error!(error = %e, "switching to the registry's versions");
-        }
+        ctx.online.set_versions(versions);
         let subject = format!("dfp.events.model.{}", ctx.source);
         for (id, event) in events {
             tracing::info!(event = %event, "model change");
