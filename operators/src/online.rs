@@ -581,6 +581,20 @@ mod tests {
         v[key].clone()
     }
 
+    /// Online scoring of `f`'s schema with no model at all.
+    fn modelless(f: &Fixture, cfg: &RunConfig) -> Online {
+        let registry = Registry::open(tempfile::tempdir().unwrap().path()).unwrap();
+        let backend = dfp_engine::device::backend(dfp_engine::model::Device::Cpu, 1).unwrap();
+        Online::new(
+            (*f.schema).clone(),
+            cfg,
+            registry,
+            Serving::default(),
+            backend,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_users_requests_score_as_the_batch_pipelines_inference_and_a_retry_is_not_applied_twice() {
         let f = Fixture::duo(3, 4);
@@ -700,16 +714,7 @@ mod tests {
     fn a_call_that_panicked_holding_a_lock_does_not_fail_the_next_ones() {
         let f = Fixture::duo(2, 2);
         let cfg = fast_config();
-        let registry = Registry::open(tempfile::tempdir().unwrap().path()).unwrap();
-        let backend = dfp_engine::device::backend(dfp_engine::model::Device::Cpu, 1).unwrap();
-        let online = Online::new(
-            (*f.schema).clone(),
-            &cfg,
-            registry,
-            Serving::default(),
-            backend,
-        )
-        .unwrap();
+        let online = modelless(&f, &cfg);
         let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _scorer = online.scorer.lock().unwrap();
             let _windows = online.windows.lock().unwrap();
@@ -751,16 +756,7 @@ mod tests {
         let f = Fixture::duo(2, 2);
         let mut cfg = fast_config();
         cfg.split.skip_users = vec!["skipped".into()];
-        let registry = Registry::open(tempfile::tempdir().unwrap().path()).unwrap();
-        let backend = dfp_engine::device::backend(dfp_engine::model::Device::Cpu, 1).unwrap();
-        let online = Online::new(
-            (*f.schema).clone(),
-            &cfg,
-            registry,
-            Serving::default(),
-            backend,
-        )
-        .unwrap();
+        let online = modelless(&f, &cfg);
         let good = |user: &str| {
             format!(
                 r#"{{"timestamp":1659340800,"user":{{"name":"{user}"}},"access_device":{{"browser":"Chrome"}},"result":"SUCCESS","txid":"t-{user}"}}"#
