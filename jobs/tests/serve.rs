@@ -232,6 +232,9 @@ impl Drop for Instance {
     }
 }
 
+/// A client whose requests give up after 3 s: a request sent to an instance that was killed
+/// gets no reply, and [`ask`] sends it again (to the other); a slow answer is sent again too,
+/// which the request id makes harmless, so no outcome depends on how fast the machine is.
 async fn client(nats: &NatsServer) -> async_nats::Client {
     async_nats::ConnectOptions::new()
         .request_timeout(Some(Duration::from_secs(3)))
@@ -245,6 +248,7 @@ async fn client(nats: &NatsServer) -> async_nats::Client {
 async fn ask(client: &async_nats::Client, id: &str, body: String) -> Value {
     let mut headers = HeaderMap::new();
     headers.insert("Dfp-Request-Id", id);
+    // The bound (about two minutes of tries) only stops a wait for an answer that never comes.
     for _ in 0..40 {
         match client
             .request_with_headers("dfp.score.azure", headers.clone(), body.clone().into())
@@ -376,6 +380,7 @@ fn sigterm_drains_the_requests_in_flight_and_exits_0() {
     let mut i = Instance::with(&nats, &s, "drain", "info,dfp=debug", &[]);
     let rt = runtime();
     rt.block_on(async {
+        // The 60 s only stops a wait for a reply that never comes.
         let client = async_nats::ConnectOptions::new()
             .request_timeout(Some(Duration::from_secs(60)))
             .connect(&nats.url)

@@ -82,6 +82,8 @@ fn runs_push_models_lineage_and_aliases_and_promotions_and_rollbacks_follow() {
     let root = dir.path();
     logs(GenSource::Azure, 6, 9, &root.join("logs"));
     let registry = Registry::open(&root.join("models")).unwrap();
+    // Pushes retry while MLflow fails in a way that can pass; the 60 s only stops a push that
+    // never succeeds from hanging the test.
     let flush = Duration::from_secs(60);
 
     let first = run_to(root, 6, "first", &server.uri(), flush);
@@ -211,6 +213,7 @@ fn a_server_that_is_down_costs_no_model_and_pushing_again_never_doubles_a_versio
     let server = MlflowServer::on(port);
     let c = client(&server);
     let mut syncer = Syncer::new(registry.clone(), client(&server));
+    // Only stops a push that never succeeds from hanging the test.
     let deadline = || Instant::now() + Duration::from_secs(60);
     let (pushed, left) = syncer.sync_all(deadline()).unwrap();
     assert!(left.is_empty(), "{left:?}");
