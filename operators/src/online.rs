@@ -369,7 +369,7 @@ impl Online {
             owner.insert(user.to_string(), k);
             let rows = std::mem::take(rows);
             taken[k] = Some(rows.clone());
-            let emitted = self.advance(state, user, rows)?;
+            let emitted = self.advance(state, user, rows);
             kept[k].extend(emitted.late.iter().filter_map(dead_answer));
             for w in emitted.windows {
                 let indices: Vec<u64> = w.rows.iter().map(|r| r.origin.record).collect();
@@ -415,17 +415,16 @@ impl Online {
 
     /// Makes `change` (from [`Online::apply_all`] on another copy of the same state) to
     /// `state`, without scoring: the state becomes the one that applying the request left.
-    pub fn replay(&self, state: &mut UserState, user: &str, change: Change) -> Result<()> {
-        self.advance(state, user, change.rows)?;
+    pub fn replay(&self, state: &mut UserState, user: &str, change: Change) {
+        self.advance(state, user, change.rows);
         if let Some((id, kept)) = change.answered {
             remember(state, id, kept);
         }
-        Ok(())
     }
 
     /// Pushes a request's rows of `user` through the user's inference window, as the next
     /// epoch: what that emits.
-    fn advance(&self, state: &mut UserState, user: &str, mut rows: Vec<Row>) -> Result<Emitted> {
+    fn advance(&self, state: &mut UserState, user: &str, mut rows: Vec<Row>) -> Emitted {
         state.requests += 1;
         let epoch = state.requests;
         for row in &mut rows {
@@ -446,7 +445,7 @@ impl Online {
             epoch,
         );
         state.window = windows.remove_user(user);
-        Ok(emitted)
+        emitted
     }
 }
 
@@ -638,9 +637,7 @@ mod tests {
                 assert!(answers.iter().all(|a| a.scored), "{answers:?}");
                 // The change replayed on a copy of the state before: the user goes on from
                 // the copy, so the last day's comparison with the batch checks the replays.
-                online
-                    .replay(&mut copy, &user, applied.change.unwrap())
-                    .unwrap();
+                online.replay(&mut copy, &user, applied.change.unwrap());
                 assert_eq!(copy.requests, state.requests);
                 *state = copy;
                 // The same request again: the same answers, and the state not moved.

@@ -70,6 +70,18 @@ pub struct Stored {
     since: usize,
 }
 
+impl Stored {
+    /// The state of the snapshot at sequence `seq`.
+    fn snapshot(state: UserState, seq: u64) -> Stored {
+        Stored {
+            state,
+            at: Some(seq),
+            base: Some(seq),
+            since: 0,
+        }
+    }
+}
+
 /// What became of a change appended to a user's chain.
 pub enum Appended {
     /// It is the chain's last entry.
@@ -189,29 +201,14 @@ impl States {
                 return Ok(Stored::default());
             };
             let base = match decode(&last, user)? {
-                Entry::Snapshot(state) => {
-                    return Ok(Stored {
-                        state,
-                        at: Some(last.sequence),
-                        base: Some(last.sequence),
-                        since: 0,
-                    });
-                }
+                Entry::Snapshot(state) => return Ok(Stored::snapshot(state, last.sequence)),
                 Entry::Change { base, .. } => base,
             };
             let (mut stored, strict) = match base {
                 None => (Stored::default(), true),
                 Some(b) => match self.stream.direct_get(b).await {
                     Ok(m) if m.subject.as_str() == subject => match decode(&m, user)? {
-                        Entry::Snapshot(state) => (
-                            Stored {
-                                state,
-                                at: Some(b),
-                                base: Some(b),
-                                since: 0,
-                            },
-                            true,
-                        ),
+                        Entry::Snapshot(state) => (Stored::snapshot(state, b), true),
                         Entry::Change { .. } => {
                             bail!("user {user:?}'s state: entry {b} should be a snapshot")
                         }
@@ -254,15 +251,9 @@ impl States {
             .await?
         {
             match decode(&m, user)? {
-                Entry::Snapshot(state) => {
-                    stored.state = state;
-                    stored.base = Some(m.sequence);
-                    stored.since = 0;
-                }
+                Entry::Snapshot(state) => *stored = Stored::snapshot(state, m.sequence),
                 Entry::Change { prev, base, change } if prev == stored.at || !strict => {
-                    online
-                        .replay(&mut stored.state, user, change)
-                        .with_context(|| format!("replaying user {user:?}'s stored change"))?;
+                    online.replay(&mut stored.state, user, change);
                     stored.base = base;
                     stored.since += 1;
                 }
