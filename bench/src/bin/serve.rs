@@ -15,9 +15,9 @@
 //! 3. a burst of 10x `--rate` for `--burst-seconds`: replies, busy replies, requests that got
 //!    no reply, and the instance's peak resident memory (VmHWM) before and after.
 //!
-//! (1) and (2) run twice, each against its own instance, state stream and nats-server: users' state on the NATS
-//! server's disk (`--state-storage file`, the default) and in its memory (`memory`); (3) with
-//! the default.
+//! (1) and (2) run twice, each against its own instance, state stream and nats-server: users'
+//! state on the NATS server's disk (`--state-storage file`, the default) and in its memory
+//! (`memory`); (3) with the default.
 //!
 //!   cargo build --release -p dfp-jobs && cargo run --release -p dfp-bench --bin serve --
 //!       [--users 100] [--rate 1000] [--seconds 10] [--batch 200] [--burst-seconds 2]

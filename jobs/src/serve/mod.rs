@@ -593,17 +593,24 @@ async fn score_user(
 async fn publish_detections(ctx: &Ctx, answers: &[Answer]) {
     let subject = format!("dfp.events.detection.{}", ctx.source);
     for a in answers.iter().filter(|a| a.alert) {
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(id) = &a.detection_id {
-            headers.insert("Nats-Msg-Id", id.as_str());
-        }
-        let published = ctx
-            .client
-            .publish_with_headers(subject.clone(), headers, a.json.clone().into())
-            .await;
-        if let Err(e) = published {
-            tracing::warn!(error = %e, "a detection event could not be published");
-        }
+        let id = a.detection_id.as_deref();
+        publish_event(ctx, &subject, id, a.json.clone(), "a detection").await;
+    }
+}
+
+/// Publishes an event on `subject`, with `id` as its `Nats-Msg-Id` (the same for its copies);
+/// a failure is logged (`what` names the event).
+async fn publish_event(ctx: &Ctx, subject: &str, id: Option<&str>, body: String, what: &str) {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(id) = id {
+        headers.insert("Nats-Msg-Id", id);
+    }
+    let published = ctx
+        .client
+        .publish_with_headers(subject.to_string(), headers, body.into())
+        .await;
+    if let Err(e) = published {
+        tracing::warn!(error = %e, "{what} event could not be published");
     }
 }
 
@@ -651,15 +658,7 @@ impl Breaker {
         let subject = format!("dfp.events.model.{}", ctx.source);
         for (id, event) in events {
             tracing::info!(event = %event, "model change");
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.as_str());
-            let published = ctx
-                .client
-                .publish_with_headers(subject.clone(), headers, event.into())
-                .await;
-            if let Err(e) = published {
-                tracing::warn!(error = %e, "a model event could not be published");
-            }
+            publish_event(ctx, &subject, Some(&id), event, "a model").await;
         }
     }
 
