@@ -266,6 +266,44 @@ impl Registry {
         })
     }
 
+    /// Gives `name` the champion and challenger another registry names (the MLflow pull, `by`
+    /// it, `why`): a new champion as a promotion (the one it replaces can be rolled back to),
+    /// the challenger set or removed. No champion there leaves this one's. Returns whether
+    /// anything changed (nothing is written when nothing did).
+    pub fn follow(
+        &self,
+        name: &str,
+        champion: Option<u32>,
+        challenger: Option<u32>,
+        by: &str,
+        why: &str,
+    ) -> Result<bool> {
+        for v in champion.iter().chain(&challenger) {
+            self.require_version(name, *v)?;
+        }
+        let now = self.lifecycle(name)?;
+        let champion = champion.or(now.champion());
+        if now.champion() == champion && now.challenger() == challenger {
+            return Ok(false);
+        }
+        self.update_lifecycle(name, |l| {
+            if let Some(v) = champion.filter(|v| l.champion() != Some(*v)) {
+                l.crown(Action::Promote, v, by, why);
+            }
+            match challenger {
+                Some(v) if l.challenger() != Some(v) => {
+                    let replaced = l.aliases.insert(CHALLENGER.to_string(), v);
+                    l.record(Action::Challenger, v, replaced, by, why);
+                }
+                Some(_) => {}
+                None => {
+                    l.aliases.remove(CHALLENGER);
+                }
+            }
+            Ok(true)
+        })
+    }
+
     /// Puts back the champion the current one replaced; the current one is kept as a version,
     /// marked rolled back. Returns (rolled back, restored).
     pub fn rollback(&self, name: &str, by: &str, why: &str) -> Result<(u32, u32)> {
@@ -364,6 +402,51 @@ mod tests {
         let l = reg.lifecycle(&name).unwrap();
         assert_eq!((l.champion(), l.challenger()), (Some(1), Some(3)));
         assert_eq!(l.history.last().unwrap().replaced, Some(2));
+    }
+
+    #[test]
+    fn following_another_registry_promotes_its_champion_and_sets_its_challenger() {
+        let (_d, reg, name) = registry_with(3);
+        assert!(
+            reg.follow(&name, Some(1), None, "mlflow", "pulled")
+                .unwrap()
+        );
+        assert!(
+            !reg.follow(&name, Some(1), None, "mlflow", "pulled")
+                .unwrap()
+        );
+        assert!(
+            reg.follow(&name, Some(1), Some(2), "mlflow", "pulled")
+                .unwrap()
+        );
+        assert!(
+            reg.follow(&name, Some(2), None, "mlflow", "pulled")
+                .unwrap()
+        );
+        let l = reg.lifecycle(&name).unwrap();
+        assert_eq!((l.champion(), l.challenger()), (Some(2), None));
+        assert_eq!(l.previous, [1]);
+        let actions: Vec<(Action, u32, &str)> = l
+            .history
+            .iter()
+            .map(|c| (c.action, c.version, c.by.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                (Action::Promote, 1, "mlflow"),
+                (Action::Challenger, 2, "mlflow"),
+                (Action::Promote, 2, "mlflow")
+            ]
+        );
+        // No champion there keeps this one's; a version this registry lacks is refused.
+        assert!(!reg.follow(&name, None, None, "mlflow", "pulled").unwrap());
+        let e = reg
+            .follow(&name, Some(9), None, "mlflow", "pulled")
+            .unwrap_err();
+        assert!(e.to_string().contains("no version 9"), "{e}");
+        assert_eq!(reg.lifecycle(&name).unwrap(), l);
+        assert_eq!(reg.rollback(&name, "cli", "bad").unwrap(), (2, 1));
     }
 
     #[test]

@@ -151,6 +151,15 @@ fn version_file(dir: &Path, version: u32, ext: &str) -> PathBuf {
     dir.join(format!("v{version:06}.{ext}"))
 }
 
+/// A temporary file in `dir` that no other process or thread writes at the same time.
+fn temporary(dir: &Path) -> PathBuf {
+    dir.join(format!(
+        ".tmp-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ))
+}
+
 impl Registry {
     /// Opens (creating if needed) the registry at `root`.
     pub fn open(root: &Path) -> Result<Self> {
@@ -235,11 +244,7 @@ impl Registry {
         let name = &model.header.name;
         let dir = self.model_dir(name)?;
         let challenged = self.serving(name)?;
-        let tmp = dir.join(format!(
-            ".tmp-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let tmp = temporary(&dir);
         drop(files::write_new(&tmp, &model.to_bytes()?, "writing model")?);
         let last = self.version_numbers(name)?.last().copied().unwrap_or(0);
         let mut version = last.checked_add(1);
@@ -282,12 +287,68 @@ impl Registry {
                 challenged,
             }),
         };
-        let tags = version_file(&dir, version, "json");
-        let text = serde_json::to_vec_pretty(&v).map_err(|e| Error::Json {
+        self.write_tags(&dir, &v)?;
+        self.changed(name);
+        Ok(v)
+    }
+
+    fn write_tags(&self, dir: &Path, v: &ModelVersion) -> Result<()> {
+        let tags = version_file(dir, v.version, "json");
+        let text = serde_json::to_vec_pretty(v).map_err(|e| Error::Json {
             context: format!("writing tags of {}", v.label()),
             source: e,
         })?;
-        files::replace(&tags, &text, "writing model tags")?;
+        files::replace(&tags, &text, "writing model tags")
+    }
+
+    /// Writes `bytes`, a model file registered elsewhere as `version` of `name` (the MLflow
+    /// pull), as that version here, with `lineage`. Bytes that are not a model of `name` are
+    /// refused, and so is another file holding the number already (a version is never
+    /// replaced); the same file there already changes nothing but its tags.
+    pub fn import(
+        &self,
+        name: &str,
+        version: u32,
+        bytes: &[u8],
+        lineage: Option<Lineage>,
+    ) -> Result<ModelVersion> {
+        let dir = self.model_dir(name)?;
+        let path = version_file(&dir, version, "dfpmodel");
+        let model = Model::from_bytes(bytes, &path)?;
+        if model.header.name != name {
+            return Err(Error::ModelFile {
+                path,
+                problem: format!("holds model {:?}, not {name:?}", model.header.name),
+            });
+        }
+        let tmp = temporary(&dir);
+        drop(files::write_new(&tmp, bytes, "writing model")?);
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if self.model_bytes(name, version)? != bytes {
+                    return Err(Error::model(
+                        name,
+                        format!(
+                            "version {version} is another model file here ({}) than the one \
+                             imported: the local registry and the one it copies from disagree \
+                             (point --registry-cache at a folder of its own)",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(Error::io(&path, "committing model version", e)),
+        }
+        let v = ModelVersion {
+            name: name.to_string(),
+            version,
+            header: model.header,
+            lineage,
+        };
+        self.write_tags(&dir, &v)?;
         self.changed(name);
         Ok(v)
     }
@@ -559,6 +620,43 @@ mod tests {
         retrained.loss_mean[0] += 1.0;
         assert_eq!(reg.register_once(&retrained).unwrap().version, 3);
         assert_eq!(reg.version_numbers(&first.header.name).unwrap(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn an_imported_version_keeps_its_number_and_never_replaces_another_file() {
+        let (_, _, models) = models();
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (origin, copy) = (
+            Registry::open(from.path()).unwrap(),
+            Registry::open(to.path()).unwrap(),
+        );
+        let name = models[0].header.name.clone();
+        for _ in 0..3 {
+            origin.register(&models[0]).unwrap();
+        }
+        let bytes = origin.model_bytes(&name, 3).unwrap();
+        let lineage = origin.version(&name, 3).unwrap().lineage;
+        let v = copy.import(&name, 3, &bytes, lineage.clone()).unwrap();
+        assert_eq!((v.version, &v.lineage), (3, &lineage));
+        assert_eq!(copy.version_numbers(&name).unwrap(), [3]);
+        assert_eq!(copy.load(&name, 3).unwrap(), models[0]);
+        assert_eq!(copy.version(&name, 3).unwrap(), v);
+        // The same file again: no change.
+        copy.import(&name, 3, &bytes, lineage).unwrap();
+        // Another file under the number, bytes that are no model, another model's file.
+        let mut other = models[0].clone();
+        other.loss_mean[0] += 1.0;
+        let e = copy
+            .import(&name, 3, &other.to_bytes().unwrap(), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("another model file"), "{e}");
+        assert_eq!(copy.model_bytes(&name, 3).unwrap(), bytes);
+        let e = copy.import(&name, 4, b"not a model", None).unwrap_err();
+        assert!(e.to_string().contains("v000004.dfpmodel"), "{e}");
+        let e = copy.import("DFP-azure-else", 1, &bytes, None).unwrap_err();
+        assert!(e.to_string().contains("not \"DFP-azure-else\""), "{e}");
+        assert_eq!(copy.version_numbers(&name).unwrap(), [3]);
+        assert!(copy.version_numbers("DFP-azure-else").unwrap().is_empty());
     }
 
     #[test]
