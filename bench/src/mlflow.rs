@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // set-up helpers: a failure is the caller's
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// dropped.
 pub struct MlflowServer {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// `127.0.0.1:PORT`.
     pub address: String,
 }
@@ -44,48 +44,55 @@ impl MlflowServer {
 
     /// Starts one on `port`; panics (saying how to install MLflow) when it cannot.
     pub fn on(port: u16) -> MlflowServer {
-        let mlflow = executable();
         let dir = tempfile::tempdir().unwrap();
         let address = format!("127.0.0.1:{port}");
-        let child = Command::new(&mlflow)
-            .arg("server")
-            .arg("--backend-store-uri")
-            .arg(format!("sqlite:///{}", dir.path().join("mlflow.db").display()))
-            .arg("--artifacts-destination")
-            .arg(dir.path().join("artifacts"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--workers", "1"])
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start the MLflow server {mlflow:?} ({e}): bash .ci/run installs it \
-                     (python3 -m venv ~/.local/share/dfp/mlflow-venv; its pip install 'mlflow>=3,<4')"
-                )
-            });
+        let child = spawn(dir.path(), port);
         let mut server = MlflowServer {
             child,
-            _dir: dir,
+            dir,
             address,
         };
+        server.wait_healthy();
+        server
+    }
+
+    /// Ends the server; its data is kept for [`Self::resume`].
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts a stopped server again on the same port and data.
+    pub fn resume(&mut self) {
+        let port = self.address.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = spawn(self.dir.path(), port);
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&mut self) {
         // The deadline only stops a server that never comes up from hanging the test.
         let started = Instant::now();
-        while !healthy(&server.address) {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                let log = std::fs::read_to_string(server._dir.path().join("server.log"))
-                    .unwrap_or_default();
+        while !healthy(&self.address) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
                 panic!("mlflow server exited ({status}):\n{log}");
             }
             assert!(
                 started.elapsed() < Duration::from_secs(120),
                 "mlflow server did not answer on {}",
-                server.address
+                self.address
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        server
+    }
+
+    fn kill(&mut self) {
+        // `mlflow server` runs its app in child processes (uvicorn and its workers), all in
+        // the server's process group: end the group.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// MLflow's own answer to `GET /api/2.0/mlflow/{api}` (query included, already escaped),
@@ -105,11 +112,35 @@ impl MlflowServer {
 
 impl Drop for MlflowServer {
     fn drop(&mut self) {
-        // `mlflow server` runs its app in child processes (uvicorn and its workers), all in
-        // the server's process group: end the group.
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// `mlflow server` on `port` with its data in `dir`, in a process group of its own.
+fn spawn(dir: &Path, port: u16) -> Child {
+    let mlflow = executable();
+    Command::new(&mlflow)
+            .arg("server")
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+            .arg("--artifacts-destination")
+            .arg(dir.join("artifacts"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--workers", "1"])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("server.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the MLflow server {mlflow:?} ({e}): bash .ci/run installs it \
+                     (python3 -m venv ~/.local/share/dfp/mlflow-venv; its pip install 'mlflow>=3,<4')"
+                )
+            })
 }

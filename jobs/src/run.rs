@@ -24,7 +24,8 @@ use crate::cluster;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
     /// The model registry: a directory, or mlflow+http://HOST:PORT (an MLflow tracking
-    /// server; models are written to --registry-cache first, then pushed there).
+    /// server; models are written to --registry-cache first, then pushed there; `dfp serve`
+    /// pulls its champions and challengers into --registry-cache).
     #[arg(long, default_value = "models", global = true)]
     registry: String,
     /// The local copy of an MLflow registry: runs train into and score from it, and it is

@@ -167,6 +167,19 @@ impl Instance {
 
     /// One logging at `level` (`DFP_LOG`), with more flags.
     fn with(nats: &NatsServer, s: &Scenario, name: &str, level: &str, flags: &[&str]) -> Instance {
+        let registry = ["--registry", &s.path("demo/models")];
+        Self::on_registry(nats, s, name, level, &registry, flags)
+    }
+
+    /// One on the registry that the flags `registry` name.
+    fn on_registry(
+        nats: &NatsServer,
+        s: &Scenario,
+        name: &str,
+        level: &str,
+        registry: &[&str],
+        flags: &[&str],
+    ) -> Instance {
         let log = s.dir.path().join(format!("{name}.log"));
         let child = dfp_command()
             .args([
@@ -175,11 +188,10 @@ impl Instance {
                 &nats.url,
                 "--source",
                 "azure",
-                "--registry",
-                &s.path("demo/models"),
                 "--config",
                 &s.path("serve.toml"),
             ])
+            .args(registry)
             .args(flags)
             .env("DFP_LOG", level)
             .stdout(Stdio::null())
@@ -766,5 +778,153 @@ fn an_unreadable_registry_opens_the_circuit_and_the_last_good_models_keep_servin
         let after = ask(&client, "b-2", record(2)).await;
         assert!(after.get("registry_error").is_none(), "{after}");
         assert_eq!(after["scored"], 1, "{after}");
+    });
+}
+
+#[test]
+fn an_mlflow_registry_is_followed_and_the_admin_apis_changes_are_pushed_to_it() {
+    use dfp_bench::mlflow::MlflowServer;
+    use dfp_bench::net::{free_port, http};
+    use dfp_engine::registry::Registry;
+    use dfp_operators::mlflow::client::tag;
+    use dfp_operators::mlflow::{Client, mlflow_name};
+    let s = scenario();
+    let nats = NatsServer::start();
+    let mut mlflow = MlflowServer::start();
+    let uri = mlflow.uri();
+    // The trainer's registry is pushed to MLflow; the instance has an empty copy of its own.
+    let trainer = [
+        "--registry",
+        &uri,
+        "--registry-cache",
+        &s.path("demo/models"),
+    ];
+    succeeded(&dfp(&[&["models"], &trainer[..], &["sync"]].concat()));
+    let token = "owner-token-0123456789";
+    std::fs::write(
+        s.dir.path().join("tokens.toml"),
+        format!("[[token]]\nname = \"olivia\"\nrole = \"owner\"\ntoken = \"{token}\"\n"),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cache = s.path("serve-cache");
+    let mut i = Instance::on_registry(
+        &nats,
+        &s,
+        "mlflow",
+        "info",
+        &["--registry", &uri, "--registry-cache", &cache],
+        &[
+            "--reload-every",
+            "0.2",
+            "--breaker-open-for",
+            "1",
+            "--http",
+            &addr,
+            "--tokens",
+            &s.path("tokens.toml"),
+        ],
+    );
+    let record: Value = serde_json::from_str(&s.records[0]).unwrap();
+    let model = format!(
+        "DFP-azure-{}",
+        record["properties"]["userPrincipalName"].as_str().unwrap()
+    );
+    let body = format!("[{}]", s.records[0]);
+    let mlflow_champion = || {
+        let c = Client::new(&uri, Duration::from_secs(30)).unwrap();
+        let m = c.model(&mlflow_name(&model)).unwrap();
+        let alias = m["aliases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["alias"] == "champion")
+            .unwrap()["version"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let v = c.version(&mlflow_name(&model), &alias).unwrap();
+        tag(&v, "dfp.version").unwrap()
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&nats).await;
+        let mut events = client.subscribe("dfp.events.model.azure").await.unwrap();
+        client.flush().await.unwrap();
+        // Pulled at start: the champions downloaded into the copy score as the trainer's do.
+        let reply = ask(&client, "m-1", body.clone()).await;
+        let answer = &reply["records"][0];
+        assert_eq!(answer["model_version"], format!("{model}:1"), "{reply}");
+        let (mean, _, _) = &s.scores[answer["event_id"].as_str().unwrap()];
+        // The same up to the float rounding of another batch size (see the first test).
+        let got = answer["mean_abs_z"].as_f64().unwrap() as f32;
+        assert!(
+            (got - mean).abs() <= 1e-5 * mean.abs().max(1.0),
+            "{got} against {mean}"
+        );
+        let copy = Registry::open(std::path::Path::new(&cache)).unwrap();
+        assert_eq!(copy.version_numbers(&model).unwrap(), [1]);
+        let lineage = copy.version(&model, 1).unwrap().lineage.unwrap();
+        assert!(!lineage.config_hash.is_empty(), "{lineage:?}");
+        // The trainer trains again and pushes: the instance follows without a restart.
+        let out = dfp(&[
+            &[
+                "run",
+                "--source",
+                "azure",
+                "--control-messages",
+                &s.path("demo/control.json"),
+                "--output",
+                &s.path("retrain"),
+                "--config",
+                &s.path("serve.toml"),
+                "-q",
+            ],
+            &trainer[..],
+        ]
+        .concat());
+        succeeded(&out);
+        let event = next_event(&mut events, &model).await;
+        assert_eq!(
+            (event["version"].as_u64(), event["previous"].as_u64()),
+            (Some(2), Some(1)),
+            "{event}"
+        );
+        let reply = ask(&client, "m-2", body.clone()).await;
+        assert_eq!(reply["records"][0]["model_version"], format!("{model}:2"));
+        // A rollback through the admin API goes to MLflow, where every instance finds it.
+        let path = format!("/models/{model}/rollback");
+        let (code, text) = http(&addr, "POST", &path, Some(token), "").unwrap();
+        assert_eq!(code, 200, "{text}");
+        let done: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(done["mlflow"], "pushed", "{done}");
+        assert_eq!(mlflow_champion(), "1");
+        let event = next_event(&mut events, &model).await;
+        assert_eq!(event["version"].as_u64(), Some(1), "{event}");
+        let reply = ask(&client, "m-3", body.clone()).await;
+        assert_eq!(reply["records"][0]["model_version"], format!("{model}:1"));
+        // MLflow goes away: the circuit opens, the models already loaded keep scoring.
+        mlflow.stop();
+        i.wait_for("circuit open");
+        let reply = ask(&client, "m-4", body.clone()).await;
+        let why = reply["registry_error"].as_str().unwrap_or_default();
+        assert!(why.contains("MLflow"), "{reply}");
+        assert_eq!(reply["scored"], 1, "{reply}");
+        assert_eq!(reply["records"][0]["model_version"], format!("{model}:1"));
+        // A promotion meanwhile serves here at once and reaches MLflow once it is back.
+        let path = format!("/models/{model}/promote");
+        let (code, text) = http(&addr, "POST", &path, Some(token), r#"{"version": 2}"#).unwrap();
+        assert_eq!(code, 200, "{text}");
+        let done: Value = serde_json::from_str(&text).unwrap();
+        let pending = done["mlflow"].as_str().unwrap_or_default();
+        assert!(pending.starts_with("not pushed yet"), "{done}");
+        let event = next_event(&mut events, &model).await;
+        assert_eq!(event["version"].as_u64(), Some(2), "{event}");
+        mlflow.resume();
+        i.wait_for("circuit closed");
+        assert_eq!(mlflow_champion(), "2");
+        let reply = ask(&client, "m-5", body.clone()).await;
+        assert!(reply.get("registry_error").is_none(), "{reply}");
+        assert_eq!(reply["records"][0]["model_version"], format!("{model}:2"));
     });
 }

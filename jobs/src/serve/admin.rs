@@ -295,12 +295,27 @@ async fn promote(
     let who = a.allow(&headers, OWNERS, "POST /models/{name}/promote")?;
     let b: PromoteBody = parse(&body)?;
     known(&a, &name)?;
-    let done =
-        tokio::task::block_in_place(|| a.ctx.registry.promote(&name, b.version, &who, &b.why));
+    let done = super::models::change(&a.ctx, || {
+        let previous = a.ctx.registry.promote(&name, b.version, &who, &b.why)?;
+        Ok(
+            json!({"model": name, "champion": b.version, "previous": previous, "by": who, "mlflow": pushed(&a, &name)}),
+        )
+    })
+    .await;
     tracing::info!(model = %name, version = b.version, who = %who, "promote");
-    registry_reply(done.map(
-        |previous| json!({"model": name, "champion": b.version, "previous": previous, "by": who}),
-    ))
+    registry_reply(done)
+}
+
+/// Pushes `name`'s aliases to MLflow when the registry is an MLflow server: `"pushed"`, else
+/// why not (the change serves here and is pushed at a later reload); null without MLflow.
+fn pushed(a: &Admin, name: &str) -> Value {
+    match &a.ctx.upstream {
+        Some(u) => match super::models::lock(u).push(name) {
+            Ok(()) => json!("pushed"),
+            Err(why) => json!(format!("not pushed yet: {why}")),
+        },
+        None => Value::Null,
+    }
 }
 
 async fn rollback(
@@ -316,11 +331,15 @@ async fn rollback(
         parse(&body)?
     };
     known(&a, &name)?;
-    let done = tokio::task::block_in_place(|| a.ctx.registry.rollback(&name, &who, &b.why));
+    let done = super::models::change(&a.ctx, || {
+        let (from, to) = a.ctx.registry.rollback(&name, &who, &b.why)?;
+        Ok(
+            json!({"model": name, "from": from, "champion": to, "by": who, "mlflow": pushed(&a, &name)}),
+        )
+    })
+    .await;
     tracing::info!(model = %name, who = %who, "rollback");
-    registry_reply(
-        done.map(|(from, to)| json!({"model": name, "from": from, "champion": to, "by": who})),
-    )
+    registry_reply(done)
 }
 
 #[derive(Deserialize)]

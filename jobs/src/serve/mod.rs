@@ -20,14 +20,14 @@
 //! Events: every detection is published on `dfp.events.detection.{source}` (the record's
 //! answer object, at least once: again when a retried request is answered again), and every
 //! change of a model's champion or challenger found in the registry (read again every
-//! `--reload-every`) on `dfp.events.model.{source}` (`model`, `role`, `version`, `previous`;
+//! `--reload-every`; with MLflow, pulled from it: `models`) on `dfp.events.model.{source}` (`model`, `role`, `version`, `previous`;
 //! every instance announces it); each event's `Nats-Msg-Id` header is the same for its copies,
 //! so a JetStream stream on the subjects keeps one. With `--http`, the admin API (`admin`)
 //! serves health, readiness, metrics, models, promotions, feedback, recent detections and
 //! scoring, by role. SIGTERM or Ctrl-C drains: no new request is taken, those already
 //! received are answered, then the process exits 0.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_nats::service::{Request, ServiceExt};
-use dfp_engine::lifecycle::Serving;
 use dfp_engine::registry::Registry;
 use dfp_engine::rows::Row;
 use dfp_engine::schema::SourceSchema;
@@ -52,6 +51,7 @@ use crate::run::{RegistryArgs, run_config};
 
 mod admin;
 mod metrics;
+mod models;
 mod state;
 
 use metrics::Metrics;
@@ -100,7 +100,8 @@ pub struct ServeArgs {
     /// The most records one request may carry.
     #[arg(long, default_value_t = 10_000)]
     max_records: usize,
-    /// Seconds between two reads of the registry for new champions and challengers.
+    /// Seconds between two reads of the registry (with MLflow: of MLflow) for new champions
+    /// and challengers.
     #[arg(long, default_value_t = 2.0)]
     reload_every: f64,
     /// Seconds the registry is not read after 3 failed reads in a row (the circuit breaker's
@@ -152,6 +153,10 @@ struct Ctx {
     draining: AtomicBool,
     /// Why the registry cannot be read, while the circuit breaker is open.
     registry_down: std::sync::Mutex<Option<String>>,
+    /// The MLflow server followed, with `--registry mlflow+http://...`.
+    upstream: Option<models::Shared>,
+    /// Held while the versions that score are read and set (`models`).
+    models_lock: tokio::sync::Mutex<()>,
     /// Lock stripes by user ([`stripe`]).
     locks: Vec<tokio::sync::Mutex<()>>,
 }
@@ -160,11 +165,6 @@ struct Ctx {
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let schema = SourceSchema::resolve(&args.source)?;
     let config = run_config(args.config.as_deref())?;
-    let spec = args.registry.spec()?;
-    let registry = Registry::open(&spec.local)?;
-    let versions = registry.serving_all()?;
-    let backend = dfp_engine::device::backend(args.device, args.threads)?;
-    let online = Online::new(schema, &config, registry.clone(), versions, backend)?;
     for (flag, secs) in [
         ("--reload-every", args.reload_every),
         ("--breaker-open-for", args.breaker_open_for),
@@ -173,6 +173,21 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             bail!("{flag} must be a positive number of seconds, not {secs}");
         }
     }
+    let spec = args.registry.spec()?;
+    let registry = Registry::open(&spec.local)?;
+    let upstream = match &spec.mlflow {
+        Some(uri) => {
+            let mut u = models::Upstream::new(registry.clone(), uri, &schema.name)?;
+            if let Err(why) = u.refresh() {
+                tracing::error!(error = %why, local = %spec.local.display(), "MLflow cannot be read: serving the models of the local copy until it can");
+            }
+            Some(Arc::new(std::sync::Mutex::new(u)))
+        }
+        None => None,
+    };
+    let versions = registry.serving_all()?;
+    let backend = dfp_engine::device::backend(args.device, args.threads)?;
+    let online = Online::new(schema, &config, registry.clone(), versions, backend)?;
     let tokens = args
         .tokens
         .as_deref()
@@ -182,7 +197,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args, online, registry, config, tokens))?;
+    runtime.block_on(run(args, online, registry, upstream, config, tokens))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -190,6 +205,7 @@ async fn run(
     args: ServeArgs,
     online: Online,
     registry: Registry,
+    upstream: Option<models::Shared>,
     config: RunConfig,
     tokens: Option<admin::Tokens>,
 ) -> Result<()> {
@@ -238,6 +254,8 @@ async fn run(
         metrics: Metrics::new(),
         draining: AtomicBool::new(false),
         registry_down: Default::default(),
+        upstream,
+        models_lock: Default::default(),
         locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
     });
     if let (Some(addr), Some(tokens)) = (&args.http, tokens) {
@@ -247,13 +265,11 @@ async fn run(
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut terminate = signal(SignalKind::terminate()).context("catching SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("catching SIGINT")?;
-    let mut reload = tokio::time::interval(Duration::from_secs_f64(args.reload_every));
-    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut breaker = Breaker {
-        failures: 0,
-        open_until: None,
-        open_for: Duration::from_secs_f64(args.breaker_open_for),
-    };
+    let reloads = tokio::spawn(models::follow(
+        ctx.clone(),
+        Duration::from_secs_f64(args.reload_every),
+        Duration::from_secs_f64(args.breaker_open_for),
+    ));
     tracing::info!(%subject, nats = %args.nats, state = %stream, "serving");
     let dispatch = |tasks: &mut JoinSet<()>, request: Request| {
         let ctx = ctx.clone();
@@ -290,9 +306,9 @@ async fn run(
                     tracing::error!(error = %e, "a request's task failed");
                 }
             }
-            _ = reload.tick() => breaker.reload(&ctx).await,
         }
     }
+    reloads.abort();
     ctx.draining.store(true, Ordering::SeqCst);
     tracing::info!(
         in_flight = tasks.len(),
@@ -612,94 +628,4 @@ async fn publish_event(ctx: &Ctx, subject: &str, id: Option<&str>, body: String,
     if let Err(e) = published {
         tracing::warn!(error = %e, "{what} event could not be published");
     }
-}
-
-/// The registry read again for new champions and challengers, behind a circuit breaker:
-/// after `OPEN_AFTER` failures in a row it opens: no read for `open_for` (the last good
-/// versions and the models already loaded keep serving, and every reply says the registry is
-/// unavailable), then one read (half-open) closes it on success or opens it again.
-struct Breaker {
-    failures: u32,
-    open_until: Option<tokio::time::Instant>,
-    open_for: Duration,
-}
-
-const OPEN_AFTER: u32 = 3;
-
-impl Breaker {
-    async fn reload(&mut self, ctx: &Arc<Ctx>) {
-        if self
-            .open_until
-            .is_some_and(|t| tokio::time::Instant::now() < t)
-        {
-            return;
-        }
-        let registry = ctx.registry.clone();
-        let read = tokio::task::spawn_blocking(move || registry.serving_all()).await;
-        let versions = match read {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return self.failed(ctx, &e.chain().to_string()),
-            Err(e) => return self.failed(ctx, &e.to_string()),
-        };
-        if self.failures > 0 {
-            tracing::info!("the registry reads again: circuit closed");
-        }
-        self.failures = 0;
-        self.open_until = None;
-        if let Ok(mut down) = ctx.registry_down.lock() {
-            *down = None;
-        }
-        let current = ctx.online.versions();
-        if current == versions {
-            return;
-        }
-        let events = changes(&current, &versions);
-        ctx.online.set_versions(versions);
-        let subject = format!("dfp.events.model.{}", ctx.source);
-        for (id, event) in events {
-            tracing::info!(event = %event, "model change");
-            publish_event(ctx, &subject, Some(&id), event, "a model").await;
-        }
-    }
-
-    fn failed(&mut self, ctx: &Ctx, why: &str) {
-        self.failures += 1;
-        if self.failures >= OPEN_AFTER {
-            self.open_until = Some(tokio::time::Instant::now() + self.open_for);
-            tracing::error!(failures = self.failures, error = %why, "the registry cannot be read: circuit open, the last good models keep serving");
-            if let Ok(mut down) = ctx.registry_down.lock() {
-                *down = Some(format!(
-                    "the model registry cannot be read ({why}): circuit open since {}; the last good models serve",
-                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                ));
-            }
-        } else {
-            tracing::warn!(error = %why, "the registry could not be read");
-        }
-    }
-}
-
-/// One JSON event per model whose champion or challenger differs between `old` and `new`,
-/// with its id (`{model}:{role}:{version}`).
-fn changes(old: &Serving, new: &Serving) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (role, before, after) in [
-        ("champion", &old.champions, &new.champions),
-        ("challenger", &old.challengers, &new.challengers),
-    ] {
-        let names: BTreeMap<&String, ()> =
-            before.keys().chain(after.keys()).map(|n| (n, ())).collect();
-        for name in names.keys() {
-            let (was, is) = (before.get(*name), after.get(*name));
-            if was != is {
-                let id = format!("{name}:{role}:{}", is.map_or("none".into(), u32::to_string));
-                out.push((
-                    id,
-                    serde_json::json!({"model": name, "role": role, "version": is, "previous": was})
-                        .to_string(),
-                ));
-            }
-        }
-    }
-    out
 }

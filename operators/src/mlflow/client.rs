@@ -123,7 +123,7 @@ fn percent(part: &str) -> String {
 
 /// `value` quoted for an MLflow search filter. The values dfp searches for (model names as
 /// [`super::mlflow_name`] writes them, hex keys) never hold a quote.
-fn quoted(value: &str) -> String {
+pub(super) fn quoted(value: &str) -> String {
     format!("'{value}'")
 }
 
@@ -397,25 +397,48 @@ impl Client {
             .map(|mut v| v["registered_model"].take())
     }
 
-    /// Versions of registered model `name` (with their tags), oldest first.
-    pub fn versions(&self, name: &str) -> Reply<Vec<Value>> {
+    /// The registered models `filter` selects (MLflow's search syntax; empty: all), with their
+    /// tags and aliases.
+    pub fn search_models(&self, filter: &str) -> Reply<Vec<Value>> {
+        self.pages("registered-models/search", filter, "registered_models")
+    }
+
+    /// Version `version` of registered model `name`, with its tags and source.
+    pub fn version(&self, name: &str, version: &str) -> Reply<Value> {
+        self.get(
+            "model-versions/get",
+            &[("name", name), ("version", version)],
+        )
+        .map(|mut v| v["model_version"].take())
+    }
+
+    /// Every item (under `key`) of a paged search `api` with `filter`.
+    fn pages(&self, api: &str, filter: &str, key: &str) -> Reply<Vec<Value>> {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
-            let filter = format!("name = {}", quoted(name));
-            let mut query = vec![("filter", filter.as_str()), ("max_results", "200")];
+            let mut query = vec![("max_results", "200")];
+            if !filter.is_empty() {
+                query.push(("filter", filter));
+            }
             if !token.is_empty() {
                 query.push(("page_token", token.as_str()));
             }
-            let mut v = self.get("model-versions/search", &query)?;
-            if let Some(page) = v["model_versions"].as_array_mut() {
+            let mut v = self.get(api, &query)?;
+            if let Some(page) = v[key].as_array_mut() {
                 out.append(page);
             }
             match v["next_page_token"].as_str() {
                 Some(t) if !t.is_empty() => token = t.to_string(),
-                _ => break,
+                _ => return Ok(out),
             }
         }
+    }
+
+    /// Versions of registered model `name` (with their tags), oldest first.
+    pub fn versions(&self, name: &str) -> Reply<Vec<Value>> {
+        let filter = format!("name = {}", quoted(name));
+        let mut out = self.pages("model-versions/search", &filter, "model_versions")?;
         out.sort_by_key(|v| {
             v["version"]
                 .as_str()

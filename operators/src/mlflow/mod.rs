@@ -25,6 +25,7 @@
 //! and pushed by the next run or `dfp models sync`.
 
 pub mod client;
+mod pull;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,7 @@ use dfp_engine::{Error, Result, files};
 use crate::retry::Backoff;
 
 pub use client::{Client, MlflowError};
+pub use pull::Pulls;
 
 /// Where a run keeps its models: a local directory, optionally mirrored to MLflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +124,47 @@ fn read_record(path: &Path) -> Result<BTreeMap<String, Pushed>> {
     }
 }
 
+/// The sync record of one model for one server, read to be changed and written back.
+struct Record {
+    path: PathBuf,
+    server: String,
+    name: String,
+    /// Every server's record of the model.
+    all: BTreeMap<String, Pushed>,
+    /// This server's.
+    pushed: Pushed,
+}
+
+impl Record {
+    fn read(registry: &Registry, server: &str, name: &str) -> Result<Record> {
+        let path = registry.model_dir(name)?.join(RECORD);
+        let all = read_record(&path)?;
+        let pushed = all.get(server).cloned().unwrap_or_default();
+        Ok(Record {
+            path,
+            server: server.to_string(),
+            name: name.to_string(),
+            all,
+            pushed,
+        })
+    }
+
+    /// Records that the server's aliases are `lifecycle`'s.
+    fn aliases_are(&mut self, lifecycle: &Lifecycle) {
+        self.pushed.aliases = Some(fingerprint(lifecycle));
+        self.pushed.rolled_back = lifecycle.rolled_back.clone();
+    }
+
+    fn save(&mut self) -> Result<()> {
+        self.all.insert(self.server.clone(), self.pushed.clone());
+        let text = serde_json::to_vec_pretty(&self.all).map_err(|e| Error::Json {
+            context: format!("writing the MLflow sync record of {:?}", self.name),
+            source: e,
+        })?;
+        files::replace(&self.path, &text, "writing the MLflow sync record")
+    }
+}
+
 /// A sync failure: MLflow's (retryable or not) or the local registry's.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -162,6 +205,8 @@ pub struct Syncer {
     registry: Registry,
     client: Client,
     experiments: BTreeMap<String, String>,
+    /// The MLflow aliases each model was last made to follow ([`Syncer::pull`]).
+    followed: BTreeMap<String, pull::Aliases>,
 }
 
 fn millis(us: Option<i64>) -> i64 {
@@ -208,6 +253,25 @@ fn lineage_tags(v: &ModelVersion, key: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The tag of a version's model file checksum ([`checksum`]): a copy that differs is refused.
+const CHECKSUM: &str = "dfp.checksum";
+
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:016x}", dfp_engine::hash::fnv1a64(bytes))
+}
+
+/// The lineage a version's tags carry ([`lineage_tags`]), when they carry one.
+fn lineage_from_tags(item: &serde_json::Value) -> Option<dfp_engine::registry::Lineage> {
+    let get = |k: &str| client::tag(item, k);
+    Some(dfp_engine::registry::Lineage {
+        registered_at: get("dfp.registered_at")?,
+        config_hash: get("dfp.config_hash").unwrap_or_default(),
+        dfp_version: get("dfp.dfp_version").unwrap_or_default(),
+        run: get("dfp.run"),
+        challenged: get("dfp.challenged").and_then(|c| c.parse().ok()),
+    })
+}
+
 /// The hyperparameters as flat `config.*` params.
 fn config_params(v: &ModelVersion) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -244,6 +308,7 @@ impl Syncer {
             registry,
             client,
             experiments: BTreeMap::new(),
+            followed: BTreeMap::new(),
         }
     }
 
@@ -263,25 +328,14 @@ impl Syncer {
 
     /// Pushes what MLflow lacks of model `name`: its versions, then its aliases.
     pub fn sync(&mut self, name: &str) -> std::result::Result<Pushes, SyncError> {
-        let record_path = self.registry.model_dir(name)?.join(RECORD);
-        let mut records = read_record(&record_path)?;
-        let server = self.client.base().to_string();
-        let mut pushed = records.get(&server).cloned().unwrap_or_default();
-        let save = |records: &mut BTreeMap<String, Pushed>, pushed: &Pushed| -> Result<()> {
-            records.insert(server.clone(), pushed.clone());
-            let text = serde_json::to_vec_pretty(&*records).map_err(|e| Error::Json {
-                context: format!("writing the MLflow sync record of {name:?}"),
-                source: e,
-            })?;
-            files::replace(&record_path, &text, "writing the MLflow sync record")
-        };
+        let mut record = Record::read(&self.registry, self.client.base(), name)?;
         let target = mlflow_name(name);
         let mut out = Pushes::default();
         let missing: Vec<u32> = self
             .registry
             .version_numbers(name)?
             .into_iter()
-            .filter(|v| !pushed.versions.contains_key(v))
+            .filter(|v| !record.pushed.versions.contains_key(v))
             .collect();
         if !missing.is_empty() {
             let found = self.existing_versions(name, &target)?;
@@ -293,17 +347,16 @@ impl Syncer {
                         self.push_version(name, &target, v)?
                     }
                 };
-                pushed.versions.insert(v, mv);
-                save(&mut records, &pushed)?;
+                record.pushed.versions.insert(v, mv);
+                record.save()?;
             }
         }
         let lifecycle = self.registry.lifecycle(name)?;
         let print = fingerprint(&lifecycle);
-        if pushed.aliases.as_deref() != Some(print.as_str()) {
-            self.push_aliases(&target, &lifecycle, &pushed)?;
-            pushed.aliases = Some(print);
-            pushed.rolled_back = lifecycle.rolled_back.clone();
-            save(&mut records, &pushed)?;
+        if record.pushed.aliases.as_deref() != Some(print.as_str()) {
+            self.push_aliases(&target, &lifecycle, &record.pushed)?;
+            record.aliases_are(&lifecycle);
+            record.save()?;
             out.aliases += 1;
         }
         Ok(out)
@@ -343,7 +396,8 @@ impl Syncer {
             "{:016x}-v{version}",
             dfp_engine::hash::fnv1a64(name.as_bytes())
         );
-        let tags = lineage_tags(&v, &key);
+        let mut tags = lineage_tags(&v, &key);
+        tags.push((CHECKSUM.to_string(), checksum(&bytes)));
         let experiment = self.experiment(&v.header.source)?;
         let run = match self.client.find_run(&experiment, &[("dfp.key", &key)])? {
             Some(run) => run,
