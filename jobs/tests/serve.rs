@@ -706,6 +706,29 @@ fn the_admin_api_enforces_roles_on_every_route_and_serves_each_role_its_calls() 
     let recorded: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(recorded["verdict"]["by"], "uma");
     assert_eq!(recorded["detection"]["detection_id"], id);
+    // An instance started after the detection judges it too (kept in the stream), and says
+    // so for one no instance kept.
+    let later_addr = format!("127.0.0.1:{}", free_port());
+    let mut later = Instance::with(
+        &nats,
+        &s,
+        "admin-later",
+        "info",
+        &["--http", &later_addr, "--tokens", &s.path("tokens.toml")],
+    );
+    later.wait_for("admin API");
+    let oldest = listed.last().unwrap();
+    let body = format!(
+        r#"{{"detection_id": "{}", "label": "true_positive"}}"#,
+        oldest["detection_id"].as_str().unwrap()
+    );
+    let (code, text) = http(&later_addr, "POST", "/feedback", Some(tokens[0].2), &body).unwrap();
+    assert_eq!(code, 201, "{text}");
+    let recorded: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(&recorded["detection"], oldest, "{text}");
+    let body = r#"{"detection_id": "never-detected", "label": "benign"}"#;
+    let (code, text) = http(&later_addr, "POST", "/feedback", Some(tokens[0].2), body).unwrap();
+    assert_eq!(code, 404, "{text}");
     let (code, text) = call(
         "POST",
         "/feedback",

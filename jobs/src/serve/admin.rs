@@ -14,8 +14,11 @@
 //! recorded under the token's name.
 //!
 //! State: the last `--recent` detections published on `dfp.events.detection.{source}` (by
-//! any instance), which `GET /detections` lists and `POST /feedback` judges; verdicts are
-//! published on `dfp.events.feedback.{source}` and kept in the users' state stream under
+//! any instance) since this one started, which `GET /detections` lists. `POST /feedback`
+//! judges those, and any other detection an instance kept in the users' state stream in the
+//! last `--state-days` (`dfp.state.{stream}.d.{detection id in hex}`: a restarted instance,
+//! or one started after the detection, finds it there). Verdicts are published on
+//! `dfp.events.feedback.{source}` and kept in the same stream under
 //! `dfp.state.{stream}.f.{detection id in hex}`.
 
 use std::collections::{HashMap, VecDeque};
@@ -354,18 +357,30 @@ struct FeedbackBody {
 async fn feedback(State(a): Shared, headers: HeaderMap, body: Bytes) -> Reply {
     let who = a.allow(&headers, READERS, "POST /feedback")?;
     let b: FeedbackBody = parse(&body)?;
-    let detection = a.recent.lock().ok().and_then(|recent| {
+    let seen = a.recent.lock().ok().and_then(|recent| {
         recent
             .iter()
             .find(|e| e["detection_id"] == b.detection_id.as_str())
             .cloned()
     });
+    let detection = match seen {
+        Some(d) => Some(d),
+        None => match a.ctx.states.detection(&b.detection_id).await {
+            Ok(kept) => kept.and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+            Err(e) => {
+                return Err(refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the detections kept in NATS cannot be read: {e:#}"),
+                ));
+            }
+        },
+    };
     let Some(detection) = detection else {
         return Err(refusal(
             StatusCode::NOT_FOUND,
             &format!(
-                "no detection {:?} among the last {} this service saw (judge older ones with dfp feedback against the run's output)",
-                b.detection_id, a.keep
+                "no detection {:?} among those dfp serve kept (the last --state-days; judge a batch run's detections with dfp feedback against its output)",
+                b.detection_id
             ),
         ));
     };

@@ -125,7 +125,8 @@ pub struct ServeArgs {
     /// still checks that no other instance extended the state meanwhile).
     #[arg(long, default_value_t = 100_000)]
     cache_users: usize,
-    /// Detections the admin API keeps for GET /detections and POST /feedback.
+    /// Detections the admin API lists (GET /detections: the newest since it started; POST
+    /// /feedback also finds older ones in the state stream).
     #[arg(long, default_value_t = 1000)]
     recent: usize,
 }
@@ -610,6 +611,9 @@ async fn publish_detections(ctx: &Ctx, answers: &[Answer]) {
     let subject = format!("dfp.events.detection.{}", ctx.source);
     for a in answers.iter().filter(|a| a.alert) {
         let id = a.detection_id.as_deref();
+        if let Some(id) = id {
+            ctx.states.keep_detection(id, &a.json).await;
+        }
         publish_event(ctx, &subject, id, a.json.clone(), "a detection").await;
     }
 }

@@ -170,6 +170,29 @@ impl States {
         Ok(())
     }
 
+    /// Keeps a detection (its answer, as published) under `{prefix}.d.{id in hex}` for the
+    /// admin API of any instance, for `--state-days`; a copy (a retried request) is dropped by
+    /// its `Nats-Msg-Id`. Sent without waiting for the stream's ack: a detection is published
+    /// as an event whether or not it is kept.
+    pub async fn keep_detection(&self, id: &str, json: &str) {
+        let subject = format!("{}.d.{}", self.prefix, super::hex(id));
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        let sent = self
+            .js
+            .publish_with_headers(subject, headers, json.to_string().into())
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(detection = %id, error = %e, "a detection could not be kept for feedback");
+        }
+    }
+
+    /// A detection kept by any instance ([`States::keep_detection`]), if still there.
+    pub async fn detection(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let subject = format!("{}.d.{}", self.prefix, super::hex(id));
+        Ok(self.get(None, &subject).await?.map(|m| m.payload.to_vec()))
+    }
+
     /// The user's state: this instance's copy (taken out; hand it back with [`States::keep`]),
     /// else read from the stream.
     pub async fn take(&self, online: &Online, user: &str) -> Result<Stored> {
