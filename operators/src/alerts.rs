@@ -333,8 +333,8 @@ mod tests {
             .map(|(i, (user, feature, minute))| {
                 let mut s = base.clone();
                 s.user = (*user).to_string();
-                s.row.ts = minute * MIN;
-                s.row.origin.record = i as u64;
+                std::sync::Arc::make_mut(&mut s.row).ts = minute * MIN;
+                std::sync::Arc::make_mut(&mut s.row).origin.record = i as u64;
                 s.mean_abs_z = 3.0 + i as f32;
                 Detection {
                     scored: s,

@@ -167,8 +167,8 @@ mod tests {
             .map(|(i, u)| {
                 let mut s = base.clone();
                 s.user = (*u).to_string();
-                s.row.ts = day * DAY_US + i as i64;
-                s.row.origin.record = i as u64;
+                std::sync::Arc::make_mut(&mut s.row).ts = day * DAY_US + i as i64;
+                std::sync::Arc::make_mut(&mut s.row).origin.record = i as u64;
                 s.mean_abs_z = 10.0 - i as f32;
                 s
             })

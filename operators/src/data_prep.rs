@@ -30,7 +30,7 @@ pub struct Prepared {
 
 /// The batch of `window`'s rows with their derived features.
 pub fn prepare(window: Window, schema: &SourceSchema, arrow: &SchemaRef) -> Result<Prepared> {
-    let batch = rows_to_batch(arrow, window.rows.iter())?;
+    let batch = rows_to_batch(arrow, window.rows.iter().map(|r| &**r))?;
     let values: Vec<Vec<i64>> = (0..schema.derived.len())
         .map(|k| {
             window

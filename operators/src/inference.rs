@@ -62,7 +62,7 @@ pub struct Scored {
     /// The row's user.
     pub user: String,
     /// The row.
-    pub row: Row,
+    pub row: std::sync::Arc<Row>,
     /// Its derived features (schema order).
     pub derived: Vec<i64>,
     /// `name:version` of the model that scored it.

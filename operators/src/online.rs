@@ -440,7 +440,7 @@ impl Online {
                 infer: true,
                 payload: false,
                 history_only: false,
-                rows,
+                rows: rows.into_iter().map(Arc::new).collect(),
             },
             epoch,
         );

@@ -32,6 +32,7 @@
 //! index the retraction needs, without a second copy of the rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use dfp_engine::config::{Problems, join};
 use dfp_engine::period::parse_duration;
@@ -387,7 +388,7 @@ fn distinct_key(row: &Row, column: usize) -> String {
 /// One UTC day of a user's rows, in event-time order, with their derived features.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Day {
-    rows: Vec<Row>,
+    rows: Vec<Arc<Row>>,
     derived: Vec<Vec<i64>>,
     seen: Vec<HashSet<String>>,
 }
@@ -415,7 +416,7 @@ impl Day {
     }
 
     /// Places `row` by event time; only a row that lands before others recomputes the day.
-    fn insert(&mut self, row: Row, plan: &DerivedPlan) {
+    fn insert(&mut self, row: Arc<Row>, plan: &DerivedPlan) {
         let at = self.rows.partition_point(|r| r.key() < row.key());
         self.rows.insert(at, row);
         if at + 1 == self.rows.len() {
@@ -439,8 +440,8 @@ pub struct Window {
     pub epoch: u64,
     /// Whether it is to train (else to score).
     pub train: bool,
-    /// The rows, in event-time order.
-    pub rows: Vec<Row>,
+    /// The rows, in event-time order (shared with the window state that emitted them).
+    pub rows: Vec<Arc<Row>>,
     /// Per row, the derived feature values (schema order).
     pub derived: Vec<Vec<i64>>,
     /// Per row of a scoring window, with `[familiarity]` on: bit `k` set when the row's value
@@ -478,11 +479,12 @@ impl UserWindow {
     /// placed (their day had already left the window).
     pub fn insert(
         &mut self,
-        mut rows: Vec<Row>,
+        rows: Vec<impl Into<Arc<Row>>>,
         max_history_us: i64,
         plan: &DerivedPlan,
-    ) -> Vec<Row> {
-        rows.sort_by_key(Row::key);
+    ) -> Vec<Arc<Row>> {
+        let mut rows: Vec<Arc<Row>> = rows.into_iter().map(Into::into).collect();
+        rows.sort_by_key(|r| r.key());
         if let Some(max) = rows.iter().map(|r| r.ts).max() {
             self.newest = Some(self.newest.map_or(max, |n| n.max(max)));
         }
@@ -530,7 +532,7 @@ impl UserWindow {
             return None;
         }
         let since = self.last_emit;
-        let mut held: Vec<(&Row, &Vec<i64>)> = self
+        let mut held: Vec<(&Arc<Row>, &Vec<i64>)> = self
             .days
             .values()
             .flat_map(|day| day.rows.iter().zip(&day.derived))
@@ -712,19 +714,15 @@ impl RollingWindows {
             && !generic
         {
             let state = self.users.entry((user.clone(), false)).or_default();
-            state.familiar.see(plan, rows.iter());
+            state.familiar.see(plan, rows.iter().map(|r| &**r));
         }
         let purposes: Vec<bool> = [(true, train), (false, infer)]
             .into_iter()
             .filter_map(|(purpose, on)| on.then_some(purpose))
             .collect();
-        let mut rows = Some(rows);
-        for (k, &purpose) in purposes.iter().enumerate() {
-            let these = if k + 1 == purposes.len() {
-                rows.take().unwrap_or_default()
-            } else {
-                rows.clone().unwrap_or_default()
-            };
+        // Both purposes hold the same rows.
+        for &purpose in &purposes {
+            let these = rows.clone();
             let (cfg, us) = if purpose {
                 (&self.training, self.training_us)
             } else {
@@ -737,8 +735,11 @@ impl RollingWindows {
                 self.users.entry((user.clone(), purpose)).or_default()
             };
             for row in state.insert(these, us, &self.plan) {
-                out.late
-                    .push(DeadLetter::late(&user, row, &cfg.max_history));
+                out.late.push(DeadLetter::late(
+                    &user,
+                    Arc::unwrap_or_clone(row),
+                    &cfg.max_history,
+                ));
             }
             if !history_only {
                 let mut window = state.emit(&user, (epoch, purpose, false), cfg, &self.plan);
@@ -935,8 +936,8 @@ mod tests {
     }
 
     /// The reference: the window's rows through the batch computation of the engine.
-    fn naive_derived(schema: &SourceSchema, rows: &[Row]) -> Vec<Vec<i64>> {
-        let batch = rows_to_batch(&schema.arrow_schema(), rows.iter()).unwrap();
+    fn naive_derived(schema: &SourceSchema, rows: &[Arc<Row>]) -> Vec<Vec<i64>> {
+        let batch = rows_to_batch(&schema.arrow_schema(), rows.iter().map(|r| &**r)).unwrap();
         let with = add_derived(&batch, schema).unwrap();
         (0..rows.len())
             .map(|i| {
@@ -1182,7 +1183,7 @@ mod tests {
             infer: !train,
             payload: false,
             history_only: false,
-            rows,
+            rows: rows.into_iter().map(Arc::new).collect(),
         };
         let cfg = FamiliarityConfig {
             enabled: true,

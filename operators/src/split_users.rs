@@ -12,6 +12,8 @@
 //! `only_users` filter individual users; skipped rows are counted.
 
 use dfp_engine::hash::fnv1a64;
+use std::sync::Arc;
+
 use dfp_engine::rows::Row;
 use dfp_engine::schema::{MISSING_STRING, NULL_STRING};
 use serde::{Deserialize, Serialize};
@@ -78,8 +80,8 @@ pub struct UserRows {
     /// Whether they only join the training history (a load-only `streaming` input): placed in
     /// the training window, no window emitted.
     pub history_only: bool,
-    /// The rows.
-    pub rows: Vec<Row>,
+    /// The rows (the generic user's share them with their users').
+    pub rows: Vec<Arc<Row>>,
 }
 
 impl UserRows {
@@ -114,7 +116,7 @@ pub fn split(rows: Vec<Row>, cfg: &SplitConfig, train: bool, infer: bool, payloa
     let generic = (train || history_only) && cfg.include_generic;
     let individual_train = (train || history_only) && cfg.include_individual;
     let mut all = Vec::new();
-    let mut by_user: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    let mut by_user: BTreeMap<String, Vec<Arc<Row>>> = BTreeMap::new();
     for mut row in rows {
         let unnamed = row
             .user
@@ -138,6 +140,7 @@ pub fn split(rows: Vec<Row>, cfg: &SplitConfig, train: bool, infer: bool, payloa
         }
         let kept = !cfg.skip_users.contains(&user)
             && (cfg.only_users.is_empty() || cfg.only_users.contains(&user));
+        let row = Arc::new(row);
         if generic {
             all.push(row.clone());
         }
