@@ -1,11 +1,14 @@
 //! Training (Morpheus' `dfp_training` module / `DFPTraining`): trains one autoencoder per
-//! training window, all windows of an epoch on this worker in one backend call (the CPU
-//! backend spreads whole models over its threads).
+//! training window, the windows of an epoch on this worker in backend calls of up to
+//! [`CHUNK_ROWS`] rows (the CPU backend spreads whole models over its threads). Each window is
+//! prepared (data prep: its batch with the derived features) only when its call comes and
+//! dropped after it, so memory holds one call's batches, not the epoch's: the windows' rows
+//! themselves are shared with the rolling windows that emitted them.
 //!
-//! Input: [`Prepared`] training windows. Output: trained models (to the registry writer) and
-//! [`DeadLetter`]s for windows that could not be trained. State: the windows of epochs the
-//! frontier has not passed yet; an epoch trains once all of its windows are in, so a model is
-//! trained exactly once per window.
+//! Input: training [`Window`]s. Output: trained models (to the registry writer) and
+//! [`DeadLetter`]s for windows that could not be prepared or trained. State: the windows of
+//! epochs the frontier has not passed yet; an epoch trains once all of its windows are in, so
+//! a model is trained exactly once per window.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -21,10 +24,32 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::core::OkErr;
 
-use crate::data_prep::Prepared;
+use crate::data_prep::{Prepared, prepare};
 use crate::dead_letter::DeadLetter;
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
+use crate::rolling_window::Window;
+
+/// The most rows one backend call trains on (a window with more is a call of its own). A
+/// model's result does not depend on the call it is in (its own seed, data and config).
+pub const CHUNK_ROWS: usize = 100_000;
+
+/// `windows` cut, in order, into runs of at most `budget` rows (a window of more alone).
+fn chunks(windows: &[Window], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut rows) = (0, 0);
+    for (i, w) in windows.iter().enumerate() {
+        if i > start && rows + w.rows.len() > budget {
+            out.push(start..i);
+            (start, rows) = (i, 0);
+        }
+        rows += w.rows.len();
+    }
+    if start < windows.len() {
+        out.push(start..windows.len());
+    }
+    out
+}
 
 /// How the generic model's window is sampled (`[split] generic_max_rows`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +172,7 @@ pub trait Training<'s> {
     );
 }
 
-impl<'s> Training<'s> for StreamVec<'s, u64, Prepared> {
+impl<'s> Training<'s> for StreamVec<'s, u64, Window> {
     fn training(
         self,
         backend: Rc<dyn Backend>,
@@ -160,31 +185,57 @@ impl<'s> Training<'s> for StreamVec<'s, u64, Prepared> {
         StreamVec<'s, u64, DeadLetter>,
     ) {
         self.unary_frontier(Pipeline, "Training", move |_cap, _info| {
-            let mut pending = Pending::<Prepared>::default();
+            let arrow = schema.arrow_schema();
+            let mut pending = Pending::<Window>::default();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| pending.stash(cap, data, 0));
                 for (cap, mut windows) in pending.ready(&[frontier]) {
-                    windows.sort_by(|a, b| a.window.user.cmp(&b.window.user));
+                    windows.sort_by(|a, b| a.user.cmp(&b.user));
                     let started = Instant::now();
-                    let models = train_windows(
-                        backend.as_ref(),
-                        &schema,
-                        &config,
-                        &windows,
-                        sample.as_ref(),
-                    );
+                    let mut session = output.session(&cap);
+                    let (mut trained, mut failed) = (0, 0);
+                    let ranges = chunks(&windows, CHUNK_ROWS);
+                    let mut rest = windows.into_iter();
+                    for range in ranges {
+                        let mut prepared = Vec::with_capacity(range.len());
+                        for w in rest.by_ref().take(range.len()) {
+                            let user = w.user.clone();
+                            match prepare(w, &schema, &arrow) {
+                                Ok(p) => prepared.push(p),
+                                Err(e) => {
+                                    failed += 1;
+                                    let why = e.to_string();
+                                    session.give(Err(DeadLetter::model("data_prep", &user, why)));
+                                }
+                            }
+                        }
+                        for m in train_windows(
+                            backend.as_ref(),
+                            &schema,
+                            &config,
+                            &prepared,
+                            sample.as_ref(),
+                        ) {
+                            if m.is_ok() {
+                                trained += 1;
+                            } else {
+                                failed += 1;
+                            }
+                            session.give(m);
+                        }
+                    }
                     let seconds = started.elapsed().as_secs_f64();
                     let mut s = stats.borrow_mut();
                     s.train_seconds += seconds;
-                    s.train_failed += models.iter().filter(|m| m.is_err()).count() as u64;
+                    s.train_failed += failed;
                     drop(s);
                     tracing::info!(
                         epoch = *cap.time(),
-                        models = models.len(),
+                        models = trained,
+                        failed,
                         seconds,
                         "trained the epoch's windows"
                     );
-                    output.session(&cap).give_iterator(models.into_iter());
                 }
             }
         })
@@ -199,20 +250,91 @@ mod tests {
     use crate::testing::{Fixture, both, cpu, fast_config, run_stage};
 
     #[test]
+    fn an_epochs_windows_are_cut_in_order_into_calls_of_at_most_the_budgets_rows() {
+        let row = Arc::new(dfp_engine::rows::Row {
+            ts: 0,
+            user: None,
+            origin: dfp_engine::rows::Origin {
+                epoch: 0,
+                file: 0,
+                record: 0,
+            },
+            values: Vec::new(),
+        });
+        let windows: Vec<Window> = [3, 4, 10, 2, 2, 1]
+            .iter()
+            .map(|&n| Window {
+                user: format!("u{n}"),
+                epoch: 0,
+                train: true,
+                rows: vec![row.clone(); n],
+                derived: vec![Vec::new(); n],
+                familiar: Vec::new(),
+            })
+            .collect();
+        assert_eq!(chunks(&windows, 6), [0..1, 1..2, 2..3, 3..6]);
+        assert_eq!(chunks(&windows, 100), [0..6]);
+        assert_eq!(chunks(&windows, 1).len(), 6);
+        assert!(chunks(&[], 6).is_empty());
+    }
+
+    #[test]
+    fn a_model_trains_the_same_whichever_call_it_is_in() {
+        let f = Fixture::duo(3, 2);
+        let cfg = fast_config();
+        let windows: Vec<Prepared> = f
+            .prepared(&cfg)
+            .into_iter()
+            .flat_map(|(_, ps)| ps)
+            .filter(|p| p.window.train)
+            .collect();
+        assert!(windows.len() >= 2);
+        let bytes = |ms: Vec<Result<Arc<Model>, DeadLetter>>| -> Vec<Vec<u8>> {
+            ms.into_iter()
+                .map(|m| m.unwrap().to_bytes().unwrap())
+                .collect()
+        };
+        let backend = cpu();
+        let together = bytes(train_windows(
+            backend.as_ref(),
+            &f.schema,
+            &cfg.model,
+            &windows,
+            None,
+        ));
+        let alone: Vec<Vec<u8>> = windows
+            .chunks(1)
+            .flat_map(|w| {
+                bytes(train_windows(
+                    backend.as_ref(),
+                    &f.schema,
+                    &cfg.model,
+                    w,
+                    None,
+                ))
+            })
+            .collect();
+        assert_eq!(together, alone);
+    }
+
+    #[test]
     fn every_training_window_of_an_epoch_trains_one_model_of_its_rows() {
         let f = Fixture::duo(3, 2);
         let cfg = fast_config();
-        let epochs: Vec<(u64, Vec<Prepared>)> = f
+        let epochs: Vec<(u64, Vec<Window>)> = f
             .prepared(&cfg)
             .into_iter()
-            .map(|(t, ps)| (t, ps.into_iter().filter(|p| p.window.train).collect()))
+            .map(|(t, ps)| {
+                let ws = ps.into_iter().filter(|p| p.window.train).map(|p| p.window);
+                (t, ws.collect())
+            })
             .collect();
         let want: Vec<(u64, String, usize)> = epochs
             .iter()
-            .flat_map(|(t, ps)| {
-                let mut ws: Vec<(u64, String, usize)> = ps
+            .flat_map(|(t, ws)| {
+                let mut ws: Vec<(u64, String, usize)> = ws
                     .iter()
-                    .map(|p| (*t, model_name("duo", &p.window.user), p.window.rows.len()))
+                    .map(|w| (*t, model_name("duo", &w.user), w.rows.len()))
                     .collect();
                 ws.sort();
                 ws

@@ -123,13 +123,12 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         s.stats.clone(),
     );
     let (train_w, infer_w) = windows.ok_err(|w| if w.train { Ok(w) } else { Err(w) });
-    let (train_p, bad_train) = train_w.data_prep(s.schema.clone());
     let sample = cfg.split.generic_max_rows.map(|max_rows| GenericSample {
         user: cfg.split.generic_user.clone(),
         max_rows,
         sparse_below: cfg.training_window.min_history,
     });
-    let (models, failed) = train_p.training(
+    let (models, failed) = train_w.training(
         s.backend.clone(),
         s.schema.clone(),
         cfg.model.clone(),
@@ -162,7 +161,6 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         bad_files,
         no_user,
         late,
-        bad_train,
         failed,
         unregistered,
         bad_infer,
