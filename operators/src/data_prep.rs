@@ -2,10 +2,10 @@
 //! rows back into an Arrow batch of the source schema with the derived per-day features
 //! (`logcount`, `locincrement`, `appincrement`) as columns, ready to train on or to score.
 //!
-//! Input: [`Window`]s. Output: [`Prepared`] windows and [`DeadLetter`]s for windows whose rows
-//! do not fit the schema. State: none.
-
-use std::sync::Arc;
+//! Not an operator of its own: training and inference prepare each window when they come to
+//! train or score it, so a window waiting for its epoch holds its rows (shared with the rolling
+//! windows), not a batch. Input: [`Window`]s. Output: [`Prepared`] windows and [`DeadLetter`]s
+//! for windows whose rows do not fit the schema. State: none.
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -13,8 +13,6 @@ use dfp_engine::Result;
 use dfp_engine::derive::with_derived_columns;
 use dfp_engine::rows::rows_to_batch;
 use dfp_engine::schema::SourceSchema;
-use timely::dataflow::StreamVec;
-use timely::dataflow::operators::core::OkErr;
 
 use crate::dead_letter::DeadLetter;
 use crate::rolling_window::Window;
@@ -44,61 +42,61 @@ pub fn prepare(window: Window, schema: &SourceSchema, arrow: &SchemaRef) -> Resu
     Ok(Prepared { window, batch })
 }
 
-/// The data-prep stage as a timely operator.
-pub trait DataPrep<'s> {
-    /// Prepares each window where it is (no exchange).
-    fn data_prep(
-        self,
-        schema: Arc<SourceSchema>,
-    ) -> (StreamVec<'s, u64, Prepared>, StreamVec<'s, u64, DeadLetter>);
-}
-
-impl<'s> DataPrep<'s> for StreamVec<'s, u64, Window> {
-    fn data_prep(
-        self,
-        schema: Arc<SourceSchema>,
-    ) -> (StreamVec<'s, u64, Prepared>, StreamVec<'s, u64, DeadLetter>) {
-        let arrow = schema.arrow_schema();
-        self.ok_err(move |w| {
-            let user = w.user.clone();
-            prepare(w, &schema, &arrow)
-                .map_err(|e| DeadLetter::model("data_prep", &user, e.to_string()))
-        })
+/// Prepares `windows` (schema `arrow`: `schema.arrow_schema()`): the prepared ones, and a
+/// dead letter (`stage`) for each window whose rows do not fit the schema.
+pub fn prepare_all(
+    windows: impl IntoIterator<Item = Window>,
+    schema: &SourceSchema,
+    arrow: &SchemaRef,
+    stage: &str,
+) -> (Vec<Prepared>, Vec<DeadLetter>) {
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    for w in windows {
+        let user = w.user.clone();
+        match prepare(w, schema, arrow) {
+            Ok(p) => ok.push(p),
+            Err(e) => bad.push(DeadLetter::model(stage, &user, e.to_string())),
+        }
     }
+    (ok, bad)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{Fixture, both, fast_config, run_stage};
+    use crate::testing::{Fixture, fast_config};
+    use dfp_engine::rows::Value;
+    use std::sync::Arc;
 
     #[test]
     fn each_window_becomes_a_batch_of_its_rows_with_the_derived_features() {
         let f = Fixture::duo(3, 2);
-        let prepared = f.prepared(&fast_config());
-        let epochs: Vec<(u64, Vec<Window>)> = prepared
-            .iter()
-            .map(|(t, ps)| (*t, ps.iter().map(|p| p.window.clone()).collect()))
+        let windows: Vec<Window> = f
+            .prepared(&fast_config())
+            .into_iter()
+            .flat_map(|(_, ps)| ps.into_iter().map(|p| p.window))
             .collect();
-        let want: Vec<(u64, usize)> = prepared
-            .iter()
-            .flat_map(|(t, ps)| ps.iter().map(|p| (*t, p.batch.num_rows())))
-            .collect();
-        let schema = f.schema.clone();
-        let (out, _) = run_stage(epochs, move |s, _| both(s.data_prep(schema)));
-        let got: Vec<(u64, usize)> = out
-            .iter()
-            .map(|(t, p)| (*t, p.as_ref().map(|p| p.batch.num_rows()).unwrap_or(0)))
-            .collect();
-        assert_eq!(got, want);
-        let p = out[0].1.as_ref().unwrap();
+        assert!(!windows.is_empty());
+        // One window more, whose first row has a number where the event id goes.
+        let mut broken = windows[0].clone();
+        let mut row = (*broken.rows[0]).clone();
+        row.values[0] = Value::Int(1);
+        broken.rows[0] = Arc::new(row);
+        broken.user = "broken".into();
+        let all = windows.iter().cloned().chain([broken]);
+        let (ok, bad) = prepare_all(all, &f.schema, &f.schema.arrow_schema(), "training");
+        let rows: Vec<usize> = ok.iter().map(|p| p.batch.num_rows()).collect();
+        let want: Vec<usize> = windows.iter().map(|w| w.rows.len()).collect();
+        assert_eq!(rows, want);
         for d in &f.schema.derived {
             assert!(
-                p.batch.column_by_name(&d.name).is_some(),
+                ok[0].batch.column_by_name(&d.name).is_some(),
                 "{} missing",
                 d.name
             );
         }
-        assert_eq!(p.batch.num_rows(), p.window.rows.len());
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].user.as_deref(), Some("broken"));
+        assert!(bad[0].reason.contains("event_id"), "{}", bad[0].reason);
     }
 }

@@ -34,12 +34,13 @@ use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::core::OkErr;
 
 use crate::checkpoint::frontier_cut;
-use crate::data_prep::Prepared;
+use crate::data_prep::{Prepared, prepare_all};
 use crate::dead_letter::DeadLetter;
 use crate::drift::{FeatureTally, Tallies};
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
 use crate::registry_writer::ModelNote;
+use crate::rolling_window::Window;
 use crate::state::{StageState, Stateful};
 
 /// Inference settings (`[inference]`).
@@ -273,6 +274,16 @@ impl Scorer {
         }
     }
 
+    /// Prepares `windows` (a window whose rows do not fit the schema is a dead letter) and
+    /// scores them.
+    pub fn score_windows(&mut self, backend: &dyn Backend, windows: Vec<Window>) -> Outcome {
+        let arrow = self.schema.arrow_schema();
+        let (prepared, bad) = prepare_all(windows, &self.schema, &arrow, "data_prep");
+        let mut out = self.score(backend, prepared);
+        out.dead.extend(bad);
+        out
+    }
+
     /// Scores `windows`.
     pub fn score(&mut self, backend: &dyn Backend, windows: Vec<Prepared>) -> Outcome {
         let mut dead = Vec::new();
@@ -422,7 +433,7 @@ enum Out {
     Drift(FeatureTally),
 }
 
-impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
+impl<'s> Inference<'s> for StreamVec<'s, u64, Window> {
     fn inference(
         self,
         notes: StreamVec<'s, u64, ModelNote>,
@@ -438,7 +449,7 @@ impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
                 Pipeline,
                 "Inference",
                 move |_cap, _info| {
-                    let mut windows = Pending::<Prepared>::default();
+                    let mut windows = Pending::<Window>::default();
                     let mut news = Pending::<ModelNote>::default();
                     move |(input, f1), (notes, f2), output| {
                         input.for_each_stamp(|cap, data| windows.stash(cap, data, 0));
@@ -464,9 +475,9 @@ impl<'s> Inference<'s> for StreamVec<'s, u64, Prepared> {
                             |scorer, _t, (work, notes)| {
                                 notes.into_iter().for_each(|n| scorer.apply(n));
                                 let Some((cap, mut ws)) = work else { return };
-                                ws.sort_by(|a, b| a.window.user.cmp(&b.window.user));
+                                ws.sort_by(|a, b| a.user.cmp(&b.user));
                                 let started = Instant::now();
-                                let out = scorer.score(backend.as_ref(), ws);
+                                let out = scorer.score_windows(backend.as_ref(), ws);
                                 let mut s = stats.borrow_mut();
                                 s.score_seconds += started.elapsed().as_secs_f64();
                                 s.scored += out.scored.len() as u64;
@@ -508,7 +519,7 @@ mod tests {
         let registry = Registry::open(dir.path()).unwrap();
         // Each epoch's models registered and noted at their epoch, its scoring windows beside
         // them; what each (epoch, user) must be scored with.
-        let mut input: Vec<(u64, Vec<Result<Prepared, ModelNote>>)> = Vec::new();
+        let mut input: Vec<(u64, Vec<Result<Window, ModelNote>>)> = Vec::new();
         let mut expected: HashMap<(u64, String), String> = HashMap::new();
         let mut known: HashMap<String, u32> = HashMap::new();
         let mut rows = 0;
@@ -537,7 +548,7 @@ mod tests {
                 let label = format!("{name}:{}", known[&name]);
                 expected.insert((epoch, w.window.user.clone()), label);
                 rows += w.window.rows.len();
-                items.push(Ok(w.clone()));
+                items.push(Ok(w.window.clone()));
             }
             input.push((epoch, items));
         }

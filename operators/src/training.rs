@@ -24,7 +24,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::core::OkErr;
 
-use crate::data_prep::{Prepared, prepare};
+use crate::data_prep::{Prepared, prepare_all};
 use crate::dead_letter::DeadLetter;
 use crate::frontier::Pending;
 use crate::metrics::SharedStats;
@@ -197,18 +197,10 @@ impl<'s> Training<'s> for StreamVec<'s, u64, Window> {
                     let ranges = chunks(&windows, CHUNK_ROWS);
                     let mut rest = windows.into_iter();
                     for range in ranges {
-                        let mut prepared = Vec::with_capacity(range.len());
-                        for w in rest.by_ref().take(range.len()) {
-                            let user = w.user.clone();
-                            match prepare(w, &schema, &arrow) {
-                                Ok(p) => prepared.push(p),
-                                Err(e) => {
-                                    failed += 1;
-                                    let why = e.to_string();
-                                    session.give(Err(DeadLetter::model("data_prep", &user, why)));
-                                }
-                            }
-                        }
+                        let these = rest.by_ref().take(range.len());
+                        let (prepared, bad) = prepare_all(these, &schema, &arrow, "data_prep");
+                        failed += bad.len() as u64;
+                        session.give_iterator(bad.into_iter().map(Err));
                         for m in train_windows(
                             backend.as_ref(),
                             &schema,

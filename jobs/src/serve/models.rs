@@ -92,7 +92,7 @@ impl Upstream {
                     self.pending.insert(name.to_string());
                     tracing::warn!(model = %name, error = %e, "MLflow has not taken the change yet; it is pushed again at the next reload");
                 } else {
-                    tracing::error!(model = %name, error = %e, "MLflow refused the change: the next reload follows MLflow's aliases again");
+                    tracing::error!(model = %name, error = %e, "MLflow refused the change: it serves on this instance only, until MLflow's aliases move");
                 }
                 Err(e.to_string())
             }

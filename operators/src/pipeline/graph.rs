@@ -31,7 +31,6 @@ use timely::dataflow::{InputHandleVec, ProbeHandle, Scope};
 use crate::alerts::{EpochEnds, SuppressAlerts, Suppressor};
 use crate::budget::{AlertBudget, Budget};
 use crate::config::RunConfig;
-use crate::data_prep::DataPrep;
 use crate::dead_letter::{DeadLetter, Originals};
 use crate::drift::{DriftLines, InFlight, Retrain, Retrainer};
 use crate::feedback::{Silence, Suppressions};
@@ -141,7 +140,6 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         cfg.lifecycle.promotion,
         s.stats.clone(),
     );
-    let (infer_p, bad_infer) = infer_w.data_prep(s.schema.clone());
     // Automatic promotion feeds the champions it makes back to inference, for the next epoch.
     let (promotions, notes) = if s.promoter.is_some() {
         let (handle, promoted) = scope.feedback::<Vec<ModelNote>>(1);
@@ -149,7 +147,7 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
     } else {
         (None, notes)
     };
-    let (scored, unscored, tallies) = infer_p.inference(
+    let (scored, unscored, tallies) = infer_w.inference(
         notes.broadcast(),
         s.scorer.0,
         s.backend.clone(),
@@ -163,7 +161,6 @@ pub(crate) fn build(scope: Scope<'_, u64>, s: Stages) -> Graph {
         late,
         failed,
         unregistered,
-        bad_infer,
         unscored,
     ];
     let rule = Rule::of(&cfg.detection);
