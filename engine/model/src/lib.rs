@@ -351,22 +351,9 @@ fn calibrate(
     config: &ModelConfig,
     models: Vec<Result<(Model, Window)>>,
 ) -> Vec<Result<Model>> {
-    let jobs: Vec<EvalJob<'_>> = models
-        .iter()
-        .filter_map(|m| m.as_ref().ok())
-        .map(|(m, w)| EvalJob {
-            network: &m.network,
-            input: &w.all,
-            stats: Some((&m.loss_mean, &m.loss_std)),
-        })
-        .collect();
-    let evaluated = if jobs.is_empty() {
-        Ok(Vec::new())
-    } else {
-        backend.evaluate(&jobs, config.eval_batch_size)
-    };
-    let mut evaluations = match evaluated {
-        Ok(e) => e.into_iter(),
+    let ready: Vec<&(Model, Window)> = models.iter().filter_map(|m| m.as_ref().ok()).collect();
+    let scored = match calibration_scores(backend, config, &ready, CALIBRATION_ROWS) {
+        Ok(s) => s,
         Err(e) => {
             let why = format!("scoring its window to calibrate it: {e}");
             return models
@@ -375,21 +362,84 @@ fn calibrate(
                 .collect();
         }
     };
+    let mut scored = scored.into_iter();
     models
         .into_iter()
         .map(|m| {
             let (mut model, window) = m?;
-            let ev = evaluations.next().ok_or_else(|| {
+            let scores = scored.next().ok_or_else(|| {
                 Error::model(
                     &model.header.name,
                     "the backend returned no calibration scores",
                 )
             })?;
             let users: Vec<Option<&str>> = window.users.iter().map(Option::as_deref).collect();
-            model.calibration = Calibration::fit(&ev.mean_abs_z, &users, &window.validation);
+            model.calibration = Calibration::fit(&scores, &users, &window.validation);
             Ok(model)
         })
         .collect()
+}
+
+/// The most rows of one model scored in one call to calibrate it: calibration keeps each row's
+/// `mean_abs_z` only, so a large window (the generic model's) is scored in slices rather than
+/// holding every row's per-feature losses and predictions at once.
+const CALIBRATION_ROWS: usize = 65_536;
+
+/// Each model's `mean_abs_z` over its whole window, scored in slices of `slice` rows.
+fn calibration_scores(
+    backend: &dyn Backend,
+    config: &ModelConfig,
+    models: &[&(Model, Window)],
+    slice: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let slice = slice.max(1);
+    let mut scores = vec![Vec::new(); models.len()];
+    let mut start = 0;
+    loop {
+        let slices: Vec<(usize, std::borrow::Cow<'_, Encoded>)> = models
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, w))| w.all.rows > start)
+            .map(|(i, (_, w))| {
+                let end = (start + slice).min(w.all.rows);
+                let input = if start == 0 && end == w.all.rows {
+                    std::borrow::Cow::Borrowed(&w.all)
+                } else {
+                    std::borrow::Cow::Owned(w.all.slice(start, end))
+                };
+                (i, input)
+            })
+            .collect();
+        if slices.is_empty() {
+            return Ok(scores);
+        }
+        let jobs: Vec<EvalJob<'_>> = slices
+            .iter()
+            .map(|(i, input)| {
+                let m = &models[*i].0;
+                EvalJob {
+                    network: &m.network,
+                    input: input.as_ref(),
+                    stats: Some((&m.loss_mean, &m.loss_std)),
+                }
+            })
+            .collect();
+        let evaluated = backend.evaluate(&jobs, config.eval_batch_size)?;
+        if evaluated.len() != slices.len() {
+            return Err(Error::stage(
+                "calibration",
+                format!(
+                    "the backend returned {} evaluations for {} models",
+                    evaluated.len(),
+                    slices.len()
+                ),
+            ));
+        }
+        for ((i, _), ev) in slices.iter().zip(evaluated) {
+            scores[*i].extend(ev.mean_abs_z);
+        }
+        start += slice;
+    }
 }
 
 /// Why a trained model cannot be used, if it cannot: a loss or a weight that is not finite
@@ -583,6 +633,30 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::{config, models, users};
     use super::*;
+
+    #[test]
+    fn calibration_scores_are_the_same_scored_whole_or_in_slices() {
+        let (schema, users) = users();
+        let cfg = config();
+        let backend = CpuBackend::new(2).unwrap();
+        let (_, _, models) = models();
+        let pairs: Vec<(Model, Window)> = users
+            .iter()
+            .zip(models)
+            .map(|((name, rows), m)| {
+                let (_, _, _, w) = prepare(&TrainingSet { name, rows }, &schema, &cfg).unwrap();
+                (m, w)
+            })
+            .collect();
+        let refs: Vec<&(Model, Window)> = pairs.iter().collect();
+        let whole = calibration_scores(&backend, &cfg, &refs, usize::MAX).unwrap();
+        let sliced = calibration_scores(&backend, &cfg, &refs, 7).unwrap();
+        assert_eq!(whole, sliced);
+        for (scores, (_, w)) in whole.iter().zip(&pairs) {
+            assert_eq!(scores.len(), w.all.rows);
+            assert!(w.all.rows > 7);
+        }
+    }
 
     #[test]
     fn familiar_values_zero_the_features_they_explain_and_the_row_scores_follow() {
