@@ -530,21 +530,7 @@ fn a_new_champion_serves_without_a_restart_and_is_announced() {
         let reply = ask(&client, "v1", record.clone()).await;
         assert_eq!(version(&reply), format!("{model}:1"));
         // Trained again (the demo's control message): every model gets a version 2 champion.
-        let out = dfp(&[
-            "run",
-            "--source",
-            "azure",
-            "--control-messages",
-            &s.path("demo/control.json"),
-            "--registry",
-            &s.path("demo/models"),
-            "--output",
-            &s.path("retrain"),
-            "--config",
-            &s.path("serve.toml"),
-            "-q",
-        ]);
-        succeeded(&out);
+        retrain(&s, &["--registry", &s.path("demo/models")]);
         let event = next_event(&mut events, &model).await;
         assert_eq!(
             (
@@ -575,6 +561,24 @@ fn a_new_champion_serves_without_a_restart_and_is_announced() {
         let reply = ask(&client, "v3", record).await;
         assert_eq!(version(&reply), format!("{model}:1"), "{reply}");
     });
+}
+
+/// Trains the scenario's models again (the demo's control message) into the registry the
+/// flags `registry` name: every model gets a version 2 champion.
+fn retrain(s: &Scenario, registry: &[&str]) {
+    let run = [
+        "run",
+        "--source",
+        "azure",
+        "--control-messages",
+        &s.path("demo/control.json"),
+        "--output",
+        &s.path("retrain"),
+        "--config",
+        &s.path("serve.toml"),
+        "-q",
+    ];
+    succeeded(&dfp(&[&run[..], registry].concat()));
 }
 
 /// The next model event about `model`.
@@ -890,23 +894,7 @@ fn an_mlflow_registry_is_followed_and_the_admin_apis_changes_are_pushed_to_it() 
         let lineage = copy.version(&model, 1).unwrap().lineage.unwrap();
         assert!(!lineage.config_hash.is_empty(), "{lineage:?}");
         // The trainer trains again and pushes: the instance follows without a restart.
-        let out = dfp(&[
-            &[
-                "run",
-                "--source",
-                "azure",
-                "--control-messages",
-                &s.path("demo/control.json"),
-                "--output",
-                &s.path("retrain"),
-                "--config",
-                &s.path("serve.toml"),
-                "-q",
-            ],
-            &trainer[..],
-        ]
-        .concat());
-        succeeded(&out);
+        retrain(&s, &trainer);
         let event = next_event(&mut events, &model).await;
         assert_eq!(
             (event["version"].as_u64(), event["previous"].as_u64()),

@@ -216,16 +216,7 @@ mod tests {
 
     #[test]
     fn records_are_numbered_past_the_rejected_ones() {
-        let row = Row {
-            ts: 0,
-            user: None,
-            origin: dfp_engine::rows::Origin {
-                epoch: 0,
-                file: 0,
-                record: 0,
-            },
-            values: Vec::new(),
-        };
+        let row = crate::testing::blank_row();
         let mut rows = vec![row.clone(), row.clone(), row];
         let rejected = [1usize, 3].map(|record| Rejected {
             record,

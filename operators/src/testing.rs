@@ -237,3 +237,17 @@ impl Fixture {
         scorer.score(cpu().as_ref(), windows).scored
     }
 }
+
+/// A row with no user and no values, at time 0 and origin 0.
+pub fn blank_row() -> dfp_engine::rows::Row {
+    dfp_engine::rows::Row {
+        ts: 0,
+        user: None,
+        origin: dfp_engine::rows::Origin {
+            epoch: 0,
+            file: 0,
+            record: 0,
+        },
+        values: Vec::new(),
+    }
+}

@@ -243,16 +243,7 @@ mod tests {
 
     #[test]
     fn an_epochs_windows_are_cut_in_order_into_calls_of_at_most_the_budgets_rows() {
-        let row = Arc::new(dfp_engine::rows::Row {
-            ts: 0,
-            user: None,
-            origin: dfp_engine::rows::Origin {
-                epoch: 0,
-                file: 0,
-                record: 0,
-            },
-            values: Vec::new(),
-        });
+        let row = Arc::new(crate::testing::blank_row());
         let windows: Vec<Window> = [3, 4, 10, 2, 2, 1]
             .iter()
             .map(|&n| Window {
