@@ -132,10 +132,12 @@ pub struct Frequencies {
 
 impl Frequencies {
     /// The frequencies of `values`.
-    pub fn fit(values: &[String]) -> Self {
+    pub fn fit<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
         let mut all: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut total = 0;
         for v in values {
             *all.entry(v).or_default() += 1;
+            total += 1;
         }
         let mut ranked: Vec<(&str, u64)> = all.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -144,10 +146,7 @@ impl Frequencies {
             let key = if i < MAX_CATEGORIES - 1 { v } else { OTHER };
             *counts.entry(key.to_string()).or_default() += n;
         }
-        Frequencies {
-            counts,
-            total: values.len() as u64,
-        }
+        Frequencies { counts, total }
     }
 
     /// The name `value` is counted under: itself, or [`OTHER`] when the reference lumps values
@@ -188,14 +187,19 @@ pub struct Reference {
 pub const USER_ROWS: usize = 300;
 
 fn references(values: &[Values], rows: Option<&[usize]>) -> Vec<FeatureRef> {
-    fn pick<T: Clone>(v: &[T], rows: Option<&[usize]>) -> Vec<T> {
-        rows.map_or_else(|| v.to_vec(), |r| r.iter().map(|&i| v[i].clone()).collect())
-    }
     values
         .iter()
-        .map(|v| match v {
-            Values::Numeric(x) => FeatureRef::Numeric(Cdf::fit(&pick(x, rows))),
-            Values::Text(t) => FeatureRef::Categorical(Frequencies::fit(&pick(t, rows))),
+        .map(|v| match (v, rows) {
+            (Values::Numeric(x), None) => FeatureRef::Numeric(Cdf::fit(x)),
+            (Values::Numeric(x), Some(r)) => {
+                FeatureRef::Numeric(Cdf::fit(&r.iter().map(|&i| x[i]).collect::<Vec<_>>()))
+            }
+            (Values::Text(t), None) => {
+                FeatureRef::Categorical(Frequencies::fit(t.iter().map(String::as_str)))
+            }
+            (Values::Text(t), Some(r)) => {
+                FeatureRef::Categorical(Frequencies::fit(r.iter().map(|&i| t[i].as_str())))
+            }
         })
         .collect()
 }
@@ -539,8 +543,8 @@ mod tests {
     #[test]
     fn a_new_category_drifts_against_the_mix_of_references_that_scored_it() {
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let alice = Frequencies::fit(&strings(&["Chrome", "Chrome", "Chrome", "Edge"]));
-        let bob = Frequencies::fit(&strings(&["Firefox", "Firefox"]));
+        let alice = Frequencies::fit(["Chrome", "Chrome", "Chrome", "Edge"]);
+        let bob = Frequencies::fit(["Firefox", "Firefox"]);
         // Each user as usual: no drift, whatever the mix.
         let mut t = Tally::categorical(&alice, &strings(&["Chrome", "Chrome", "Chrome", "Edge"]));
         assert!(t.merge(&Tally::categorical(&bob, &strings(&["Firefox"; 8]))));
@@ -573,7 +577,7 @@ mod tests {
     fn rare_values_beyond_the_named_ones_count_as_other() {
         let mut values: Vec<String> = (0..MAX_CATEGORIES + 10).map(|i| format!("v{i}")).collect();
         values.extend(std::iter::repeat_n("v0".to_string(), 5));
-        let f = Frequencies::fit(&values);
+        let f = Frequencies::fit(values.iter().map(String::as_str));
         assert_eq!(f.counts.len(), MAX_CATEGORIES);
         assert_eq!(f.counts[OTHER], 11);
         assert_eq!(f.key("never-seen"), OTHER);
