@@ -859,6 +859,7 @@ fn an_mlflow_registry_is_followed_and_the_admin_apis_changes_are_pushed_to_it() 
     );
     let body = format!("[{}]", s.records[0]);
     let mlflow_champion = || {
+        // The 30 s request timeout only stops a request MLflow never answers from hanging.
         let c = Client::new(&uri, Duration::from_secs(30)).unwrap();
         let m = c.model(&mlflow_name(&model)).unwrap();
         let alias = m["aliases"]

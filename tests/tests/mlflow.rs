@@ -32,6 +32,8 @@ fn run_to(root: &Path, split: u32, out: &str, uri: &str, flush: Duration) -> Run
     run(opts).unwrap()
 }
 
+/// A client of `server` whose 30 s request timeout only stops a request MLflow never answers
+/// from hanging the test.
 fn client(server: &MlflowServer) -> Client {
     Client::new(&server.uri(), Duration::from_secs(30)).unwrap()
 }
