@@ -554,7 +554,7 @@ impl UserWindow {
             let emitted = cfg.cache_mode == CacheMode::Aggregate
                 || since.is_none_or(|s| row.origin.epoch > s);
             // Every row enters its user's trailing rows; only an emitted row's trailing
-            // features are worked out (and its row copied).
+            // features are worked out (and the row shared with the window).
             let mine = (span > 0).then(|| {
                 let mine = recent.entry(row.user.as_deref()).or_default();
                 while mine

@@ -158,6 +158,11 @@ impl States {
         format!("{}.u.{}", self.prefix, super::hex(user))
     }
 
+    /// The subject a detection is kept under.
+    fn detection_subject(&self, id: &str) -> String {
+        format!("{}.d.{}", self.prefix, super::hex(id))
+    }
+
     /// Stores `bytes` under `key` (below the stream's prefix), e.g. a verdict.
     pub async fn record(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         let subject = format!("{}.{key}", self.prefix);
@@ -175,7 +180,7 @@ impl States {
     /// its `Nats-Msg-Id`. Sent without waiting for the stream's ack: a detection is published
     /// as an event whether or not it is kept.
     pub async fn keep_detection(&self, id: &str, json: &str) {
-        let subject = format!("{}.d.{}", self.prefix, super::hex(id));
+        let subject = self.detection_subject(id);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", id);
         let sent = self
@@ -189,7 +194,7 @@ impl States {
 
     /// A detection kept by any instance ([`States::keep_detection`]), if still there.
     pub async fn detection(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        let subject = format!("{}.d.{}", self.prefix, super::hex(id));
+        let subject = self.detection_subject(id);
         Ok(self.get(None, &subject).await?.map(|m| m.payload.to_vec()))
     }
 
