@@ -3,9 +3,9 @@
 //! has none or theirs cannot be used, all windows of an epoch on this worker in one backend
 //! call. Where that model has a challenger, the challenger scores the same rows in the shadow:
 //! its scores travel with the row ([`Scored::shadow`]) to the shadow file and never raise a
-//! detection. A row's familiar values (`[familiarity]`, from the rolling window) zero the
-//! z-losses of the features they explain before its scores are taken
-//! ([`dfp_engine::model::Scores::explain`]).
+//! detection. A row's familiar values (`[familiarity]`, from the rolling window) explain
+//! features: their z-losses are 0, and a familiar value's (not the hour's) are fed to the
+//! network as the model's typical values ([`dfp_engine::model::score`]).
 //!
 //! Inputs: [`Prepared`] scoring windows, and [`ModelNote`]s broadcast from every worker's
 //! registry writer. Output: one [`Scored`] row per scored row, and [`DeadLetter`]s for rows no
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dfp_engine::lifecycle::Serving;
-use dfp_engine::model::{Backend, Model, score};
+use dfp_engine::model::{Backend, Familiar, Model, Request, score};
 use dfp_engine::registry::{ModelCache, Registry, model_name, split_label};
 use dfp_engine::rows::Row;
 use dfp_engine::schema::SourceSchema;
@@ -318,23 +318,34 @@ impl Scorer {
             .iter()
             .map(|(_, label, _, _)| self.challenger_of(split_label(label).0))
             .collect();
-        let mut requests: Vec<(&Model, &arrow::array::RecordBatch)> = chosen
+        let entries = &self.schema.familiar;
+        let mut requests: Vec<Request<'_>> = chosen
             .iter()
-            .map(|(w, _, m, _)| (m.as_ref(), &w.batch))
+            .map(|(w, _, m, _)| {
+                (
+                    m.as_ref(),
+                    &w.batch,
+                    Familiar {
+                        bits: &w.window.familiar,
+                        entries,
+                    },
+                )
+            })
             .collect();
-        requests.extend(
-            chosen
-                .iter()
-                .zip(&shadows)
-                .filter_map(|((w, ..), s)| s.as_ref().map(|(_, m)| (m.as_ref(), &w.batch))),
-        );
+        requests.extend(chosen.iter().zip(&shadows).filter_map(|((w, ..), s)| {
+            s.as_ref().map(|(_, m)| {
+                (
+                    m.as_ref(),
+                    &w.batch,
+                    Familiar {
+                        bits: &w.window.familiar,
+                        entries,
+                    },
+                )
+            })
+        }));
         let mut results = score(backend, &requests, self.batch_size);
-        let explains: Vec<Vec<String>> = self
-            .schema
-            .familiar
-            .iter()
-            .map(|f| f.explains.clone())
-            .collect();
+        drop(requests);
         let mut shadow_results = results.split_off(chosen.len()).into_iter();
         let mut scored = Vec::new();
         let mut tallies = Tallies::default();
@@ -342,20 +353,14 @@ impl Scorer {
             chosen.into_iter().zip(results).zip(shadows)
         {
             let shadow = shadow.and_then(|(label, m)| match shadow_results.next()? {
-                Ok(mut s) => {
-                    s.explain(&w.window.familiar, &explains);
-                    Some((label, m, s))
-                }
+                Ok(s) => Some((label, m, s)),
                 Err(e) => {
                     tracing::error!(model = %label, error = %e.chain(), "shadow scoring failed: no challenger scores for these rows");
                     None
                 }
             });
             let s = match result {
-                Ok(mut s) => {
-                    s.explain(&w.window.familiar, &explains);
-                    s
-                }
+                Ok(s) => s,
                 Err(e) => {
                     let reason = format!("scoring with {label} failed: {}", e.chain());
                     tracing::error!(model = %label, error = %reason, "scoring failed");

@@ -29,12 +29,14 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::AsArray;
 use arrow::datatypes::TimestampMicrosecondType;
 use dfp_bench::{arg, bench_dir, roc_auc, write_report};
 use dfp_engine::batch::string_column;
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
-use dfp_engine::model::{CpuBackend, Model, ModelConfig, TrainingSet, score, train_models};
+use dfp_engine::model::{
+    CpuBackend, Familiar, Model, ModelConfig, Request, TrainingSet, score, train_models,
+};
 use dfp_engine::schema::SourceSchema;
 use serde_json::{Value, json};
 
@@ -100,16 +102,16 @@ fn run_dfp(
     let train_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let to_score = dfp_engine::batch::split_by_user(&scored)?;
-    let requests: Vec<(&Model, &RecordBatch)> = to_score
+    let requests: Vec<Request<'_>> = to_score
         .iter()
         .map(|(user, rows)| (models.get(user).or_else(|| models.get(GENERIC)), rows))
-        .filter_map(|(m, rows)| m.map(|m| (m, rows)))
+        .filter_map(|(m, rows)| m.map(|m| (m, rows, Familiar::default())))
         .collect();
     let scores = score(&backend, &requests, config.eval_batch_size);
     let score_s = t.elapsed().as_secs_f64();
     let mut by_event: Vec<(String, f64)> = Vec::new();
     let mut dumped = String::new();
-    for ((model, rows), s) in requests.iter().zip(scores) {
+    for ((model, rows, _), s) in requests.iter().zip(scores) {
         let s = s?;
         let ids = string_column(rows, "event_id")?;
         if dump.is_some() {

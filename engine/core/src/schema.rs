@@ -270,7 +270,9 @@ pub struct ProfileSpec {
 /// A value whose familiarity the rolling window tracks per user: a row's value of `column`
 /// (`kind = "value"`) or its UTC hour within one hour (`kind = "hour_of_day"`). A row whose
 /// value the user first had at least the run's `after` earlier, on a day within its `within`,
-/// is familiar, and the features in `explains` count as unsurprising for it (their z-loss 0).
+/// is familiar, and the features in `explains` count as unsurprising for it (their z-loss 0;
+/// for a familiar value, not the hour, the network is also given the model's typical values of
+/// those features, so a value it never saw does not disturb the row's other features).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FamiliarSpec {

@@ -124,7 +124,7 @@ impl Preprocessor {
     }
 
     /// Feature names in the network's order: numeric, binary, categorical.
-    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> + Clone {
         let f = &self.features;
         f.numeric
             .iter()
@@ -177,6 +177,20 @@ impl Preprocessor {
             }
         }
         Ok(out)
+    }
+
+    /// Sets feature `j` (network order) of encoded row `r` to this model's typical value: a
+    /// numeric's training mean (0 once scaled), a categorical's most frequent training value;
+    /// a binary is left as it is.
+    pub fn typical(&self, e: &mut Encoded, r: usize, j: usize) {
+        let f = &self.features;
+        let (nn, nb, nc) = (f.numeric.len(), f.binary.len(), f.categorical.len());
+        if j < nn {
+            e.numeric[r * nn + j] = 0.0;
+        } else if let Some(c) = j.checked_sub(nn + nb).filter(|&c| c < nc) {
+            // Vocabularies are ordered by training count: index 0 is the most frequent.
+            e.categorical[r * nc + c] = 0;
+        }
     }
 }
 

@@ -45,7 +45,7 @@ pub use drift::Reference;
 pub use encode::{Encoded, Preprocessor};
 pub use network::{Network, Shape};
 
-use dfp_core::schema::{FeatureSpec, SourceSchema};
+use dfp_core::schema::{FamiliarSpec, FeatureSpec, ProfileKind, SourceSchema};
 use dfp_core::{Error, Result};
 
 /// What training measured, saved with the model.
@@ -134,36 +134,79 @@ pub struct Scores {
     pub pred: Vec<String>,
 }
 
-impl Scores {
-    /// Takes the features that familiar values explain as unsurprising: for row `i`, every
-    /// feature named by an entry `k` of `explains` whose bit is set in `familiar[i]` gets a
-    /// z-loss of 0, and the row's `max_abs_z` and `mean_abs_z` are taken again. Names that are
-    /// not among this model's features are skipped; rows without bits are left as they are.
-    pub fn explain(&mut self, familiar: &[u64], explains: &[Vec<String>]) {
-        let f = self.features.len();
-        if f == 0 || familiar.iter().all(|&b| b == 0) {
-            return;
+/// The familiar values of a batch's rows (`[familiarity]`): bit `k` of `bits[i]` set when row
+/// `i`'s value of the schema's familiar entry `entries[k]` was familiar to its user. No bits
+/// (an empty slice) changes nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Familiar<'a> {
+    /// Per row, the entries whose values were familiar.
+    pub bits: &'a [u64],
+    /// The schema's familiar entries.
+    pub entries: &'a [FamiliarSpec],
+}
+
+impl Familiar<'_> {
+    /// Per entry, the indices among `features` of the features it explains (names that are
+    /// not among them are skipped), and whether the entry tracks a value (not the hour);
+    /// `None` when no row has a bit set.
+    fn index<'f>(
+        &self,
+        features: impl Iterator<Item = &'f str> + Clone,
+    ) -> Option<Vec<(Vec<usize>, bool)>> {
+        if self.bits.iter().all(|&b| b == 0) {
+            return None;
         }
-        let index: Vec<Vec<usize>> = explains
+        let index: Vec<(Vec<usize>, bool)> = self
+            .entries
             .iter()
-            .map(|names| {
-                names
+            .take(64)
+            .map(|e| {
+                let explained = e
+                    .explains
                     .iter()
-                    .filter_map(|n| self.features.iter().position(|x| x == n))
-                    .collect()
+                    .filter_map(|n| features.clone().position(|x| x == n))
+                    .collect();
+                (explained, e.kind == ProfileKind::Value)
             })
             .collect();
-        for (i, &bits) in familiar.iter().enumerate().take(self.rows) {
-            if bits == 0 {
-                continue;
-            }
+        index.iter().any(|(f, _)| !f.is_empty()).then_some(index)
+    }
+
+    /// The features row `i`'s familiar values explain, as indices from `index`, each with
+    /// whether a value (not the hour) explains it.
+    fn of<'i>(
+        &self,
+        i: usize,
+        index: &'i [(Vec<usize>, bool)],
+    ) -> impl Iterator<Item = (usize, bool)> + 'i {
+        let bits = self.bits.get(i).copied().unwrap_or(0);
+        index
+            .iter()
+            .enumerate()
+            .filter(move |(k, _)| bits & (1 << k) != 0)
+            .flat_map(|(_, (features, value))| features.iter().map(|&j| (j, *value)))
+    }
+}
+
+impl Scores {
+    /// Takes the features that familiar values explain as unsurprising: for row `i`, every
+    /// feature an entry whose bit is set explains gets a z-loss of 0, and the row's
+    /// `max_abs_z` and `mean_abs_z` are taken again. Rows without bits are left as they are.
+    pub fn explain(&mut self, familiar: &Familiar<'_>) {
+        let f = self.features.len();
+        let Some(index) = familiar.index(self.features.iter().map(String::as_str)) else {
+            return;
+        };
+        for i in 0..self.rows {
             let z = &mut self.z_loss[i * f..(i + 1) * f];
-            for (k, features) in index.iter().enumerate().take(64) {
-                if bits & (1 << k) != 0 {
-                    features.iter().for_each(|&j| z[j] = 0.0);
-                }
+            let mut any = false;
+            for (j, _) in familiar.of(i, &index) {
+                z[j] = 0.0;
+                any = true;
             }
-            (self.max_abs_z[i], self.mean_abs_z[i]) = network::max_and_mean(z);
+            if any {
+                (self.max_abs_z[i], self.mean_abs_z[i]) = network::max_and_mean(z);
+            }
         }
     }
 }
@@ -476,25 +519,43 @@ fn diverged(t: &train::Trained) -> Option<String> {
     None
 }
 
-/// Scores each batch against its model in one backend call; results in request order.
+/// One batch of rows to score, the model that scores it, and the rows' familiar values.
+pub type Request<'a> = (&'a Model, &'a RecordBatch, Familiar<'a>);
+
+/// Scores each batch against its model in one backend call; results in request order. The
+/// features a row's familiar values explain score a z-loss of 0 ([`Scores::explain`]); those a
+/// familiar *value* explains (not the hour) are also fed to the network as the model's typical
+/// values ([`Preprocessor::typical`]), so a place or app the model never saw does not disturb
+/// how the row's other features are reconstructed. A familiar hour stays in the input: it is
+/// matched within an hour either way and is the context the row's other features are judged in
+/// (README, detection quality, has the figures for both choices).
 pub fn score(
     backend: &dyn Backend,
-    requests: &[(&Model, &RecordBatch)],
+    requests: &[Request<'_>],
     batch_size: usize,
 ) -> Vec<Result<Scores>> {
     let encoded: Vec<Result<Encoded>> = requests
         .iter()
-        .map(|(m, b)| {
-            m.preprocessor
+        .map(|(m, b, familiar)| {
+            let pre = &m.preprocessor;
+            let mut e = pre
                 .encode(b)
-                .map_err(|e| Error::model(&m.header.name, e.to_string()))
+                .map_err(|e| Error::model(&m.header.name, e.to_string()))?;
+            if let Some(index) = familiar.index(pre.feature_names()) {
+                for r in 0..e.rows {
+                    for (j, _) in familiar.of(r, &index).filter(|&(_, value)| value) {
+                        pre.typical(&mut e, r, j);
+                    }
+                }
+            }
+            Ok(e)
         })
         .collect();
 
     let jobs: Vec<EvalJob<'_>> = requests
         .iter()
         .zip(&encoded)
-        .filter_map(|((m, _), e)| {
+        .filter_map(|((m, ..), e)| {
             e.as_ref().ok().map(|input| EvalJob {
                 network: &m.network,
                 input,
@@ -514,7 +575,7 @@ pub fn score(
             return requests
                 .iter()
                 .zip(encoded)
-                .map(|((m, _), enc)| {
+                .map(|((m, ..), enc)| {
                     enc?;
                     Err(Error::model(&m.header.name, why.clone()))
                 })
@@ -524,12 +585,14 @@ pub fn score(
     requests
         .iter()
         .zip(encoded)
-        .map(|((model, _), e)| {
+        .map(|((model, _, familiar), e)| {
             e?;
             let ev = evals.next().ok_or_else(|| {
                 Error::model(&model.header.name, "the backend returned no scores")
             })?;
-            Ok(model.scores(&ev))
+            let mut s = model.scores(&ev);
+            s.explain(familiar);
+            Ok(s)
         })
         .collect()
 }
@@ -670,11 +733,94 @@ mod tests {
             pred: vec![String::new(); 9],
         };
         // Entry 0 explains `a` and a feature this model does not have; entry 1 explains `c`.
-        let explains = vec![vec!["a".to_string(), "gone".into()], vec!["c".to_string()]];
-        s.explain(&[0, 0b01, 0b11], &explains);
+        let entry = |explains: &[&str]| FamiliarSpec {
+            kind: ProfileKind::HourOfDay,
+            column: None,
+            explains: explains.iter().map(|n| n.to_string()).collect(),
+        };
+        s.explain(&Familiar {
+            bits: &[0, 0b01, 0b11],
+            entries: &[entry(&["a", "gone"]), entry(&["c"])],
+        });
         assert_eq!(s.z_loss, [6.0, 3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 3.0, 0.0]);
         assert_eq!(s.max_abs_z, [6.0, 3.0, 3.0]);
         assert_eq!(s.mean_abs_z, [3.0, 1.0, 1.0]);
+    }
+
+    /// `batch` with row `row`'s `column` (a string column) set to `value`.
+    fn with_value(batch: &RecordBatch, column: &str, row: usize, value: &str) -> RecordBatch {
+        let i = batch.schema().index_of(column).unwrap();
+        let old = batch.column(i).as_string::<i32>();
+        let new: arrow::array::StringArray = (0..old.len())
+            .map(|r| Some(if r == row { value } else { old.value(r) }))
+            .collect();
+        let mut columns = batch.columns().to_vec();
+        columns[i] = std::sync::Arc::new(new);
+        RecordBatch::try_new(batch.schema(), columns).unwrap()
+    }
+
+    #[test]
+    fn a_familiar_value_is_scored_as_the_models_typical_value_and_a_familiar_hour_as_it_is() {
+        let (schema, users, models) = models();
+        let (m, rows) = (&models[0], &users[0].1);
+        let location = schema
+            .familiar
+            .iter()
+            .position(|f| f.column.as_deref() == Some("location"))
+            .unwrap();
+        let hour = schema
+            .familiar
+            .iter()
+            .position(|f| f.kind == ProfileKind::HourOfDay)
+            .unwrap();
+        let backend = CpuBackend::new(1).unwrap();
+        let run = |batch: &RecordBatch, bits: u64| {
+            let bits = vec![bits; batch.num_rows()];
+            let familiar = Familiar {
+                bits: &bits,
+                entries: &schema.familiar,
+            };
+            let mut out = score(&backend, &[(m, batch, familiar)], 64);
+            out.pop().unwrap().unwrap()
+        };
+        let f = m.preprocessor.n_features();
+        let explained: Vec<usize> = schema.familiar[location]
+            .explains
+            .iter()
+            .filter_map(|n| m.preprocessor.feature_names().position(|x| x == n))
+            .collect();
+        assert!(explained.len() >= 2, "{explained:?}");
+        let others = |s: &Scores| -> Vec<f32> {
+            (0..f)
+                .filter(|j| !explained.contains(j))
+                .map(|j| s.loss[j])
+                .collect()
+        };
+        // Row 0 from a place this model never saw, from another, and from its own place.
+        let far = with_value(rows, "location", 0, "Nowhere, ZZ");
+        let farther = with_value(rows, "location", 0, "Elsewhere, YY");
+        let (plain_far, plain_home) = (run(&far, 0), run(rows, 0));
+        assert_ne!(
+            others(&plain_far),
+            others(&plain_home),
+            "an unseen place moves the other features' reconstruction"
+        );
+        // Familiar, the place is the model's typical value whichever it was: the row's other
+        // features score the same, and the explained ones score no surprise.
+        let bit = 1 << location;
+        let (a, b, c) = (run(&far, bit), run(&farther, bit), run(rows, bit));
+        assert_eq!(others(&a), others(&b));
+        assert_eq!(others(&a), others(&c));
+        assert!(explained.iter().all(|&j| a.z_loss[j] == 0.0));
+        // A familiar hour is explained but stays in the input: nothing else moves.
+        let h = run(rows, 1 << hour);
+        assert_eq!(h.loss, plain_home.loss);
+        let hour_rarity = m
+            .preprocessor
+            .feature_names()
+            .position(|x| x == "hour_rarity")
+            .unwrap();
+        assert_eq!(h.z_loss[hour_rarity], 0.0);
     }
 
     #[test]
@@ -695,10 +841,10 @@ mod tests {
             assert_eq!(h.schema_fingerprint, schema.fingerprint());
         }
         let backend = CpuBackend::new(1).unwrap();
-        let requests: Vec<(&Model, &RecordBatch)> = models
+        let requests: Vec<Request<'_>> = models
             .iter()
             .zip(&users)
-            .map(|(m, (_, rows))| (m, rows))
+            .map(|(m, (_, rows))| (m, rows, Familiar::default()))
             .collect();
         let scores = score(&backend, &requests, 100);
         for (s, (_, rows)) in scores.iter().zip(&users) {
@@ -815,10 +961,14 @@ mod tests {
         // Rows without the derived columns cannot be scored: the error names the column.
         let m = out[1].as_ref().unwrap();
         let bare = users[0].1.project(&[0, 1, 2, 3]).unwrap();
-        let err = score(&CpuBackend::new(1).unwrap(), &[(m, &bare)], 64)
-            .remove(0)
-            .unwrap_err()
-            .to_string();
+        let err = score(
+            &CpuBackend::new(1).unwrap(),
+            &[(m, &bare, Familiar::default())],
+            64,
+        )
+        .remove(0)
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("is missing"), "{err}");
     }
 }
