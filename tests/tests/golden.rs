@@ -47,7 +47,7 @@ fn the_demo_writes_its_golden_detections() {
         progress: false,
     })
     .unwrap();
-    assert_eq!(report.run.stats.detections, 378, "{}", report.run.line());
+    assert_eq!(report.run.stats.detections, 329, "{}", report.run.line());
     let out = dir.path().join("demo/output");
     for file in ["dfp_detections_azure.csv", "dfp_dead_letter_azure.jsonl"] {
         dfp_bench::assert_golden(&out.join(file), &golden(&format!("demo/{file}")));

@@ -70,7 +70,12 @@ impl Preprocessor {
             .iter()
             .map(|name| {
                 let fitted = vec![true; batch.num_rows()];
-                let values = pre.numeric_values(batch, name, &Rows::Fitted(&fitted))?;
+                let log = pre.is_log(name);
+                let values: Vec<f64> = pre
+                    .numeric_values(batch, name, &Rows::Fitted(&fitted))?
+                    .into_iter()
+                    .map(|v| log_input(log, v))
+                    .collect();
                 Ok(StandardScaler::fit(&values))
             })
             .collect::<Result<_>>()?;
@@ -91,6 +96,11 @@ impl Preprocessor {
             .try_for_each(|name| bool_column(batch, name).map(drop))?;
         pre.vocabularies = vocabularies;
         Ok(pre)
+    }
+
+    /// Whether the numeric feature `name` is taken as `ln(1 + x)` before scaling.
+    pub fn is_log(&self, name: &str) -> bool {
+        self.features.log.iter().any(|l| l == name)
     }
 
     /// A numeric feature's values: a profile's (counted as `rows` says), else the column's.
@@ -156,12 +166,13 @@ impl Preprocessor {
         };
         let n = f.numeric.len();
         for (j, (name, scaler)) in f.numeric.iter().zip(&self.scalers).enumerate() {
+            let log = self.is_log(name);
             for (r, v) in self
                 .numeric_values(batch, name, rows)?
                 .into_iter()
                 .enumerate()
             {
-                out.numeric[r * n + j] = scaler.transform(v) as f32;
+                out.numeric[r * n + j] = scaler.transform(log_input(log, v)) as f32;
             }
         }
         let n = f.binary.len();
@@ -191,6 +202,16 @@ impl Preprocessor {
             // Vocabularies are ordered by training count: index 0 is the most frequent.
             e.categorical[r * nc + c] = 0;
         }
+    }
+}
+
+/// A numeric value as the network takes it: `ln(1 + x)` (negatives as 0) for a `log` feature;
+/// a missing value (NaN) stays missing.
+fn log_input(log: bool, v: f64) -> f64 {
+    if log && !v.is_nan() {
+        v.max(0.0).ln_1p()
+    } else {
+        v
     }
 }
 
@@ -232,6 +253,7 @@ mod tests {
             numeric: vec!["n".into(), "i".into()],
             binary: vec!["b".into()],
             categorical: vec!["c".into()],
+            log: Vec::new(),
         }
     }
 
@@ -266,6 +288,28 @@ mod tests {
         // x, y, nan each once: first-seen order, then _other.
         assert_eq!(p.vocabularies[0].values, ["x", "y", MISSING, "_other"]);
         assert_eq!(e.categorical, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_log_feature_is_scaled_as_the_logarithm_of_one_plus_its_value() {
+        let mut spec = spec();
+        spec.log = vec!["n".into()];
+        let p = Preprocessor::fit(&batch(), &spec, &[], 1).unwrap();
+        // ln 2 and ln 4 (the null left out): mean ln 2.828..., std (ln 4 - ln 2) / 2.
+        let (lo, hi) = (2f64.ln(), 4f64.ln());
+        assert!((p.scalers[0].mean - (lo + hi) / 2.0).abs() < 1e-12);
+        assert!((p.scalers[0].std - (hi - lo) / 2.0).abs() < 1e-12);
+        let e = p.encode(&batch()).unwrap();
+        let want = [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        assert!(
+            e.numeric
+                .iter()
+                .zip(want)
+                .all(|(a, b)| (a - b).abs() < 1e-6),
+            "{:?}",
+            e.numeric
+        );
+        assert!(p.is_log("n") && !p.is_log("i"));
     }
 
     #[test]

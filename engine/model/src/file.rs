@@ -21,8 +21,9 @@ use dfp_core::{Error, Result};
 /// The first bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"DFPMODEL";
 /// The format version this build writes and reads (2: preprocessing holds profiles; 3: the
-/// model carries its calibration; 4: and its drift reference).
-pub const FORMAT_VERSION: u32 = 4;
+/// model carries its calibration; 4: and its drift reference; 5: its feature list names the
+/// log-scaled numerics).
+pub const FORMAT_VERSION: u32 = 5;
 const PREFIX: usize = 8 + 4 + 8 + 8;
 const LIMIT: usize = 1 << 31;
 

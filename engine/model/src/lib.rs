@@ -628,10 +628,11 @@ impl Model {
             s.max_abs_z = with_z.max_abs_z;
             s.mean_abs_z = with_z.mean_abs_z;
         }
+        let logs: Vec<bool> = pre.features.numeric.iter().map(|n| pre.is_log(n)).collect();
         for r in 0..ev.rows {
-            for (j, scaler) in pre.scalers.iter().enumerate() {
+            for (j, (scaler, &log)) in pre.scalers.iter().zip(&logs).enumerate() {
                 let v = scaler.inverse(f64::from(ev.numeric_pred[r * nn + j]));
-                s.pred.push(v.to_string());
+                s.pred.push(if log { v.exp_m1() } else { v }.to_string());
             }
             for j in 0..nb {
                 s.pred.push(ev.binary_pred[r * nb + j].to_string());
