@@ -19,6 +19,7 @@ use chrono::NaiveDate;
 use common::{FAST_CONFIG, dfp, dfp_command, hostfile};
 use dfp_bench::{DAILY_CONTROL, file_tree};
 use dfp_engine::generate::{GenSource, GenerateConfig, generate};
+use dfp_operators::checkpoint::latest_cut;
 
 /// A small month: 10 users, 8 days, with the control message and config beside it.
 fn data(root: &Path) {
@@ -260,14 +261,15 @@ fn a_killed_process_stops_the_others_with_an_error() {
     );
     cfg.files_per_day = 4;
     generate(&cfg, &root.join("logs")).unwrap();
-    std::fs::write(root.join("control.json"), DAILY_CONTROL).unwrap();
     let hosts = root.join("hosts.txt");
     hostfile(&hosts, 2);
+    // A watched directory without `--until-end`: the run never ends on its own, so the kill
+    // lands mid-run however fast this machine is.
     let start = |i: usize| {
         let mut c = dfp_command();
         c.arg("run")
-            .args(["--source", "azure", "--control-messages"])
-            .arg(root.join("control.json"))
+            .args(["--source", "azure", "--watch"])
+            .arg(root.join("logs"))
             .arg("--output")
             .arg(root.join("output"))
             .arg("--registry")
@@ -279,15 +281,23 @@ fn a_killed_process_stops_the_others_with_an_error() {
             .stderr(Stdio::piped());
         c.spawn().unwrap()
     };
-    let survivor = start(0);
+    let mut survivor = start(0);
     let mut victim = start(1);
-    // Let them connect and start training, then kill one.
-    std::thread::sleep(Duration::from_secs(3));
+    // Both are connected and running once the cluster's first checkpoint is cut; only then is
+    // one killed. The deadline only stops a cluster that never checkpoints from hanging the test.
+    let state = root.join("output/.dfp-state");
+    let started = Instant::now();
+    while latest_cut(&state, 2).ok().flatten().is_none() {
+        if started.elapsed() > Duration::from_secs(120) || survivor.try_wait().unwrap().is_some() {
+            let _ = (survivor.kill(), victim.kill());
+            panic!("the cluster never checkpointed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     victim.kill().unwrap();
     victim.wait().unwrap();
     // A deadline on the wait, not a speed check: a survivor that waited forever for its peer
     // is killed so the test fails instead of hanging.
-    let mut survivor = survivor;
     let started = Instant::now();
     while survivor.try_wait().unwrap().is_none() {
         if started.elapsed() > Duration::from_secs(60) {

@@ -185,7 +185,8 @@ fn crash_and_compare(processes: usize, kills_wanted: usize) {
         .unwrap();
     assert!(replayed.status.success(), "{replayed:?}");
 
-    // One uninterrupted run, timed.
+    // One uninterrupted run, timed only to spread the kills below over a run's length (no
+    // assertion reads the time).
     let reference = root.path().join("ref");
     let started = Instant::now();
     let out = dfp_command()
