@@ -724,6 +724,7 @@ fn models_with_an_mlflow_registry_push_promotions_and_sync_says_what_it_could_no
     );
     let out = with(&["models", "rollback", &name]);
     assert!(out.status.success());
+    // The 10 s request timeout only stops a request MLflow never answers from hanging.
     let client =
         dfp_operators::mlflow::Client::new(&server.uri(), std::time::Duration::from_secs(10))
             .unwrap();
