@@ -149,14 +149,11 @@ impl Familiar<'_> {
     /// Per entry, the indices among `features` of the features it explains (names that are
     /// not among them are skipped), and whether the entry tracks a value (not the hour);
     /// `None` when no row has a bit set.
-    fn index<'f>(
-        &self,
-        features: impl Iterator<Item = &'f str> + Clone,
-    ) -> Option<Vec<(Vec<usize>, bool)>> {
+    fn index<'f>(&self, features: impl Iterator<Item = &'f str> + Clone) -> Option<Explained> {
         if self.bits.iter().all(|&b| b == 0) {
             return None;
         }
-        let index: Vec<(Vec<usize>, bool)> = self
+        let index: Explained = self
             .entries
             .iter()
             .take(64)
@@ -188,19 +185,21 @@ impl Familiar<'_> {
     }
 }
 
+/// Per familiar entry, the indices of the features it explains among a model's features, and
+/// whether the entry tracks a value (not the hour) ([`Familiar::index`]).
+type Explained = Vec<(Vec<usize>, bool)>;
+
 impl Scores {
     /// Takes the features that familiar values explain as unsurprising: for row `i`, every
-    /// feature an entry whose bit is set explains gets a z-loss of 0, and the row's
-    /// `max_abs_z` and `mean_abs_z` are taken again. Rows without bits are left as they are.
-    pub fn explain(&mut self, familiar: &Familiar<'_>) {
+    /// feature an entry whose bit is set explains (`index`: this model's, from
+    /// [`Familiar::index`]) gets a z-loss of 0, and the row's `max_abs_z` and `mean_abs_z` are
+    /// taken again. Rows without bits are left as they are.
+    fn explain(&mut self, familiar: &Familiar<'_>, index: &Explained) {
         let f = self.features.len();
-        let Some(index) = familiar.index(self.features.iter().map(String::as_str)) else {
-            return;
-        };
         for i in 0..self.rows {
             let z = &mut self.z_loss[i * f..(i + 1) * f];
             let mut any = false;
-            for (j, _) in familiar.of(i, &index) {
+            for (j, _) in familiar.of(i, index) {
                 z[j] = 0.0;
                 any = true;
             }
@@ -523,7 +522,7 @@ fn diverged(t: &train::Trained) -> Option<String> {
 pub type Request<'a> = (&'a Model, &'a RecordBatch, Familiar<'a>);
 
 /// Scores each batch against its model in one backend call; results in request order. The
-/// features a row's familiar values explain score a z-loss of 0 ([`Scores::explain`]); those a
+/// features a row's familiar values explain score a z-loss of 0; those a
 /// familiar *value* explains (not the hour) are also fed to the network as the model's typical
 /// values ([`Preprocessor::typical`]), so a place or app the model never saw does not disturb
 /// how the row's other features are reconstructed. A familiar hour stays in the input: it is
@@ -534,16 +533,23 @@ pub fn score(
     requests: &[Request<'_>],
     batch_size: usize,
 ) -> Vec<Result<Scores>> {
+    // Per request, the features its rows' familiar values explain (the model's feature order
+    // is its scores' order), used for the inputs here and for the z-losses below.
+    let explained: Vec<Option<Explained>> = requests
+        .iter()
+        .map(|(m, _, familiar)| familiar.index(m.preprocessor.feature_names()))
+        .collect();
     let encoded: Vec<Result<Encoded>> = requests
         .iter()
-        .map(|(m, b, familiar)| {
+        .zip(&explained)
+        .map(|((m, b, familiar), index)| {
             let pre = &m.preprocessor;
             let mut e = pre
                 .encode(b)
                 .map_err(|e| Error::model(&m.header.name, e.to_string()))?;
-            if let Some(index) = familiar.index(pre.feature_names()) {
+            if let Some(index) = index {
                 for r in 0..e.rows {
-                    for (j, _) in familiar.of(r, &index).filter(|&(_, value)| value) {
+                    for (j, _) in familiar.of(r, index).filter(|&(_, value)| value) {
                         pre.typical(&mut e, r, j);
                     }
                 }
@@ -585,13 +591,16 @@ pub fn score(
     requests
         .iter()
         .zip(encoded)
-        .map(|((model, _, familiar), e)| {
+        .zip(&explained)
+        .map(|(((model, _, familiar), e), index)| {
             e?;
             let ev = evals.next().ok_or_else(|| {
                 Error::model(&model.header.name, "the backend returned no scores")
             })?;
             let mut s = model.scores(&ev);
-            s.explain(familiar);
+            if let Some(index) = index {
+                s.explain(familiar, index);
+            }
             Ok(s)
         })
         .collect()
@@ -739,10 +748,14 @@ mod tests {
             column: None,
             explains: explains.iter().map(|n| n.to_string()).collect(),
         };
-        s.explain(&Familiar {
+        let familiar = Familiar {
             bits: &[0, 0b01, 0b11],
             entries: &[entry(&["a", "gone"]), entry(&["c"])],
-        });
+        };
+        let index = familiar
+            .index(s.features.iter().map(String::as_str))
+            .unwrap();
+        s.explain(&familiar, &index);
         assert_eq!(s.z_loss, [6.0, 3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 3.0, 0.0]);
         assert_eq!(s.max_abs_z, [6.0, 3.0, 3.0]);
         assert_eq!(s.mean_abs_z, [3.0, 1.0, 1.0]);
